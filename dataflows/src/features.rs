@@ -1,0 +1,418 @@
+//! The feature schema and the computation of one series' feature vector.
+//!
+//! A series' state is a handful of per-period totals ([`Agg`]) inside a retention window of
+//! [`FeatureSpec::retention`] periods, the stock totals of periods that left it (`Base`), the
+//! calendar promotions that apply to it, and the current period (`Tick`). Every feature is a pure
+//! function of that state; [`compute`] evaluates them all in schema order.
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::{Agg, FeatureVec, MISSING};
+use crate::time::{weekday_of_day, Period, PeriodKind};
+
+/// Weeks in a year for the same-week-last-year features.
+pub const WEEKS_PER_YEAR: u32 = 52;
+
+/// What features to maintain; all windows count periods of `period`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FeatureSpec {
+    /// Length of a demand period.
+    pub period: PeriodKind,
+    /// Windows of the rolling sums `sales_sum_<N><d|w>`.
+    pub windows: Vec<u32>,
+    /// Demand of the current and past periods `sales_lag_0..=lags`.
+    pub lags: u32,
+    /// Window of mean, standard deviation, zero-demand, stock-out and promotion counts.
+    pub stats_window: u32,
+    /// Window of the average price that `price_rel_*` compares the last price with.
+    pub price_window: u32,
+    /// Daily mode: weeks averaged in the weekday profile.
+    pub profile_weeks: u32,
+    /// Forecast horizon in periods: promotions ahead, and same-week-last-year in weekly mode.
+    pub horizon: u32,
+}
+
+/// A feature's name and the fixed-point scale of its integer value.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FeatureDef {
+    /// Column name, stable across releases.
+    pub name: String,
+    /// Divide the stored integer by this to get the value (1000 for milli-units, 1 for counts).
+    pub scale: i64,
+}
+
+/// The ordered list of features and its hash: the contract between the dataflow and models.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Schema {
+    /// Features in vector order.
+    pub features: Vec<FeatureDef>,
+    /// FNV-1a 64 hash of the newline-joined names, as 16 hex digits.
+    pub hash: String,
+}
+
+impl Schema {
+    /// Position of a feature by name.
+    pub fn index(&self, name: &str) -> Option<usize> {
+        self.features.iter().position(|f| f.name == name)
+    }
+
+    /// The ordered feature names.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.features.iter().map(|f| f.name.as_str())
+    }
+
+    /// Value of feature `i` in natural units, `None` when missing.
+    pub fn value(&self, vec: &FeatureVec, i: usize) -> Option<f64> {
+        vec.raw(i).map(|v| v as f64 / self.features[i].scale as f64)
+    }
+}
+
+/// Why a spec cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpecError(pub String);
+
+impl std::fmt::Display for SpecError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for SpecError {}
+
+const WEEKDAYS: [&str; 7] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
+
+impl FeatureSpec {
+    /// Defaults for daily demand.
+    pub fn daily() -> Self {
+        FeatureSpec {
+            period: PeriodKind::Day,
+            windows: vec![1, 7, 14, 28, 56],
+            lags: 7,
+            stats_window: 28,
+            price_window: 28,
+            profile_weeks: 8,
+            horizon: 28,
+        }
+    }
+
+    /// Defaults for weekly demand.
+    pub fn weekly() -> Self {
+        FeatureSpec {
+            period: PeriodKind::Week,
+            windows: vec![1, 4, 8, 13, 26, 52],
+            lags: 8,
+            stats_window: 13,
+            price_window: 4,
+            profile_weeks: 0,
+            horizon: 8,
+        }
+    }
+
+    /// Defaults for a period kind.
+    pub fn for_period(period: PeriodKind) -> Self {
+        match period {
+            PeriodKind::Day => Self::daily(),
+            PeriodKind::Week => Self::weekly(),
+        }
+    }
+
+    /// Checks the windows make sense together.
+    pub fn validate(&self) -> Result<(), SpecError> {
+        if self.windows.is_empty() || self.windows.contains(&0) {
+            return Err(SpecError("windows must be a non-empty list of positive lengths".into()));
+        }
+        if self.stats_window == 0 || self.price_window == 0 || self.horizon == 0 {
+            return Err(SpecError(
+                "stats_window, price_window and horizon must be positive".into(),
+            ));
+        }
+        if self.period == PeriodKind::Week && self.horizon > WEEKS_PER_YEAR {
+            return Err(SpecError(format!(
+                "horizon = {} must be at most {WEEKS_PER_YEAR} weeks",
+                self.horizon
+            )));
+        }
+        if self.period == PeriodKind::Day && self.profile_weeks == 0 {
+            return Err(SpecError("profile_weeks must be positive in daily mode".into()));
+        }
+        Ok(())
+    }
+
+    /// Periods of history kept per series: the oldest period any feature reads, plus one.
+    /// Data of older periods can no longer change a feature.
+    pub fn retention(&self) -> u32 {
+        let mut oldest_age = *self.windows.iter().max().unwrap_or(&1) - 1;
+        oldest_age = oldest_age.max(self.lags);
+        // Stock-outs look at the `stats_window` periods that have ended.
+        oldest_age = oldest_age.max(self.stats_window);
+        oldest_age = oldest_age.max(self.price_window - 1);
+        match self.period {
+            PeriodKind::Day => oldest_age = oldest_age.max(7 * self.profile_weeks - 1),
+            PeriodKind::Week => oldest_age = oldest_age.max(WEEKS_PER_YEAR),
+        }
+        oldest_age + 1
+    }
+
+    /// The feature schema this spec produces.
+    pub fn schema(&self) -> Schema {
+        let u = self.period.suffix();
+        let mut features = Vec::new();
+        let mut push = |name: String, scale: i64| features.push(FeatureDef { name, scale });
+        for k in 0..=self.lags {
+            push(format!("sales_lag_{k}{u}"), 1000);
+        }
+        for w in &self.windows {
+            push(format!("sales_sum_{w}{u}"), 1000);
+        }
+        let s = self.stats_window;
+        push(format!("sales_mean_{s}{u}"), 1000);
+        push(format!("sales_std_{s}{u}"), 1000);
+        match self.period {
+            PeriodKind::Day => {
+                for d in WEEKDAYS {
+                    push(format!("weekday_mean_{d}"), 1000);
+                }
+            }
+            PeriodKind::Week => {
+                for h in 0..=self.horizon {
+                    push(format!("sales_ly_h{h}"), 1000);
+                }
+            }
+        }
+        push("periods_since_sale".into(), 1);
+        push(format!("zero_periods_{s}{u}"), 1);
+        push(format!("stockout_periods_{s}{u}"), 1);
+        push(format!("promo_periods_{s}{u}"), 1);
+        push("price_last".into(), 1000);
+        push(format!("price_rel_{}{u}", self.price_window), 1000);
+        push("promo_now".into(), 1);
+        push(format!("promo_periods_next_{}{u}", self.horizon), 1);
+        push("on_hand".into(), 1000);
+        push("on_order".into(), 1000);
+        let joined: Vec<&str> = features.iter().map(|f| f.name.as_str()).collect();
+        let hash = format!("{:016x}", fnv1a64(joined.join("\n").as_bytes()));
+        Schema { features, hash }
+    }
+}
+
+/// FNV-1a, 64 bit: a stable hash for names and schemas (never changes between builds).
+pub fn fnv1a64(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+/// `num / den` rounded half away from zero.
+pub fn div_round(num: i128, den: i128) -> i64 {
+    debug_assert!(den > 0);
+    let q = if num >= 0 {
+        (num + den / 2) / den
+    } else {
+        -((-num + den / 2) / den)
+    };
+    q as i64
+}
+
+/// Mean and population standard deviation (both in the units of `xs`) of a window.
+pub fn mean_std(xs: impl Iterator<Item = i64>, n: u32) -> (i64, i64) {
+    let (mut sum, mut sumsq) = (0i128, 0i128);
+    for x in xs {
+        sum += i128::from(x);
+        sumsq += i128::from(x) * i128::from(x);
+    }
+    let n = i128::from(n);
+    let var_num = (n * sumsq - sum * sum).max(0);
+    let std = ((var_num as f64).sqrt() / n as f64).round() as i64;
+    (div_round(sum, n), std)
+}
+
+/// One series' state as of period `now`, in the form [`compute`] reads.
+#[derive(Clone, Debug, Default)]
+pub struct SeriesState {
+    /// Totals by age (`now - period`) for ages below the retention.
+    pub by_age: Vec<Agg>,
+    /// Stock totals of every period not in `by_age`.
+    pub base: Agg,
+    /// Calendar promotions `(start, end)` covering the series.
+    pub promos: Vec<(Period, Period)>,
+}
+
+impl SeriesState {
+    /// An empty state for a spec's retention.
+    pub fn new(spec: &FeatureSpec) -> Self {
+        SeriesState {
+            by_age: vec![Agg::default(); spec.retention() as usize],
+            base: Agg::default(),
+            promos: Vec::new(),
+        }
+    }
+
+    /// Adds the totals of period `p`; periods outside the window only count towards stock.
+    pub fn add(&mut self, now: Period, p: Period, agg: &Agg) {
+        use differential_dataflow::difference::Semigroup;
+        let age = i64::from(now) - i64::from(p);
+        match usize::try_from(age).ok().filter(|a| *a < self.by_age.len()) {
+            Some(a) => self.by_age[a].plus_equals(agg),
+            None => self.base.plus_equals(&agg.stock_part()),
+        }
+    }
+}
+
+/// Evaluates every feature of `spec` for a series as of period `now`.
+pub fn compute(spec: &FeatureSpec, now: Period, st: &SeriesState) -> FeatureVec {
+    let r = st.by_age.len();
+    let qty = |a: usize| st.by_age.get(a).map_or(0, |g| g.qty);
+    let mut out = Vec::with_capacity(64);
+    for k in 0..=spec.lags as usize {
+        out.push(qty(k));
+    }
+    for w in &spec.windows {
+        out.push((0..*w as usize).map(qty).sum());
+    }
+    let s = spec.stats_window as usize;
+    let (mean, std) = mean_std((0..s).map(qty), spec.stats_window);
+    out.push(mean);
+    out.push(std);
+    match spec.period {
+        PeriodKind::Day => {
+            let days = 7 * spec.profile_weeks as usize;
+            let mut sums = [0i128; 7];
+            for a in 0..days {
+                sums[weekday_of_day(now - a as Period)] += i128::from(qty(a));
+            }
+            for sum in sums {
+                out.push(div_round(sum, i128::from(spec.profile_weeks)));
+            }
+        }
+        PeriodKind::Week => {
+            for h in 0..=spec.horizon as usize {
+                out.push(qty(WEEKS_PER_YEAR as usize - h));
+            }
+        }
+    }
+    out.push((0..r).find(|a| qty(*a) > 0).unwrap_or(r) as i64);
+    out.push((0..s).filter(|a| qty(*a) <= 0).count() as i64);
+
+    // Stock position: the base plus every retained period.
+    let mut total = st.base;
+    for g in &st.by_age {
+        use differential_dataflow::difference::Semigroup;
+        total.plus_equals(&g.stock_part());
+    }
+    let tracked = total.stock_n > 0;
+    if tracked {
+        // Ages of periods whose end is covered by stock data: all of them if stock data left
+        // the window, else those no older than the first period with a stock movement.
+        let oldest_tracked = if st.base.stock_n > 0 {
+            usize::MAX
+        } else {
+            (0..r).rev().find(|a| st.by_age[*a].stock_n > 0).unwrap_or(0)
+        };
+        let mut on_hand_end = total.on_hand - st.by_age.first().map_or(0, |g| g.on_hand);
+        let mut stockouts = 0;
+        for a in 1..=s {
+            if a <= oldest_tracked && on_hand_end <= 0 {
+                stockouts += 1;
+            }
+            on_hand_end -= st.by_age.get(a).map_or(0, |g| g.on_hand);
+        }
+        out.push(stockouts);
+    } else {
+        out.push(MISSING);
+    }
+    let calendar_promo = |p: Period| st.promos.iter().any(|(a, b)| *a <= p && p <= *b);
+    out.push(
+        (0..s)
+            .filter(|a| {
+                st.by_age.get(*a).is_some_and(|g| g.promo_n > 0)
+                    || calendar_promo(now - *a as Period)
+            })
+            .count() as i64,
+    );
+
+    let last_price = st
+        .by_age
+        .iter()
+        .find(|g| g.price_n > 0)
+        .map(|g| div_round(i128::from(g.price_sum), i128::from(g.price_n)));
+    out.push(last_price.unwrap_or(MISSING));
+    let window = &st.by_age[..(spec.price_window as usize).min(r)];
+    let (psum, pn) = window.iter().fold((0i128, 0i128), |(s, n), g| {
+        (s + i128::from(g.price_sum), n + i128::from(g.price_n))
+    });
+    let rel = match last_price {
+        Some(last) if pn > 0 && psum > 0 => div_round(i128::from(last) * 1000 * pn, psum),
+        _ => MISSING,
+    };
+    out.push(rel);
+
+    let promo_now = calendar_promo(now) || st.by_age.first().is_some_and(|g| g.promo_n > 0);
+    out.push(i64::from(promo_now));
+    out.push(
+        (1..=spec.horizon as Period)
+            .filter(|h| calendar_promo(now + h))
+            .count() as i64,
+    );
+    if tracked {
+        out.push(total.on_hand);
+        out.push(total.on_order.max(0));
+    } else {
+        out.push(MISSING);
+        out.push(MISSING);
+    }
+    FeatureVec(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schema_matches_vector_length_and_is_stable() {
+        for spec in [FeatureSpec::daily(), FeatureSpec::weekly()] {
+            spec.validate().unwrap();
+            let schema = spec.schema();
+            let v = compute(&spec, 100, &SeriesState::new(&spec));
+            assert_eq!(v.0.len(), schema.features.len());
+            assert_eq!(schema.hash, spec.schema().hash);
+        }
+        assert_ne!(FeatureSpec::daily().schema().hash, FeatureSpec::weekly().schema().hash);
+        assert_eq!(FeatureSpec::daily().retention(), 56);
+        assert_eq!(FeatureSpec::weekly().retention(), 53);
+    }
+
+    #[test]
+    fn rounding_is_half_away_from_zero() {
+        assert_eq!(div_round(5, 2), 3);
+        assert_eq!(div_round(-5, 2), -3);
+        assert_eq!(div_round(4, 3), 1);
+        assert_eq!(mean_std([1000, 3000].into_iter(), 2), (2000, 1000));
+    }
+
+    #[test]
+    fn sums_and_recency() {
+        let spec = FeatureSpec::daily();
+        let schema = spec.schema();
+        let mut st = SeriesState::new(&spec);
+        let sale = |q| Agg {
+            n: 1,
+            qty: q,
+            on_hand: -q,
+            ..Agg::default()
+        };
+        st.add(100, 100, &sale(2000));
+        st.add(100, 95, &sale(3000));
+        st.add(100, 60, &sale(7000));
+        let v = compute(&spec, 100, &st);
+        let get = |n: &str| v.raw(schema.index(n).unwrap());
+        assert_eq!(get("sales_sum_1d"), Some(2000));
+        assert_eq!(get("sales_sum_7d"), Some(5000));
+        assert_eq!(get("sales_sum_56d"), Some(12_000));
+        assert_eq!(get("periods_since_sale"), Some(0));
+        assert_eq!(get("on_hand"), None);
+        assert_eq!(get("price_last"), None);
+    }
+}

@@ -1,0 +1,250 @@
+//! The input stage of one timely worker.
+//!
+//! ```text
+//! events (arrival order, already assigned an epoch by the runner)
+//!   -> FeatureInput::apply      per-period totals  -> series input   (key, Period(p)) += Agg
+//!   -> FeatureInput::advance_to period rollover     -> series input   (key, Period(old)) -= Agg,
+//!                                                                      (key, Base)       += stock
+//!                                                                      (key, Tick(now))  moves
+//!   -> promotion upserts                            -> promos input   (sku, promotion) +-1
+//! ```
+//!
+//! Windows slide by *retracting* the totals of a period when it leaves the retention window, at
+//! the epoch where the period rolls over. The stage keeps the totals it inserted per period, so
+//! the retraction is exact and cheap; nothing is scheduled at future times (future-timed
+//! retractions make every epoch re-merge all pending updates, see PERF-NOTES).
+//!
+//! # Error handling
+//! [`FeatureInput::apply`] refuses an event whose period already left the retention window
+//! ([`Rejection::TooLate`]) or that lies after the current epoch; the caller dead-letters it.
+//! Nothing here panics on input.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use differential_dataflow::difference::Semigroup;
+use differential_dataflow::input::InputSession;
+
+use crate::features::FeatureSpec;
+use crate::model::{Agg, Event, Id, Key, Promotion, Rec};
+use crate::time::{Clock, Epoch, Period};
+
+/// The differential inputs one worker feeds.
+pub struct Inputs {
+    /// Per-series records: period totals, stock base, ticks.
+    pub series: InputSession<Epoch, (Key, Rec), Agg>,
+    /// Calendar promotions by SKU.
+    pub promos: InputSession<Epoch, (Id, Promotion), isize>,
+    /// Series registered by this worker, as (sku, store).
+    pub keys: InputSession<Epoch, (Id, Id), isize>,
+}
+
+impl Default for Inputs {
+    fn default() -> Self {
+        Inputs {
+            series: InputSession::new(),
+            promos: InputSession::new(),
+            keys: InputSession::new(),
+        }
+    }
+}
+
+/// Why an event was not applied.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Rejection {
+    /// Its period left the retention window: it can no longer change any feature.
+    TooLate {
+        /// The event's period.
+        period: Period,
+        /// The oldest period still retained.
+        oldest_retained: Period,
+    },
+    /// Its time lies after the current epoch (a runner bug, or the epoch was not advanced).
+    AfterCurrentEpoch,
+    /// Its time lies before 1970, outside the epoch range.
+    BeforeEpochZero,
+}
+
+impl Rejection {
+    /// A short, stable reason code for dead letters and metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Rejection::TooLate { .. } => "too_late",
+            Rejection::AfterCurrentEpoch => "after_current_epoch",
+            Rejection::BeforeEpochZero => "before_epoch_zero",
+        }
+    }
+}
+
+/// One worker's input stage; see the module docs.
+pub struct FeatureInput {
+    /// Maps event times to epochs and periods.
+    clock: Clock,
+    /// Periods kept per series.
+    retention: Period,
+    /// The differential inputs.
+    inputs: Inputs,
+    /// The epoch the inputs are at; updates are applied at this time.
+    epoch: Epoch,
+    /// The current period; `None` before the first `advance_to`.
+    now: Option<Period>,
+    /// Totals this worker inserted, by period and series, so expiry can retract them.
+    inserted: BTreeMap<Period, HashMap<Key, Agg>>,
+    /// Series this worker has registered; each gets a tick at every rollover.
+    keys: HashSet<Key>,
+    /// Current calendar promotions by id, for upserts.
+    promos: HashMap<Id, Promotion>,
+}
+
+impl FeatureInput {
+    /// A stage for `spec`, at epoch 0.
+    pub fn new(clock: Clock, spec: &FeatureSpec) -> Self {
+        FeatureInput {
+            clock,
+            retention: spec.retention() as Period,
+            inputs: Inputs::default(),
+            epoch: 0,
+            now: None,
+            inserted: BTreeMap::new(),
+            keys: HashSet::new(),
+            promos: HashMap::new(),
+        }
+    }
+
+    /// The differential inputs, to build the dataflow from.
+    pub fn inputs_mut(&mut self) -> &mut Inputs {
+        &mut self.inputs
+    }
+
+    /// The epoch updates are currently applied at.
+    pub fn epoch(&self) -> Epoch {
+        self.epoch
+    }
+
+    /// The current period, once the stage has been advanced.
+    pub fn now(&self) -> Option<Period> {
+        self.now
+    }
+
+    /// Number of series this worker has registered.
+    pub fn key_count(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// Number of (series, period) totals retained.
+    pub fn retained_totals(&self) -> usize {
+        self.inserted.values().map(HashMap::len).sum()
+    }
+
+    /// Moves the inputs to `epoch` (never backwards) and rolls periods over when it starts a new
+    /// one: expired totals are retracted into the stock base, and every series ticks.
+    pub fn advance_to(&mut self, epoch: Epoch) {
+        let epoch = epoch.max(self.epoch);
+        self.epoch = epoch;
+        self.inputs.series.advance_to(epoch);
+        self.inputs.promos.advance_to(epoch);
+        self.inputs.keys.advance_to(epoch);
+        let period = self.clock.period_of_epoch(epoch);
+        match self.now {
+            Some(now) if period > now => self.roll_over(now, period),
+            Some(_) => {}
+            None => self.now = Some(period),
+        }
+    }
+
+    fn roll_over(&mut self, old: Period, new: Period) {
+        let oldest_kept = new - self.retention + 1;
+        while let Some(entry) = self.inserted.first_entry() {
+            if *entry.key() >= oldest_kept {
+                break;
+            }
+            let (period, totals) = entry.remove_entry();
+            for (key, agg) in totals {
+                let mut minus = agg;
+                differential_dataflow::difference::Abelian::negate(&mut minus);
+                self.inputs.series.update((key, Rec::Period(period)), minus);
+                let stock = agg.stock_part();
+                if stock != Agg::default() {
+                    self.inputs.series.update((key, Rec::Base), stock);
+                }
+            }
+        }
+        for key in &self.keys {
+            self.inputs
+                .series
+                .update((*key, Rec::Tick(old)), Agg::present(-1));
+            self.inputs
+                .series
+                .update((*key, Rec::Tick(new)), Agg::present(1));
+        }
+        self.now = Some(new);
+    }
+
+    /// Applies an event at the current epoch.
+    pub fn apply(&mut self, event: &Event) -> Result<(), Rejection> {
+        match event {
+            Event::Promotion { promo_id, def } => {
+                let old = match def {
+                    Some(def) => self.promos.insert(*promo_id, *def),
+                    None => self.promos.remove(promo_id),
+                };
+                if old == *def {
+                    return Ok(());
+                }
+                if let Some(old) = old {
+                    self.inputs.promos.update((old.sku, old), -1);
+                }
+                if let Some(new) = def {
+                    self.inputs.promos.update((new.sku, *new), 1);
+                }
+                Ok(())
+            }
+            Event::Sale { key, ts, .. } | Event::Stock { key, ts, .. } => {
+                if *ts < 0 {
+                    return Err(Rejection::BeforeEpochZero);
+                }
+                if *ts >= self.clock.epoch_end(self.epoch) {
+                    return Err(Rejection::AfterCurrentEpoch);
+                }
+                let now = match self.now {
+                    Some(now) => now,
+                    None => {
+                        self.advance_to(self.epoch);
+                        self.clock.period_of_epoch(self.epoch)
+                    }
+                };
+                let period = self.clock.period_of(*ts);
+                let oldest_retained = now - self.retention + 1;
+                if period < oldest_retained {
+                    return Err(Rejection::TooLate {
+                        period,
+                        oldest_retained,
+                    });
+                }
+                let Some(agg) = Agg::of_event(event) else {
+                    return Ok(());
+                };
+                if self.keys.insert(*key) {
+                    self.inputs
+                        .series
+                        .update((*key, Rec::Tick(now)), Agg::present(1));
+                    self.inputs.keys.update((key.sku, key.store), 1);
+                }
+                self.inserted
+                    .entry(period)
+                    .or_default()
+                    .entry(*key)
+                    .or_default()
+                    .plus_equals(&agg);
+                self.inputs.series.update((*key, Rec::Period(period)), agg);
+                Ok(())
+            }
+        }
+    }
+
+    /// Sends buffered updates into the dataflow.
+    pub fn flush(&mut self) {
+        self.inputs.series.flush();
+        self.inputs.promos.flush();
+        self.inputs.keys.flush();
+    }
+}

@@ -1,0 +1,305 @@
+//! The records that flow through the feature dataflow.
+//!
+//! Quantities and prices are integers in milli-units (1.5 units = 1500) so that updates
+//! consolidate exactly; floats appear only when a feature vector is read out.
+
+use differential_dataflow::difference::{Abelian, IsZero, Monoid, Multiply, Semigroup};
+use serde::{Deserialize, Serialize};
+
+use crate::time::Period;
+
+/// Identifier of a store or SKU: a stable 64-bit hash of its name, made by the caller.
+pub type Id = u64;
+
+/// One (store, SKU) series.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Key {
+    /// Store identifier.
+    pub store: Id,
+    /// SKU identifier.
+    pub sku: Id,
+}
+
+/// Kinds of stock movement.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StockKind {
+    /// A purchase order was placed: raises on-order.
+    Order,
+    /// Goods were delivered: raise on-hand, lower on-order.
+    Receipt,
+    /// Shrink, write-off or count correction: changes on-hand by a signed quantity.
+    Adjustment,
+}
+
+/// A promotion from the calendar, after its dates were turned into periods.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Promotion {
+    /// The one store it runs in, or `None` for every store that sells the SKU.
+    pub store: Option<Id>,
+    /// The promoted SKU.
+    pub sku: Id,
+    /// First period it covers.
+    pub start: Period,
+    /// Last period it covers (inclusive).
+    pub end: Period,
+}
+
+/// A validated input event, already keyed by ids and in milli-units.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Event {
+    /// Units sold (negative for a return).
+    Sale {
+        /// The series.
+        key: Key,
+        /// Event time, seconds since the Unix epoch.
+        ts: i64,
+        /// Net quantity in milli-units.
+        qty: i64,
+        /// Unit price in milli-currency, where known.
+        unit_price: Option<i64>,
+        /// Whether the sale was made on promotion.
+        promo: bool,
+    },
+    /// A stock movement.
+    Stock {
+        /// The series.
+        key: Key,
+        /// Event time, seconds since the Unix epoch.
+        ts: i64,
+        /// Order, receipt or adjustment.
+        kind: StockKind,
+        /// Quantity in milli-units (signed for adjustments).
+        qty: i64,
+    },
+    /// An upsert (or, with `None`, a deletion) of a calendar promotion.
+    Promotion {
+        /// The promotion's id; a later record for the same id replaces the earlier.
+        promo_id: Id,
+        /// The new definition.
+        def: Option<Promotion>,
+    },
+}
+
+impl Event {
+    /// Event time of a sale or stock movement; `None` for reference data.
+    pub fn ts(&self) -> Option<i64> {
+        match self {
+            Event::Sale { ts, .. } | Event::Stock { ts, .. } => Some(*ts),
+            Event::Promotion { .. } => None,
+        }
+    }
+
+    /// The series a sale or stock movement belongs to.
+    pub fn key(&self) -> Option<Key> {
+        match self {
+            Event::Sale { key, .. } | Event::Stock { key, .. } => Some(*key),
+            Event::Promotion { .. } => None,
+        }
+    }
+}
+
+/// Per-series, per-period totals, used as the *difference* type of the dataflow so that
+/// accumulating updates is the aggregation. Every field is a plain sum, which makes it abelian.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+pub struct Agg {
+    /// Number of contributing records (events, ticks or promotions).
+    pub n: i64,
+    /// Net units sold, milli-units.
+    pub qty: i64,
+    /// Sum of unit prices over priced sales, milli-currency.
+    pub price_sum: i64,
+    /// Number of priced sales.
+    pub price_n: i64,
+    /// Number of sales flagged as on promotion.
+    pub promo_n: i64,
+    /// Change of on-hand stock (receipts + adjustments - sales), milli-units.
+    pub on_hand: i64,
+    /// Change of on-order stock (orders - receipts), milli-units.
+    pub on_order: i64,
+    /// Number of stock movements.
+    pub stock_n: i64,
+}
+
+impl Agg {
+    /// A record that only counts as present (ticks, promotions).
+    pub fn present(n: i64) -> Self {
+        Agg {
+            n,
+            ..Agg::default()
+        }
+    }
+
+    /// The contribution of one event to its series and period.
+    pub fn of_event(event: &Event) -> Option<Self> {
+        match *event {
+            Event::Sale {
+                qty,
+                unit_price,
+                promo,
+                ..
+            } => Some(Agg {
+                n: 1,
+                qty,
+                price_sum: unit_price.unwrap_or(0),
+                price_n: i64::from(unit_price.is_some()),
+                promo_n: i64::from(promo),
+                on_hand: -qty,
+                ..Agg::default()
+            }),
+            Event::Stock { kind, qty, .. } => {
+                let (on_hand, on_order) = match kind {
+                    StockKind::Order => (0, qty),
+                    StockKind::Receipt => (qty, -qty),
+                    StockKind::Adjustment => (qty, 0),
+                };
+                Some(Agg {
+                    n: 1,
+                    on_hand,
+                    on_order,
+                    stock_n: 1,
+                    ..Agg::default()
+                })
+            }
+            Event::Promotion { .. } => None,
+        }
+    }
+
+    /// The part of a period's totals that outlives the period: the stock position.
+    pub fn stock_part(&self) -> Self {
+        Agg {
+            on_hand: self.on_hand,
+            on_order: self.on_order,
+            stock_n: self.stock_n,
+            ..Agg::default()
+        }
+    }
+}
+
+impl IsZero for Agg {
+    fn is_zero(&self) -> bool {
+        *self == Agg::default()
+    }
+}
+
+impl Semigroup for Agg {
+    fn plus_equals(&mut self, rhs: &Self) {
+        self.n += rhs.n;
+        self.qty += rhs.qty;
+        self.price_sum += rhs.price_sum;
+        self.price_n += rhs.price_n;
+        self.promo_n += rhs.promo_n;
+        self.on_hand += rhs.on_hand;
+        self.on_order += rhs.on_order;
+        self.stock_n += rhs.stock_n;
+    }
+}
+
+impl Monoid for Agg {
+    fn zero() -> Self {
+        Agg::default()
+    }
+}
+
+impl Abelian for Agg {
+    fn negate(&mut self) {
+        *self = Agg {
+            n: -self.n,
+            qty: -self.qty,
+            price_sum: -self.price_sum,
+            price_n: -self.price_n,
+            promo_n: -self.promo_n,
+            on_hand: -self.on_hand,
+            on_order: -self.on_order,
+            stock_n: -self.stock_n,
+        };
+    }
+}
+
+impl Multiply<isize> for Agg {
+    type Output = Agg;
+    fn multiply(self, rhs: &isize) -> Agg {
+        let k = *rhs as i64;
+        Agg {
+            n: self.n * k,
+            qty: self.qty * k,
+            price_sum: self.price_sum * k,
+            price_n: self.price_n * k,
+            promo_n: self.promo_n * k,
+            on_hand: self.on_hand * k,
+            on_order: self.on_order * k,
+            stock_n: self.stock_n * k,
+        }
+    }
+}
+
+/// What a record in a series' input stands for; its totals travel as the difference.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Rec {
+    /// Stock totals of every period that has left the retention window.
+    Base,
+    /// Totals of one period inside the retention window.
+    Period(Period),
+    /// A calendar promotion covering periods `start..=end`.
+    Promo {
+        /// First period covered.
+        start: Period,
+        /// Last period covered.
+        end: Period,
+    },
+    /// The current period: the series' features are computed as of this period.
+    Tick(Period),
+}
+
+/// Value of a feature that cannot be computed (no stock data, no price seen).
+pub const MISSING: i64 = i64::MIN;
+
+/// A feature vector in the schema's order, each value scaled by its feature's scale.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct FeatureVec(pub Vec<i64>);
+
+impl FeatureVec {
+    /// The raw scaled value of feature `i`, or `None` when missing.
+    pub fn raw(&self, i: usize) -> Option<i64> {
+        self.0.get(i).copied().filter(|v| *v != MISSING)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn agg_is_an_abelian_group() {
+        let sale = Event::Sale {
+            key: Key { store: 1, sku: 2 },
+            ts: 0,
+            qty: 2500,
+            unit_price: Some(1990),
+            promo: true,
+        };
+        let a = Agg::of_event(&sale).unwrap();
+        let mut b = a;
+        b.negate();
+        let mut c = a;
+        c.plus_equals(&b);
+        assert!(c.is_zero());
+        assert_eq!(a.on_hand, -2500);
+        assert_eq!(a.multiply(&2).qty, 5000);
+    }
+
+    #[test]
+    fn receipts_move_stock_from_order_to_hand() {
+        let ev = Event::Stock {
+            key: Key { store: 1, sku: 2 },
+            ts: 0,
+            kind: StockKind::Receipt,
+            qty: 4000,
+        };
+        let a = Agg::of_event(&ev).unwrap();
+        assert_eq!((a.on_hand, a.on_order, a.stock_n), (4000, -4000, 1));
+        assert_eq!(a.stock_part().qty, 0);
+    }
+}

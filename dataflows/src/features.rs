@@ -119,7 +119,9 @@ impl FeatureSpec {
     /// Checks the windows make sense together.
     pub fn validate(&self) -> Result<(), SpecError> {
         if self.windows.is_empty() || self.windows.contains(&0) {
-            return Err(SpecError("windows must be a non-empty list of positive lengths".into()));
+            return Err(SpecError(
+                "windows must be a non-empty list of positive lengths".into(),
+            ));
         }
         if self.stats_window == 0 || self.price_window == 0 || self.horizon == 0 {
             return Err(SpecError(
@@ -133,7 +135,9 @@ impl FeatureSpec {
             )));
         }
         if self.period == PeriodKind::Day && self.profile_weeks == 0 {
-            return Err(SpecError("profile_weeks must be positive in daily mode".into()));
+            return Err(SpecError(
+                "profile_weeks must be positive in daily mode".into(),
+            ));
         }
         Ok(())
     }
@@ -309,7 +313,10 @@ pub fn compute(spec: &FeatureSpec, now: Period, st: &SeriesState) -> FeatureVec 
         let oldest_tracked = if st.base.stock_n > 0 {
             usize::MAX
         } else {
-            (0..r).rev().find(|a| st.by_age[*a].stock_n > 0).unwrap_or(0)
+            (0..r)
+                .rev()
+                .find(|a| st.by_age[*a].stock_n > 0)
+                .unwrap_or(0)
         };
         let mut on_hand_end = total.on_hand - st.by_age.first().map_or(0, |g| g.on_hand);
         let mut stockouts = 0;
@@ -379,7 +386,10 @@ mod tests {
             assert_eq!(v.0.len(), schema.features.len());
             assert_eq!(schema.hash, spec.schema().hash);
         }
-        assert_ne!(FeatureSpec::daily().schema().hash, FeatureSpec::weekly().schema().hash);
+        assert_ne!(
+            FeatureSpec::daily().schema().hash,
+            FeatureSpec::weekly().schema().hash
+        );
         assert_eq!(FeatureSpec::daily().retention(), 56);
         assert_eq!(FeatureSpec::weekly().retention(), 53);
     }

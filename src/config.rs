@@ -1,0 +1,247 @@
+//! The TOML configuration: what is computed. How this process runs (paths, workers) is given by
+//! CLI flags. Every option is documented in `config/stockcast.toml`.
+//!
+//! # Error handling
+//! Every error names the file, and the field where one is at fault.
+
+use std::path::{Path, PathBuf};
+
+use dataflows::{Clock, FeatureSpec, PeriodKind};
+use serde::{Deserialize, Serialize};
+
+use crate::forecast::Baseline;
+
+/// The whole configuration file.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Periods, epochs and lateness.
+    #[serde(default)]
+    pub time: TimeConfig,
+    /// Feature windows; each defaults by period.
+    #[serde(default)]
+    pub features: FeaturesConfig,
+    /// Forecasting.
+    #[serde(default)]
+    pub forecast: ForecastConfig,
+}
+
+/// `[time]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimeConfig {
+    /// Demand period: `day` or `week`.
+    #[serde(default = "default_period")]
+    pub period: PeriodKind,
+    /// Length of an epoch (the unit of output) in seconds; must divide 86400.
+    #[serde(default = "default_epoch_secs")]
+    pub epoch_secs: u64,
+    /// How far behind the newest event an event may arrive and still be on time.
+    #[serde(default)]
+    pub allowed_lateness_secs: u64,
+}
+
+fn default_period() -> PeriodKind {
+    PeriodKind::Day
+}
+
+fn default_epoch_secs() -> u64 {
+    900
+}
+
+impl Default for TimeConfig {
+    fn default() -> Self {
+        TimeConfig {
+            period: default_period(),
+            epoch_secs: default_epoch_secs(),
+            allowed_lateness_secs: 0,
+        }
+    }
+}
+
+/// `[features]`; an absent field takes the default of the period.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FeaturesConfig {
+    /// Rolling-sum windows in periods.
+    pub windows: Option<Vec<u32>>,
+    /// Number of past periods exposed as `sales_lag_<k>`.
+    pub lags: Option<u32>,
+    /// Window of mean, std, zero-demand, stock-out and promotion counts, in periods.
+    pub stats_window: Option<u32>,
+    /// Window of the average price, in periods.
+    pub price_window: Option<u32>,
+    /// Daily mode: weeks in the weekday profile.
+    pub profile_weeks: Option<u32>,
+}
+
+/// `[forecast]`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForecastConfig {
+    /// Periods to forecast; default 28 days or 8 weeks.
+    pub horizon_periods: Option<u32>,
+    /// Baseline forecaster used when no model is loaded.
+    #[serde(default = "default_baseline")]
+    pub baseline: Baseline,
+}
+
+fn default_baseline() -> Baseline {
+    Baseline::MovingAverage
+}
+
+/// A configuration that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file cannot be read.
+    #[error("{file}: cannot read: {source}")]
+    Read {
+        /// The file.
+        file: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema (the message names the field).
+    #[error("{file}: {message}")]
+    Parse {
+        /// The file.
+        file: PathBuf,
+        /// The parser's message, naming the field and position.
+        message: String,
+    },
+    /// A field has a value that cannot work.
+    #[error("{file}: field `{field}`: {message}")]
+    Invalid {
+        /// The file (or `<defaults>`/`<command line>`).
+        file: PathBuf,
+        /// The dotted field name.
+        field: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// Everything a run needs, resolved from the file, defaults and flags.
+#[derive(Clone, Debug)]
+pub struct Resolved {
+    /// Epochs and periods.
+    pub clock: Clock,
+    /// Features maintained.
+    pub spec: FeatureSpec,
+    /// Allowed lateness in seconds.
+    pub allowed_lateness_secs: i64,
+    /// Baseline forecaster.
+    pub baseline: Baseline,
+}
+
+impl Config {
+    /// Reads and parses a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            file: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses config text; `path` is used in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
+            file: path.to_path_buf(),
+            message: e.to_string().trim_end().to_string(),
+        })
+    }
+
+    /// Validates and resolves defaults; `origin` names the source in errors.
+    pub fn resolve(&self, origin: &Path) -> Result<Resolved, ConfigError> {
+        let invalid = |field, message: String| ConfigError::Invalid {
+            file: origin.to_path_buf(),
+            field,
+            message,
+        };
+        let period = self.time.period;
+        let clock = Clock::new(self.time.epoch_secs, period)
+            .map_err(|e| invalid("time.epoch_secs", e.0))?;
+        let d = FeatureSpec::for_period(period);
+        let f = &self.features;
+        let spec = FeatureSpec {
+            period,
+            windows: f.windows.clone().unwrap_or(d.windows),
+            lags: f.lags.unwrap_or(d.lags),
+            stats_window: f.stats_window.unwrap_or(d.stats_window),
+            price_window: f.price_window.unwrap_or(d.price_window),
+            profile_weeks: f.profile_weeks.unwrap_or(d.profile_weeks),
+            horizon: self.forecast.horizon_periods.unwrap_or(d.horizon),
+        };
+        if let Err(e) = spec.validate() {
+            let field = if e.0.contains("horizon") {
+                "forecast.horizon_periods"
+            } else if e.0.starts_with("windows") {
+                "features.windows"
+            } else if e.0.contains("profile_weeks") {
+                "features.profile_weeks"
+            } else {
+                "features"
+            };
+            return Err(invalid(field, e.0));
+        }
+        if spec.lags > 400 || spec.retention() > 800 {
+            return Err(invalid(
+                "features",
+                format!(
+                    "windows reach {} periods back; at most 800 are supported",
+                    spec.retention()
+                ),
+            ));
+        }
+        Ok(Resolved {
+            clock,
+            spec,
+            allowed_lateness_secs: self.time.allowed_lateness_secs.min(i64::MAX as u64) as i64,
+            baseline: self.forecast.baseline,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_fields_are_named_with_the_file() {
+        let err = Config::parse("[time]\nepoch_sec = 60\n", Path::new("x.toml")).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("x.toml") && msg.contains("epoch_sec"), "{msg}");
+    }
+
+    #[test]
+    fn invalid_values_name_the_field() {
+        let c = Config::parse("[time]\nepoch_secs = 7\n", Path::new("c.toml")).unwrap();
+        let msg = c.resolve(Path::new("c.toml")).unwrap_err().to_string();
+        assert!(
+            msg.contains("c.toml") && msg.contains("time.epoch_secs"),
+            "{msg}"
+        );
+        let c = Config::parse(
+            "[time]\nperiod = \"week\"\n[forecast]\nhorizon_periods = 60\n",
+            Path::new("c.toml"),
+        )
+        .unwrap();
+        let msg = c.resolve(Path::new("c.toml")).unwrap_err().to_string();
+        assert!(msg.contains("forecast.horizon_periods"), "{msg}");
+    }
+
+    #[test]
+    fn defaults_follow_the_period() {
+        let mut c = Config::default();
+        assert_eq!(
+            c.resolve(Path::new("-")).unwrap().spec,
+            FeatureSpec::daily()
+        );
+        c.time.period = PeriodKind::Week;
+        assert_eq!(
+            c.resolve(Path::new("-")).unwrap().spec,
+            FeatureSpec::weekly()
+        );
+    }
+}

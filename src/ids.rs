@@ -1,0 +1,95 @@
+//! Names of stores and SKUs, and the 64-bit ids the dataflow uses instead.
+//!
+//! An id is the FNV-1a hash of the name, so every process and worker derives the same id without
+//! coordination; the dictionary keeps the names for output and refuses a second name that hashes
+//! to an id already taken (astronomically rare, but then loud rather than silently merged).
+
+use std::collections::HashMap;
+
+use dataflows::features::fnv1a64;
+use dataflows::model::Id;
+use dataflows::Key;
+
+/// Two names with the same id.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{new}` and `{existing}` hash to the same id")]
+pub struct Collision {
+    /// The name already registered.
+    pub existing: String,
+    /// The name refused.
+    pub new: String,
+}
+
+/// Names by id, for stores and SKUs.
+#[derive(Debug, Default, Clone)]
+pub struct Dictionary {
+    /// Store names by id.
+    stores: HashMap<Id, String>,
+    /// SKU names by id.
+    skus: HashMap<Id, String>,
+}
+
+fn intern(map: &mut HashMap<Id, String>, name: &str) -> Result<Id, Collision> {
+    let id = fnv1a64(name.as_bytes());
+    match map.get(&id) {
+        Some(existing) if existing != name => Err(Collision {
+            existing: existing.clone(),
+            new: name.to_string(),
+        }),
+        Some(_) => Ok(id),
+        None => {
+            map.insert(id, name.to_string());
+            Ok(id)
+        }
+    }
+}
+
+impl Dictionary {
+    /// The id of a store name, registering it.
+    pub fn store(&mut self, name: &str) -> Result<Id, Collision> {
+        intern(&mut self.stores, name)
+    }
+
+    /// The id of a SKU name, registering it.
+    pub fn sku(&mut self, name: &str) -> Result<Id, Collision> {
+        intern(&mut self.skus, name)
+    }
+
+    /// The key of a (store, SKU) pair, registering both names.
+    pub fn key(&mut self, store: &str, sku: &str) -> Result<Key, Collision> {
+        Ok(Key {
+            store: self.store(store)?,
+            sku: self.sku(sku)?,
+        })
+    }
+
+    /// The names of a key; ids never registered show as `#<hex>`.
+    pub fn names(&self, key: &Key) -> (String, String) {
+        let name = |m: &HashMap<Id, String>, id: Id| {
+            m.get(&id).cloned().unwrap_or_else(|| format!("#{id:016x}"))
+        };
+        (name(&self.stores, key.store), name(&self.skus, key.sku))
+    }
+
+    /// Number of stores and SKUs registered.
+    pub fn len(&self) -> (usize, usize) {
+        (self.stores.len(), self.skus.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_stable_and_names_round_trip() {
+        let mut d = Dictionary::default();
+        let k = d.key("CA_1", "HOBBIES_1_001").unwrap();
+        assert_eq!(k, d.key("CA_1", "HOBBIES_1_001").unwrap());
+        assert_eq!(
+            d.names(&k),
+            ("CA_1".to_string(), "HOBBIES_1_001".to_string())
+        );
+        assert_eq!(k.store, fnv1a64(b"CA_1"));
+    }
+}

@@ -1,0 +1,27 @@
+//! stockcast: incremental demand features, forecasts and (later) order recommendations for
+//! retail (store, SKU) series.
+//!
+//! # Layout
+//! - [`config`]: the TOML configuration and its resolution into a run's settings.
+//! - [`decode`]: pure decoding of CSV/JSON records into typed sales, movements, reference data.
+//! - [`source`]: where records come from (`files`: a dataset directory).
+//! - [`ids`]: store/SKU names to the stable ids the dataflow uses.
+//! - [`pipeline`]: scheduling events onto epochs (watermarks, lateness) and running the
+//!   `dataflows` crate's differential dataflow on N timely workers.
+//! - [`forecast`]: the `Forecaster` trait and the baselines (moving average, seasonal naive).
+//! - [`replay`]: the `replay` and `features` commands: files in, forecasts and tables out.
+//! - [`generate`]: the seeded synthetic data generator behind `generate`, the demo and benches.
+//! - [`cli`]: the command line.
+//!
+//! The feature logic itself lives in the `dataflows` crate, which knows nothing of files,
+//! threads or the wall clock.
+
+pub mod cli;
+pub mod config;
+pub mod decode;
+pub mod forecast;
+pub mod generate;
+pub mod ids;
+pub mod pipeline;
+pub mod replay;
+pub mod source;

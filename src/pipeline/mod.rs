@@ -1,0 +1,15 @@
+//! Running the feature dataflow over events in arrival order.
+//!
+//! ```text
+//! events (arrival order) -> schedule::plan       epoch per event, late flags, steps to visit
+//!                        -> run::run             N timely workers, each feeding its share of
+//!                                                 keys through dataflows::input and the dataflow
+//!                        -> on_epoch callback     per closed epoch: changed (key, features),
+//!                                                 rejected events; on the caller's thread
+//! ```
+
+pub mod run;
+pub mod schedule;
+
+pub use run::{run, EpochOutput, RunError};
+pub use schedule::{plan, Plan, Step, Watermarks};

@@ -1,0 +1,175 @@
+//! Executes a [`Plan`] on N timely workers in this process.
+//!
+//! Each worker owns the series whose key hashes to it (and the promotions whose id does), feeds
+//! them through its [`FeatureInput`] step by step, and after each step waits until the dataflow
+//! has completed that epoch. It then sends what changed to the caller's thread, which merges the
+//! workers' shares of an epoch and hands the epoch over in key order: the result does not depend
+//! on the number of workers.
+//!
+//! # Error handling
+//! Events the input stage refuses come back in [`EpochOutput::rejected`]; a worker panic (a bug)
+//! is reported as [`RunError::Worker`].
+//!
+//! # Shutdown
+//! Workers stop after the last step: inputs are closed and the dataflow drains.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::rc::Rc;
+use std::sync::mpsc;
+use std::sync::Arc;
+
+use dataflows::input::{FeatureInput, Rejection};
+use dataflows::{Clock, Epoch, Event, FeatureSpec, FeatureVec, Key};
+use differential_dataflow::VecCollection;
+use timely::dataflow::operators::probe::Handle;
+
+use super::schedule::Plan;
+
+/// What one closed epoch produced.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EpochOutput {
+    /// The epoch.
+    pub epoch: Epoch,
+    /// Series whose features changed, with the new vectors, in key order.
+    pub changed: Vec<(Key, FeatureVec)>,
+    /// Events refused by the input stage: (index into the event list, why).
+    pub rejected: Vec<(u32, Rejection)>,
+}
+
+/// Why a run failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// Timely could not start, or a worker panicked.
+    #[error("timely worker failed: {0}")]
+    Worker(String),
+}
+
+/// What a worker reports after each step.
+struct Report {
+    epoch: Epoch,
+    changed: Vec<(Key, FeatureVec)>,
+    rejected: Vec<(u32, Rejection)>,
+}
+
+/// Which worker owns an event.
+fn owner(event: &Event, peers: usize) -> usize {
+    let h = match event {
+        Event::Sale { key, .. } | Event::Stock { key, .. } => {
+            key.store.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ key.sku
+        }
+        Event::Promotion { promo_id, .. } => *promo_id,
+    };
+    (h % peers as u64) as usize
+}
+
+/// Runs `plan` over `events` on `workers` threads; calls `on_epoch` for every visited epoch, in
+/// order, on the calling thread.
+pub fn run(
+    clock: Clock,
+    spec: &FeatureSpec,
+    workers: usize,
+    events: Arc<Vec<Event>>,
+    plan: Arc<Plan>,
+    mut on_epoch: impl FnMut(EpochOutput),
+) -> Result<(), RunError> {
+    let workers = workers.max(1);
+    // Bounded so workers cannot run far ahead of a slow consumer.
+    let (tx, rx) = mpsc::sync_channel::<Report>(256);
+    let spec = spec.clone();
+    let guards = timely::execute(timely::Config::process(workers), move |worker| {
+        let index = worker.index();
+        let peers = worker.peers();
+        let tx = tx.clone();
+        let mut input = FeatureInput::new(clock, &spec);
+        let sink: Rc<RefCell<Vec<(Epoch, Key, FeatureVec)>>> = Rc::default();
+        let probe: Handle<Epoch> = worker.dataflow::<Epoch, _, _>(|scope| {
+            let features: VecCollection<'_, Epoch, (Key, FeatureVec)> =
+                dataflows::dataflow::features(scope, input.inputs_mut(), &spec);
+            let sink = Rc::clone(&sink);
+            features
+                .inspect_batch(move |_time, batch| {
+                    let mut sink = sink.borrow_mut();
+                    for ((key, vec), time, diff) in batch {
+                        if *diff > 0 {
+                            sink.push((*time, *key, vec.clone()));
+                        }
+                    }
+                })
+                .probe()
+                .0
+        });
+        for (s, step) in plan.steps.iter().enumerate() {
+            input.advance_to(step.epoch);
+            let mut rejected = Vec::new();
+            for &i in &step.events {
+                let event = &events[i as usize];
+                if owner(event, peers) != index {
+                    continue;
+                }
+                if let Err(why) = input.apply(event) {
+                    rejected.push((i, why));
+                }
+            }
+            let next = plan.steps.get(s + 1).map_or(step.epoch + 1, |n| n.epoch);
+            input.advance_to(next);
+            input.flush();
+            worker.step_while(|| probe.less_than(&next));
+            let mut changed: Vec<(Key, FeatureVec)> = Vec::new();
+            sink.borrow_mut().retain(|(time, key, vec)| {
+                if *time <= step.epoch {
+                    changed.push((*key, vec.clone()));
+                    false
+                } else {
+                    true
+                }
+            });
+            let report = Report {
+                epoch: step.epoch,
+                changed,
+                rejected,
+            };
+            if tx.send(report).is_err() {
+                // The consumer hung up: nothing left to report to.
+                break;
+            }
+        }
+    })
+    .map_err(RunError::Worker)?;
+
+    // Merge the workers' reports of each epoch; epochs complete in order.
+    let mut pending: BTreeMap<Epoch, (usize, EpochOutput)> = BTreeMap::new();
+    for report in rx {
+        let entry = pending.entry(report.epoch).or_insert_with(|| {
+            (
+                0,
+                EpochOutput {
+                    epoch: report.epoch,
+                    ..EpochOutput::default()
+                },
+            )
+        });
+        entry.0 += 1;
+        entry.1.changed.extend(report.changed);
+        entry.1.rejected.extend(report.rejected);
+        while let Some(first) = pending.first_entry() {
+            if first.get().0 < workers {
+                break;
+            }
+            let (_, mut out) = first.remove();
+            out.changed.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+            out.rejected.sort_unstable_by_key(|(i, _)| *i);
+            on_epoch(out);
+        }
+    }
+    for result in guards.join() {
+        result.map_err(RunError::Worker)?;
+    }
+    if !pending.is_empty() {
+        return Err(RunError::Worker(format!(
+            "{} epochs were not reported by every worker",
+            pending.len()
+        )));
+    }
+    Ok(())
+}

@@ -1,0 +1,196 @@
+//! Which epoch each event is applied in, and which epochs must be visited.
+//!
+//! The watermark is the minimum, over the event inputs (sales, stock) that have produced
+//! anything, of the largest event time seen, minus the allowed lateness. An epoch is closed
+//! once the watermark reaches its end. An event whose epoch is already closed is *late*: it is
+//! applied in the first open epoch (and still counts in its own demand period). Reference data
+//! carries no event time and is applied in the first open epoch.
+//!
+//! Besides the epochs that receive events, the first epoch of every period between the first
+//! and last event is visited, so windows slide even through periods without data.
+
+use dataflows::{Clock, Epoch, Event};
+
+/// Per-input watermark tracking.
+#[derive(Clone, Debug)]
+pub struct Watermarks {
+    /// Allowed lateness in seconds.
+    lateness: i64,
+    /// Largest event time seen on the sales input.
+    sales: Option<i64>,
+    /// Largest event time seen on the stock input.
+    stock: Option<i64>,
+}
+
+impl Watermarks {
+    /// No events seen yet.
+    pub fn new(allowed_lateness_secs: i64) -> Self {
+        Watermarks {
+            lateness: allowed_lateness_secs.max(0),
+            sales: None,
+            stock: None,
+        }
+    }
+
+    /// Records an event time.
+    pub fn observe(&mut self, event: &Event) {
+        let slot = match event {
+            Event::Sale { .. } => &mut self.sales,
+            Event::Stock { .. } => &mut self.stock,
+            Event::Promotion { .. } => return,
+        };
+        if let Some(ts) = event.ts() {
+            *slot = Some(slot.map_or(ts, |m| m.max(ts)));
+        }
+    }
+
+    /// The watermark, once any input has seen an event.
+    pub fn watermark(&self) -> Option<i64> {
+        let w = match (self.sales, self.stock) {
+            (Some(a), Some(b)) => a.min(b),
+            (Some(a), None) | (None, Some(a)) => a,
+            (None, None) => return None,
+        };
+        Some(w - self.lateness)
+    }
+
+    /// The first epoch not yet closed.
+    pub fn first_open(&self, clock: &Clock) -> Epoch {
+        self.watermark()
+            .and_then(|w| clock.epoch_of(w))
+            .unwrap_or(0)
+    }
+}
+
+/// One epoch to visit and the events applied in it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Step {
+    /// The epoch.
+    pub epoch: Epoch,
+    /// Indices of the events applied in it, in arrival order.
+    pub events: Vec<u32>,
+}
+
+/// The whole schedule of a replay.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Plan {
+    /// Steps in epoch order.
+    pub steps: Vec<Step>,
+    /// Events applied after their own epoch had closed.
+    pub late: Vec<u32>,
+}
+
+/// Schedules `events` (in arrival order). With `until`, steps continue to that epoch (inclusive)
+/// even past the last event.
+pub fn plan(
+    clock: &Clock,
+    allowed_lateness_secs: i64,
+    events: &[Event],
+    until: Option<Epoch>,
+) -> Plan {
+    let mut marks = Watermarks::new(allowed_lateness_secs);
+    let first = events
+        .iter()
+        .find_map(|e| e.ts().and_then(|ts| clock.epoch_of(ts)));
+    let Some(mut open) = first.or(until) else {
+        return Plan::default();
+    };
+    let mut assigned: Vec<(Epoch, u32)> = Vec::with_capacity(events.len());
+    let mut late = Vec::new();
+    for (i, event) in events.iter().enumerate() {
+        let epoch = match event.ts().map(|ts| clock.epoch_of(ts)) {
+            // Reference data, and times before 1970 (the input stage rejects those).
+            None | Some(None) => open,
+            Some(Some(own)) if own < open => {
+                late.push(i as u32);
+                open
+            }
+            Some(Some(own)) => own,
+        };
+        assigned.push((epoch, i as u32));
+        marks.observe(event);
+        open = open.max(marks.first_open(clock));
+    }
+    assigned.sort_unstable();
+
+    let mut epochs: Vec<Epoch> = assigned.iter().map(|(e, _)| *e).collect();
+    if let Some(until) = until {
+        epochs.push(until);
+    }
+    epochs.sort_unstable();
+    epochs.dedup();
+    if let (Some(&lo), Some(&hi)) = (epochs.first(), epochs.last()) {
+        let mut p = clock.period_of_epoch(lo) + 1;
+        while p <= clock.period_of_epoch(hi) {
+            epochs.push(clock.first_epoch_of_period(p));
+            p += 1;
+        }
+        epochs.sort_unstable();
+        epochs.dedup();
+    }
+    let mut steps: Vec<Step> = epochs
+        .into_iter()
+        .map(|epoch| Step {
+            epoch,
+            events: Vec::new(),
+        })
+        .collect();
+    let mut s = 0;
+    for (epoch, i) in assigned {
+        while steps[s].epoch < epoch {
+            s += 1;
+        }
+        steps[s].events.push(i);
+    }
+    Plan { steps, late }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dataflows::{Key, PeriodKind};
+
+    fn sale(ts: i64) -> Event {
+        Event::Sale {
+            key: Key { store: 1, sku: 1 },
+            ts,
+            qty: 1000,
+            unit_price: None,
+            promo: false,
+        }
+    }
+
+    #[test]
+    fn late_events_go_to_the_open_epoch_and_empty_days_are_visited() {
+        let clock = Clock::new(900, PeriodKind::Day).unwrap();
+        let day = 86_400;
+        let events = [
+            sale(day),
+            sale(day + 1000),
+            sale(day + 10),
+            sale(4 * day + 5),
+        ];
+        let p = plan(&clock, 0, &events, None);
+        assert_eq!(p.late, vec![2]);
+        let epochs: Vec<Epoch> = p.steps.iter().map(|s| s.epoch).collect();
+        assert_eq!(epochs, vec![96, 97, 192, 288, 384]);
+        assert_eq!(p.steps[1].events, vec![1, 2]);
+        assert_eq!(p.steps[4].events, vec![3]);
+    }
+
+    #[test]
+    fn lateness_keeps_epochs_open() {
+        let clock = Clock::new(900, PeriodKind::Day).unwrap();
+        let events = [sale(2000), sale(10)];
+        assert_eq!(plan(&clock, 0, &events, None).late, vec![1]);
+        assert!(plan(&clock, 3600, &events, None).late.is_empty());
+    }
+
+    #[test]
+    fn an_input_that_never_spoke_does_not_hold_the_watermark() {
+        let mut m = Watermarks::new(0);
+        assert_eq!(m.watermark(), None);
+        m.observe(&sale(500));
+        assert_eq!(m.watermark(), Some(500));
+    }
+}

@@ -1,0 +1,556 @@
+//! `replay` and `features`: the feature dataflow over a dataset directory.
+//!
+//! ```text
+//! DIR -> source::files::load -> prepare (ids, milli-units, time order) -> pipeline::plan
+//!     -> pipeline::run -> per closed epoch: score changed series -> forecasts.jsonl
+//!                                            refused events       -> dead_letters.jsonl
+//!     -> summary.json
+//! ```
+//! Replay presents a dataset's timed events in event-time order (ties in file order): it
+//! replays history as it happened. Reference data (stores, catalog, promotions) is applied
+//! first. Late arrivals are exercised through the library API by the tests.
+//!
+//! # Error handling
+//! Bad rows, unknown ids and events too old to matter are dead-lettered with file, line and
+//! reason; the run goes on. Unreadable input or unwritable output stops the run with the path.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use chrono::{DateTime, Utc};
+use dataflows::model::Promotion;
+use dataflows::{Epoch, Event, FeatureVec, Key, Schema};
+use serde::Serialize;
+
+use crate::config::Resolved;
+use crate::decode::Record;
+use crate::forecast::{self, Forecaster};
+use crate::ids::Dictionary;
+use crate::pipeline::{self, EpochOutput};
+use crate::source::files::{self, Dataset, DeadLetter, LoadError, Origin};
+
+/// Why a replay failed as a whole.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    /// The dataset could not be read.
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    /// An output file could not be written.
+    #[error("cannot write {path}: {source}")]
+    Write {
+        /// The path.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The forecaster does not fit the feature schema.
+    #[error(transparent)]
+    Forecaster(#[from] forecast::MissingFeature),
+    /// The dataflow failed.
+    #[error(transparent)]
+    Run(#[from] pipeline::RunError),
+}
+
+/// Events ready for the dataflow, in arrival order, with where each came from.
+pub struct Prepared {
+    /// Events in arrival order.
+    pub events: Vec<Event>,
+    /// Origin of each event.
+    pub origins: Vec<Origin>,
+    /// Names of stores and SKUs.
+    pub dict: Dictionary,
+    /// Rows refused while preparing (decode errors, id collisions).
+    pub dead_letters: Vec<DeadLetter>,
+    /// Records read per kind.
+    pub counts: BTreeMap<&'static str, u64>,
+}
+
+fn record_text(record: &Record) -> String {
+    format!("{record:?}")
+}
+
+/// Turns decoded records into dataflow events: ids, periods for promotions, reference data first
+/// and timed events in event-time order. With `as_of`, drops timed events after it.
+pub fn prepare(cfg: &Resolved, data: Dataset, as_of: Option<i64>) -> Prepared {
+    let mut dict = Dictionary::default();
+    let mut dead_letters = data.dead_letters.clone();
+    let mut counts: BTreeMap<&'static str, u64> = BTreeMap::new();
+    let mut reference: Vec<(Event, Origin)> = Vec::new();
+    let mut timed: Vec<(Event, Origin)> = Vec::new();
+    let period = cfg.clock.period_kind();
+    for (record, origin) in &data.records {
+        let kind = match record {
+            Record::Sale(_) => "sales",
+            Record::Movement(_) => "stock",
+            Record::Catalog(_) => "catalog",
+            Record::Store(_) => "stores",
+            Record::Promotion(_) => "promotions",
+        };
+        *counts.entry(kind).or_default() += 1;
+        let event = match record {
+            Record::Sale(s) => dict.key(&s.store_id, &s.sku_id).map(|key| Event::Sale {
+                key,
+                ts: s.ts,
+                qty: s.qty,
+                unit_price: s.unit_price,
+                promo: s.promo,
+            }),
+            Record::Movement(m) => dict.key(&m.store_id, &m.sku_id).map(|key| Event::Stock {
+                key,
+                ts: m.ts,
+                kind: m.kind,
+                qty: m.qty,
+            }),
+            Record::Promotion(p) => (|| {
+                let sku = dict.sku(&p.sku_id)?;
+                let store = p.store_id.as_deref().map(|s| dict.store(s)).transpose()?;
+                Ok(Event::Promotion {
+                    promo_id: dataflows::features::fnv1a64(p.promo_id.as_bytes()),
+                    def: Some(Promotion {
+                        store,
+                        sku,
+                        start: period.period_of(p.start),
+                        end: period.period_of(p.end),
+                    }),
+                })
+            })(),
+            // Catalog and stores feed replenishment (a later stage); here they are validated
+            // and their names registered.
+            Record::Catalog(c) => {
+                if let Err(e) = dict.sku(&c.sku_id) {
+                    Err(e)
+                } else {
+                    continue;
+                }
+            }
+            Record::Store(s) => {
+                if let Err(e) = dict.store(&s.store_id) {
+                    Err(e)
+                } else {
+                    continue;
+                }
+            }
+        };
+        match event {
+            Ok(e) if e.ts().is_some() => {
+                if as_of.is_none_or(|t| e.ts().is_some_and(|ts| ts <= t)) {
+                    timed.push((e, *origin));
+                }
+            }
+            Ok(e) => reference.push((e, *origin)),
+            Err(collision) => dead_letters.push(DeadLetter {
+                file: data.file_name(*origin).to_string(),
+                line: origin.line,
+                reason: "id_collision".into(),
+                detail: collision.to_string(),
+                record: record_text(record),
+            }),
+        }
+    }
+    // Stable: equal times keep file order.
+    timed.sort_by_key(|(e, _)| e.ts());
+    let (events, origins) = reference.into_iter().chain(timed).unzip();
+    Prepared {
+        events,
+        origins,
+        dict,
+        dead_letters,
+        counts,
+    }
+}
+
+/// RFC 3339 text of an instant.
+pub fn rfc3339(ts: i64) -> String {
+    DateTime::<Utc>::from_timestamp(ts, 0)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+        .unwrap_or_else(|| ts.to_string())
+}
+
+/// One line of `forecasts.jsonl`.
+#[derive(Serialize)]
+struct ForecastLine<'a> {
+    epoch_end: &'a str,
+    store_id: &'a str,
+    sku_id: &'a str,
+    schema_hash: &'a str,
+    model: &'a str,
+    model_version: &'a str,
+    forecast: Vec<f64>,
+    on_hand: Option<f64>,
+    on_order: Option<f64>,
+}
+
+/// Summary of keys scored per epoch.
+#[derive(Debug, Default, Serialize)]
+pub struct ScoredStats {
+    /// Sum over epochs.
+    pub total: u64,
+    /// Largest epoch.
+    pub max: u64,
+    /// Mean over epochs.
+    pub mean: f64,
+}
+
+/// `summary.json`.
+#[derive(Debug, Serialize)]
+pub struct Summary {
+    /// Dataset read.
+    pub data_dir: String,
+    /// `day` or `week`.
+    pub period: dataflows::PeriodKind,
+    /// Epoch length.
+    pub epoch_secs: u64,
+    /// Timely workers.
+    pub workers: usize,
+    /// Feature schema hash.
+    pub schema_hash: String,
+    /// Number of features.
+    pub features: usize,
+    /// Forecaster used.
+    pub model: String,
+    /// Records read per kind.
+    pub events_read: BTreeMap<&'static str, u64>,
+    /// Events applied after their epoch had closed.
+    pub late_events: u64,
+    /// Dead letters by reason.
+    pub dead_letters: BTreeMap<String, u64>,
+    /// Epochs closed.
+    pub epochs: u64,
+    /// Series seen.
+    pub keys: u64,
+    /// Series scored per epoch.
+    pub keys_scored_per_epoch: ScoredStats,
+    /// First and last epoch end.
+    pub first_epoch_end: Option<String>,
+    /// Last epoch end.
+    pub last_epoch_end: Option<String>,
+    /// Wall-clock seconds of load plus run.
+    pub wall_secs: f64,
+    /// Records read per wall-clock second.
+    pub events_per_sec: f64,
+    /// Files read.
+    pub files: Vec<files::FileReport>,
+    /// Files present but not used.
+    pub ignored_files: Vec<String>,
+}
+
+fn write_err(path: &Path) -> impl Fn(std::io::Error) -> ReplayError + '_ {
+    move |source| ReplayError::Write {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn create(path: &Path) -> Result<BufWriter<File>, ReplayError> {
+    Ok(BufWriter::with_capacity(
+        1 << 20,
+        File::create(path).map_err(write_err(path))?,
+    ))
+}
+
+/// The dead letter of an event the input stage refused.
+fn refused(
+    data_files: &[files::FileReport],
+    prepared: &Prepared,
+    index: u32,
+    why: &dataflows::input::Rejection,
+) -> DeadLetter {
+    let origin = prepared.origins[index as usize];
+    DeadLetter {
+        file: data_files[origin.file as usize].name.clone(),
+        line: origin.line,
+        reason: why.reason().to_string(),
+        detail: format!("{why:?}"),
+        record: format!("{:?}", prepared.events[index as usize]),
+    }
+}
+
+/// Options of `replay`.
+pub struct ReplayOptions {
+    /// Dataset directory.
+    pub data: PathBuf,
+    /// Output directory (created).
+    pub out: PathBuf,
+    /// Timely workers.
+    pub workers: usize,
+    /// Show a progress bar (on a terminal).
+    pub progress: bool,
+}
+
+/// Runs `replay`; returns the summary it also writes.
+pub fn replay(cfg: &Resolved, opts: &ReplayOptions) -> Result<Summary, ReplayError> {
+    let started = Instant::now();
+    std::fs::create_dir_all(&opts.out).map_err(write_err(&opts.out))?;
+    let data = files::load(&opts.data)?;
+    let file_reports = data.files.clone();
+    let ignored = data.ignored.clone();
+    let prepared = prepare(cfg, data, None);
+    let schema = cfg.spec.schema();
+    let horizon = cfg.spec.horizon as usize;
+    let forecaster = forecast::baseline(cfg.baseline, &schema, cfg.clock.period_kind(), horizon)?;
+    let plan = pipeline::plan(
+        &cfg.clock,
+        cfg.allowed_lateness_secs,
+        &prepared.events,
+        None,
+    );
+
+    let forecasts_path = opts.out.join("forecasts.jsonl");
+    let dead_path = opts.out.join("dead_letters.jsonl");
+    let mut forecasts = create(&forecasts_path)?;
+    let mut dead = create(&dead_path)?;
+    let mut dead_counts: BTreeMap<String, u64> = BTreeMap::new();
+    let mut write_dead = |d: &DeadLetter, dead: &mut BufWriter<File>| -> std::io::Result<()> {
+        *dead_counts.entry(d.reason.clone()).or_default() += 1;
+        serde_json::to_writer(&mut *dead, d)?;
+        dead.write_all(b"\n")
+    };
+    for d in &prepared.dead_letters {
+        write_dead(d, &mut dead).map_err(write_err(&dead_path))?;
+    }
+
+    let progress = indicatif::ProgressBar::new(plan.steps.len() as u64);
+    if opts.progress {
+        progress.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{elapsed_precise} [{bar:40}] {pos}/{len} epochs {msg}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+    } else {
+        progress.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+
+    let mut scored = ScoredStats::default();
+    let mut epochs = 0u64;
+    let mut io_error: Option<ReplayError> = None;
+    let mut first_end = None;
+    let mut last_end = None;
+    let late = plan.late.len() as u64;
+    let events = Arc::new(prepared.events.clone());
+    let output = |out: EpochOutput| {
+        if io_error.is_some() {
+            return;
+        }
+        epochs += 1;
+        progress.inc(1);
+        let end = rfc3339(cfg.clock.epoch_end(out.epoch));
+        first_end.get_or_insert_with(|| end.clone());
+        let result = (|| -> std::io::Result<()> {
+            for (i, why) in &out.rejected {
+                write_dead(&refused(&file_reports, &prepared, *i, why), &mut dead)?;
+            }
+            write_forecasts(
+                &mut forecasts,
+                &end,
+                &schema,
+                forecaster.as_ref(),
+                &prepared.dict,
+                &out.changed,
+            )
+        })();
+        if let Err(e) = result {
+            io_error = Some(write_err(&forecasts_path)(e));
+        }
+        let n = out.changed.len() as u64;
+        scored.total += n;
+        scored.max = scored.max.max(n);
+        last_end = Some(end);
+    };
+    pipeline::run(
+        cfg.clock,
+        &cfg.spec,
+        opts.workers,
+        events,
+        Arc::new(plan),
+        output,
+    )?;
+    progress.finish_and_clear();
+    if let Some(e) = io_error {
+        return Err(e);
+    }
+    forecasts.flush().map_err(write_err(&forecasts_path))?;
+    dead.flush().map_err(write_err(&dead_path))?;
+    scored.mean = if epochs > 0 {
+        scored.total as f64 / epochs as f64
+    } else {
+        0.0
+    };
+    let wall = started.elapsed().as_secs_f64();
+    let read: u64 = prepared.counts.values().sum();
+    let summary = Summary {
+        data_dir: opts.data.display().to_string(),
+        period: cfg.clock.period_kind(),
+        epoch_secs: cfg.clock.epoch_secs(),
+        workers: opts.workers,
+        schema_hash: schema.hash.clone(),
+        features: schema.features.len(),
+        model: forecaster.name().to_string(),
+        events_read: prepared.counts.clone(),
+        late_events: late,
+        dead_letters: dead_counts,
+        epochs,
+        keys: distinct_keys(&prepared.events),
+        keys_scored_per_epoch: scored,
+        first_epoch_end: first_end,
+        last_epoch_end: last_end,
+        wall_secs: wall,
+        events_per_sec: read as f64 / wall.max(1e-9),
+        files: file_reports,
+        ignored_files: ignored,
+    };
+    let summary_path = opts.out.join("summary.json");
+    let mut w = create(&summary_path)?;
+    serde_json::to_writer_pretty(&mut w, &summary)
+        .map_err(std::io::Error::from)
+        .and_then(|_| w.write_all(b"\n"))
+        .and_then(|_| w.flush())
+        .map_err(write_err(&summary_path))?;
+    Ok(summary)
+}
+
+fn distinct_keys(events: &[Event]) -> u64 {
+    let mut keys: Vec<Key> = events.iter().filter_map(Event::key).collect();
+    keys.sort_unstable();
+    keys.dedup();
+    keys.len() as u64
+}
+
+/// Scores the changed series of one epoch and writes their lines, in name order.
+fn write_forecasts(
+    w: &mut impl Write,
+    epoch_end: &str,
+    schema: &Schema,
+    forecaster: &dyn Forecaster,
+    dict: &Dictionary,
+    changed: &[(Key, FeatureVec)],
+) -> std::io::Result<()> {
+    let on_hand = schema.index("on_hand");
+    let on_order = schema.index("on_order");
+    let mut named: Vec<((String, String), &FeatureVec)> =
+        changed.iter().map(|(k, v)| (dict.names(k), v)).collect();
+    named.sort_by(|a, b| a.0.cmp(&b.0));
+    for ((store, sku), vec) in named {
+        let line = ForecastLine {
+            epoch_end,
+            store_id: &store,
+            sku_id: &sku,
+            schema_hash: &schema.hash,
+            model: forecaster.name(),
+            model_version: forecaster.version(),
+            forecast: forecaster
+                .forecast(vec)
+                .into_iter()
+                .map(|x| (x * 1000.0).round() / 1000.0)
+                .collect(),
+            on_hand: on_hand.and_then(|i| schema.value(vec, i)),
+            on_order: on_order.and_then(|i| schema.value(vec, i)),
+        };
+        serde_json::to_writer(&mut *w, &line)?;
+        w.write_all(b"\n")?;
+    }
+    Ok(())
+}
+
+/// What `features` wrote.
+#[derive(Debug, Serialize)]
+pub struct FeatureTable {
+    /// Series in the table.
+    pub rows: usize,
+    /// The instant the table is as of.
+    pub as_of: String,
+    /// Feature schema hash.
+    pub schema_hash: String,
+}
+
+/// Computes the point-in-time feature table of every series from the events with `ts <= as_of`,
+/// through the same dataflow, and writes it as CSV.
+pub fn feature_table(
+    cfg: &Resolved,
+    data_dir: &Path,
+    as_of: i64,
+    out: &Path,
+    workers: usize,
+) -> Result<FeatureTable, ReplayError> {
+    let data = files::load(data_dir)?;
+    let prepared = prepare(cfg, data, Some(as_of));
+    let table = latest_features(cfg, &prepared, as_of, workers)?;
+    let schema = cfg.spec.schema();
+    let mut rows: Vec<((String, String), &FeatureVec)> = table
+        .iter()
+        .map(|(k, v)| (prepared.dict.names(k), v))
+        .collect();
+    rows.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut w = csv::Writer::from_writer(create(out)?);
+    let csv_err = |e: csv::Error| ReplayError::Write {
+        path: out.to_path_buf(),
+        source: std::io::Error::other(e.to_string()),
+    };
+    let mut header = vec!["store_id".to_string(), "sku_id".to_string()];
+    header.extend(schema.names().map(str::to_string));
+    w.write_record(&header).map_err(csv_err)?;
+    for ((store, sku), vec) in &rows {
+        let mut record = vec![store.clone(), sku.clone()];
+        record.extend((0..schema.features.len()).map(|i| format_value(&schema, vec, i)));
+        w.write_record(&record).map_err(csv_err)?;
+    }
+    w.flush().map_err(write_err(out))?;
+    Ok(FeatureTable {
+        rows: rows.len(),
+        as_of: rfc3339(as_of),
+        schema_hash: schema.hash,
+    })
+}
+
+/// Runs the dataflow through the epoch containing `as_of` and returns every series' features.
+pub fn latest_features(
+    cfg: &Resolved,
+    prepared: &Prepared,
+    as_of: i64,
+    workers: usize,
+) -> Result<HashMap<Key, FeatureVec>, ReplayError> {
+    let until: Option<Epoch> = cfg.clock.epoch_of(as_of);
+    let plan = pipeline::plan(
+        &cfg.clock,
+        cfg.allowed_lateness_secs,
+        &prepared.events,
+        until,
+    );
+    let mut table: HashMap<Key, FeatureVec> = HashMap::new();
+    pipeline::run(
+        cfg.clock,
+        &cfg.spec,
+        workers,
+        Arc::new(prepared.events.clone()),
+        Arc::new(plan),
+        |out| table.extend(out.changed),
+    )?;
+    Ok(table)
+}
+
+/// A feature value as CSV text: empty when missing, integers for counts, else up to 3 decimals.
+pub fn format_value(schema: &Schema, vec: &FeatureVec, i: usize) -> String {
+    match vec.raw(i) {
+        None => String::new(),
+        Some(v) if schema.features[i].scale == 1 => v.to_string(),
+        Some(v) => {
+            let scale = schema.features[i].scale;
+            let sign = if v < 0 { "-" } else { "" };
+            let (int, frac) = (
+                v.unsigned_abs() / scale as u64,
+                v.unsigned_abs() % scale as u64,
+            );
+            if frac == 0 {
+                format!("{sign}{int}")
+            } else {
+                let digits = scale.ilog10() as usize;
+                let f = format!("{frac:0digits$}");
+                format!("{sign}{int}.{}", f.trim_end_matches('0'))
+            }
+        }
+    }
+}

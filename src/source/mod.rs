@@ -1,0 +1,3 @@
+//! Where events come from. `files` reads a dataset directory for replay and the feature table.
+
+pub mod files;

@@ -248,3 +248,53 @@ impl FeatureInput {
         self.inputs.keys.flush();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::time::{PeriodKind, DAY_SECS};
+
+    #[test]
+    fn retained_totals_stay_inside_the_window() {
+        let spec = FeatureSpec::daily();
+        let clock = Clock::new(900, PeriodKind::Day).unwrap();
+        let mut input = FeatureInput::new(clock, &spec);
+        let keys = [Key { store: 1, sku: 1 }, Key { store: 2, sku: 1 }];
+        for day in 0..200i64 {
+            let ts = 1_000 * DAY_SECS + day * DAY_SECS + 3600;
+            input.advance_to(clock.epoch_of(ts).unwrap());
+            for key in keys {
+                let sale = Event::Sale {
+                    key,
+                    ts,
+                    qty: 1000,
+                    unit_price: None,
+                    promo: false,
+                };
+                assert_eq!(input.apply(&sale), Ok(()));
+            }
+            input.flush();
+            assert!(input.retained_totals() <= keys.len() * spec.retention() as usize);
+        }
+        assert_eq!(
+            input.retained_totals(),
+            keys.len() * spec.retention() as usize
+        );
+        let old = Event::Sale {
+            key: keys[0],
+            ts: 1_000 * DAY_SECS,
+            qty: 1000,
+            unit_price: None,
+            promo: false,
+        };
+        assert_eq!(input.apply(&old).unwrap_err().reason(), "too_late");
+        let future = Event::Sale {
+            key: keys[0],
+            ts: 2_000 * DAY_SECS,
+            qty: 1000,
+            unit_price: None,
+            promo: false,
+        };
+        assert_eq!(input.apply(&future), Err(Rejection::AfterCurrentEpoch));
+    }
+}

@@ -92,15 +92,18 @@ pub fn plan(
     let first = events
         .iter()
         .find_map(|e| e.ts().and_then(|ts| clock.epoch_of(ts)));
-    let Some(mut open) = first.or(until) else {
+    let Some(first) = first.or(until) else {
         return Plan::default();
     };
+    // The first epoch the watermark has not closed; nothing is closed before any event.
+    let mut open: Epoch = 0;
     let mut assigned: Vec<(Epoch, u32)> = Vec::with_capacity(events.len());
     let mut late = Vec::new();
     for (i, event) in events.iter().enumerate() {
         let epoch = match event.ts().map(|ts| clock.epoch_of(ts)) {
-            // Reference data, and times before 1970 (the input stage rejects those).
-            None | Some(None) => open,
+            // Reference data, and times before 1970 (the input stage rejects those), apply in
+            // the open epoch, but no earlier than the first event's.
+            None | Some(None) => open.max(first),
             Some(Some(own)) if own < open => {
                 late.push(i as u32);
                 open

@@ -1,0 +1,167 @@
+//! The binary as a black box: help, bad input, config errors, the generator and the demo.
+
+use std::path::Path;
+use std::process::Command;
+
+fn stockcast() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_stockcast"))
+}
+
+fn run_ok(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{:?} failed: {}",
+        cmd,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+#[test]
+fn help_describes_every_command() {
+    let help = run_ok(stockcast().arg("--help"));
+    for cmd in ["replay", "features", "generate", "demo", "check-config"] {
+        assert!(help.contains(cmd), "{help}");
+        let sub = run_ok(stockcast().args([cmd, "--help"]));
+        assert!(sub.len() > 100, "{cmd}: {sub}");
+    }
+}
+
+#[test]
+fn bad_rows_are_dead_lettered_and_the_run_goes_on() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::write(
+        data.join("sales.csv"),
+        "ts,store_id,sku_id,qty,price\n\
+         2024-01-01,S1,A,2,1.50\n\
+         2024-01-02,S1,A,NaN,1.50\n\
+         not-a-date,S1,A,1,\n\
+         2024-01-03,S1,,1,\n\
+         2024-01-04,S1,A,3,\n",
+    )
+    .unwrap();
+    std::fs::write(
+        data.join("stock.jsonl"),
+        "{\"ts\":\"2024-01-01T06:00:00Z\",\"store_id\":\"S1\",\"sku_id\":\"A\",\"kind\":\"receipt\",\"qty\":10}\n\
+         {\"ts\":\"2024-01-02T06:00:00Z\",\"store_id\":\"S1\",\"sku_id\":\"A\",\"kind\":\"teleport\",\"qty\":1}\n\
+         {broken\n",
+    )
+    .unwrap();
+    let out = tmp.path().join("out");
+    run_ok(
+        stockcast()
+            .args(["replay", "--data"])
+            .arg(&data)
+            .arg("--out")
+            .arg(&out),
+    );
+    let dead = std::fs::read_to_string(out.join("dead_letters.jsonl")).unwrap();
+    let dead: Vec<serde_json::Value> = dead
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let mut reasons: Vec<(String, u64, String)> = dead
+        .iter()
+        .map(|d| {
+            (
+                d["file"].as_str().unwrap().to_string(),
+                d["line"].as_u64().unwrap(),
+                d["reason"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    reasons.sort();
+    assert_eq!(
+        reasons,
+        vec![
+            ("sales.csv".into(), 3, "non_finite".into()),
+            ("sales.csv".into(), 4, "bad_time".into()),
+            ("sales.csv".into(), 5, "missing_field".into()),
+            ("stock.jsonl".into(), 2, "unknown_kind".into()),
+            ("stock.jsonl".into(), 3, "malformed".into()),
+        ]
+    );
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["events_read"]["sales"], 2);
+    assert_eq!(summary["dead_letters"]["non_finite"], 1);
+    let last = std::fs::read_to_string(out.join("forecasts.jsonl")).unwrap();
+    let last: serde_json::Value = serde_json::from_str(last.lines().last().unwrap()).unwrap();
+    // 10 received, 2 + 3 sold.
+    assert_eq!(last["on_hand"], 5.0);
+}
+
+#[test]
+fn config_errors_name_the_field_and_the_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("bad.toml");
+    std::fs::write(&file, "[time]\nepoch_secs = 1000\n").unwrap();
+    let out = stockcast().arg("check-config").arg(&file).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("bad.toml") && err.contains("time.epoch_secs"),
+        "{err}"
+    );
+    std::fs::write(&file, "[features]\nwindow = [1]\n").unwrap();
+    let out = stockcast().arg("check-config").arg(&file).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("window") && err.contains("bad.toml"),
+        "{err}"
+    );
+}
+
+#[test]
+fn every_file_in_config_parses() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+    let mut n = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            let printed = run_ok(stockcast().arg("check-config").arg(&path));
+            assert!(printed.contains("[time]"), "{printed}");
+            n += 1;
+        }
+    }
+    assert!(n >= 1);
+}
+
+#[test]
+fn the_generator_is_seeded() {
+    let tmp = tempfile::tempdir().unwrap();
+    let gen = |dir: &Path, seed: &str| {
+        run_ok(
+            stockcast()
+                .args([
+                    "generate", "--stores", "2", "--skus", "3", "--days", "60", "--seed", seed,
+                    "--out",
+                ])
+                .arg(dir),
+        );
+        std::fs::read(dir.join("sales.csv")).unwrap()
+    };
+    let a = gen(&tmp.path().join("a"), "7");
+    let b = gen(&tmp.path().join("b"), "7");
+    let c = gen(&tmp.path().join("c"), "8");
+    assert_eq!(a, b);
+    assert_ne!(a, c);
+    let stock = std::fs::read_to_string(tmp.path().join("a/stock.csv")).unwrap();
+    for kind in ["order", "receipt", "adjustment"] {
+        assert!(
+            stock.contains(kind),
+            "no {kind} in the generated stock file"
+        );
+    }
+}
+
+#[test]
+fn demo_runs_on_the_embedded_default() {
+    let tmp = tempfile::tempdir().unwrap();
+    let text = run_ok(stockcast().arg("demo").arg("--out").arg(tmp.path()));
+    assert!(text.contains("top series by forecast demand"), "{text}");
+    assert!(tmp.path().join("replay/summary.json").exists());
+}

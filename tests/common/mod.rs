@@ -1,0 +1,301 @@
+//! Test support: a naive batch reference of the feature definitions, and a seeded generator of
+//! messy event streams (returns, late and out-of-order arrivals, promotions upserted and
+//! deleted, stock movements).
+
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, HashMap};
+
+use dataflows::features::{div_round, mean_std, WEEKS_PER_YEAR};
+use dataflows::model::{Id, Promotion, MISSING};
+use dataflows::time::weekday_of_day;
+use dataflows::{Clock, Epoch, Event, FeatureSpec, FeatureVec, Key, Period, PeriodKind, StockKind};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+/// Features of every series as of epoch `epoch`, computed from scratch from the events
+/// (`assigned[i]` is the epoch event `i` was applied in). Events too old when applied are
+/// returned separately.
+pub fn reference(
+    clock: &Clock,
+    spec: &FeatureSpec,
+    events: &[Event],
+    assigned: &[Epoch],
+    epoch: Epoch,
+) -> (BTreeMap<Key, FeatureVec>, Vec<u32>) {
+    let r = spec.retention() as Period;
+    let now = clock.period_of_epoch(epoch);
+    let mut too_late = Vec::new();
+    let mut applied: Vec<&Event> = Vec::new();
+    // Arrival order is the event order; apply those assigned at or before `epoch`.
+    for (i, ev) in events.iter().enumerate() {
+        if assigned[i] > epoch {
+            continue;
+        }
+        if let Some(ts) = ev.ts() {
+            let current = clock.period_of_epoch(assigned[i]);
+            if clock.period_of(ts) <= current - r {
+                too_late.push(i as u32);
+                continue;
+            }
+        }
+        applied.push(ev);
+    }
+    let mut promos: HashMap<Id, Promotion> = HashMap::new();
+    for ev in &applied {
+        if let Event::Promotion { promo_id, def } = ev {
+            match def {
+                Some(d) => promos.insert(*promo_id, *d),
+                None => promos.remove(promo_id),
+            };
+        }
+    }
+    let mut by_key: BTreeMap<Key, Vec<&Event>> = BTreeMap::new();
+    for ev in &applied {
+        if let Some(k) = ev.key() {
+            by_key.entry(k).or_default().push(ev);
+        }
+    }
+    let table = by_key
+        .into_iter()
+        .map(|(key, evs)| {
+            let promos: Vec<(Period, Period)> = promos
+                .values()
+                .filter(|p| p.sku == key.sku && p.store.is_none_or(|s| s == key.store))
+                .map(|p| (p.start, p.end))
+                .collect();
+            (key, series(clock, spec, now, &evs, &promos))
+        })
+        .collect();
+    (table, too_late)
+}
+
+fn series(
+    clock: &Clock,
+    spec: &FeatureSpec,
+    now: Period,
+    evs: &[&Event],
+    promos: &[(Period, Period)],
+) -> FeatureVec {
+    let r = spec.retention() as Period;
+    let mut qty: HashMap<Period, i64> = HashMap::new();
+    let mut price: HashMap<Period, (i64, i64)> = HashMap::new();
+    let mut promo_sales: HashMap<Period, i64> = HashMap::new();
+    let mut on_hand_delta: BTreeMap<Period, i64> = BTreeMap::new();
+    let mut on_order = 0i64;
+    let mut first_stock: Option<Period> = None;
+    for ev in evs {
+        let p = clock.period_of(ev.ts().unwrap());
+        match **ev {
+            Event::Sale {
+                qty: q,
+                unit_price,
+                promo,
+                ..
+            } => {
+                *qty.entry(p).or_default() += q;
+                *on_hand_delta.entry(p).or_default() -= q;
+                if let Some(u) = unit_price {
+                    let e = price.entry(p).or_default();
+                    e.0 += u;
+                    e.1 += 1;
+                }
+                if promo {
+                    *promo_sales.entry(p).or_default() += 1;
+                }
+            }
+            Event::Stock { kind, qty: q, .. } => {
+                first_stock = Some(first_stock.map_or(p, |f: Period| f.min(p)));
+                match kind {
+                    StockKind::Order => on_order += q,
+                    StockKind::Receipt => {
+                        on_order -= q;
+                        *on_hand_delta.entry(p).or_default() += q;
+                    }
+                    StockKind::Adjustment => *on_hand_delta.entry(p).or_default() += q,
+                }
+            }
+            Event::Promotion { .. } => {}
+        }
+    }
+    let q = |p: Period| qty.get(&p).copied().unwrap_or(0);
+    let calendar = |p: Period| promos.iter().any(|(a, b)| *a <= p && p <= *b);
+    let mut out = Vec::new();
+    for k in 0..=spec.lags as Period {
+        out.push(q(now - k));
+    }
+    for w in &spec.windows {
+        out.push((0..*w as Period).map(|a| q(now - a)).sum());
+    }
+    let s = spec.stats_window as Period;
+    let (mean, std) = mean_std((0..s).map(|a| q(now - a)), spec.stats_window);
+    out.push(mean);
+    out.push(std);
+    match spec.period {
+        PeriodKind::Day => {
+            let weeks = spec.profile_weeks as Period;
+            for wd in 0..7 {
+                let sum: i64 = (now - 7 * weeks + 1..=now)
+                    .filter(|d| weekday_of_day(*d) == wd)
+                    .map(q)
+                    .sum();
+                out.push(div_round(i128::from(sum), i128::from(weeks)));
+            }
+        }
+        PeriodKind::Week => {
+            for h in 0..=spec.horizon as Period {
+                out.push(q(now - WEEKS_PER_YEAR as Period + h));
+            }
+        }
+    }
+    let last_sale = qty.iter().filter(|(_, v)| **v > 0).map(|(p, _)| *p).max();
+    out.push(last_sale.map_or(r, |p| (now - p).min(r)) as i64);
+    out.push((0..s).filter(|a| q(now - a) <= 0).count() as i64);
+    match first_stock {
+        Some(first) => {
+            let end_of = |p: Period| -> i64 { on_hand_delta.range(..=p).map(|(_, v)| v).sum() };
+            out.push(
+                (now - s..now)
+                    .filter(|p| *p >= first && end_of(*p) <= 0)
+                    .count() as i64,
+            );
+        }
+        None => out.push(MISSING),
+    }
+    out.push(
+        (now - s + 1..=now)
+            .filter(|p| promo_sales.get(p).is_some_and(|n| *n > 0) || calendar(*p))
+            .count() as i64,
+    );
+    let last_price = (now - r + 1..=now)
+        .rev()
+        .find_map(|p| price.get(&p).filter(|x| x.1 > 0))
+        .map(|(s, n)| div_round(i128::from(*s), i128::from(*n)));
+    out.push(last_price.unwrap_or(MISSING));
+    let (ps, pn) = (now - spec.price_window as Period + 1..=now)
+        .filter_map(|p| price.get(&p))
+        .fold((0i128, 0i128), |acc, x| {
+            (acc.0 + i128::from(x.0), acc.1 + i128::from(x.1))
+        });
+    out.push(match last_price {
+        Some(l) if pn > 0 && ps > 0 => div_round(i128::from(l) * 1000 * pn, ps),
+        _ => MISSING,
+    });
+    out.push(i64::from(
+        calendar(now) || promo_sales.get(&now).is_some_and(|n| *n > 0),
+    ));
+    out.push(
+        (1..=spec.horizon as Period)
+            .filter(|h| calendar(now + h))
+            .count() as i64,
+    );
+    if first_stock.is_some() {
+        out.push(on_hand_delta.values().sum());
+        out.push(on_order.max(0));
+    } else {
+        out.push(MISSING);
+        out.push(MISSING);
+    }
+    FeatureVec(out)
+}
+
+/// A small spec whose windows expire quickly, to exercise sliding and retention.
+pub fn small_spec(period: PeriodKind) -> FeatureSpec {
+    match period {
+        PeriodKind::Day => FeatureSpec {
+            period,
+            windows: vec![1, 3, 7, 10],
+            lags: 3,
+            stats_window: 5,
+            price_window: 4,
+            profile_weeks: 2,
+            horizon: 6,
+        },
+        PeriodKind::Week => FeatureSpec {
+            period,
+            windows: vec![1, 2, 4],
+            lags: 2,
+            stats_window: 3,
+            price_window: 2,
+            profile_weeks: 0,
+            horizon: 3,
+        },
+    }
+}
+
+/// A messy random event stream in arrival order.
+pub fn random_events(seed: u64, period: PeriodKind, n: usize) -> Vec<Event> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let span_days: i64 = match period {
+        PeriodKind::Day => 40,
+        PeriodKind::Week => 420,
+    };
+    let start = 19_000 * 86_400;
+    let stores = rng.gen_range(1..4u64);
+    let skus = rng.gen_range(1..5u64);
+    let key = |rng: &mut ChaCha8Rng| Key {
+        store: rng.gen_range(0..stores),
+        sku: 100 + rng.gen_range(0..skus),
+    };
+    let mut timed: Vec<(i64, Event)> = (0..n)
+        .map(|_| {
+            let ts = start + rng.gen_range(0..span_days * 86_400);
+            let k = key(&mut rng);
+            let ev = if rng.gen_bool(0.75) {
+                Event::Sale {
+                    key: k,
+                    ts,
+                    qty: if rng.gen_bool(0.1) {
+                        -rng.gen_range(1..3) * 1000
+                    } else {
+                        rng.gen_range(0..5) * 1000 + [0, 500, 250][rng.gen_range(0..3)]
+                    },
+                    unit_price: rng.gen_bool(0.6).then(|| rng.gen_range(500..3000)),
+                    promo: rng.gen_bool(0.15),
+                }
+            } else {
+                Event::Stock {
+                    key: k,
+                    ts,
+                    kind: [StockKind::Order, StockKind::Receipt, StockKind::Adjustment]
+                        [rng.gen_range(0..3)],
+                    qty: rng.gen_range(0..20) * 1000,
+                }
+            };
+            (ts, ev)
+        })
+        .collect();
+    timed.sort_by_key(|(ts, _)| *ts);
+    let mut events: Vec<Event> = timed.into_iter().map(|(_, e)| e).collect();
+    // Displace some events later in arrival order (late arrivals), a few far (too late).
+    for _ in 0..n / 8 {
+        let i = rng.gen_range(0..events.len());
+        let far = if rng.gen_bool(0.2) { n / 2 } else { n / 20 + 1 };
+        let j = (i + rng.gen_range(1..=far)).min(events.len() - 1);
+        let ev = events.remove(i);
+        events.insert(j, ev);
+    }
+    // Promotions upserted and deleted, interleaved.
+    let p = clock_for(period).period_of(start);
+    let span = clock_for(period).period_of(start + span_days * 86_400) - p;
+    for _ in 0..rng.gen_range(0..8) {
+        let promo_id = rng.gen_range(0..4);
+        let def = (!rng.gen_bool(0.2)).then(|| {
+            let s = p + rng.gen_range(0..span.max(1));
+            Promotion {
+                store: rng.gen_bool(0.5).then(|| rng.gen_range(0..stores)),
+                sku: 100 + rng.gen_range(0..skus),
+                start: s,
+                end: s + rng.gen_range(0..6),
+            }
+        });
+        let at = rng.gen_range(0..=events.len());
+        events.insert(at, Event::Promotion { promo_id, def });
+    }
+    events
+}
+
+/// The clock the randomized tests use: 6-hour epochs.
+pub fn clock_for(period: PeriodKind) -> Clock {
+    Clock::new(6 * 3600, period).unwrap()
+}

@@ -1,0 +1,125 @@
+//! The dataflow against the naive reference: at every epoch, the changed series and the full
+//! feature table must equal what the reference computes from scratch, with 1 and 3 workers.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use dataflows::{Epoch, FeatureSpec, FeatureVec, Key, PeriodKind};
+use stockcast::pipeline;
+
+fn check(seed: u64, period: PeriodKind, spec: &FeatureSpec, lateness: i64, workers: usize) {
+    let clock = common::clock_for(period);
+    let events = common::random_events(seed, period, 300);
+    let plan = pipeline::plan(&clock, lateness, &events, None);
+    let mut assigned = vec![0 as Epoch; events.len()];
+    for step in &plan.steps {
+        for &i in &step.events {
+            assigned[i as usize] = step.epoch;
+        }
+    }
+    let mut outputs = Vec::new();
+    pipeline::run(
+        clock,
+        spec,
+        workers,
+        Arc::new(events.clone()),
+        Arc::new(plan.clone()),
+        |out| outputs.push(out),
+    )
+    .unwrap();
+    assert_eq!(
+        outputs.len(),
+        plan.steps.len(),
+        "every step closes an epoch"
+    );
+
+    let mut table: BTreeMap<Key, FeatureVec> = BTreeMap::new();
+    let mut previous: BTreeMap<Key, FeatureVec> = BTreeMap::new();
+    let mut rejected_total = Vec::new();
+    let mut changed_total = 0;
+    for out in &outputs {
+        let (expected, too_late) = common::reference(&clock, spec, &events, &assigned, out.epoch);
+        let expected_changes: Vec<(Key, FeatureVec)> = expected
+            .iter()
+            .filter(|(k, v)| previous.get(*k) != Some(*v))
+            .map(|(k, v)| (*k, v.clone()))
+            .collect();
+        assert_eq!(
+            out.changed, expected_changes,
+            "seed {seed} {period:?} workers {workers}: changed series at epoch {}",
+            out.epoch
+        );
+        table.extend(out.changed.iter().cloned());
+        assert_eq!(table, expected, "seed {seed}: table at epoch {}", out.epoch);
+        rejected_total.extend(out.rejected.iter().map(|(i, why)| {
+            assert_eq!(why.reason(), "too_late");
+            *i
+        }));
+        rejected_total.sort_unstable();
+        assert_eq!(rejected_total, too_late, "seed {seed}: too-late events");
+        changed_total += out.changed.len();
+        previous = expected;
+    }
+    assert!(changed_total > 0, "seed {seed}: the test exercised nothing");
+}
+
+#[test]
+fn daily_features_match_the_reference() {
+    let spec = common::small_spec(PeriodKind::Day);
+    for seed in 0..12 {
+        for workers in [1, 3] {
+            check(
+                seed,
+                PeriodKind::Day,
+                &spec,
+                if seed % 3 == 0 { 7200 } else { 0 },
+                workers,
+            );
+        }
+    }
+}
+
+#[test]
+fn weekly_features_match_the_reference() {
+    let spec = common::small_spec(PeriodKind::Week);
+    for seed in 100..108 {
+        for workers in [1, 3] {
+            check(seed, PeriodKind::Week, &spec, 0, workers);
+        }
+    }
+}
+
+#[test]
+fn default_specs_match_the_reference() {
+    check(7, PeriodKind::Day, &FeatureSpec::daily(), 0, 2);
+    check(8, PeriodKind::Week, &FeatureSpec::weekly(), 0, 2);
+}
+
+#[test]
+fn the_stream_has_late_and_too_late_events() {
+    // Guards the generator: the comparisons above must see lateness of both kinds.
+    let clock = common::clock_for(PeriodKind::Day);
+    let spec = common::small_spec(PeriodKind::Day);
+    let (mut late, mut too_late) = (0, 0);
+    for seed in 0..12 {
+        let events = common::random_events(seed, PeriodKind::Day, 300);
+        let plan = pipeline::plan(&clock, 0, &events, None);
+        late += plan.late.len();
+        let mut assigned = vec![0; events.len()];
+        for s in &plan.steps {
+            for &i in &s.events {
+                assigned[i as usize] = s.epoch;
+            }
+        }
+        let last = plan.steps.last().unwrap().epoch;
+        too_late += common::reference(&clock, &spec, &events, &assigned, last)
+            .1
+            .len();
+    }
+    assert!(
+        late > 50 && too_late > 5,
+        "late {late}, too late {too_late}"
+    );
+}

@@ -1,0 +1,186 @@
+//! End-to-end replays of the real datasets in ../shared/data, and the feature table's
+//! definitions checked against an independent pass over the raw CSV.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use stockcast::config::Config;
+use stockcast::replay::{self, ReplayOptions};
+
+fn shared(name: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/data")
+        .join(name);
+    assert!(
+        dir.join("sales.csv").exists(),
+        "{} is missing: the tests need ../shared/data beside the checkout",
+        dir.display()
+    );
+    dir
+}
+
+fn resolved(period: &str) -> stockcast::config::Resolved {
+    let text = format!("[time]\nperiod = \"{period}\"\n");
+    Config::parse(&text, Path::new("<test>"))
+        .unwrap()
+        .resolve(Path::new("<test>"))
+        .unwrap()
+}
+
+fn lines(path: &Path) -> usize {
+    std::fs::read_to_string(path).unwrap().lines().count()
+}
+
+#[test]
+fn m5_mini_replays_daily_identically_with_1_and_3_workers() {
+    let data = shared("m5_mini");
+    let cfg = resolved("day");
+    let tmp = tempfile::tempdir().unwrap();
+    let mut outs = Vec::new();
+    for workers in [1, 3] {
+        let out = tmp.path().join(format!("w{workers}"));
+        let s = replay::replay(
+            &cfg,
+            &ReplayOptions {
+                data: data.clone(),
+                out: out.clone(),
+                workers,
+                progress: false,
+            },
+        )
+        .unwrap();
+        assert_eq!(s.keys, 10);
+        assert_eq!(s.events_read["sales"], 19_130);
+        assert!(s.dead_letters.is_empty(), "{:?}", s.dead_letters);
+        // 1,913 days, each visited at its first epoch.
+        assert_eq!(s.epochs, 1_913);
+        outs.push(std::fs::read(out.join("forecasts.jsonl")).unwrap());
+    }
+    assert_eq!(outs[0], outs[1], "output depends on the number of workers");
+    assert!(lines(&tmp.path().join("w1/forecasts.jsonl")) > 10_000);
+}
+
+#[test]
+fn walmart_replays_weekly_with_its_negative_sales() {
+    let data = shared("walmart_store_dept");
+    let cfg = resolved("week");
+    let tmp = tempfile::tempdir().unwrap();
+    let s = replay::replay(
+        &cfg,
+        &ReplayOptions {
+            data,
+            out: tmp.path().to_path_buf(),
+            workers: 2,
+            progress: false,
+        },
+    )
+    .unwrap();
+    assert_eq!(s.events_read["sales"], 421_570);
+    assert_eq!(s.keys, 3_331);
+    assert!(s.dead_letters.is_empty(), "{:?}", s.dead_letters);
+    assert_eq!(s.ignored_files, vec!["calendar.csv".to_string()]);
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(tmp.path().join("summary.json")).unwrap())
+            .unwrap();
+    assert_eq!(summary["period"], "week");
+    assert!(summary["keys_scored_per_epoch"]["total"].as_u64().unwrap() > 100_000);
+}
+
+/// Sum of qty per (store, sku) over the `n` periods ending with the one containing `as_of`,
+/// straight from the CSV.
+fn raw_sums(dir: &Path, as_of: &str, days: i64) -> HashMap<(String, String), f64> {
+    let as_of = chrono::NaiveDate::parse_from_str(as_of, "%Y-%m-%d").unwrap();
+    let first = as_of - chrono::Duration::days(days - 1);
+    let mut sums = HashMap::new();
+    let mut r = csv::Reader::from_path(dir.join("sales.csv")).unwrap();
+    let h = r.headers().unwrap().clone();
+    let col = |n: &str| h.iter().position(|c| c == n).unwrap();
+    let (d, s, k, q) = (col("date"), col("store_id"), col("sku_id"), col("qty"));
+    for rec in r.records() {
+        let rec = rec.unwrap();
+        let date = chrono::NaiveDate::parse_from_str(&rec[d], "%Y-%m-%d").unwrap();
+        let e = sums
+            .entry((rec[s].to_string(), rec[k].to_string()))
+            .or_insert(0.0);
+        if date >= first && date <= as_of {
+            *e += rec[q].parse::<f64>().unwrap();
+        }
+    }
+    sums
+}
+
+#[test]
+fn feature_table_sums_match_the_raw_csv() {
+    let data = shared("m5_mini");
+    let cfg = resolved("day");
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("features.csv");
+    let as_of = "2014-06-15";
+    let t = replay::feature_table(
+        &cfg,
+        &data,
+        stockcast::decode::parse_time("as_of", "2014-06-15T23:59:59Z").unwrap(),
+        &out,
+        2,
+    )
+    .unwrap();
+    assert_eq!(t.rows, 10);
+    let expected = raw_sums(&data, as_of, 28);
+    let mut r = csv::Reader::from_path(&out).unwrap();
+    let h = r.headers().unwrap().clone();
+    assert_eq!(&h[0], "store_id");
+    assert_eq!(&h[1], "sku_id");
+    let col = h.iter().position(|c| c == "sales_sum_28d").unwrap();
+    let mut checked = 0;
+    for rec in r.records() {
+        let rec = rec.unwrap();
+        let want = expected[&(rec[0].to_string(), rec[1].to_string())];
+        let got: f64 = rec[col].parse().unwrap();
+        assert!(
+            (got - want).abs() < 1e-9,
+            "{}/{}: {got} vs {want}",
+            &rec[0],
+            &rec[1]
+        );
+        checked += 1;
+    }
+    assert_eq!(checked, 10);
+}
+
+#[test]
+fn dunnhumby_weekly_sums_match_the_raw_csv() {
+    let data = shared("dunnhumby_btf_dev");
+    let cfg = resolved("week");
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("features.csv");
+    // 2011-06-19 is a Sunday: the ISO week 2011-06-13..19 is the last of the window.
+    let as_of = stockcast::decode::parse_time("as_of", "2011-06-19T23:59:59Z").unwrap();
+    let t = replay::feature_table(&cfg, &data, as_of, &out, 2).unwrap();
+    assert!(t.rows > 2_500, "{} rows", t.rows);
+    let expected = raw_sums(&data, "2011-06-19", 13 * 7);
+    let mut r = csv::Reader::from_path(&out).unwrap();
+    let h = r.headers().unwrap().clone();
+    let col = h.iter().position(|c| c == "sales_sum_13w").unwrap();
+    let promo = h.iter().position(|c| c == "promo_periods_13w").unwrap();
+    let price = h.iter().position(|c| c == "price_last").unwrap();
+    let (mut checked, mut with_promo, mut with_price) = (0, 0, 0);
+    for rec in r.records() {
+        let rec = rec.unwrap();
+        let want = expected[&(rec[0].to_string(), rec[1].to_string())];
+        let got: f64 = rec[col].parse().unwrap();
+        assert!(
+            (got - want).abs() < 1e-6,
+            "{}/{}: {got} vs {want}",
+            &rec[0],
+            &rec[1]
+        );
+        checked += 1;
+        with_promo += usize::from(rec[promo].parse::<i64>().unwrap() > 0);
+        with_price += usize::from(!rec[price].is_empty());
+    }
+    assert_eq!(checked, t.rows);
+    assert!(
+        with_promo > 100 && with_price > 1_000,
+        "{with_promo} {with_price}"
+    );
+}

@@ -1,1 +1,426 @@
-fn main() {}
+//! Feature-maintenance benchmarks; prints figures (with the machine's load) rather than timing
+//! assertions.
+//!
+//! ```text
+//! cargo bench --bench features                       # all scenarios at their default sizes
+//! cargo bench --bench features -- throughput --keys 100000 --days 28 --workers 2
+//! cargo bench --bench features -- latency --keys 100000
+//! cargo bench --bench features -- memory --keys 1000000
+//! ```
+//! - throughput: generated events (the project's generator) for `keys` series over `days` days,
+//!   pre-generated per worker, fed epoch by epoch through the input stage and the dataflow.
+//! - latency: every series gets a sale on day 0; then, inside day 1, epochs in which 1% of the
+//!   series change; reports the median and p95 wall time per such epoch, and the rollover epoch.
+//! - memory: streams `days` generated days through the dataflow in a child process and reports
+//!   its peak RSS per series.
+
+use std::sync::{Arc, Barrier, Mutex};
+use std::time::{Duration, Instant};
+
+use dataflows::features::fnv1a64;
+use dataflows::input::FeatureInput;
+use dataflows::model::Promotion;
+use dataflows::time::DAY_SECS;
+use dataflows::{Clock, Epoch, Event, FeatureSpec, Key, PeriodKind, StockKind};
+use stockcast::generate::{self, Generator, Item, Params, Promo, Sink};
+use timely::dataflow::operators::probe::Handle;
+
+/// Collects generated events as dataflow events.
+struct EventSink {
+    stores: Vec<u64>,
+    skus: Vec<u64>,
+    events: Vec<Event>,
+    promos: Vec<Event>,
+    tag: u32,
+}
+
+impl EventSink {
+    fn key(&self, store: u32, sku: u32) -> Key {
+        Key {
+            store: self.stores[store as usize],
+            sku: self.skus[sku as usize],
+        }
+    }
+}
+
+impl Sink for EventSink {
+    fn reference(&mut self, _items: &[Item], promos: &[Promo], params: &Params) {
+        let clock = Clock::new(900, PeriodKind::Day).unwrap();
+        for p in promos {
+            let day = |d: u32| clock.period_of(params.start + i64::from(d) * DAY_SECS);
+            self.promos.push(Event::Promotion {
+                promo_id: fnv1a64(format!("P{}-{}", self.tag, p.id).as_bytes()),
+                def: Some(Promotion {
+                    store: p.store.map(|s| self.stores[s as usize]),
+                    sku: self.skus[p.sku as usize],
+                    start: day(p.first_day),
+                    end: day(p.last_day),
+                }),
+            });
+        }
+    }
+    fn sale(&mut self, ts: i64, store: u32, sku: u32, qty: i32, price_cents: u32, promo: bool) {
+        self.events.push(Event::Sale {
+            key: self.key(store, sku),
+            ts,
+            qty: i64::from(qty) * 1000,
+            unit_price: Some(i64::from(price_cents) * 10),
+            promo,
+        });
+    }
+    fn movement(&mut self, ts: i64, store: u32, sku: u32, kind: StockKind, qty: i32) {
+        self.events.push(Event::Stock {
+            key: self.key(store, sku),
+            ts,
+            kind,
+            qty: i64::from(qty) * 1000,
+        });
+    }
+}
+
+const SKUS: u32 = 1000;
+
+fn worker_params(keys: u32, days: u32, index: usize, peers: usize) -> Params {
+    let stores = (keys / SKUS).max(1);
+    let per = stores.div_ceil(peers as u32);
+    let first = per * index as u32;
+    Params {
+        stores: per.min(stores.saturating_sub(first)),
+        skus: SKUS.min(keys),
+        days,
+        store_offset: first,
+        seed: 42 + index as u64,
+        ..Params::default()
+    }
+}
+
+fn sink_for(params: &Params, tag: u32) -> EventSink {
+    let total = params.store_offset + params.stores;
+    EventSink {
+        stores: (0..total)
+            .map(|s| fnv1a64(generate::store_name(s).as_bytes()))
+            .collect(),
+        skus: (0..params.skus)
+            .map(|s| fnv1a64(generate::sku_name(s).as_bytes()))
+            .collect(),
+        events: Vec::new(),
+        promos: Vec::new(),
+        tag,
+    }
+}
+
+/// One worker's dataflow plus its input stage and a count of changed series per epoch.
+struct Fixture {
+    input: FeatureInput,
+    probe: Handle<Epoch>,
+    changed: std::rc::Rc<std::cell::Cell<u64>>,
+    clock: Clock,
+}
+
+impl Fixture {
+    fn new(worker: &mut timely::worker::Worker, clock: Clock, spec: &FeatureSpec) -> Self {
+        let mut input = FeatureInput::new(clock, spec);
+        let changed = std::rc::Rc::new(std::cell::Cell::new(0));
+        let counter = changed.clone();
+        let probe = worker.dataflow::<Epoch, _, _>(|scope| {
+            dataflows::dataflow::features(scope, input.inputs_mut(), spec)
+                .inspect_batch(move |_, batch| {
+                    let n = batch.iter().filter(|u| u.2 > 0).count() as u64;
+                    counter.set(counter.get() + n);
+                })
+                .probe()
+                .0
+        });
+        Fixture {
+            input,
+            probe,
+            changed,
+            clock,
+        }
+    }
+
+    /// Closes the current epoch: advances to `next` (rolling periods over on the way through
+    /// each period's first epoch) and runs the dataflow until it caught up.
+    fn close(&mut self, worker: &mut timely::worker::Worker, next: Epoch) {
+        let cur = self.input.epoch();
+        let mut p = self.clock.period_of_epoch(cur) + 1;
+        while p <= self.clock.period_of_epoch(next) {
+            let first = self.clock.first_epoch_of_period(p);
+            if first > cur && first < next {
+                self.input.advance_to(first);
+                self.input.flush();
+                worker.step_while(|| self.probe.less_than(&first));
+            }
+            p += 1;
+        }
+        self.input.advance_to(next);
+        self.input.flush();
+        worker.step_while(|| self.probe.less_than(&next));
+    }
+
+    /// Feeds events in time order, closing each epoch as the next begins.
+    fn feed(&mut self, worker: &mut timely::worker::Worker, events: &[Event]) -> u64 {
+        let mut epochs = 0;
+        for ev in events {
+            let e = self.clock.epoch_of(ev.ts().unwrap_or(0)).unwrap_or(0);
+            if e > self.input.epoch() {
+                self.close(worker, e);
+                epochs += 1;
+            }
+            let _ = self.input.apply(ev);
+        }
+        epochs
+    }
+}
+
+fn load() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "?".into())
+}
+
+fn cpu_secs() -> f64 {
+    // utime + stime of this process, from /proc/self/stat (clock ticks of 100 Hz).
+    std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            let rest = s.rsplit_once(')')?.1;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            Some((f[11].parse::<f64>().ok()? + f[12].parse::<f64>().ok()?) / 100.0)
+        })
+        .unwrap_or(f64::NAN)
+}
+
+fn peak_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn throughput(keys: u32, days: u32, workers: usize) {
+    let spec = FeatureSpec::daily();
+    let clock = Clock::new(900, PeriodKind::Day).unwrap();
+    let barrier = Arc::new(Barrier::new(workers + 1));
+    let results = Arc::new(Mutex::new(Vec::new()));
+    let (b, r) = (barrier.clone(), results.clone());
+    let gen_started = Instant::now();
+    let guards = timely::execute(timely::Config::process(workers), move |worker| {
+        let (index, peers) = (worker.index(), worker.peers());
+        let params = worker_params(keys, days, index, peers);
+        let mut sink = sink_for(&params, index as u32);
+        let mut g = Generator::new(&params);
+        sink.reference(g.items(), g.promos(), &params);
+        while g.next_day(&mut sink) {}
+        let mut fx = Fixture::new(worker, clock, &spec);
+        b.wait();
+        let started = Instant::now();
+        fx.input.advance_to(clock.epoch_of(params.start).unwrap());
+        for p in &sink.promos {
+            let _ = fx.input.apply(p);
+        }
+        let epochs = fx.feed(worker, &sink.events);
+        let last = fx.input.epoch() + 1;
+        fx.close(worker, last);
+        r.lock().unwrap().push((
+            sink.events.len() as u64,
+            epochs,
+            fx.changed.get(),
+            started.elapsed(),
+            fx.input.key_count(),
+        ));
+        b.wait();
+    })
+    .unwrap();
+    barrier.wait();
+    let gen_secs = gen_started.elapsed().as_secs_f64();
+    let cpu0 = cpu_secs();
+    let t0 = Instant::now();
+    barrier.wait();
+    let wall = t0.elapsed().as_secs_f64();
+    let cpu = cpu_secs() - cpu0;
+    drop(guards);
+    let r = results.lock().unwrap();
+    let events: u64 = r.iter().map(|x| x.0).sum();
+    let changed: u64 = r.iter().map(|x| x.2).sum();
+    let series: usize = r.iter().map(|x| x.4).sum();
+    println!(
+        "throughput: {series} series, {days} days, {events} events, {workers} workers: \
+         {wall:.2} s wall, {cpu:.2} CPU-s -> {:.0} events/s, {:.0} events per CPU-s; \
+         {changed} series updates emitted (generation {gen_secs:.1} s, excluded) [load {}]",
+        events as f64 / wall,
+        events as f64 / cpu,
+        load()
+    );
+}
+
+fn latency(keys: u32, workers: usize, rounds: usize) {
+    let spec = FeatureSpec::daily();
+    let clock = Clock::new(900, PeriodKind::Day).unwrap();
+    let start = 19_359 * DAY_SECS;
+    let times = Arc::new(Mutex::new(Vec::new()));
+    let t = times.clone();
+    timely::execute(timely::Config::process(workers), move |worker| {
+        let (index, peers) = (worker.index(), worker.peers());
+        let mut fx = Fixture::new(worker, clock, &spec);
+        let key = |i: u32| Key {
+            store: u64::from(i / SKUS),
+            sku: u64::from(i % SKUS),
+        };
+        let mine = |i: &u32| (*i as usize) % peers == index;
+        let sale = |i: u32, ts: i64| Event::Sale {
+            key: key(i),
+            ts,
+            qty: 1000,
+            unit_price: Some(1990),
+            promo: false,
+        };
+        let day0 = clock.epoch_of(start + 8 * 3600).unwrap();
+        fx.input.advance_to(day0);
+        for i in (0..keys).filter(mine) {
+            let _ = fx.input.apply(&sale(i, start + 8 * 3600));
+        }
+        let rollover = clock.epoch_of(start + DAY_SECS).unwrap();
+        let t0 = Instant::now();
+        fx.close(worker, rollover);
+        let load_time = t0.elapsed();
+        let t1 = Instant::now();
+        fx.close(worker, rollover + 1);
+        let rollover_time = t1.elapsed();
+        let mut per_epoch = Vec::new();
+        let step = 100; // 1% of series per epoch
+        for round in 0..rounds {
+            let e = rollover + 1 + round as u64;
+            let ts = clock.epoch_start(e) + 1;
+            fx.changed.set(0);
+            let t = Instant::now();
+            for i in (0..keys)
+                .skip((round * 7) % step)
+                .step_by(step)
+                .filter(mine)
+            {
+                let _ = fx.input.apply(&sale(i, ts));
+            }
+            fx.close(worker, e + 1);
+            per_epoch.push((t.elapsed(), fx.changed.get()));
+        }
+        if index == 0 {
+            t.lock()
+                .unwrap()
+                .push((load_time, rollover_time, per_epoch));
+        }
+    })
+    .unwrap();
+    let mut r = times.lock().unwrap();
+    let (load_time, rollover_time, per_epoch) = r.pop().unwrap();
+    let mut lat: Vec<Duration> = per_epoch.iter().skip(2).map(|x| x.0).collect();
+    lat.sort();
+    let med = lat[lat.len() / 2];
+    let p95 = lat[(lat.len() * 95 / 100).min(lat.len() - 1)];
+    println!(
+        "latency: {keys} series, {workers} workers, 1% change per epoch: median {:.2} ms, p95 {:.2} ms \
+         over {} epochs; day rollover {:.0} ms; initial load {:.0} ms [load {}]",
+        med.as_secs_f64() * 1e3,
+        p95.as_secs_f64() * 1e3,
+        lat.len(),
+        rollover_time.as_secs_f64() * 1e3,
+        load_time.as_secs_f64() * 1e3,
+        load()
+    );
+}
+
+fn memory(keys: u32, days: u32, workers: usize) {
+    let spec = FeatureSpec::daily();
+    let clock = Clock::new(900, PeriodKind::Day).unwrap();
+    let counts = Arc::new(Mutex::new((0u64, 0usize, 0usize)));
+    let c = counts.clone();
+    let started = Instant::now();
+    timely::execute(timely::Config::process(workers), move |worker| {
+        let (index, peers) = (worker.index(), worker.peers());
+        let params = worker_params(keys, days, index, peers);
+        let mut sink = sink_for(&params, index as u32);
+        let mut g = Generator::new(&params);
+        sink.reference(g.items(), g.promos(), &params);
+        let mut fx = Fixture::new(worker, clock, &spec);
+        fx.input.advance_to(clock.epoch_of(params.start).unwrap());
+        for p in &sink.promos {
+            let _ = fx.input.apply(p);
+        }
+        let mut events = 0;
+        while g.next_day(&mut sink) {
+            fx.feed(worker, &sink.events);
+            events += sink.events.len() as u64;
+            sink.events.clear();
+        }
+        let last = fx.input.epoch() + 1;
+        fx.close(worker, last);
+        let mut c = c.lock().unwrap();
+        c.0 += events;
+        c.1 += fx.input.key_count();
+        c.2 += fx.input.retained_totals();
+    })
+    .unwrap();
+    let (events, series, retained) = *counts.lock().unwrap();
+    let rss = peak_rss_kib();
+    println!(
+        "memory: {series} series, {days} days, {events} events, {workers} workers: peak RSS {:.0} MiB \
+         = {:.2} KiB per series ({retained} retained period totals); {:.0} s [load {}]",
+        rss as f64 / 1024.0,
+        rss as f64 / series.max(1) as f64,
+        started.elapsed().as_secs_f64(),
+        load()
+    );
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
+    let flag = |name: &str, default: u32| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1)?.parse().ok())
+            .unwrap_or(default)
+    };
+    let workers = flag("--workers", 2) as usize;
+    let wanted = |s: &str| args.iter().any(|a| a == s);
+    let all = !["throughput", "latency", "memory"]
+        .iter()
+        .any(|s| wanted(s));
+    if wanted("throughput") || all {
+        throughput(flag("--keys", 100_000), flag("--days", 28), workers);
+    }
+    if wanted("latency") || all {
+        if all {
+            latency(100_000, workers, 30);
+            latency(1_000_000, workers, 30);
+        } else {
+            latency(
+                flag("--keys", 100_000),
+                workers,
+                flag("--rounds", 30) as usize,
+            );
+        }
+    }
+    if wanted("memory") || all {
+        if all || wanted("--child") {
+            memory(flag("--keys", 1_000_000), flag("--days", 14), workers);
+        } else {
+            // A child process, so its peak RSS is the dataflow's alone.
+            let exe = std::env::current_exe().unwrap();
+            let status = std::process::Command::new(exe)
+                .args(["memory", "--child"])
+                .args(["--keys", &flag("--keys", 1_000_000).to_string()])
+                .args(["--days", &flag("--days", 14).to_string()])
+                .args(["--workers", &workers.to_string()])
+                .status()
+                .unwrap();
+            assert!(status.success());
+        }
+    }
+}

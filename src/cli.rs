@@ -212,6 +212,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 days,
                 start,
                 seed,
+                store_offset: 0,
             };
             let n = generate::generate_to_dir(&params, &out)
                 .with_context(|| format!("writing {}", out.display()))?;

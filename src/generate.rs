@@ -34,6 +34,8 @@ pub struct Params {
     pub start: i64,
     /// Seed of everything.
     pub seed: u64,
+    /// Index of the first store (so several generators can cover disjoint stores).
+    pub store_offset: u32,
 }
 
 impl Default for Params {
@@ -45,6 +47,7 @@ impl Default for Params {
             // 2023-01-02, a Monday.
             start: 19_359 * DAY_SECS,
             seed: 42,
+            store_offset: 0,
         }
     }
 }
@@ -92,7 +95,7 @@ pub struct Promo {
 /// Receives generated data in time order.
 pub trait Sink {
     /// Catalog, stores and promotions, before any event.
-    fn reference(&mut self, items: &[Item], stores: u32, promos: &[Promo], params: &Params);
+    fn reference(&mut self, items: &[Item], promos: &[Promo], params: &Params);
     /// A sale of `qty` units (negative for a return) at `price_cents`.
     fn sale(&mut self, ts: i64, store: u32, sku: u32, qty: i32, price_cents: u32, promo: bool);
     /// A stock movement.
@@ -122,68 +125,122 @@ struct Shelf {
     pipeline: Vec<(u32, i64)>,
 }
 
-/// Runs the generator into `sink`.
-pub fn generate(params: &Params, sink: &mut dyn Sink) {
-    let mut rng = ChaCha8Rng::seed_from_u64(params.seed);
-    let base = LogNormal::new(0.4, 0.9).unwrap_or_else(|_| unreachable!("constant parameters"));
-    let mut skus: Vec<SkuModel> = (0..params.skus)
-        .map(|i| {
-            let slow = rng.gen_bool(0.25);
-            let rate = if slow {
-                rng.gen_range(0.05..0.4)
-            } else {
-                f64::min(base.sample(&mut rng), 40.0)
-            };
-            SkuModel {
-                rate,
-                price_cents: rng.gen_range(99.0..1299.0),
-                yearly_amp: rng.gen_range(0.0..0.4),
-                yearly_phase: rng.gen_range(0.0..365.0),
-                item: Item {
-                    sku: i,
-                    category: CATEGORIES[(i as usize) % CATEGORIES.len()],
-                    pack_size: [1, 6, 12][rng.gen_range(0..3)],
-                    lead_time_days: rng.gen_range(2..8),
-                },
+/// The generator's state: models, calendar, shelves, and the next day to produce.
+pub struct Generator {
+    /// Parameters.
+    params: Params,
+    /// Randomness, all from the seed.
+    rng: ChaCha8Rng,
+    /// Demand model per SKU.
+    skus: Vec<SkuModel>,
+    /// Catalog.
+    items: Vec<Item>,
+    /// Promotion calendar.
+    promos: Vec<Promo>,
+    /// Promotion indices by SKU.
+    promos_by_sku: Vec<Vec<usize>>,
+    /// Shelf state per (store, SKU).
+    shelves: Vec<Shelf>,
+    /// Next day to generate.
+    day: u32,
+    /// Events of the day being generated, before sorting.
+    buffer: Vec<(i64, u32, u32, Ev)>,
+}
+
+impl Generator {
+    /// Draws the models and the promotion calendar.
+    pub fn new(params: &Params) -> Self {
+        let mut rng = ChaCha8Rng::seed_from_u64(params.seed);
+        let base = LogNormal::new(0.4, 0.9).unwrap_or_else(|_| unreachable!("constant parameters"));
+        let skus: Vec<SkuModel> = (0..params.skus)
+            .map(|i| {
+                let slow = rng.gen_bool(0.25);
+                let rate = if slow {
+                    rng.gen_range(0.05..0.4)
+                } else {
+                    f64::min(base.sample(&mut rng), 40.0)
+                };
+                SkuModel {
+                    rate,
+                    price_cents: rng.gen_range(99.0..1299.0),
+                    yearly_amp: rng.gen_range(0.0..0.4),
+                    yearly_phase: rng.gen_range(0.0..365.0),
+                    item: Item {
+                        sku: i,
+                        category: CATEGORIES[(i as usize) % CATEGORIES.len()],
+                        pack_size: [1, 6, 12][rng.gen_range(0..3)],
+                        lead_time_days: rng.gen_range(2..8),
+                    },
+                }
+            })
+            .collect();
+        let mut promos = Vec::new();
+        let mut promos_by_sku = vec![Vec::new(); params.skus as usize];
+        for sku in 0..params.skus {
+            let mut day = rng.gen_range(0..60u32);
+            while day < params.days {
+                let len = rng.gen_range(4..11u32);
+                promos_by_sku[sku as usize].push(promos.len());
+                promos.push(Promo {
+                    id: promos.len() as u32,
+                    store: rng
+                        .gen_bool(0.3)
+                        .then(|| params.store_offset + rng.gen_range(0..params.stores.max(1))),
+                    sku,
+                    first_day: day,
+                    last_day: (day + len - 1).min(params.days.saturating_sub(1)),
+                    discount_pct: [10, 15, 20, 25, 30][rng.gen_range(0..5)],
+                });
+                day += len + rng.gen_range(30..120u32);
             }
-        })
-        .collect();
-    let mut promos = Vec::new();
-    for sku in 0..params.skus {
-        let mut day = rng.gen_range(0..60u32);
-        while day < params.days {
-            let len = rng.gen_range(4..11u32);
-            promos.push(Promo {
-                id: promos.len() as u32,
-                store: rng
-                    .gen_bool(0.3)
-                    .then(|| rng.gen_range(0..params.stores.max(1))),
-                sku,
-                first_day: day,
-                last_day: (day + len - 1).min(params.days.saturating_sub(1)),
-                discount_pct: [10, 15, 20, 25, 30][rng.gen_range(0..5)],
-            });
-            day += len + rng.gen_range(30..120u32);
+        }
+        let items = skus.iter().map(|s| s.item.clone()).collect();
+        let store_factor = LogNormal::new(0.0, 0.4).unwrap_or_else(|_| unreachable!());
+        let shelves = (0..params.stores * params.skus)
+            .map(|_| Shelf {
+                store_factor: store_factor.sample(&mut rng),
+                on_hand: 0,
+                pipeline: Vec::new(),
+            })
+            .collect();
+        Generator {
+            params: params.clone(),
+            rng,
+            skus,
+            items,
+            promos,
+            promos_by_sku,
+            shelves,
+            day: 0,
+            buffer: Vec::new(),
         }
     }
-    let items: Vec<Item> = skus.iter().map(|s| s.item.clone()).collect();
-    sink.reference(&items, params.stores, &promos, params);
 
-    let store_factor = LogNormal::new(0.0, 0.4).unwrap_or_else(|_| unreachable!());
-    let mut shelves: Vec<Shelf> = (0..params.stores * params.skus)
-        .map(|_| Shelf {
-            store_factor: store_factor.sample(&mut rng),
-            on_hand: 0,
-            pipeline: Vec::new(),
-        })
-        .collect();
-    let mut day_events: Vec<(i64, u32, u32, Ev)> = Vec::new();
-    for day in 0..params.days {
+    /// The catalog.
+    pub fn items(&self) -> &[Item] {
+        &self.items
+    }
+
+    /// The promotion calendar.
+    pub fn promos(&self) -> &[Promo] {
+        &self.promos
+    }
+
+    /// Generates the next day into `sink`, in time order; `false` once every day was produced.
+    pub fn next_day(&mut self, sink: &mut dyn Sink) -> bool {
+        let params = &self.params;
+        let day = self.day;
+        if day >= params.days {
+            return false;
+        }
+        self.day += 1;
+        let rng = &mut self.rng;
         let day_start = params.start + i64::from(day) * DAY_SECS;
         let weekday = dataflows::time::weekday_of_day((day_start / DAY_SECS) as i32);
-        day_events.clear();
+        let events = &mut self.buffer;
+        events.clear();
         for sku in 0..params.skus {
-            let m = &mut skus[sku as usize];
+            let m = &mut self.skus[sku as usize];
             if rng.gen_bool(1.0 / 120.0) {
                 m.price_cents *= rng.gen_range(0.85..1.15);
             }
@@ -191,23 +248,26 @@ pub fn generate(params: &Params, sink: &mut dyn Sink) {
                 + m.yearly_amp
                     * (2.0 * std::f64::consts::PI * (f64::from(day) - m.yearly_phase) / 365.0)
                         .sin();
-            for store in 0..params.stores {
-                let promo = promos.iter().find(|p| {
-                    p.sku == sku
-                        && p.first_day <= day
-                        && day <= p.last_day
-                        && p.store.is_none_or(|s| s == store)
-                });
+            for local in 0..params.stores {
+                let store = params.store_offset + local;
+                let promo = self.promos_by_sku[sku as usize]
+                    .iter()
+                    .map(|i| &self.promos[*i])
+                    .find(|p| {
+                        p.first_day <= day
+                            && day <= p.last_day
+                            && p.store.is_none_or(|s| s == store)
+                    });
                 let discount = promo.map_or(0.0, |p| f64::from(p.discount_pct) / 100.0);
                 let price = m.price_cents * (1.0 - discount);
                 let uplift = if promo.is_some() { 1.3 } else { 1.0 };
-                let shelf = &mut shelves[(store * params.skus + sku) as usize];
+                let shelf = &mut self.shelves[(local * params.skus + sku) as usize];
                 let mean = m.rate * shelf.store_factor;
                 let lambda =
                     mean * WEEKDAY[weekday] * yearly * uplift * (price / m.price_cents).powf(-1.5);
                 if day == 0 {
                     shelf.on_hand = (mean * 14.0).ceil() as i64 + 2;
-                    day_events.push((
+                    events.push((
                         day_start + 6 * 3600,
                         store,
                         sku,
@@ -220,7 +280,7 @@ pub fn generate(params: &Params, sink: &mut dyn Sink) {
                     if shelf.pipeline[k].0 <= day {
                         let (_, q) = shelf.pipeline.swap_remove(k);
                         shelf.on_hand += q;
-                        day_events.push((
+                        events.push((
                             day_start + 7 * 3600,
                             store,
                             sku,
@@ -231,31 +291,27 @@ pub fn generate(params: &Params, sink: &mut dyn Sink) {
                     }
                 }
                 let demand = if lambda > 0.0 {
-                    Poisson::new(lambda).map_or(0, |p| p.sample(&mut rng) as i64)
+                    Poisson::new(lambda).map_or(0, |p| p.sample(rng) as i64)
                 } else {
                     0
                 };
+                let price = price.round() as u32;
                 let mut sold = 0;
                 while sold < demand && shelf.on_hand > 0 {
                     let q = if rng.gen_bool(0.8) { 1 } else { 2 }.min(shelf.on_hand);
                     shelf.on_hand -= q;
                     sold += q;
                     let ts = day_start + rng.gen_range(8 * 3600..22 * 3600);
-                    day_events.push((
-                        ts,
-                        store,
-                        sku,
-                        Ev::Sale(q as i32, price.round() as u32, promo.is_some()),
-                    ));
+                    events.push((ts, store, sku, Ev::Sale(q as i32, price, promo.is_some())));
                 }
                 if sold > 0 && rng.gen_bool(0.01) {
                     shelf.on_hand += 1;
                     let ts = day_start + rng.gen_range(8 * 3600..22 * 3600);
-                    day_events.push((ts, store, sku, Ev::Sale(-1, price.round() as u32, false)));
+                    events.push((ts, store, sku, Ev::Sale(-1, price, false)));
                 }
                 if rng.gen_bool(0.02) && shelf.on_hand > 0 {
                     shelf.on_hand -= 1;
-                    day_events.push((
+                    events.push((
                         day_start + 22 * 3600 + 600,
                         store,
                         sku,
@@ -276,7 +332,7 @@ pub fn generate(params: &Params, sink: &mut dyn Sink) {
                         0
                     };
                     shelf.pipeline.push((day + lead + late, qty));
-                    day_events.push((
+                    events.push((
                         day_start + 23 * 3600,
                         store,
                         sku,
@@ -285,14 +341,22 @@ pub fn generate(params: &Params, sink: &mut dyn Sink) {
                 }
             }
         }
-        day_events.sort_by_key(|e| (e.0, e.1, e.2));
-        for &(ts, store, sku, ev) in &day_events {
+        events.sort_by_key(|e| (e.0, e.1, e.2));
+        for &(ts, store, sku, ev) in events.iter() {
             match ev {
                 Ev::Sale(q, p, promo) => sink.sale(ts, store, sku, q, p, promo),
                 Ev::Move(kind, q) => sink.movement(ts, store, sku, kind, q),
             }
         }
+        true
     }
+}
+
+/// Runs the whole generator into `sink`.
+pub fn generate(params: &Params, sink: &mut dyn Sink) {
+    let mut generator = Generator::new(params);
+    sink.reference(generator.items(), generator.promos(), params);
+    while generator.next_day(sink) {}
 }
 
 #[derive(Clone, Copy)]
@@ -356,7 +420,6 @@ fn ts_text(ts: i64) -> String {
 fn write_reference(
     dir: &Path,
     items: &[Item],
-    stores: u32,
     promos: &[Promo],
     params: &Params,
 ) -> std::io::Result<()> {
@@ -379,7 +442,7 @@ fn write_reference(
     w.flush()?;
     let mut w = BufWriter::new(File::create(dir.join("stores.csv"))?);
     writeln!(w, "store_id,region,active")?;
-    for s in 0..stores {
+    for s in params.store_offset..params.store_offset + params.stores {
         writeln!(w, "{},R{},true", store_name(s), s % 3)?;
     }
     w.flush()?;
@@ -410,8 +473,8 @@ pub struct DirSink<'a> {
 }
 
 impl Sink for DirSink<'_> {
-    fn reference(&mut self, items: &[Item], stores: u32, promos: &[Promo], params: &Params) {
-        let r = write_reference(self.dir, items, stores, promos, params);
+    fn reference(&mut self, items: &[Item], promos: &[Promo], params: &Params) {
+        let r = write_reference(self.dir, items, promos, params);
         if let Err(e) = r {
             self.files.error.get_or_insert(e);
         }

@@ -13,6 +13,9 @@ use crate::time::{weekday_of_day, Period, PeriodKind};
 /// Weeks in a year for the same-week-last-year features.
 pub const WEEKS_PER_YEAR: u32 = 52;
 
+/// The longest history, in periods, a spec may read.
+pub const MAX_RETENTION: u32 = 1000;
+
 /// What features to maintain; all windows count periods of `period`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FeatureSpec {
@@ -212,6 +215,16 @@ pub fn fnv1a64(bytes: &[u8]) -> u64 {
 /// `num / den` rounded half away from zero.
 pub fn div_round(num: i128, den: i128) -> i64 {
     debug_assert!(den > 0);
+    // Stay in 64-bit arithmetic when possible: 128-bit division is a slow library call.
+    if let (Ok(n), Ok(d)) = (i64::try_from(num), i64::try_from(den)) {
+        if n > i64::MIN / 2 && n < i64::MAX / 2 {
+            return if n >= 0 {
+                (n + d / 2) / d
+            } else {
+                -((-n + d / 2) / d)
+            };
+        }
+    }
     let q = if num >= 0 {
         (num + den / 2) / den
     } else {
@@ -269,12 +282,19 @@ impl SeriesState {
 pub fn compute(spec: &FeatureSpec, now: Period, st: &SeriesState) -> FeatureVec {
     let r = st.by_age.len();
     let qty = |a: usize| st.by_age.get(a).map_or(0, |g| g.qty);
+    // cumulative[a] = demand of the `a` most recent periods.
+    let mut cumulative = [0i64; MAX_RETENTION as usize + 1];
+    let cumulative = &mut cumulative[..=r];
+    for a in 0..r {
+        cumulative[a + 1] = cumulative[a] + st.by_age[a].qty;
+    }
+    let window_sum = |w: usize| cumulative[w.min(r)];
     let mut out = Vec::with_capacity(64);
     for k in 0..=spec.lags as usize {
         out.push(qty(k));
     }
     for w in &spec.windows {
-        out.push((0..*w as usize).map(qty).sum());
+        out.push(window_sum(*w as usize));
     }
     let s = spec.stats_window as usize;
     let (mean, std) = mean_std((0..s).map(qty), spec.stats_window);
@@ -284,8 +304,9 @@ pub fn compute(spec: &FeatureSpec, now: Period, st: &SeriesState) -> FeatureVec 
         PeriodKind::Day => {
             let days = 7 * spec.profile_weeks as usize;
             let mut sums = [0i128; 7];
+            let today = weekday_of_day(now);
             for a in 0..days {
-                sums[weekday_of_day(now - a as Period)] += i128::from(qty(a));
+                sums[(today + 7 - a % 7) % 7] += i128::from(qty(a));
             }
             for sum in sums {
                 out.push(div_round(sum, i128::from(spec.profile_weeks)));

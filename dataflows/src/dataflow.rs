@@ -33,9 +33,9 @@ pub fn features<'s>(
     spec: &FeatureSpec,
 ) -> VecCollection<'s, Epoch, (Key, FeatureVec)> {
     // Per-series records from the input stage, with their totals as differences.
-    let series = inputs.series.to_collection(scope.clone());
+    let series = inputs.series.to_collection(scope);
     // Calendar promotions keyed by SKU.
-    let promos = inputs.promos.to_collection(scope.clone());
+    let promos = inputs.promos.to_collection(scope);
     // Every (sku, store) some worker has seen, once.
     let stores_by_sku = inputs.keys.to_collection(scope).distinct();
 

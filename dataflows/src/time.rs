@@ -79,7 +79,7 @@ impl std::error::Error for ClockError {}
 impl Clock {
     /// A clock with epochs of `epoch_secs`, which must divide 86,400 so no epoch spans two periods.
     pub fn new(epoch_secs: u64, period: PeriodKind) -> Result<Self, ClockError> {
-        if epoch_secs == 0 || DAY_SECS as u64 % epoch_secs != 0 {
+        if epoch_secs == 0 || !(DAY_SECS as u64).is_multiple_of(epoch_secs) {
             return Err(ClockError(format!(
                 "epoch_secs = {epoch_secs} must be a positive divisor of 86400"
             )));

@@ -157,7 +157,7 @@ pub fn run(
                 break;
             }
             let (_, mut out) = first.remove();
-            out.changed.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+            out.changed.sort_unstable_by_key(|c| c.0);
             out.rejected.sort_unstable_by_key(|(i, _)| *i);
             on_epoch(out);
         }

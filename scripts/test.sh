@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The whole test suite: `scripts/test.sh` from the repository root (README, .ci/run).
+# Sets up what the tests need, then runs every test of the workspace.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v cargo >/dev/null 2>&1; then
+    echo "error: cargo not found; install the Rust toolchain (rustup, Rust >= 1.88)" >&2
+    exit 1
+fi
+# Real datasets are read from ../shared/data at test time, never downloaded.
+if [ ! -d ../shared/data ]; then
+    echo "error: ../shared/data is missing: the tests replay the real datasets kept beside the checkout" >&2
+    exit 1
+fi
+
+# Timely, differential-dataflow and the dataflows crate build at opt-level 3 in the test
+# profile (see Cargo.toml), so the suite runs at useful speed without a release build.
+cargo test --workspace --locked "$@"

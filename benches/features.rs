@@ -119,7 +119,7 @@ struct Fixture {
 
 impl Fixture {
     fn new(worker: &mut timely::worker::Worker, clock: Clock, spec: &FeatureSpec) -> Self {
-        let mut input = FeatureInput::new(clock, spec);
+        let mut input = FeatureInput::new(clock, spec, worker.index());
         let changed = std::rc::Rc::new(std::cell::Cell::new(0));
         let counter = changed.clone();
         let probe = worker.dataflow::<Epoch, _, _>(|scope| {

@@ -1,7 +1,7 @@
 //! The feature dataflow: from the input stage's collections to per-series feature vectors.
 //!
 //! ```text
-//! series  (key, Base|Period|Tick) : Agg ─────────────────────────────┐
+//! series  (key, Base|Period|Clock): Agg ─────────────────────────────┐
 //! promos  (sku, promotion)  ── in one store ── (key, Promo) ─────────┤ concat -> arrange by key
 //!                           └─ all stores ── join keys by sku ───────┘           │
 //! keys    (sku, store) ── distinct ─┘                                            v
@@ -24,7 +24,7 @@ use timely::progress::{Antichain, Timestamp};
 use crate::features::{compute, FeatureSpec, SeriesState};
 use crate::input::Inputs;
 use crate::model::{Agg, FeatureVec, Key, Rec};
-use crate::time::Epoch;
+use crate::time::{Epoch, Period};
 
 /// Builds the feature dataflow in `scope` over `inputs`; returns the feature collection.
 pub fn features<'s>(
@@ -77,28 +77,27 @@ pub fn features<'s>(
 }
 
 /// Evaluates a series' features from its accumulated records (sorted by record), or `None`
-/// when the series has not been ticked.
+/// when no worker has registered the series.
 fn evaluate(
     spec: &FeatureSpec,
     scratch: &mut SeriesState,
     records: &[(Rec, Agg)],
 ) -> Option<FeatureVec> {
+    // The latest clock any worker set; a series has features once some worker registered it.
     let now = records
         .iter()
         .filter_map(|(rec, agg)| match rec {
-            Rec::Tick(p) if agg.n > 0 => Some(*p),
+            Rec::Clock(_) if agg.n > 0 => Some((agg.n - 1) as Period),
             _ => None,
         })
         .max()?;
-    scratch.by_age.iter_mut().for_each(|a| *a = Agg::default());
-    scratch.base = Agg::default();
-    scratch.promos.clear();
+    scratch.clear();
     for (rec, agg) in records {
         match *rec {
             Rec::Base => scratch.base.plus_equals(&agg.stock_part()),
             Rec::Period(p) => scratch.add(now, p, agg),
             Rec::Promo { start, end } if agg.n > 0 => scratch.promos.push((start, end)),
-            Rec::Promo { .. } | Rec::Tick(_) => {}
+            Rec::Promo { .. } | Rec::Clock(_) => {}
         }
     }
     Some(compute(spec, now, scratch))

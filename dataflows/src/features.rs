@@ -2,7 +2,7 @@
 //!
 //! A series' state is a handful of per-period totals ([`Agg`]) inside a retention window of
 //! [`FeatureSpec::retention`] periods, the stock totals of periods that left it (`Base`), the
-//! calendar promotions that apply to it, and the current period (`Tick`). Every feature is a pure
+//! calendar promotions that apply to it, and the current period (`Clock`). Every feature is a pure
 //! function of that state; [`compute`] evaluates them all in schema order.
 
 use serde::{Deserialize, Serialize};
@@ -246,7 +246,8 @@ pub fn mean_std(xs: impl Iterator<Item = i64>, n: u32) -> (i64, i64) {
     (div_round(sum, n), std)
 }
 
-/// One series' state as of period `now`, in the form [`compute`] reads.
+/// One series' state as of period `now`, in the form [`compute`] reads. Reused between series:
+/// [`SeriesState::clear`] resets only what [`SeriesState::add`] touched.
 #[derive(Clone, Debug, Default)]
 pub struct SeriesState {
     /// Totals by age (`now - period`) for ages below the retention.
@@ -255,15 +256,22 @@ pub struct SeriesState {
     pub base: Agg,
     /// Calendar promotions `(start, end)` covering the series.
     pub promos: Vec<(Period, Period)>,
+    /// Ages written since the last clear.
+    touched: Vec<usize>,
+    /// Scratch for prefix sums of demand by age.
+    cumulative: Vec<i64>,
 }
 
 impl SeriesState {
     /// An empty state for a spec's retention.
     pub fn new(spec: &FeatureSpec) -> Self {
+        let r = spec.retention() as usize;
         SeriesState {
-            by_age: vec![Agg::default(); spec.retention() as usize],
+            by_age: vec![Agg::default(); r],
             base: Agg::default(),
             promos: Vec::new(),
+            touched: Vec::new(),
+            cumulative: vec![0; r + 1],
         }
     }
 
@@ -272,23 +280,35 @@ impl SeriesState {
         use differential_dataflow::difference::Semigroup;
         let age = i64::from(now) - i64::from(p);
         match usize::try_from(age).ok().filter(|a| *a < self.by_age.len()) {
-            Some(a) => self.by_age[a].plus_equals(agg),
+            Some(a) => {
+                self.by_age[a].plus_equals(agg);
+                self.touched.push(a);
+            }
             None => self.base.plus_equals(&agg.stock_part()),
         }
+    }
+
+    /// Empties the state for the next series.
+    pub fn clear(&mut self) {
+        for a in self.touched.drain(..) {
+            self.by_age[a] = Agg::default();
+        }
+        self.base = Agg::default();
+        self.promos.clear();
     }
 }
 
 /// Evaluates every feature of `spec` for a series as of period `now`.
-pub fn compute(spec: &FeatureSpec, now: Period, st: &SeriesState) -> FeatureVec {
+pub fn compute(spec: &FeatureSpec, now: Period, st: &mut SeriesState) -> FeatureVec {
     let r = st.by_age.len();
-    let qty = |a: usize| st.by_age.get(a).map_or(0, |g| g.qty);
     // cumulative[a] = demand of the `a` most recent periods.
-    let mut cumulative = [0i64; MAX_RETENTION as usize + 1];
-    let cumulative = &mut cumulative[..=r];
+    st.cumulative.resize(r + 1, 0);
     for a in 0..r {
-        cumulative[a + 1] = cumulative[a] + st.by_age[a].qty;
+        st.cumulative[a + 1] = st.cumulative[a] + st.by_age[a].qty;
     }
-    let window_sum = |w: usize| cumulative[w.min(r)];
+    let st = &*st;
+    let qty = |a: usize| st.by_age.get(a).map_or(0, |g| g.qty);
+    let window_sum = |w: usize| st.cumulative[w.min(r)];
     let mut out = Vec::with_capacity(64);
     for k in 0..=spec.lags as usize {
         out.push(qty(k));
@@ -403,7 +423,7 @@ mod tests {
         for spec in [FeatureSpec::daily(), FeatureSpec::weekly()] {
             spec.validate().unwrap();
             let schema = spec.schema();
-            let v = compute(&spec, 100, &SeriesState::new(&spec));
+            let v = compute(&spec, 100, &mut SeriesState::new(&spec));
             assert_eq!(v.0.len(), schema.features.len());
             assert_eq!(schema.hash, spec.schema().hash);
         }
@@ -437,7 +457,7 @@ mod tests {
         st.add(100, 100, &sale(2000));
         st.add(100, 95, &sale(3000));
         st.add(100, 60, &sale(7000));
-        let v = compute(&spec, 100, &st);
+        let v = compute(&spec, 100, &mut st);
         let get = |n: &str| v.raw(schema.index(n).unwrap());
         assert_eq!(get("sales_sum_1d"), Some(2000));
         assert_eq!(get("sales_sum_7d"), Some(5000));

@@ -5,7 +5,7 @@
 //!   -> FeatureInput::apply      per-period totals  -> series input   (key, Period(p)) += Agg
 //!   -> FeatureInput::advance_to period rollover     -> series input   (key, Period(old)) -= Agg,
 //!                                                                      (key, Base)       += stock
-//!                                                                      (key, Tick(now))  moves
+//!                                                                      (key, Clock(w))   += new - old
 //!   -> promotion upserts                            -> promos input   (sku, promotion) +-1
 //! ```
 //!
@@ -30,7 +30,7 @@ use crate::time::{Clock, Epoch, Period};
 
 /// The differential inputs one worker feeds.
 pub struct Inputs {
-    /// Per-series records: period totals, stock base, ticks.
+    /// Per-series records: period totals, stock base, clocks.
     pub series: InputSession<Epoch, (Key, Rec), Agg>,
     /// Calendar promotions by SKU.
     pub promos: InputSession<Epoch, (Id, Promotion), isize>,
@@ -85,20 +85,23 @@ pub struct FeatureInput {
     inputs: Inputs,
     /// The epoch the inputs are at; updates are applied at this time.
     epoch: Epoch,
+    /// This worker's index, naming its clock records.
+    worker: u32,
     /// The current period; `None` before the first `advance_to`.
     now: Option<Period>,
     /// Totals this worker inserted, by period and series, so expiry can retract them.
     inserted: BTreeMap<Period, HashMap<Key, Agg>>,
-    /// Series this worker has registered; each gets a tick at every rollover.
+    /// Series this worker has registered; their clocks move at every rollover.
     keys: HashSet<Key>,
     /// Current calendar promotions by id, for upserts.
     promos: HashMap<Id, Promotion>,
 }
 
 impl FeatureInput {
-    /// A stage for `spec`, at epoch 0.
-    pub fn new(clock: Clock, spec: &FeatureSpec) -> Self {
+    /// The stage of worker `worker`, for `spec`, at epoch 0.
+    pub fn new(clock: Clock, spec: &FeatureSpec, worker: usize) -> Self {
         FeatureInput {
+            worker: worker as u32,
             clock,
             retention: spec.retention() as Period,
             inputs: Inputs::default(),
@@ -136,7 +139,7 @@ impl FeatureInput {
     }
 
     /// Moves the inputs to `epoch` (never backwards) and rolls periods over when it starts a new
-    /// one: expired totals are retracted into the stock base, and every series ticks.
+    /// one: expired totals are retracted into the stock base, and every series' clock moves.
     pub fn advance_to(&mut self, epoch: Epoch) {
         let epoch = epoch.max(self.epoch);
         self.epoch = epoch;
@@ -168,13 +171,11 @@ impl FeatureInput {
                 }
             }
         }
+        let shift = Agg::present(i64::from(new) - i64::from(old));
         for key in &self.keys {
             self.inputs
                 .series
-                .update((*key, Rec::Tick(old)), Agg::present(-1));
-            self.inputs
-                .series
-                .update((*key, Rec::Tick(new)), Agg::present(1));
+                .update((*key, Rec::Clock(self.worker)), shift);
         }
         self.now = Some(new);
     }
@@ -224,9 +225,10 @@ impl FeatureInput {
                     return Ok(());
                 };
                 if self.keys.insert(*key) {
-                    self.inputs
-                        .series
-                        .update((*key, Rec::Tick(now)), Agg::present(1));
+                    self.inputs.series.update(
+                        (*key, Rec::Clock(self.worker)),
+                        Agg::present(i64::from(now) + 1),
+                    );
                     self.inputs.keys.update((key.sku, key.store), 1);
                 }
                 self.inserted
@@ -258,7 +260,7 @@ mod tests {
     fn retained_totals_stay_inside_the_window() {
         let spec = FeatureSpec::daily();
         let clock = Clock::new(900, PeriodKind::Day).unwrap();
-        let mut input = FeatureInput::new(clock, &spec);
+        let mut input = FeatureInput::new(clock, &spec, 0);
         let keys = [Key { store: 1, sku: 1 }, Key { store: 2, sku: 1 }];
         for day in 0..200i64 {
             let ts = 1_000 * DAY_SECS + day * DAY_SECS + 3600;

@@ -105,7 +105,7 @@ impl Event {
     Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
 )]
 pub struct Agg {
-    /// Number of contributing records (events, ticks or promotions).
+    /// Number of contributing records (events, promotions); for a clock, its period plus one.
     pub n: i64,
     /// Net units sold, milli-units.
     pub qty: i64,
@@ -124,7 +124,7 @@ pub struct Agg {
 }
 
 impl Agg {
-    /// A record that only counts as present (ticks, promotions).
+    /// A record that only counts (promotions) or carries a clock reading.
     pub fn present(n: i64) -> Self {
         Agg {
             n,
@@ -249,8 +249,9 @@ pub enum Rec {
         /// Last period covered.
         end: Period,
     },
-    /// The current period: the series' features are computed as of this period.
-    Tick(Period),
+    /// The current period as seen by one worker: its difference's `n` accumulates to the
+    /// period plus one, so a rollover is a single update of `new - old`.
+    Clock(u32),
 }
 
 /// Value of a feature that cannot be computed (no stock data, no price seen).

@@ -81,7 +81,7 @@ pub fn run(
         let index = worker.index();
         let peers = worker.peers();
         let tx = tx.clone();
-        let mut input = FeatureInput::new(clock, &spec);
+        let mut input = FeatureInput::new(clock, &spec, index);
         let sink: Rc<RefCell<Vec<(Epoch, Key, FeatureVec)>>> = Rc::default();
         let probe: Handle<Epoch> = worker.dataflow::<Epoch, _, _>(|scope| {
             let features: VecCollection<'_, Epoch, (Key, FeatureVec)> =

@@ -218,6 +218,10 @@ impl Row for JsonRow<'_> {
     }
 }
 
+/// Largest magnitude accepted, in milli-units (a billion units or currency units): far above any
+/// real quantity or price, and low enough that sums of millions of them stay inside `i64`.
+pub const MAX_ABS_MILLI: i64 = 1_000_000_000_000;
+
 /// Parses a decimal number into thousandths, exactly; rounds half away from zero past three
 /// decimals. Accepts an exponent (JSON writers emit them) through a checked float path.
 pub fn parse_milli(field: &'static str, text: &str) -> Result<i64, DecodeError> {
@@ -236,7 +240,7 @@ pub fn parse_milli(field: &'static str, text: &str) -> Result<i64, DecodeError> 
     if lower.contains('e') {
         let x: f64 = text.parse().map_err(|_| bad())?;
         let m = (x * 1000.0).round();
-        if !m.is_finite() || m.abs() > 9.0e15 {
+        if !m.is_finite() || m.abs() > MAX_ABS_MILLI as f64 {
             return Err(non_finite());
         }
         return Ok(m as i64);
@@ -268,7 +272,7 @@ pub fn parse_milli(field: &'static str, text: &str) -> Result<i64, DecodeError> 
     let value = int
         .checked_mul(1000)
         .and_then(|v| v.checked_add(milli))
-        .filter(|v| *v <= 9_000_000_000_000_000)
+        .filter(|v| *v <= MAX_ABS_MILLI)
         .ok_or_else(non_finite)?;
     Ok(if neg { -value } else { value })
 }

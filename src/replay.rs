@@ -255,17 +255,18 @@ fn create(path: &Path) -> Result<BufWriter<File>, ReplayError> {
 /// The dead letter of an event the input stage refused.
 fn refused(
     data_files: &[files::FileReport],
-    prepared: &Prepared,
+    origins: &[Origin],
+    events: &[Event],
     index: u32,
     why: &dataflows::input::Rejection,
 ) -> DeadLetter {
-    let origin = prepared.origins[index as usize];
+    let origin = origins[index as usize];
     DeadLetter {
         file: data_files[origin.file as usize].name.clone(),
         line: origin.line,
         reason: why.reason().to_string(),
         detail: format!("{why:?}"),
-        record: format!("{:?}", prepared.events[index as usize]),
+        record: format!("{:?}", events[index as usize]),
     }
 }
 
@@ -288,16 +289,12 @@ pub fn replay(cfg: &Resolved, opts: &ReplayOptions) -> Result<Summary, ReplayErr
     let data = files::load(&opts.data)?;
     let file_reports = data.files.clone();
     let ignored = data.ignored.clone();
-    let prepared = prepare(cfg, data, None);
+    let mut prepared = prepare(cfg, data, None);
+    let events = Arc::new(std::mem::take(&mut prepared.events));
     let schema = cfg.spec.schema();
     let horizon = cfg.spec.horizon as usize;
     let forecaster = forecast::baseline(cfg.baseline, &schema, cfg.clock.period_kind(), horizon)?;
-    let plan = pipeline::plan(
-        &cfg.clock,
-        cfg.allowed_lateness_secs,
-        &prepared.events,
-        None,
-    );
+    let plan = pipeline::plan(&cfg.clock, cfg.allowed_lateness_secs, &events, None);
 
     let forecasts_path = opts.out.join("forecasts.jsonl");
     let dead_path = opts.out.join("dead_letters.jsonl");
@@ -331,7 +328,7 @@ pub fn replay(cfg: &Resolved, opts: &ReplayOptions) -> Result<Summary, ReplayErr
     let mut first_end = None;
     let mut last_end = None;
     let late = plan.late.len() as u64;
-    let events = Arc::new(prepared.events.clone());
+    let keys = distinct_keys(&events);
     let output = |out: EpochOutput| {
         if io_error.is_some() {
             return;
@@ -342,7 +339,8 @@ pub fn replay(cfg: &Resolved, opts: &ReplayOptions) -> Result<Summary, ReplayErr
         first_end.get_or_insert_with(|| end.clone());
         let result = (|| -> std::io::Result<()> {
             for (i, why) in &out.rejected {
-                write_dead(&refused(&file_reports, &prepared, *i, why), &mut dead)?;
+                let letter = refused(&file_reports, &prepared.origins, &events, *i, why);
+                write_dead(&letter, &mut dead)?;
             }
             write_forecasts(
                 &mut forecasts,
@@ -365,7 +363,7 @@ pub fn replay(cfg: &Resolved, opts: &ReplayOptions) -> Result<Summary, ReplayErr
         cfg.clock,
         &cfg.spec,
         opts.workers,
-        events,
+        Arc::clone(&events),
         Arc::new(plan),
         output,
     )?;
@@ -394,7 +392,7 @@ pub fn replay(cfg: &Resolved, opts: &ReplayOptions) -> Result<Summary, ReplayErr
         late_events: late,
         dead_letters: dead_counts,
         epochs,
-        keys: distinct_keys(&prepared.events),
+        keys,
         keys_scored_per_epoch: scored,
         first_epoch_end: first_end,
         last_epoch_end: last_end,
@@ -477,8 +475,9 @@ pub fn feature_table(
     workers: usize,
 ) -> Result<FeatureTable, ReplayError> {
     let data = files::load(data_dir)?;
-    let prepared = prepare(cfg, data, Some(as_of));
-    let table = latest_features(cfg, &prepared, as_of, workers)?;
+    let mut prepared = prepare(cfg, data, Some(as_of));
+    let events = std::mem::take(&mut prepared.events);
+    let table = latest_features(cfg, events, as_of, workers)?;
     let schema = cfg.spec.schema();
     let mut rows: Vec<((String, String), &FeatureVec)> = table
         .iter()
@@ -506,26 +505,22 @@ pub fn feature_table(
     })
 }
 
-/// Runs the dataflow through the epoch containing `as_of` and returns every series' features.
+/// Runs the dataflow over `events` (arrival order) through the epoch containing `as_of` and
+/// returns every series' features.
 pub fn latest_features(
     cfg: &Resolved,
-    prepared: &Prepared,
+    events: Vec<Event>,
     as_of: i64,
     workers: usize,
 ) -> Result<HashMap<Key, FeatureVec>, ReplayError> {
     let until: Option<Epoch> = cfg.clock.epoch_of(as_of);
-    let plan = pipeline::plan(
-        &cfg.clock,
-        cfg.allowed_lateness_secs,
-        &prepared.events,
-        until,
-    );
+    let plan = pipeline::plan(&cfg.clock, cfg.allowed_lateness_secs, &events, until);
     let mut table: HashMap<Key, FeatureVec> = HashMap::new();
     pipeline::run(
         cfg.clock,
         &cfg.spec,
         workers,
-        Arc::new(prepared.events.clone()),
+        Arc::new(events),
         Arc::new(plan),
         |out| table.extend(out.changed),
     )?;

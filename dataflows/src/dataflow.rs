@@ -166,7 +166,9 @@ where
                     let (mut batch_cursor, batch_storage) =
                         cursor_list(batches.into_iter().filter_map(|b| b.inner).collect());
                     let (mut trace_cursor, trace_storage) =
-                        cursor_list(trace.batches_through(lower.borrow()).unwrap_or_default());
+                        cursor_list(trace.batches_through(lower.borrow()).expect(
+                            "invariant: the trace is only compacted up to this operator's lower bound",
+                        ));
                     while let Some(key) = batch_cursor.get_key(&batch_storage) {
                         accumulated.clear();
                         trace_cursor.seek_key(&trace_storage, key);

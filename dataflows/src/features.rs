@@ -324,9 +324,10 @@ pub fn compute(spec: &FeatureSpec, now: Period, st: &mut SeriesState) -> Feature
         PeriodKind::Day => {
             let days = 7 * spec.profile_weeks as usize;
             let mut sums = [0i128; 7];
-            let today = weekday_of_day(now);
+            let mut weekday = weekday_of_day(now);
             for a in 0..days {
-                sums[(today + 7 - a % 7) % 7] += i128::from(qty(a));
+                sums[weekday] += i128::from(qty(a));
+                weekday = if weekday == 0 { 6 } else { weekday - 1 };
             }
             for sum in sums {
                 out.push(div_round(sum, i128::from(spec.profile_weeks)));

@@ -4,11 +4,13 @@
 //! ```text
 //! cargo bench --bench features                       # all scenarios at their default sizes
 //! cargo bench --bench features -- throughput --keys 100000 --days 28 --workers 2
+//! cargo bench --bench features -- throughput --keys 100000 --warmup-days 56 --days 14
 //! cargo bench --bench features -- latency --keys 100000
 //! cargo bench --bench features -- memory --keys 1000000
 //! ```
 //! - throughput: generated events (the project's generator) for `keys` series over `days` days,
-//!   pre-generated per worker, fed epoch by epoch through the input stage and the dataflow.
+//!   pre-generated per worker, fed epoch by epoch through the input stage and the dataflow;
+//!   with `--warmup-days`, that many days are fed untimed first (windows full: steady state).
 //! - latency: every series gets a sale on day 0; then, inside day 1, epochs in which `--changes`
 //!   series (default 1%) change; reports the median and p95 wall time per such epoch, and the
 //!   rollover epoch.
@@ -174,6 +176,28 @@ impl Fixture {
     }
 }
 
+/// A worker's generator (its share of the stores), event sink and dataflow, with the promotion
+/// calendar already applied.
+fn start_worker(
+    worker: &mut timely::worker::Worker,
+    keys: u32,
+    days: u32,
+    clock: Clock,
+    spec: &FeatureSpec,
+) -> (Generator, EventSink, Fixture) {
+    let params = worker_params(keys, days, worker.index(), worker.peers());
+    let mut sink = sink_for(&params, worker.index() as u32);
+    let g = Generator::new(&params);
+    sink.reference(g.items(), g.promos(), &params);
+    let mut fx = Fixture::new(worker, clock, spec);
+    fx.input
+        .advance_to(clock.epoch_of(params.start).unwrap_or(0));
+    for p in &sink.promos {
+        let _ = fx.input.apply(p);
+    }
+    (g, sink, fx)
+}
+
 fn load() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
@@ -203,7 +227,7 @@ fn peak_rss_kib() -> u64 {
         .unwrap_or(0)
 }
 
-fn throughput(keys: u32, days: u32, workers: usize) {
+fn throughput(keys: u32, warmup_days: u32, days: u32, workers: usize) {
     let spec = FeatureSpec::daily();
     let clock = Clock::new(900, PeriodKind::Day).unwrap();
     let barrier = Arc::new(Barrier::new(workers + 1));
@@ -211,19 +235,18 @@ fn throughput(keys: u32, days: u32, workers: usize) {
     let (b, r) = (barrier.clone(), results.clone());
     let gen_started = Instant::now();
     let guards = timely::execute(timely::Config::process(workers), move |worker| {
-        let (index, peers) = (worker.index(), worker.peers());
-        let params = worker_params(keys, days, index, peers);
-        let mut sink = sink_for(&params, index as u32);
-        let mut g = Generator::new(&params);
-        sink.reference(g.items(), g.promos(), &params);
+        let (mut g, mut sink, mut fx) =
+            start_worker(worker, keys, warmup_days + days, clock, &spec);
+        // Warm-up days fill the windows untimed, so the timed part sees a steady state.
+        for _ in 0..warmup_days {
+            g.next_day(&mut sink);
+            fx.feed(worker, &sink.events);
+            sink.events.clear();
+        }
         while g.next_day(&mut sink) {}
-        let mut fx = Fixture::new(worker, clock, &spec);
         b.wait();
         let started = Instant::now();
-        fx.input.advance_to(clock.epoch_of(params.start).unwrap());
-        for p in &sink.promos {
-            let _ = fx.input.apply(p);
-        }
+        fx.changed.set(0);
         let epochs = fx.feed(worker, &sink.events);
         let last = fx.input.epoch() + 1;
         fx.close(worker, last);
@@ -250,7 +273,8 @@ fn throughput(keys: u32, days: u32, workers: usize) {
     let changed: u64 = r.iter().map(|x| x.2).sum();
     let series: usize = r.iter().map(|x| x.4).sum();
     println!(
-        "throughput: {series} series, {days} days, {events} events, {workers} workers: \
+        "throughput: {series} series, {days} days after {warmup_days} warm-up days, {events} events, \
+         {workers} workers: \
          {wall:.2} s wall, {cpu:.2} CPU-s -> {:.0} events/s, {:.0} events per CPU-s; \
          {changed} series updates emitted (generation {gen_secs:.1} s, excluded) [load {}]",
         events as f64 / wall,
@@ -343,16 +367,7 @@ fn memory(keys: u32, days: u32, workers: usize) {
     let c = counts.clone();
     let started = Instant::now();
     timely::execute(timely::Config::process(workers), move |worker| {
-        let (index, peers) = (worker.index(), worker.peers());
-        let params = worker_params(keys, days, index, peers);
-        let mut sink = sink_for(&params, index as u32);
-        let mut g = Generator::new(&params);
-        sink.reference(g.items(), g.promos(), &params);
-        let mut fx = Fixture::new(worker, clock, &spec);
-        fx.input.advance_to(clock.epoch_of(params.start).unwrap());
-        for p in &sink.promos {
-            let _ = fx.input.apply(p);
-        }
+        let (mut g, mut sink, mut fx) = start_worker(worker, keys, days, clock, &spec);
         let mut events = 0;
         while g.next_day(&mut sink) {
             fx.feed(worker, &sink.events);
@@ -396,7 +411,12 @@ fn main() {
         .iter()
         .any(|s| wanted(s));
     if wanted("throughput") || all {
-        throughput(flag("--keys", 100_000), flag("--days", 28), workers);
+        throughput(
+            flag("--keys", 100_000),
+            flag("--warmup-days", 0),
+            flag("--days", 28),
+            workers,
+        );
     }
     if wanted("latency") || all {
         if all {

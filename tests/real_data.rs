@@ -109,6 +109,33 @@ fn raw_sums(dir: &Path, as_of: &str, days: i64) -> HashMap<(String, String), f64
     sums
 }
 
+/// Asserts that `column` of the feature table equals `expected` for every row; returns the
+/// header and the rows.
+fn check_sums(
+    table: &Path,
+    column: &str,
+    expected: &HashMap<(String, String), f64>,
+) -> (csv::StringRecord, Vec<csv::StringRecord>) {
+    let mut r = csv::Reader::from_path(table).unwrap();
+    let h = r.headers().unwrap().clone();
+    assert_eq!((&h[0], &h[1]), ("store_id", "sku_id"));
+    let col = h.iter().position(|c| c == column).unwrap();
+    let mut rows = Vec::new();
+    for rec in r.records() {
+        let rec = rec.unwrap();
+        let want = expected[&(rec[0].to_string(), rec[1].to_string())];
+        let got: f64 = rec[col].parse().unwrap();
+        assert!(
+            (got - want).abs() < 1e-6,
+            "{}/{}: {got} vs {want}",
+            &rec[0],
+            &rec[1]
+        );
+        rows.push(rec);
+    }
+    (h, rows)
+}
+
 #[test]
 fn feature_table_sums_match_the_raw_csv() {
     let data = shared("m5_mini");
@@ -126,25 +153,8 @@ fn feature_table_sums_match_the_raw_csv() {
     .unwrap();
     assert_eq!(t.rows, 10);
     let expected = raw_sums(&data, as_of, 28);
-    let mut r = csv::Reader::from_path(&out).unwrap();
-    let h = r.headers().unwrap().clone();
-    assert_eq!(&h[0], "store_id");
-    assert_eq!(&h[1], "sku_id");
-    let col = h.iter().position(|c| c == "sales_sum_28d").unwrap();
-    let mut checked = 0;
-    for rec in r.records() {
-        let rec = rec.unwrap();
-        let want = expected[&(rec[0].to_string(), rec[1].to_string())];
-        let got: f64 = rec[col].parse().unwrap();
-        assert!(
-            (got - want).abs() < 1e-9,
-            "{}/{}: {got} vs {want}",
-            &rec[0],
-            &rec[1]
-        );
-        checked += 1;
-    }
-    assert_eq!(checked, 10);
+    let (_, rows) = check_sums(&out, "sales_sum_28d", &expected);
+    assert_eq!(rows.len(), 10);
 }
 
 #[test]
@@ -158,26 +168,15 @@ fn dunnhumby_weekly_sums_match_the_raw_csv() {
     let t = replay::feature_table(&cfg, &data, as_of, &out, 2).unwrap();
     assert!(t.rows > 2_500, "{} rows", t.rows);
     let expected = raw_sums(&data, "2011-06-19", 13 * 7);
-    let mut r = csv::Reader::from_path(&out).unwrap();
-    let h = r.headers().unwrap().clone();
-    let col = h.iter().position(|c| c == "sales_sum_13w").unwrap();
+    let (h, records) = check_sums(&out, "sales_sum_13w", &expected);
     let promo = h.iter().position(|c| c == "promo_periods_13w").unwrap();
     let price = h.iter().position(|c| c == "price_last").unwrap();
-    let (mut checked, mut with_promo, mut with_price) = (0, 0, 0);
-    for rec in r.records() {
-        let rec = rec.unwrap();
-        let want = expected[&(rec[0].to_string(), rec[1].to_string())];
-        let got: f64 = rec[col].parse().unwrap();
-        assert!(
-            (got - want).abs() < 1e-6,
-            "{}/{}: {got} vs {want}",
-            &rec[0],
-            &rec[1]
-        );
-        checked += 1;
-        with_promo += usize::from(rec[promo].parse::<i64>().unwrap() > 0);
-        with_price += usize::from(!rec[price].is_empty());
-    }
+    let with_promo = records
+        .iter()
+        .filter(|r| r[promo].parse::<i64>().unwrap() > 0)
+        .count();
+    let with_price = records.iter().filter(|r| !r[price].is_empty()).count();
+    let checked = records.len();
     assert_eq!(checked, t.rows);
     assert!(
         with_promo > 100 && with_price > 1_000,

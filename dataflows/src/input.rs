@@ -171,7 +171,7 @@ impl FeatureInput {
                 }
             }
         }
-        let shift = Agg::present(i64::from(new) - i64::from(old));
+        let shift = Agg::present(new - old);
         for key in &self.keys {
             self.inputs
                 .series
@@ -225,10 +225,9 @@ impl FeatureInput {
                     return Ok(());
                 };
                 if self.keys.insert(*key) {
-                    self.inputs.series.update(
-                        (*key, Rec::Clock(self.worker)),
-                        Agg::present(i64::from(now) + 1),
-                    );
+                    self.inputs
+                        .series
+                        .update((*key, Rec::Clock(self.worker)), Agg::present(now + 1));
                     self.inputs.keys.update((key.sku, key.store), 1);
                 }
                 self.inserted

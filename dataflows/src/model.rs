@@ -101,31 +101,32 @@ impl Event {
 
 /// Per-series, per-period totals, used as the *difference* type of the dataflow so that
 /// accumulating updates is the aggregation. Every field is a plain sum, which makes it abelian.
+/// Counts are 32-bit (48 bytes in all): every update in the dataflow carries one of these.
 #[derive(
     Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
 )]
 pub struct Agg {
-    /// Number of contributing records (events, promotions); for a clock, its period plus one.
-    pub n: i64,
     /// Net units sold, milli-units.
     pub qty: i64,
     /// Sum of unit prices over priced sales, milli-currency.
     pub price_sum: i64,
-    /// Number of priced sales.
-    pub price_n: i64,
-    /// Number of sales flagged as on promotion.
-    pub promo_n: i64,
     /// Change of on-hand stock (receipts + adjustments - sales), milli-units.
     pub on_hand: i64,
     /// Change of on-order stock (orders - receipts), milli-units.
     pub on_order: i64,
+    /// Number of contributing records (events, promotions); for a clock, its period plus one.
+    pub n: i32,
+    /// Number of priced sales.
+    pub price_n: i32,
+    /// Number of sales flagged as on promotion.
+    pub promo_n: i32,
     /// Number of stock movements.
-    pub stock_n: i64,
+    pub stock_n: i32,
 }
 
 impl Agg {
     /// A record that only counts (promotions) or carries a clock reading.
-    pub fn present(n: i64) -> Self {
+    pub fn present(n: i32) -> Self {
         Agg {
             n,
             ..Agg::default()
@@ -144,8 +145,8 @@ impl Agg {
                 n: 1,
                 qty,
                 price_sum: unit_price.unwrap_or(0),
-                price_n: i64::from(unit_price.is_some()),
-                promo_n: i64::from(promo),
+                price_n: i32::from(unit_price.is_some()),
+                promo_n: i32::from(promo),
                 on_hand: -qty,
                 ..Agg::default()
             }),
@@ -221,16 +222,16 @@ impl Abelian for Agg {
 impl Multiply<isize> for Agg {
     type Output = Agg;
     fn multiply(self, rhs: &isize) -> Agg {
-        let k = *rhs as i64;
+        let (k, c) = (*rhs as i64, *rhs as i32);
         Agg {
-            n: self.n * k,
+            n: self.n * c,
             qty: self.qty * k,
             price_sum: self.price_sum * k,
-            price_n: self.price_n * k,
-            promo_n: self.promo_n * k,
+            price_n: self.price_n * c,
+            promo_n: self.promo_n * c,
             on_hand: self.on_hand * k,
             on_order: self.on_order * k,
-            stock_n: self.stock_n * k,
+            stock_n: self.stock_n * c,
         }
     }
 }
@@ -289,6 +290,11 @@ mod tests {
         assert!(c.is_zero());
         assert_eq!(a.on_hand, -2500);
         assert_eq!(a.multiply(&2).qty, 5000);
+    }
+
+    #[test]
+    fn totals_stay_compact() {
+        assert_eq!(std::mem::size_of::<Agg>(), 48);
     }
 
     #[test]

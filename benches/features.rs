@@ -363,7 +363,7 @@ fn latency(keys: u32, changes: u32, workers: usize, rounds: usize) {
 fn memory(keys: u32, days: u32, workers: usize) {
     let spec = FeatureSpec::daily();
     let clock = Clock::new(900, PeriodKind::Day).unwrap();
-    let counts = Arc::new(Mutex::new((0u64, 0usize, 0usize)));
+    let counts = Arc::new(Mutex::new((0u64, 0usize)));
     let c = counts.clone();
     let started = Instant::now();
     timely::execute(timely::Config::process(workers), move |worker| {
@@ -379,14 +379,13 @@ fn memory(keys: u32, days: u32, workers: usize) {
         let mut c = c.lock().unwrap();
         c.0 += events;
         c.1 += fx.input.key_count();
-        c.2 += fx.input.retained_totals();
     })
     .unwrap();
-    let (events, series, retained) = *counts.lock().unwrap();
+    let (events, series) = *counts.lock().unwrap();
     let rss = peak_rss_kib();
     println!(
         "memory: {series} series, {days} days, {events} events, {workers} workers: peak RSS {:.0} MiB \
-         = {:.2} KiB per series ({retained} retained period totals); {:.0} s [load {}]",
+         = {:.2} KiB per series; {:.0} s [load {}]",
         rss as f64 / 1024.0,
         rss as f64 / series.max(1) as f64,
         started.elapsed().as_secs_f64(),

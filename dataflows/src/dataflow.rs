@@ -2,24 +2,23 @@
 //!
 //! ```text
 //! series  (key, Base|Period|Clock): Agg ─────────────────────────────┐
-//! promos  (sku, promotion)  ── in one store ── (key, Promo) ─────────┤ concat -> arrange by key
+//! promos  (sku, promotion)  ── in one store ── (key, Promo) ─────────┤ concat -> exchange by key
 //!                           └─ all stores ── join keys by sku ───────┘           │
 //! keys    (sku, store) ── distinct ─┘                                            v
-//!                                          features_total (per changed series) -> (key, FeatureVec)
+//!                                    series_features (per changed series) -> (key, FeatureVec)
 //! ```
 //!
 //! The output is a collection; at each epoch its updates are exactly a retraction of the old and
 //! an insertion of the new vector for each series whose features changed, and nothing else.
 
+use std::collections::HashMap;
+
 use differential_dataflow::difference::{IsZero, Semigroup};
-use differential_dataflow::operators::arrange::Arranged;
-use differential_dataflow::trace::cursor::cursor_list;
-use differential_dataflow::trace::{BatchCursor, Cursor, Navigable, TraceReader};
+use differential_dataflow::hashable::Hashable;
 use differential_dataflow::{AsCollection, VecCollection};
-use timely::dataflow::channels::pact::Pipeline;
-use timely::dataflow::operators::{CapabilitySet, Operator};
+use timely::dataflow::channels::pact::Exchange;
+use timely::dataflow::operators::{Capability, Operator};
 use timely::dataflow::Scope;
-use timely::progress::{Antichain, Timestamp};
 
 use crate::features::{compute, FeatureSpec, SeriesState};
 use crate::input::Inputs;
@@ -69,11 +68,7 @@ pub fn features<'s>(
         .concat(chain_promos)
         .explode(|rec| Some((rec, Agg::present(1))));
 
-    // All of a series' records, arranged once by series.
-    let records = series
-        .concat(promo_records)
-        .arrange_by_key_named("Arrange: SeriesRecords");
-    features_total(records, spec)
+    series_features(series.concat(promo_records), spec)
 }
 
 /// Evaluates a series' features from its accumulated records (sorted by record), or `None`
@@ -83,14 +78,7 @@ fn evaluate(
     scratch: &mut SeriesState,
     records: &[(Rec, Agg)],
 ) -> Option<FeatureVec> {
-    // The latest clock any worker set; a series has features once some worker registered it.
-    let now = records
-        .iter()
-        .filter_map(|(rec, agg)| match rec {
-            Rec::Clock(_) if agg.n > 0 => Some((agg.n - 1) as Period),
-            _ => None,
-        })
-        .max()?;
+    let now = current_period(records)?;
     scratch.clear();
     for (rec, agg) in records {
         match *rec {
@@ -101,6 +89,17 @@ fn evaluate(
         }
     }
     Some(compute(spec, now, scratch))
+}
+
+/// The latest clock any worker set for a series; `None` before one registered it.
+fn current_period(records: &[(Rec, Agg)]) -> Option<Period> {
+    records
+        .iter()
+        .filter_map(|(rec, agg)| match rec {
+            Rec::Clock(_) if agg.n > 0 => Some((agg.n - 1) as Period),
+            _ => None,
+        })
+        .max()
 }
 
 /// Adds `diff` to the record `rec` in a list sorted by record, dropping it when it cancels out.
@@ -120,108 +119,111 @@ fn accumulate(records: &mut Vec<(Rec, Agg)>, rec: Rec, diff: &Agg) {
     }
 }
 
+/// Folds the totals of periods older than `oldest` into the series' `Base` record: no feature
+/// reads their sales any more, only their effect on the stock position.
+fn fold_expired(records: &mut Vec<(Rec, Agg)>, oldest: Period) {
+    let mut stock = Agg::default();
+    records.retain(|(rec, agg)| match rec {
+        Rec::Period(p) if *p < oldest => {
+            stock.plus_equals(&agg.stock_part());
+            false
+        }
+        _ => true,
+    });
+    if !stock.is_zero() {
+        accumulate(records, Rec::Base, &stock);
+    }
+}
+
 /// The features of every series whose records changed, as a collection of `(key, features)`.
 ///
-/// This is `reduce` specialised to totally ordered time (epochs), in the manner of
-/// `count_total`: for each series in a new batch it accumulates the series' records from the
-/// trace once, then applies the batch's updates time by time, evaluating the features before and
-/// after and emitting a retraction and an insertion where they differ. Differential's general
-/// `reduce` instead replays each touched key's history over a partially ordered time and keeps
-/// an output arrangement; with epochs totally ordered neither is needed, and profiles showed the
-/// replay dominating the epoch cost.
-pub fn features_total<'s, Tr>(
-    records: Arranged<'s, Tr>,
+/// Epochs are totally ordered, so this operator keeps each series' accumulated records itself
+/// (it is their only reader) instead of arranging them and replaying history as `reduce` does;
+/// profiles showed that replay, then the trace walks, dominating the epoch cost. Once an epoch
+/// is complete it applies that epoch's updates series by series, evaluates the features before
+/// and after, and emits a retraction and an insertion only where they differ. It also folds
+/// periods that left the retention window into the series' base, so state stays bounded without
+/// any retraction travelling through the dataflow.
+pub fn series_features<'s>(
+    records: VecCollection<'s, Epoch, (Key, Rec), Agg>,
     spec: &FeatureSpec,
-) -> VecCollection<'s, Epoch, (Key, FeatureVec)>
-where
-    Tr: TraceReader<Batch: Navigable, Time = Epoch> + Clone + 'static,
-    for<'a> BatchCursor<Tr>: Cursor<Key<'a> = &'a Key, ValOwn = Rec, Time = Epoch, Diff = Agg>,
-{
+) -> VecCollection<'s, Epoch, (Key, FeatureVec)> {
     let spec = spec.clone();
-    let mut trace = records.trace.clone();
+    let retention = spec.retention() as Period;
+    let exchange = Exchange::new(|update: &((Key, Rec), Epoch, Agg)| (update.0).0.hashed());
     records
-        .stream
-        .unary_frontier(Pipeline, "SeriesFeatures", move |_, _| {
-            // Times before `lower` are in the trace; the batches received cover [lower, upper).
-            let mut lower = Antichain::from_elem(Epoch::minimum());
-            let mut upper = Antichain::from_elem(Epoch::minimum());
+        .inner
+        .unary_frontier(exchange, "SeriesFeatures", move |_, _| {
+            // Updates waiting for their epoch to complete, by the capability they arrived with.
+            let mut pending: Vec<(Capability<Epoch>, Vec<((Key, Rec), Epoch, Agg)>)> = Vec::new();
+            // Every series' accumulated records, sorted by record.
+            let mut state: HashMap<Key, Vec<(Rec, Agg)>> = HashMap::new();
             let mut scratch = SeriesState::new(&spec);
-            let mut accumulated: Vec<(Rec, Agg)> = Vec::new();
-            let mut updates: Vec<(Epoch, Rec, Agg)> = Vec::new();
-            move |(input, _frontier), output| {
-                let mut batches = Vec::new();
-                lower.clone_from(&upper);
-                let mut caps = CapabilitySet::new();
+            let mut ready: Vec<((Key, Rec), Epoch, Agg)> = Vec::new();
+            move |(input, frontier), output| {
                 input.for_each(|cap, data| {
-                    for cap in cap.retain_stamp(0).iter() {
-                        caps.insert(cap.clone());
-                    }
-                    for batch in data.drain(..) {
-                        upper.clone_from(batch.upper());
-                        batches.push(batch);
+                    // Inputs always send under a capability; an empty stamp would carry no time.
+                    let Some(cap) = cap.retain_least(0) else {
+                        debug_assert!(data.is_empty(), "updates without a capability");
+                        return;
+                    };
+                    match pending.iter_mut().find(|(c, _)| c.time() == cap.time()) {
+                        Some((_, stash)) => stash.append(data),
+                        None => pending.push((cap, std::mem::take(data))),
                     }
                 });
-                if !caps.is_empty() {
-                    let mut session = output.session(&caps);
-                    let (mut batch_cursor, batch_storage) =
-                        cursor_list(batches.into_iter().filter_map(|b| b.inner).collect());
-                    let (mut trace_cursor, trace_storage) =
-                        cursor_list(trace.batches_through(lower.borrow()).expect(
-                            "invariant: the trace is only compacted up to this operator's lower bound",
-                        ));
-                    while let Some(key) = batch_cursor.get_key(&batch_storage) {
-                        accumulated.clear();
-                        trace_cursor.seek_key(&trace_storage, key);
-                        if trace_cursor.get_key(&trace_storage) == Some(key) {
-                            while let Some(val) = trace_cursor.get_val(&trace_storage) {
-                                let mut sum = Agg::default();
-                                trace_cursor.map_times(&trace_storage, |_, d| {
-                                    sum.plus_equals(&BatchCursor::<Tr>::owned_diff(d))
-                                });
-                                if !sum.is_zero() {
-                                    accumulated.push((BatchCursor::<Tr>::owned_val(val), sum));
-                                }
-                                trace_cursor.step_val(&trace_storage);
-                            }
+                pending.sort_by_key(|(c, _)| *c.time());
+                while pending
+                    .first()
+                    .is_some_and(|(c, _)| !frontier.less_equal(c.time()))
+                {
+                    let (cap, mut updates) = pending.remove(0);
+                    // Updates may carry later times than their message; keep those waiting.
+                    ready.clear();
+                    updates.retain(|u| {
+                        if frontier.less_equal(&u.1) {
+                            true
+                        } else {
+                            ready.push(u.clone());
+                            false
                         }
-                        updates.clear();
-                        while let Some(val) = batch_cursor.get_val(&batch_storage) {
-                            let rec = BatchCursor::<Tr>::owned_val(val);
-                            batch_cursor.map_times(&batch_storage, |t, d| {
-                                updates.push((
-                                    BatchCursor::<Tr>::owned_time(t),
-                                    rec,
-                                    BatchCursor::<Tr>::owned_diff(d),
-                                ))
-                            });
-                            batch_cursor.step_val(&batch_storage);
-                        }
-                        updates.sort_by_key(|u| u.0);
-                        let mut old = evaluate(&spec, &mut scratch, &accumulated);
-                        let mut i = 0;
-                        while i < updates.len() {
-                            let time = updates[i].0;
-                            while i < updates.len() && updates[i].0 == time {
-                                accumulate(&mut accumulated, updates[i].1, &updates[i].2);
+                    });
+                    if let Some(later) = updates.iter().map(|u| u.1).min() {
+                        pending.push((cap.delayed(&later), updates));
+                        pending.sort_by_key(|(c, _)| *c.time());
+                    }
+                    ready.sort_unstable_by(|a, b| ((a.0).0, a.1).cmp(&((b.0).0, b.1)));
+                    let mut session = output.session(&cap);
+                    let mut i = 0;
+                    while i < ready.len() {
+                        let key = (ready[i].0).0;
+                        let records = state.entry(key).or_default();
+                        let mut old = evaluate(&spec, &mut scratch, records);
+                        while i < ready.len() && (ready[i].0).0 == key {
+                            let time = ready[i].1;
+                            while i < ready.len() && (ready[i].0).0 == key && ready[i].1 == time {
+                                accumulate(records, (ready[i].0).1, &ready[i].2);
                                 i += 1;
                             }
-                            let new = evaluate(&spec, &mut scratch, &accumulated);
+                            if let Some(now) = current_period(records) {
+                                fold_expired(records, now - retention + 1);
+                            }
+                            let new = evaluate(&spec, &mut scratch, records);
                             if new != old {
                                 if let Some(o) = old.take() {
-                                    session.give(((*key, o), time, -1));
+                                    session.give(((key, o), time, -1));
                                 }
                                 if let Some(n) = &new {
-                                    session.give(((*key, n.clone()), time, 1));
+                                    session.give(((key, n.clone()), time, 1));
                                 }
                                 old = new;
                             }
                         }
-                        batch_cursor.step_key(&batch_storage);
+                        if records.is_empty() {
+                            state.remove(&key);
+                        }
                     }
                 }
-                trace.advance_upper(&mut upper);
-                trace.set_logical_compaction(upper.borrow());
-                trace.set_physical_compaction(upper.borrow());
             }
         })
         .as_collection()

@@ -3,25 +3,22 @@
 //! ```text
 //! events (arrival order, already assigned an epoch by the runner)
 //!   -> FeatureInput::apply      per-period totals  -> series input   (key, Period(p)) += Agg
-//!   -> FeatureInput::advance_to period rollover     -> series input   (key, Period(old)) -= Agg,
-//!                                                                      (key, Base)       += stock
-//!                                                                      (key, Clock(w))   += new - old
+//!   -> FeatureInput::advance_to period rollover     -> series input   (key, Clock(w))  += new - old
 //!   -> promotion upserts                            -> promos input   (sku, promotion) +-1
 //! ```
 //!
-//! Windows slide by *retracting* the totals of a period when it leaves the retention window, at
-//! the epoch where the period rolls over. The stage keeps the totals it inserted per period, so
-//! the retraction is exact and cheap; nothing is scheduled at future times (future-timed
-//! retractions make every epoch re-merge all pending updates, see PERF-NOTES).
+//! Windows slide because every series' clock moves at the epoch where a period rolls over; the
+//! features operator then re-evaluates each series and folds the periods that left the
+//! retention window into the series' stock base. Nothing is scheduled at future times
+//! (future-timed retractions make every epoch re-merge all pending updates, see PERF-NOTES).
 //!
 //! # Error handling
 //! [`FeatureInput::apply`] refuses an event whose period already left the retention window
 //! ([`Rejection::TooLate`]) or that lies after the current epoch; the caller dead-letters it.
 //! Nothing here panics on input.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 
-use differential_dataflow::difference::Semigroup;
 use differential_dataflow::input::InputSession;
 
 use crate::features::FeatureSpec;
@@ -89,8 +86,6 @@ pub struct FeatureInput {
     worker: u32,
     /// The current period; `None` before the first `advance_to`.
     now: Option<Period>,
-    /// Totals this worker inserted, by period and series, so expiry can retract them.
-    inserted: BTreeMap<Period, HashMap<Key, Agg>>,
     /// Series this worker has registered; their clocks move at every rollover.
     keys: HashSet<Key>,
     /// Current calendar promotions by id, for upserts.
@@ -107,7 +102,6 @@ impl FeatureInput {
             inputs: Inputs::default(),
             epoch: 0,
             now: None,
-            inserted: BTreeMap::new(),
             keys: HashSet::new(),
             promos: HashMap::new(),
         }
@@ -133,13 +127,8 @@ impl FeatureInput {
         self.keys.len()
     }
 
-    /// Number of (series, period) totals retained.
-    pub fn retained_totals(&self) -> usize {
-        self.inserted.values().map(HashMap::len).sum()
-    }
-
-    /// Moves the inputs to `epoch` (never backwards) and rolls periods over when it starts a new
-    /// one: expired totals are retracted into the stock base, and every series' clock moves.
+    /// Moves the inputs to `epoch` (never backwards); when it starts a new period, every series'
+    /// clock moves to it.
     pub fn advance_to(&mut self, epoch: Epoch) {
         let epoch = epoch.max(self.epoch);
         self.epoch = epoch;
@@ -155,22 +144,6 @@ impl FeatureInput {
     }
 
     fn roll_over(&mut self, old: Period, new: Period) {
-        let oldest_kept = new - self.retention + 1;
-        while let Some(entry) = self.inserted.first_entry() {
-            if *entry.key() >= oldest_kept {
-                break;
-            }
-            let (period, totals) = entry.remove_entry();
-            for (key, agg) in totals {
-                let mut minus = agg;
-                differential_dataflow::difference::Abelian::negate(&mut minus);
-                self.inputs.series.update((key, Rec::Period(period)), minus);
-                let stock = agg.stock_part();
-                if stock != Agg::default() {
-                    self.inputs.series.update((key, Rec::Base), stock);
-                }
-            }
-        }
         let shift = Agg::present(new - old);
         for key in &self.keys {
             self.inputs
@@ -230,12 +203,6 @@ impl FeatureInput {
                         .update((*key, Rec::Clock(self.worker)), Agg::present(now + 1));
                     self.inputs.keys.update((key.sku, key.store), 1);
                 }
-                self.inserted
-                    .entry(period)
-                    .or_default()
-                    .entry(*key)
-                    .or_default()
-                    .plus_equals(&agg);
                 self.inputs.series.update((*key, Rec::Period(period)), agg);
                 Ok(())
             }
@@ -256,7 +223,7 @@ mod tests {
     use crate::time::{PeriodKind, DAY_SECS};
 
     #[test]
-    fn retained_totals_stay_inside_the_window() {
+    fn old_and_future_events_are_refused() {
         let spec = FeatureSpec::daily();
         let clock = Clock::new(900, PeriodKind::Day).unwrap();
         let mut input = FeatureInput::new(clock, &spec, 0);
@@ -275,12 +242,8 @@ mod tests {
                 assert_eq!(input.apply(&sale), Ok(()));
             }
             input.flush();
-            assert!(input.retained_totals() <= keys.len() * spec.retention() as usize);
         }
-        assert_eq!(
-            input.retained_totals(),
-            keys.len() * spec.retention() as usize
-        );
+        assert_eq!(input.key_count(), keys.len());
         let old = Event::Sale {
             key: keys[0],
             ts: 1_000 * DAY_SECS,

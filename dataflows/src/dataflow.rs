@@ -135,6 +135,9 @@ fn fold_expired(records: &mut Vec<(Rec, Agg)>, oldest: Period) {
     }
 }
 
+/// One update of a series' records.
+type Update = ((Key, Rec), Epoch, Agg);
+
 /// The features of every series whose records changed, as a collection of `(key, features)`.
 ///
 /// Epochs are totally ordered, so this operator keeps each series' accumulated records itself
@@ -150,16 +153,16 @@ pub fn series_features<'s>(
 ) -> VecCollection<'s, Epoch, (Key, FeatureVec)> {
     let spec = spec.clone();
     let retention = spec.retention() as Period;
-    let exchange = Exchange::new(|update: &((Key, Rec), Epoch, Agg)| (update.0).0.hashed());
+    let exchange = Exchange::new(|update: &Update| (update.0).0.hashed());
     records
         .inner
         .unary_frontier(exchange, "SeriesFeatures", move |_, _| {
             // Updates waiting for their epoch to complete, by the capability they arrived with.
-            let mut pending: Vec<(Capability<Epoch>, Vec<((Key, Rec), Epoch, Agg)>)> = Vec::new();
+            let mut pending: Vec<(Capability<Epoch>, Vec<Update>)> = Vec::new();
             // Every series' accumulated records, sorted by record.
             let mut state: HashMap<Key, Vec<(Rec, Agg)>> = HashMap::new();
             let mut scratch = SeriesState::new(&spec);
-            let mut ready: Vec<((Key, Rec), Epoch, Agg)> = Vec::new();
+            let mut ready: Vec<Update> = Vec::new();
             move |(input, frontier), output| {
                 input.for_each(|cap, data| {
                     // Inputs always send under a capability; an empty stamp would carry no time.
@@ -184,7 +187,7 @@ pub fn series_features<'s>(
                         if frontier.less_equal(&u.1) {
                             true
                         } else {
-                            ready.push(u.clone());
+                            ready.push(*u);
                             false
                         }
                     });
@@ -192,7 +195,7 @@ pub fn series_features<'s>(
                         pending.push((cap.delayed(&later), updates));
                         pending.sort_by_key(|(c, _)| *c.time());
                     }
-                    ready.sort_unstable_by(|a, b| ((a.0).0, a.1).cmp(&((b.0).0, b.1)));
+                    ready.sort_unstable_by_key(|u| ((u.0).0, u.1));
                     let mut session = output.session(&cap);
                     let mut i = 0;
                     while i < ready.len() {

@@ -138,23 +138,13 @@ fn fold_expired(records: &mut Vec<(Rec, Agg)>, oldest: Period) {
 /// One update of a series' records.
 type Update = ((Key, Rec), Epoch, Agg);
 
-/// What the features operator keeps per series.
-#[derive(Default)]
-struct Series {
-    /// Accumulated records, sorted by record; periods past the retention are folded into `Base`.
-    records: Vec<(Rec, Agg)>,
-    /// The features last emitted, so a change needs one evaluation rather than two.
-    features: Option<FeatureVec>,
-}
-
 /// The features of every series whose records changed, as a collection of `(key, features)`.
 ///
 /// Epochs are totally ordered, so this operator keeps each series' accumulated records itself
 /// (it is their only reader) instead of arranging them and replaying history as `reduce` does;
 /// profiles showed that replay, then the trace walks, dominating the epoch cost. Once an epoch
-/// is complete it applies that epoch's updates series by series, evaluates the features, and
-/// emits a retraction of the last emitted vector and an insertion of the new one only where they
-/// differ. It also folds
+/// is complete it applies that epoch's updates series by series, evaluates the features before
+/// and after, and emits a retraction and an insertion only where they differ. It also folds
 /// periods that left the retention window into the series' base, so state stays bounded without
 /// any retraction travelling through the dataflow.
 pub fn series_features<'s>(
@@ -169,8 +159,8 @@ pub fn series_features<'s>(
         .unary_frontier(exchange, "SeriesFeatures", move |_, _| {
             // Updates waiting for their epoch to complete, by the capability they arrived with.
             let mut pending: Vec<(Capability<Epoch>, Vec<Update>)> = Vec::new();
-            // Every series' accumulated records and the features last emitted for it.
-            let mut state: HashMap<Key, Series> = HashMap::new();
+            // Every series' accumulated records, sorted by record.
+            let mut state: HashMap<Key, Vec<(Rec, Agg)>> = HashMap::new();
             let mut scratch = SeriesState::new(&spec);
             let mut ready: Vec<Update> = Vec::new();
             move |(input, frontier), output| {
@@ -210,9 +200,8 @@ pub fn series_features<'s>(
                     let mut i = 0;
                     while i < ready.len() {
                         let key = (ready[i].0).0;
-                        let series = state.entry(key).or_default();
-                        let records = &mut series.records;
-                        let mut old = series.features.take();
+                        let records = state.entry(key).or_default();
+                        let mut old = evaluate(&spec, &mut scratch, records);
                         while i < ready.len() && (ready[i].0).0 == key {
                             let time = ready[i].1;
                             while i < ready.len() && (ready[i].0).0 == key && ready[i].1 == time {
@@ -233,7 +222,6 @@ pub fn series_features<'s>(
                                 old = new;
                             }
                         }
-                        series.features = old;
                         if records.is_empty() {
                             state.remove(&key);
                         }

@@ -9,9 +9,11 @@
 //! - [`time`]: periods (UTC days or ISO weeks) and epochs.
 //! - [`model`]: keys, events, the per-period totals used as the dataflow's difference type.
 //! - [`features`]: the feature spec, its schema, and the evaluation of one series' features.
-//! - [`input`]: the per-worker input stage: routes events to period totals, slides windows at
-//!   period rollovers by retracting expired totals, applies reference-data upserts.
-//! - [`dataflow`]: the differential dataflow from those inputs to changed feature vectors.
+//! - [`input`]: the per-worker input stage: turns events into per-period totals, moves every
+//!   series' clock at period rollovers, refuses events too old to matter, applies promotion
+//!   upserts.
+//! - [`dataflow`]: the differential dataflow from those inputs to changed feature vectors,
+//!   ending in the `series_features` operator that owns each series' state.
 
 pub mod dataflow;
 pub mod features;

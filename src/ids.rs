@@ -70,11 +70,6 @@ impl Dictionary {
         };
         (name(&self.stores, key.store), name(&self.skus, key.sku))
     }
-
-    /// Number of stores and SKUs registered.
-    pub fn len(&self) -> (usize, usize) {
-        (self.stores.len(), self.skus.len())
-    }
 }
 
 #[cfg(test)]

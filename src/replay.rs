@@ -120,20 +120,14 @@ pub fn prepare(cfg: &Resolved, data: Dataset, as_of: Option<i64>) -> Prepared {
             })(),
             // Catalog and stores feed replenishment (a later stage); here they are validated
             // and their names registered.
-            Record::Catalog(c) => {
-                if let Err(e) = dict.sku(&c.sku_id) {
-                    Err(e)
-                } else {
-                    continue;
-                }
-            }
-            Record::Store(s) => {
-                if let Err(e) = dict.store(&s.store_id) {
-                    Err(e)
-                } else {
-                    continue;
-                }
-            }
+            Record::Catalog(c) => match dict.sku(&c.sku_id) {
+                Ok(_) => continue,
+                Err(e) => Err(e),
+            },
+            Record::Store(s) => match dict.store(&s.store_id) {
+                Ok(_) => continue,
+                Err(e) => Err(e),
+            },
         };
         match event {
             Ok(e) if e.ts().is_some() => {

@@ -117,11 +117,6 @@ impl FeatureInput {
         self.epoch
     }
 
-    /// The current period, once the stage has been advanced.
-    pub fn now(&self) -> Option<Period> {
-        self.now
-    }
-
     /// Number of series this worker has registered.
     pub fn key_count(&self) -> usize {
         self.keys.len()

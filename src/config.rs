@@ -24,6 +24,9 @@ pub struct Config {
     /// Forecasting.
     #[serde(default)]
     pub forecast: ForecastConfig,
+    /// The Kafka source and sink of `run`, `load` and the demo.
+    #[serde(default)]
+    pub kafka: KafkaConfig,
 }
 
 /// `[time]`.
@@ -86,6 +89,93 @@ pub struct ForecastConfig {
     pub baseline: Baseline,
 }
 
+/// `[kafka]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// `bootstrap.servers`: comma-separated host:port list.
+    #[serde(default = "default_brokers")]
+    pub brokers: String,
+    /// Consumer group under which processed offsets are committed (never joined: partitions
+    /// are assigned statically).
+    #[serde(default = "default_group")]
+    pub group_id: String,
+    /// Partition p of every input topic goes to worker (p + partition_offset) mod workers.
+    #[serde(default)]
+    pub partition_offset: u32,
+    /// A partition with no message for this long stops holding the watermark back.
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout_secs: u64,
+    /// Topic names.
+    #[serde(default)]
+    pub topics: TopicsConfig,
+    /// Extra librdkafka properties for every client (e.g. `security.protocol`).
+    #[serde(default)]
+    pub client: std::collections::BTreeMap<String, String>,
+}
+
+fn default_brokers() -> String {
+    "127.0.0.1:9092".into()
+}
+
+fn default_group() -> String {
+    "stockcast".into()
+}
+
+fn default_idle_timeout() -> u64 {
+    30
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        KafkaConfig {
+            brokers: default_brokers(),
+            group_id: default_group(),
+            partition_offset: 0,
+            idle_timeout_secs: default_idle_timeout(),
+            topics: TopicsConfig::default(),
+            client: Default::default(),
+        }
+    }
+}
+
+/// `[kafka.topics]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TopicsConfig {
+    /// Sales events.
+    pub sales: String,
+    /// Stock movements.
+    pub stock: String,
+    /// Catalog items (compacted, key = sku_id).
+    pub catalog: String,
+    /// Stores (compacted, key = store_id).
+    pub stores: String,
+    /// Calendar promotions (compacted, key = promo_id; a null value deletes).
+    pub promotions: String,
+    /// Forecast records out.
+    pub forecasts: String,
+    /// One progress record per advance of the closed epochs.
+    pub epochs: String,
+    /// Records that could not be used, with the reason.
+    pub dead_letters: String,
+}
+
+impl Default for TopicsConfig {
+    fn default() -> Self {
+        TopicsConfig {
+            sales: "stockcast.sales".into(),
+            stock: "stockcast.stock".into(),
+            catalog: "stockcast.catalog".into(),
+            stores: "stockcast.stores".into(),
+            promotions: "stockcast.promotions".into(),
+            forecasts: "stockcast.forecasts".into(),
+            epochs: "stockcast.epochs".into(),
+            dead_letters: "stockcast.dead-letters".into(),
+        }
+    }
+}
+
 fn default_baseline() -> Baseline {
     Baseline::MovingAverage
 }
@@ -132,6 +222,8 @@ pub struct Resolved {
     pub allowed_lateness_secs: i64,
     /// Baseline forecaster.
     pub baseline: Baseline,
+    /// Kafka settings.
+    pub kafka: KafkaConfig,
 }
 
 impl Config {
@@ -199,7 +291,51 @@ impl Config {
             spec,
             allowed_lateness_secs: self.time.allowed_lateness_secs.min(i64::MAX as u64) as i64,
             baseline: self.forecast.baseline,
+            kafka: self.resolve_kafka(origin)?,
         })
+    }
+}
+
+impl Config {
+    fn resolve_kafka(&self, origin: &Path) -> Result<KafkaConfig, ConfigError> {
+        let k = &self.kafka;
+        let invalid = |field, message: &str| ConfigError::Invalid {
+            file: origin.to_path_buf(),
+            field,
+            message: message.to_string(),
+        };
+        if k.brokers.trim().is_empty() {
+            return Err(invalid("kafka.brokers", "must name at least one host:port"));
+        }
+        if k.group_id.trim().is_empty() {
+            return Err(invalid("kafka.group_id", "must not be empty"));
+        }
+        if k.idle_timeout_secs == 0 {
+            return Err(invalid("kafka.idle_timeout_secs", "must be at least 1"));
+        }
+        let t = &k.topics;
+        let named = [
+            ("kafka.topics.sales", &t.sales),
+            ("kafka.topics.stock", &t.stock),
+            ("kafka.topics.catalog", &t.catalog),
+            ("kafka.topics.stores", &t.stores),
+            ("kafka.topics.promotions", &t.promotions),
+            ("kafka.topics.forecasts", &t.forecasts),
+            ("kafka.topics.epochs", &t.epochs),
+            ("kafka.topics.dead_letters", &t.dead_letters),
+        ];
+        for (i, (field, name)) in named.iter().enumerate() {
+            if name.trim().is_empty() {
+                return Err(invalid(field, "must not be empty"));
+            }
+            if named[..i].iter().any(|(_, other)| other == name) {
+                return Err(invalid(
+                    field,
+                    "names a topic already used for another role",
+                ));
+            }
+        }
+        Ok(k.clone())
     }
 }
 

@@ -7,8 +7,10 @@
 use std::collections::HashMap;
 
 use dataflows::features::fnv1a64;
-use dataflows::model::Id;
-use dataflows::Key;
+use dataflows::model::{Id, Promotion};
+use dataflows::{Event, Key, PeriodKind};
+
+use crate::decode::Record;
 
 /// Two names with the same id.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -63,6 +65,47 @@ impl Dictionary {
         })
     }
 
+    /// The dataflow event of a decoded record, registering its names; `None` for reference
+    /// data the dataflow does not consume (catalog items and stores, whose names are registered).
+    pub fn event(
+        &mut self,
+        record: &Record,
+        period: PeriodKind,
+    ) -> Result<Option<Event>, Collision> {
+        Ok(Some(match record {
+            Record::Sale(s) => Event::Sale {
+                key: self.key(&s.store_id, &s.sku_id)?,
+                ts: s.ts,
+                qty: s.qty,
+                unit_price: s.unit_price,
+                promo: s.promo,
+            },
+            Record::Movement(m) => Event::Stock {
+                key: self.key(&m.store_id, &m.sku_id)?,
+                ts: m.ts,
+                kind: m.kind,
+                qty: m.qty,
+            },
+            Record::Promotion(p) => Event::Promotion {
+                promo_id: promo_id(&p.promo_id),
+                def: Some(Promotion {
+                    store: p.store_id.as_deref().map(|s| self.store(s)).transpose()?,
+                    sku: self.sku(&p.sku_id)?,
+                    start: period.period_of(p.start),
+                    end: period.period_of(p.end),
+                }),
+            },
+            Record::Catalog(c) => {
+                self.sku(&c.sku_id)?;
+                return Ok(None);
+            }
+            Record::Store(s) => {
+                self.store(&s.store_id)?;
+                return Ok(None);
+            }
+        }))
+    }
+
     /// The names of a key; ids never registered show as `#<hex>`.
     pub fn names(&self, key: &Key) -> (String, String) {
         let name = |m: &HashMap<Id, String>, id: Id| {
@@ -70,6 +113,11 @@ impl Dictionary {
         };
         (name(&self.stores, key.store), name(&self.skus, key.sku))
     }
+}
+
+/// The id of a promotion name.
+pub fn promo_id(name: &str) -> Id {
+    fnv1a64(name.as_bytes())
 }
 
 #[cfg(test)]

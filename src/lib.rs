@@ -10,6 +10,9 @@
 //!   `dataflows` crate's differential dataflow on N timely workers.
 //! - [`forecast`]: the `Forecaster` trait and the baselines (moving average, seasonal naive).
 //! - [`replay`]: the `replay` and `features` commands: files in, forecasts and tables out.
+//! - [`kafka`]: the long-running worker on Kafka topics (`run`), the publisher (`load`), topic
+//!   admin, and the delivery guarantee.
+//! - [`demo`]: the embedded default: an in-process Kafka mock cluster fed by the generator.
 //! - [`generate`]: the seeded synthetic data generator behind `generate`, the demo and benches.
 //! - [`cli`]: the command line.
 //!
@@ -19,9 +22,11 @@
 pub mod cli;
 pub mod config;
 pub mod decode;
+pub mod demo;
 pub mod forecast;
 pub mod generate;
 pub mod ids;
+pub mod kafka;
 pub mod pipeline;
 pub mod replay;
 pub mod source;

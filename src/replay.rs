@@ -22,9 +22,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use chrono::{DateTime, Utc};
-use dataflows::model::Promotion;
 use dataflows::{Epoch, Event, FeatureVec, Key, Schema};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::config::Resolved;
 use crate::decode::Record;
@@ -91,43 +90,12 @@ pub fn prepare(cfg: &Resolved, data: Dataset, as_of: Option<i64>) -> Prepared {
             Record::Promotion(_) => "promotions",
         };
         *counts.entry(kind).or_default() += 1;
-        let event = match record {
-            Record::Sale(s) => dict.key(&s.store_id, &s.sku_id).map(|key| Event::Sale {
-                key,
-                ts: s.ts,
-                qty: s.qty,
-                unit_price: s.unit_price,
-                promo: s.promo,
-            }),
-            Record::Movement(m) => dict.key(&m.store_id, &m.sku_id).map(|key| Event::Stock {
-                key,
-                ts: m.ts,
-                kind: m.kind,
-                qty: m.qty,
-            }),
-            Record::Promotion(p) => (|| {
-                let sku = dict.sku(&p.sku_id)?;
-                let store = p.store_id.as_deref().map(|s| dict.store(s)).transpose()?;
-                Ok(Event::Promotion {
-                    promo_id: dataflows::features::fnv1a64(p.promo_id.as_bytes()),
-                    def: Some(Promotion {
-                        store,
-                        sku,
-                        start: period.period_of(p.start),
-                        end: period.period_of(p.end),
-                    }),
-                })
-            })(),
+        let event = match dict.event(record, period) {
+            Ok(Some(e)) => Ok(e),
             // Catalog and stores feed replenishment (a later stage); here they are validated
             // and their names registered.
-            Record::Catalog(c) => match dict.sku(&c.sku_id) {
-                Ok(_) => continue,
-                Err(e) => Err(e),
-            },
-            Record::Store(s) => match dict.store(&s.store_id) {
-                Ok(_) => continue,
-                Err(e) => Err(e),
-            },
+            Ok(None) => continue,
+            Err(e) => Err(e),
         };
         match event {
             Ok(e) if e.ts().is_some() => {
@@ -157,6 +125,20 @@ pub fn prepare(cfg: &Resolved, data: Dataset, as_of: Option<i64>) -> Prepared {
     }
 }
 
+/// A progress bar on stderr, hidden unless `show`.
+pub fn progress_bar(len: u64, template: &str, show: bool) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(len);
+    if show {
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(template)
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+    } else {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    bar
+}
+
 /// RFC 3339 text of an instant.
 pub fn rfc3339(ts: i64) -> String {
     DateTime::<Utc>::from_timestamp(ts, 0)
@@ -164,18 +146,55 @@ pub fn rfc3339(ts: i64) -> String {
         .unwrap_or_else(|| ts.to_string())
 }
 
-/// One line of `forecasts.jsonl`.
-#[derive(Serialize)]
-struct ForecastLine<'a> {
-    epoch_end: &'a str,
-    store_id: &'a str,
-    sku_id: &'a str,
-    schema_hash: &'a str,
-    model: &'a str,
-    model_version: &'a str,
-    forecast: Vec<f64>,
-    on_hand: Option<f64>,
-    on_order: Option<f64>,
+/// One forecast: a line of `forecasts.jsonl`, a record on the forecasts topic.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ForecastRecord {
+    /// End of the epoch whose closing changed the series' features (RFC 3339).
+    pub epoch_end: String,
+    /// Store name.
+    pub store_id: String,
+    /// SKU name.
+    pub sku_id: String,
+    /// Hash of the feature schema the forecast was computed from.
+    pub schema_hash: String,
+    /// Forecaster name (e.g. `baseline-ma`).
+    pub model: String,
+    /// Forecaster version.
+    pub model_version: String,
+    /// Demand per future period, units, rounded to 3 decimals.
+    pub forecast: Vec<f64>,
+    /// Units on hand, where stock movements were seen.
+    pub on_hand: Option<f64>,
+    /// Units on order, where stock movements were seen.
+    pub on_order: Option<f64>,
+}
+
+impl ForecastRecord {
+    /// Scores one changed series.
+    pub fn new(
+        epoch_end: &str,
+        (store_id, sku_id): (String, String),
+        schema: &Schema,
+        forecaster: &dyn Forecaster,
+        vec: &FeatureVec,
+    ) -> Self {
+        let value = |name: &str| schema.index(name).and_then(|i| schema.value(vec, i));
+        ForecastRecord {
+            epoch_end: epoch_end.to_string(),
+            store_id,
+            sku_id,
+            schema_hash: schema.hash.clone(),
+            model: forecaster.name().to_string(),
+            model_version: forecaster.version().to_string(),
+            forecast: forecaster
+                .forecast(vec)
+                .into_iter()
+                .map(|x| (x * 1000.0).round() / 1000.0)
+                .collect(),
+            on_hand: value("on_hand"),
+            on_order: value("on_order"),
+        }
+    }
 }
 
 /// Summary of keys scored per epoch.
@@ -304,17 +323,11 @@ pub fn replay(cfg: &Resolved, opts: &ReplayOptions) -> Result<Summary, ReplayErr
         write_dead(d, &mut dead).map_err(write_err(&dead_path))?;
     }
 
-    let progress = indicatif::ProgressBar::new(plan.steps.len() as u64);
-    if opts.progress {
-        progress.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{elapsed_precise} [{bar:40}] {pos}/{len} epochs {msg}",
-            )
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-        );
-    } else {
-        progress.set_draw_target(indicatif::ProgressDrawTarget::hidden());
-    }
+    let progress = progress_bar(
+        plan.steps.len() as u64,
+        "{elapsed_precise} [{bar:40}] {pos}/{len} epochs {msg}",
+        opts.progress,
+    );
 
     let mut scored = ScoredStats::default();
     let mut epochs = 0u64;
@@ -421,27 +434,11 @@ fn write_forecasts(
     dict: &Dictionary,
     changed: &[(Key, FeatureVec)],
 ) -> std::io::Result<()> {
-    let on_hand = schema.index("on_hand");
-    let on_order = schema.index("on_order");
     let mut named: Vec<((String, String), &FeatureVec)> =
         changed.iter().map(|(k, v)| (dict.names(k), v)).collect();
     named.sort_by(|a, b| a.0.cmp(&b.0));
-    for ((store, sku), vec) in named {
-        let line = ForecastLine {
-            epoch_end,
-            store_id: &store,
-            sku_id: &sku,
-            schema_hash: &schema.hash,
-            model: forecaster.name(),
-            model_version: forecaster.version(),
-            forecast: forecaster
-                .forecast(vec)
-                .into_iter()
-                .map(|x| (x * 1000.0).round() / 1000.0)
-                .collect(),
-            on_hand: on_hand.and_then(|i| schema.value(vec, i)),
-            on_order: on_order.and_then(|i| schema.value(vec, i)),
-        };
+    for (names, vec) in named {
+        let line = ForecastRecord::new(epoch_end, names, schema, forecaster, vec);
         serde_json::to_writer(&mut *w, &line)?;
         w.write_all(b"\n")?;
     }

@@ -204,6 +204,13 @@ impl FeatureInput {
         }
     }
 
+    /// Closes the inputs: the dataflow completes every epoch and finishes. Later updates go
+    /// nowhere.
+    pub fn close(&mut self) {
+        self.flush();
+        self.inputs = Inputs::default();
+    }
+
     /// Sends buffered updates into the dataflow.
     pub fn flush(&mut self) {
         self.inputs.series.flush();

@@ -52,6 +52,36 @@ struct Report {
     rejected: Vec<(u32, Rejection)>,
 }
 
+/// Changed series collected from the dataflow on one worker, with the epoch they changed in.
+pub type Changes = Rc<RefCell<Vec<(Epoch, Key, FeatureVec)>>>;
+
+/// Builds the feature dataflow on `worker` from `input`'s sessions; returns its probe and the
+/// buffer its changed series (insertions only) are collected in.
+pub fn build(
+    worker: &mut timely::worker::Worker,
+    input: &mut FeatureInput,
+    spec: &FeatureSpec,
+) -> (Handle<Epoch>, Changes) {
+    let sink: Changes = Rc::default();
+    let probe = worker.dataflow::<Epoch, _, _>(|scope| {
+        let features: VecCollection<'_, Epoch, (Key, FeatureVec)> =
+            dataflows::dataflow::features(scope, input.inputs_mut(), spec);
+        let sink = Rc::clone(&sink);
+        features
+            .inspect_batch(move |_time, batch| {
+                let mut sink = sink.borrow_mut();
+                for ((key, vec), time, diff) in batch {
+                    if *diff > 0 {
+                        sink.push((*time, *key, vec.clone()));
+                    }
+                }
+            })
+            .probe()
+            .0
+    });
+    (probe, sink)
+}
+
 /// Which worker owns an event.
 fn owner(event: &Event, peers: usize) -> usize {
     let h = match event {
@@ -82,23 +112,7 @@ pub fn run(
         let peers = worker.peers();
         let tx = tx.clone();
         let mut input = FeatureInput::new(clock, &spec, index);
-        let sink: Rc<RefCell<Vec<(Epoch, Key, FeatureVec)>>> = Rc::default();
-        let probe: Handle<Epoch> = worker.dataflow::<Epoch, _, _>(|scope| {
-            let features: VecCollection<'_, Epoch, (Key, FeatureVec)> =
-                dataflows::dataflow::features(scope, input.inputs_mut(), &spec);
-            let sink = Rc::clone(&sink);
-            features
-                .inspect_batch(move |_time, batch| {
-                    let mut sink = sink.borrow_mut();
-                    for ((key, vec), time, diff) in batch {
-                        if *diff > 0 {
-                            sink.push((*time, *key, vec.clone()));
-                        }
-                    }
-                })
-                .probe()
-                .0
-        });
+        let (probe, sink) = build(worker, &mut input, &spec);
         for (s, step) in plan.steps.iter().enumerate() {
             input.advance_to(step.epoch);
             let mut rejected = Vec::new();

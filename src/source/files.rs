@@ -24,7 +24,7 @@ use serde::Serialize;
 use crate::decode::{self, CsvRow, DecodeError, JsonRow, Record, Row};
 
 /// Kinds of input file.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum FileKind {
     /// Sales events.
@@ -51,7 +51,17 @@ impl FileKind {
         }
     }
 
-    fn decode(self, row: &dyn Row) -> Result<Record, DecodeError> {
+    /// Decodes one JSON object (a JSON-lines row or a Kafka record value).
+    pub fn decode_json(self, bytes: &[u8]) -> Result<Record, DecodeError> {
+        match serde_json::from_slice::<serde_json::Value>(bytes) {
+            Ok(serde_json::Value::Object(map)) => self.decode(&JsonRow(&map)),
+            Ok(_) => Err(DecodeError::Malformed("not a JSON object".into())),
+            Err(e) => Err(DecodeError::Malformed(e.to_string())),
+        }
+    }
+
+    /// Decodes one row.
+    pub fn decode(self, row: &dyn Row) -> Result<Record, DecodeError> {
         Ok(match self {
             FileKind::Sales => Record::Sale(decode::sale(row)?),
             FileKind::Stock => Record::Movement(decode::movement(row)?),
@@ -286,11 +296,7 @@ fn read_file(data: &mut Dataset, kind: FileKind, path: &Path) -> Result<(), Load
             if text.trim().is_empty() {
                 continue;
             }
-            let result = match serde_json::from_str::<serde_json::Value>(&text) {
-                Ok(serde_json::Value::Object(map)) => kind.decode(&JsonRow(&map)),
-                Ok(_) => Err(DecodeError::Malformed("not a JSON object".into())),
-                Err(e) => Err(DecodeError::Malformed(e.to_string())),
-            };
+            let result = kind.decode_json(text.as_bytes());
             push(result, i as u64 + 1, &|| text.clone());
         }
     }

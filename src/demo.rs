@@ -1,0 +1,265 @@
+//! `demo`: the embedded default. Starts librdkafka's in-process mock cluster, streams the seeded
+//! generator's data into it day by day (a live stream over simulated time, plus two deliberately
+//! broken records), runs the worker against it through the same Kafka code as `run`, and prints
+//! a summary. Needs no external service.
+
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use dataflows::time::DAY_SECS;
+use dataflows::StockKind;
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+
+use crate::config::{Config, Resolved};
+use crate::decode::{CatalogItem, Movement, PromotionRec, Record, Sale, Store};
+use crate::generate::{self, Generator, Item, Params, Promo};
+use crate::kafka::{self, admin, load, stream, Acks};
+
+/// Options of the demo.
+pub struct DemoOptions {
+    /// Timely workers.
+    pub workers: usize,
+    /// Partitions per topic.
+    pub partitions: i32,
+    /// Generator parameters.
+    pub params: Params,
+    /// Wall-clock pause between two simulated days.
+    pub day_pause: Duration,
+}
+
+impl Default for DemoOptions {
+    fn default() -> Self {
+        DemoOptions {
+            workers: 2,
+            partitions: 4,
+            params: Params::default(),
+            day_pause: Duration::from_millis(10),
+        }
+    }
+}
+
+/// Feeds generated records to a producer.
+struct Publisher<'a> {
+    producer: &'a BaseProducer<Acks>,
+    kafka: &'a crate::config::KafkaConfig,
+    error: Option<load::LoadError>,
+    sent: u64,
+}
+
+impl Publisher<'_> {
+    fn send(&mut self, record: Record) {
+        if self.error.is_some() {
+            return;
+        }
+        let topic = load::topic_of(self.kafka, &record);
+        match load::send(self.producer, topic, &record) {
+            Ok(()) => self.sent += 1,
+            Err(e) => self.error = Some(e),
+        }
+    }
+}
+
+impl generate::Sink for Publisher<'_> {
+    fn reference(&mut self, items: &[Item], promos: &[Promo], params: &Params) {
+        for it in items {
+            self.send(Record::Catalog(CatalogItem {
+                sku_id: generate::sku_name(it.sku),
+                category: Some(it.category.to_string()),
+                pack_size: Some(i64::from(it.pack_size) * 1000),
+                lead_time_days: Some(i64::from(it.lead_time_days)),
+                min_order_qty: Some(i64::from(it.pack_size) * 1000),
+                active: true,
+            }));
+        }
+        for s in params.store_offset..params.store_offset + params.stores {
+            self.send(Record::Store(Store {
+                store_id: generate::store_name(s),
+                region: Some(format!("R{}", s % 3)),
+                active: true,
+            }));
+        }
+        let day = |d: u32| params.start + i64::from(d) * DAY_SECS;
+        for p in promos {
+            self.send(Record::Promotion(PromotionRec {
+                promo_id: format!("P{:05}", p.id),
+                store_id: p.store.map(generate::store_name),
+                sku_id: generate::sku_name(p.sku),
+                start: day(p.first_day),
+                end: day(p.last_day) + DAY_SECS - 1,
+                discount_pct: Some(i64::from(p.discount_pct) * 1000),
+            }));
+        }
+    }
+
+    fn sale(&mut self, ts: i64, store: u32, sku: u32, qty: i32, price_cents: u32, promo: bool) {
+        self.send(Record::Sale(Sale {
+            event_id: None,
+            ts,
+            store_id: generate::store_name(store),
+            sku_id: generate::sku_name(sku),
+            qty: i64::from(qty) * 1000,
+            unit_price: Some(i64::from(price_cents) * 10),
+            promo,
+        }));
+    }
+
+    fn movement(&mut self, ts: i64, store: u32, sku: u32, kind: StockKind, qty: i32) {
+        self.send(Record::Movement(Movement {
+            event_id: None,
+            ts,
+            store_id: generate::store_name(store),
+            sku_id: generate::sku_name(sku),
+            kind,
+            qty: i64::from(qty) * 1000,
+        }));
+    }
+}
+
+/// Runs the demo and prints its summary to stdout.
+pub fn run(opts: &DemoOptions) -> anyhow::Result<()> {
+    let cluster = MockCluster::new(1).context("starting the in-process Kafka mock cluster")?;
+    let mut cfg: Resolved = Config::default().resolve(std::path::Path::new("<defaults>"))?;
+    cfg.kafka.brokers = cluster.bootstrap_servers();
+    cfg.kafka.group_id = "stockcast-demo".into();
+    cfg.kafka.idle_timeout_secs = 2;
+    for (topic, _) in admin::all_topics(&cfg.kafka) {
+        cluster
+            .create_topic(&topic, opts.partitions, 1)
+            .with_context(|| format!("creating topic {topic}"))?;
+    }
+    let p = &opts.params;
+    println!(
+        "in-process Kafka cluster at {}: {} topics x {} partitions",
+        cfg.kafka.brokers,
+        admin::all_topics(&cfg.kafka).len(),
+        opts.partitions
+    );
+    println!(
+        "streaming {} stores x {} SKUs x {} days of generated data (seed {}) day by day, plus 2 broken records",
+        p.stores, p.skus, p.days, p.seed
+    );
+
+    // Simulated time: the end of the last day published. Epochs close on it when every
+    // partition is idle, as they would on the wall clock in production.
+    let sim_now = Arc::new(AtomicI64::new(p.start));
+    let stop = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    let publisher = {
+        let kafka = cfg.kafka.clone();
+        let params = p.clone();
+        let sim_now = Arc::clone(&sim_now);
+        let pause = opts.day_pause;
+        std::thread::spawn(move || -> Result<u64, load::LoadError> {
+            let producer = load::producer(&kafka)?;
+            let mut out = Publisher {
+                producer: &producer,
+                kafka: &kafka,
+                error: None,
+                sent: 0,
+            };
+            let mut generator = Generator::new(&params);
+            generate::Sink::reference(&mut out, generator.items(), generator.promos(), &params);
+            let mut day = 0i64;
+            while generator.next_day(&mut out) {
+                day += 1;
+                if day == 30 {
+                    // Two records a real feed might carry: cut-off JSON and a NaN quantity.
+                    for bad in [
+                        &br#"{"ts":"2023-02-01T09:00:00Z","store_id":"S000","sku_id":"#[..],
+                        &br#"{"ts":"2023-02-01T09:00:00Z","store_id":"S000","sku_id":"SKU00000","qty":"NaN"}"#[..],
+                    ] {
+                        let _ = producer.send(
+                            BaseRecord::to(&kafka.topics.sales)
+                                .key("S000:SKU00000")
+                                .payload(bad),
+                        );
+                    }
+                }
+                producer.poll(Duration::ZERO);
+                sim_now.store(params.start + day * DAY_SECS, Ordering::SeqCst);
+                std::thread::sleep(pause);
+                if let Some(e) = out.error.take() {
+                    return Err(e);
+                }
+            }
+            producer
+                .flush(Duration::from_secs(60))
+                .map_err(|e| load::LoadError::Kafka(e.to_string()))?;
+            producer.context().check().map_err(load::LoadError::Kafka)?;
+            Ok(out.sent)
+        })
+    };
+    let clock = Arc::clone(&sim_now);
+    let run = kafka::run_worker(
+        &cfg,
+        &stream::StreamOptions {
+            workers: opts.workers,
+            exit_when_idle: true,
+            stop: Arc::clone(&stop),
+            wall_clock: Arc::new(move || clock.load(Ordering::SeqCst)),
+        },
+    );
+    let published = publisher
+        .join()
+        .map_err(|_| anyhow::anyhow!("the demo publisher panicked"))??;
+    let run = run?;
+    let s = &run.stats;
+    println!(
+        "\nworker: {} timely workers, {:.2} s wall clock, {} records published",
+        opts.workers,
+        started.elapsed().as_secs_f64(),
+        published
+    );
+    println!("consumed per topic:");
+    for (kind, n) in &s.consumed {
+        println!("  {kind:<11} {n:>9}");
+    }
+    println!(
+        "epochs closed {} (last ends {}), progress records {}, forecast records {}",
+        s.epochs,
+        s.last_epoch_end.as_deref().unwrap_or("-"),
+        s.advances,
+        s.forecasts
+    );
+    println!("late events {}, dead letters {:?}", s.late, s.dead_letters);
+    print_top(&run.latest, s.last_epoch_end.as_deref(), cfg.spec.horizon);
+    Ok(())
+}
+
+/// Prints the series with the largest forecast demand as of the last epoch each was scored.
+pub fn print_top(
+    latest: &std::collections::HashMap<(String, String), crate::replay::ForecastRecord>,
+    last: Option<&str>,
+    horizon: u32,
+) {
+    let mut rows: Vec<(f64, &crate::replay::ForecastRecord)> = latest
+        .values()
+        .map(|r| (r.forecast.iter().sum(), r))
+        .collect();
+    rows.sort_by(|a, b| {
+        b.0.total_cmp(&a.0)
+            .then_with(|| (&a.1.store_id, &a.1.sku_id).cmp(&(&b.1.store_id, &b.1.sku_id)))
+    });
+    println!(
+        "\ntop series by forecast demand, next {horizon} periods, as of {}:",
+        last.unwrap_or("-")
+    );
+    println!(
+        "  {:<6} {:<9} {:>10} {:>9} {:>9}",
+        "store", "sku", "forecast", "on_hand", "on_order"
+    );
+    let num = |x: Option<f64>| x.map_or("-".into(), |x| format!("{x:.0}"));
+    for (total, r) in rows.iter().take(10) {
+        println!(
+            "  {:<6} {:<9} {:>10.1} {:>9} {:>9}",
+            r.store_id,
+            r.sku_id,
+            total,
+            num(r.on_hand),
+            num(r.on_order)
+        );
+    }
+}

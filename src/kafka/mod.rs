@@ -1,0 +1,189 @@
+//! Kafka in and out: the long-running worker (`run`), the backfill publisher (`load`) and the
+//! embedded demo cluster.
+//!
+//! ```text
+//! input topics ──► stream: N timely workers, each reading its own partitions (static assignment)
+//!   sales, stock        decode ─► dead letters (original bytes, topic, partition, offset, reason)
+//!   catalog, stores,    per-partition watermark ─► global watermark (broadcast between workers)
+//!   promotions          events ─► dataflows::input ─► feature dataflow ─► changed (key, features)
+//!                            │
+//!                            ▼  merged per advance of the closed-epoch frontier
+//!                    sink: score ─► stockcast.forecasts ─► stockcast.epochs ─► commit offsets
+//! ```
+//!
+//! # Delivery guarantee
+//! - **Input**: an offset is committed (under `kafka.group_id`, with the closed-epoch frontier in
+//!   the commit metadata) only after every forecast derived from events below it, and the
+//!   epoch's progress record, were acknowledged by the broker. Events consumed but still waiting
+//!   for their epoch to open hold their partition's commit back.
+//! - **State** lives only in memory. On start the worker therefore rebuilds it by reading every
+//!   input partition from the beginning (bounded by the topics' retention), and it suppresses the
+//!   output of epochs below the committed frontier, and the dead letters below the committed
+//!   offsets: a restart neither double counts an event nor republishes what was acknowledged.
+//!   A later checkpoint can replace the rebuild by seeking to exactly the committed offsets.
+//! - **Output**: at least once. Records are produced by an idempotent producer (no duplicates or
+//!   reordering within a producer session; per-key order is kept because the key picks the
+//!   partition). A crash after producing an epoch's forecasts and before its progress record may
+//!   republish that epoch after restart. The progress record on `stockcast.epochs` is written only
+//!   after the epoch's forecasts are acknowledged: a consumer that reads forecasts up to the last
+//!   progress record has complete epochs. Transactions are not used (the brokers available here
+//!   accept them without honouring them), so a `read_committed` consumer can still see the
+//!   forecasts of an epoch whose progress record is not yet written.
+
+pub mod admin;
+pub mod load;
+pub mod sink;
+pub mod stream;
+pub mod wire;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use rdkafka::producer::{DeliveryResult, ProducerContext};
+use rdkafka::{ClientConfig, ClientContext};
+
+use crate::config::KafkaConfig;
+use crate::source::files::FileKind;
+
+/// The client configuration every producer, consumer and admin client starts from.
+pub fn client_config(kafka: &KafkaConfig) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &kafka.brokers);
+    for (k, v) in &kafka.client {
+        c.set(k, v);
+    }
+    c
+}
+
+/// A producer context counting records the broker did not acknowledge.
+#[derive(Default)]
+pub struct Acks {
+    failed: AtomicU64,
+    last_error: Mutex<Option<String>>,
+}
+
+impl Acks {
+    /// Starts a new count.
+    pub fn reset(&self) {
+        self.failed.store(0, Ordering::Relaxed);
+    }
+
+    /// `Err` naming the count and the last error if any record failed since [`Acks::reset`].
+    pub fn check(&self) -> Result<(), String> {
+        let failed = self.failed.load(Ordering::Relaxed);
+        if failed == 0 {
+            return Ok(());
+        }
+        let last = self.last_error.lock().ok().and_then(|l| l.clone());
+        Err(format!(
+            "{failed} records not acknowledged (last error: {})",
+            last.unwrap_or_default()
+        ))
+    }
+}
+
+impl ClientContext for Acks {}
+
+impl ProducerContext for Acks {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if let Err((e, _)) = result {
+            self.failed.fetch_add(1, Ordering::Relaxed);
+            if let Ok(mut last) = self.last_error.lock() {
+                *last = Some(e.to_string());
+            }
+        }
+    }
+}
+
+/// The input topics with their record kinds, in a fixed order.
+pub fn input_topics(kafka: &KafkaConfig) -> [(FileKind, &str); 5] {
+    let t = &kafka.topics;
+    [
+        (FileKind::Sales, t.sales.as_str()),
+        (FileKind::Stock, t.stock.as_str()),
+        (FileKind::Catalog, t.catalog.as_str()),
+        (FileKind::Stores, t.stores.as_str()),
+        (FileKind::Promotions, t.promotions.as_str()),
+    ]
+}
+
+/// The worker that reads partition `partition` of every input topic.
+pub fn partition_owner(partition: i32, partition_offset: u32, peers: usize) -> usize {
+    ((partition as u64 + partition_offset as u64) % peers.max(1) as u64) as usize
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partitions_spread_over_workers_with_the_offset() {
+        let owners: Vec<usize> = (0..4).map(|p| partition_owner(p, 0, 2)).collect();
+        assert_eq!(owners, vec![0, 1, 0, 1]);
+        let owners: Vec<usize> = (0..4).map(|p| partition_owner(p, 1, 3)).collect();
+        assert_eq!(owners, vec![1, 2, 0, 1]);
+        assert_eq!(partition_owner(5, 0, 1), 0);
+    }
+}
+
+/// What a worker run did.
+pub struct WorkerRun {
+    /// What the sink wrote.
+    pub stats: sink::SinkStats,
+    /// The latest forecast of every series scored.
+    pub latest: std::collections::HashMap<(String, String), crate::replay::ForecastRecord>,
+    /// The frontier a previous run had committed, if this run resumed.
+    pub resumed_from: Option<dataflows::Epoch>,
+    /// Wall-clock seconds.
+    pub secs: f64,
+}
+
+/// Why a worker run failed.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// The source or the dataflow failed.
+    #[error(transparent)]
+    Stream(#[from] stream::StreamError),
+    /// The sink could not start.
+    #[error(transparent)]
+    Sink(#[from] sink::SinkError),
+    /// The forecaster does not fit the feature schema.
+    #[error(transparent)]
+    Forecaster(#[from] crate::forecast::MissingFeature),
+}
+
+/// Runs the worker: resumes after the frontier a previous run committed, consumes, scores and
+/// publishes until `opts` says to stop.
+pub fn run_worker(
+    cfg: &crate::config::Resolved,
+    opts: &stream::StreamOptions,
+) -> Result<WorkerRun, WorkerError> {
+    let started = std::time::Instant::now();
+    let resumed_from = stream::committed_frontier(cfg)?;
+    if let Some(f) = resumed_from {
+        tracing::info!(
+            frontier = %crate::replay::rfc3339(cfg.clock.epoch_start(f)),
+            "resuming: rebuilding state from the start of the topics; output resumes at the committed frontier"
+        );
+    }
+    let forecaster = crate::forecast::baseline(
+        cfg.baseline,
+        &cfg.spec.schema(),
+        cfg.clock.period_kind(),
+        cfg.spec.horizon as usize,
+    )?;
+    tracing::info!(
+        model = forecaster.name(),
+        "no model configured: scoring with the baseline"
+    );
+    let mut sink = sink::KafkaSink::new(cfg, forecaster, resumed_from, opts.stop.clone())?;
+    stream::run(cfg, opts, |closed, dict| sink.on_closed(closed, dict))?;
+    Ok(WorkerRun {
+        stats: sink.stats().clone(),
+        latest: sink.latest().clone(),
+        resumed_from,
+        secs: started.elapsed().as_secs_f64(),
+    })
+}

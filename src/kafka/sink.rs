@@ -1,0 +1,357 @@
+//! The Kafka sink: per advance of the closed frontier, dead letters and forecasts, then the
+//! progress record, then the offset commit, each step only after the previous was acknowledged.
+//!
+//! # Error handling
+//! A batch that is not fully acknowledged (broker down, timeouts) is produced again after a
+//! backoff, until it is or the run is stopped; the offsets are committed only after it was.
+//! When the idempotent producer hits a fatal error (e.g. the broker forgot its producer id),
+//! it is replaced by a new one before the retry. Records may therefore appear twice on the
+//! output topics, never zero times (see the delivery guarantee in [`super`]).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dataflows::{Clock, Epoch, Schema};
+use rdkafka::config::FromClientConfigAndContext;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{Offset, TopicPartitionList};
+
+use crate::config::Resolved;
+use crate::forecast::Forecaster;
+use crate::ids::Dictionary;
+use crate::replay::{rfc3339, ForecastRecord};
+
+use super::stream::{commit_metadata, Closed};
+use super::wire::{DeadLetterRecord, EpochRecord, ORIGINAL_VALUE_HEADER};
+use super::{client_config, Acks};
+
+/// How long one delivery attempt may wait for acknowledgements.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A record ready to produce.
+struct Out {
+    topic: String,
+    key: String,
+    value: Vec<u8>,
+    original: Option<Vec<u8>>,
+}
+
+/// What the sink has done so far.
+#[derive(Debug, Default, Clone)]
+pub struct SinkStats {
+    /// Progress records written.
+    pub advances: u64,
+    /// Epochs closed.
+    pub epochs: u64,
+    /// Forecast records written.
+    pub forecasts: u64,
+    /// Records consumed per input kind.
+    pub consumed: BTreeMap<String, u64>,
+    /// Late events.
+    pub late: u64,
+    /// Dead letters by reason.
+    pub dead_letters: BTreeMap<String, u64>,
+    /// Delivery attempts that had to be repeated.
+    pub retries: u64,
+    /// Producers replaced after a fatal error.
+    pub producers_replaced: u64,
+    /// End of the last closed epoch.
+    pub last_epoch_end: Option<String>,
+}
+
+/// The sink; see the module docs.
+pub struct KafkaSink {
+    cfg: Resolved,
+    clock: Clock,
+    schema: Schema,
+    forecaster: Box<dyn Forecaster>,
+    producer: BaseProducer<Acks>,
+    committer: BaseConsumer,
+    /// Outputs of epochs before this were acknowledged by an earlier run.
+    resume_from: Option<Epoch>,
+    stop: Arc<AtomicBool>,
+    stats: SinkStats,
+    latest: HashMap<(String, String), ForecastRecord>,
+}
+
+/// Why the sink could not start.
+#[derive(Debug, thiserror::Error)]
+#[error("kafka sink: {0}")]
+pub struct SinkError(String);
+
+fn producer(cfg: &Resolved) -> Result<BaseProducer<Acks>, SinkError> {
+    let mut c = client_config(&cfg.kafka);
+    c.set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .set("message.timeout.ms", "20000");
+    BaseProducer::from_config_and_context(&c, Acks::default())
+        .map_err(|e| SinkError(format!("producer: {e}")))
+}
+
+impl KafkaSink {
+    /// A sink scoring with `forecaster`; `resume_from` is the frontier a previous run committed.
+    pub fn new(
+        cfg: &Resolved,
+        forecaster: Box<dyn Forecaster>,
+        resume_from: Option<Epoch>,
+        stop: Arc<AtomicBool>,
+    ) -> Result<Self, SinkError> {
+        let committer = client_config(&cfg.kafka)
+            .set("group.id", &cfg.kafka.group_id)
+            .set("enable.auto.commit", "false")
+            .create()
+            .map_err(|e| SinkError(format!("committer: {e}")))?;
+        Ok(KafkaSink {
+            cfg: cfg.clone(),
+            clock: cfg.clock,
+            schema: cfg.spec.schema(),
+            forecaster,
+            producer: producer(cfg)?,
+            committer,
+            resume_from,
+            stop,
+            stats: SinkStats::default(),
+            latest: HashMap::new(),
+        })
+    }
+
+    /// What was written so far.
+    pub fn stats(&self) -> &SinkStats {
+        &self.stats
+    }
+
+    /// The latest forecast of every series scored.
+    pub fn latest(&self) -> &HashMap<(String, String), ForecastRecord> {
+        &self.latest
+    }
+
+    /// Writes one advance; returns once it is acknowledged and committed (or the run stops).
+    pub fn on_closed(&mut self, closed: Closed, dict: &Dictionary) {
+        let topics = self.cfg.kafka.topics.clone();
+        let mut batch: Vec<Out> = Vec::new();
+        for d in &closed.dead {
+            let letter = DeadLetterRecord {
+                topic: d.partition.topic.clone(),
+                partition: d.partition.partition,
+                offset: d.offset,
+                reason: d.reason.to_string(),
+                detail: d.detail.clone(),
+                key: d
+                    .key
+                    .as_deref()
+                    .map(|k| String::from_utf8_lossy(k).into_owned()),
+                value: d
+                    .value
+                    .as_deref()
+                    .map(|v| String::from_utf8_lossy(v).into_owned()),
+            };
+            *self
+                .stats
+                .dead_letters
+                .entry(letter.reason.clone())
+                .or_default() += 1;
+            batch.push(Out {
+                topic: topics.dead_letters.clone(),
+                key: format!("{}/{}@{}", letter.topic, letter.partition, letter.offset),
+                value: serde_json::to_vec(&letter).unwrap_or_default(),
+                original: d.value.clone(),
+            });
+        }
+        let advanced = closed.closed_at.is_some();
+        let suppressed = |e: Epoch| self.resume_from.is_some_and(|r| e < r);
+        let mut keys_changed = 0u64;
+        for (epoch, changed) in &closed.changed {
+            if suppressed(*epoch) {
+                continue;
+            }
+            let end = rfc3339(self.clock.epoch_end(*epoch));
+            for (key, vec) in changed {
+                let rec = ForecastRecord::new(
+                    &end,
+                    dict.names(key),
+                    &self.schema,
+                    &*self.forecaster,
+                    vec,
+                );
+                batch.push(Out {
+                    topic: topics.forecasts.clone(),
+                    key: format!("{}:{}", rec.store_id, rec.sku_id),
+                    value: serde_json::to_vec(&rec).unwrap_or_default(),
+                    original: None,
+                });
+                self.latest
+                    .insert((rec.store_id.clone(), rec.sku_id.clone()), rec);
+                keys_changed += 1;
+            }
+        }
+        for (kind, n) in &closed.consumed {
+            *self.stats.consumed.entry(kind_name(*kind)).or_default() += n;
+        }
+        self.stats.late += closed.late;
+        if !self.deliver(&batch) {
+            return;
+        }
+        self.stats.forecasts += keys_changed;
+        if !advanced {
+            return;
+        }
+        self.stats.advances += 1;
+        self.stats.epochs += closed.epochs_closed;
+        let last_closed = match closed.frontier {
+            Some(f) => f.checked_sub(1),
+            None => closed.changed.last().map(|(e, _)| *e),
+        };
+        if let Some(e) = last_closed {
+            self.stats.last_epoch_end = Some(rfc3339(self.clock.epoch_end(e)));
+        }
+        let frontier = closed
+            .frontier
+            .or_else(|| last_closed.map(|e| e + 1))
+            .unwrap_or(0);
+        // Nothing to record or commit while a restart is still rebuilding what was committed.
+        if self.resume_from.is_some_and(|r| frontier < r) {
+            return;
+        }
+        let record = EpochRecord {
+            frontier,
+            epoch_end: self.stats.last_epoch_end.clone().unwrap_or_default(),
+            epochs_closed: closed.epochs_closed,
+            consumed: closed
+                .consumed
+                .iter()
+                .map(|(k, n)| (kind_name(*k), *n))
+                .collect(),
+            late: closed.late,
+            dead_letters: closed.dead.len() as u64,
+            keys_changed,
+            keys_scored: keys_changed,
+            offsets: closed
+                .offsets
+                .iter()
+                .map(|(p, o)| (p.label(), *o))
+                .collect(),
+            latency_ms: closed
+                .closed_at
+                .map_or(0, |t| t.elapsed().as_millis() as u64),
+        };
+        let progress = Out {
+            topic: topics.epochs.clone(),
+            key: record.epoch_end.clone(),
+            value: serde_json::to_vec(&record).unwrap_or_default(),
+            original: None,
+        };
+        if !self.deliver(std::slice::from_ref(&progress)) {
+            return;
+        }
+        self.commit(&closed, frontier);
+    }
+
+    /// Produces `batch` until every record is acknowledged; `false` if the run stopped first.
+    fn deliver(&mut self, batch: &[Out]) -> bool {
+        if batch.is_empty() {
+            return true;
+        }
+        let mut attempt = 0u32;
+        loop {
+            match self.attempt(batch) {
+                Ok(()) => return true,
+                Err(why) => {
+                    if self.stop.load(Ordering::SeqCst) {
+                        tracing::warn!(%why, "stopping with an unacknowledged batch; its offsets stay uncommitted");
+                        return false;
+                    }
+                    self.stats.retries += 1;
+                    let wait = Duration::from_millis(200u64 << attempt.min(5));
+                    tracing::warn!(%why, records = batch.len(), retry_in_ms = wait.as_millis() as u64, "kafka delivery failed");
+                    std::thread::sleep(wait);
+                    attempt += 1;
+                    if let Some((code, text)) = self.producer.client().fatal_error() {
+                        tracing::warn!(?code, %text, "replacing the producer after a fatal error");
+                        match producer(&self.cfg) {
+                            Ok(p) => {
+                                self.producer = p;
+                                self.stats.producers_replaced += 1;
+                            }
+                            Err(e) => tracing::error!(%e, "cannot create a producer"),
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn attempt(&self, batch: &[Out]) -> Result<(), String> {
+        let acks = self.producer.context();
+        acks.reset();
+        for out in batch {
+            let mut record = BaseRecord::to(&out.topic)
+                .key(out.key.as_bytes())
+                .payload(&out.value);
+            if let Some(original) = &out.original {
+                record = record.headers(OwnedHeaders::new().insert(Header {
+                    key: ORIGINAL_VALUE_HEADER,
+                    value: Some(original.as_slice()),
+                }));
+            }
+            loop {
+                match self.producer.send(record) {
+                    Ok(()) => break,
+                    Err((e, back)) => {
+                        let full =
+                            matches!(e.rdkafka_error_code(), Some(RDKafkaErrorCode::QueueFull));
+                        if !full {
+                            return Err(format!("produce to {}: {e}", out.topic));
+                        }
+                        record = back;
+                        self.producer.poll(Duration::from_millis(10));
+                    }
+                }
+            }
+        }
+        self.producer
+            .flush(FLUSH_TIMEOUT)
+            .map_err(|e| format!("flush: {e}"))?;
+        acks.check()
+    }
+
+    /// Commits the advance's offsets with the frontier in the metadata, retrying until done.
+    fn commit(&mut self, closed: &Closed, frontier: Epoch) {
+        if closed.offsets.is_empty() {
+            return;
+        }
+        let mut tpl = TopicPartitionList::new();
+        for (p, offset) in &closed.offsets {
+            let mut e = tpl.add_partition(&p.topic, p.partition);
+            if e.set_offset(Offset::Offset(*offset)).is_err() {
+                continue;
+            }
+            e.set_metadata(commit_metadata(frontier));
+        }
+        let mut attempt = 0u32;
+        let started = Instant::now();
+        while let Err(e) = self.committer.commit(&tpl, CommitMode::Sync) {
+            if self.stop.load(Ordering::SeqCst) {
+                tracing::warn!(error = %e, "stopping with uncommitted offsets");
+                return;
+            }
+            self.stats.retries += 1;
+            let wait = Duration::from_millis(200u64 << attempt.min(5));
+            tracing::warn!(error = %e, waited_s = started.elapsed().as_secs(), "offset commit failed; retrying");
+            std::thread::sleep(wait);
+            attempt += 1;
+        }
+    }
+}
+
+fn kind_name(kind: crate::source::files::FileKind) -> String {
+    serde_json::to_value(kind)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
+}

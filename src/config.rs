@@ -161,6 +161,24 @@ pub struct TopicsConfig {
     pub dead_letters: String,
 }
 
+impl TopicsConfig {
+    /// Puts `prefix` before every topic name (isolated topic sets for tests and benchmarks).
+    pub fn prefix_all(&mut self, prefix: &str) {
+        for name in [
+            &mut self.sales,
+            &mut self.stock,
+            &mut self.catalog,
+            &mut self.stores,
+            &mut self.promotions,
+            &mut self.forecasts,
+            &mut self.epochs,
+            &mut self.dead_letters,
+        ] {
+            *name = format!("{prefix}{name}");
+        }
+    }
+}
+
 impl Default for TopicsConfig {
     fn default() -> Self {
         TopicsConfig {

@@ -196,6 +196,7 @@ pub fn run(opts: &DemoOptions) -> anyhow::Result<()> {
     let run = kafka::run_worker(
         &cfg,
         &stream::StreamOptions {
+            progress: Default::default(),
             workers: opts.workers,
             exit_when_idle: true,
             stop: Arc::clone(&stop),

@@ -2,7 +2,7 @@
 //! which the test command runs). Each test uses its own topics and consumer group.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -43,28 +43,17 @@ fn config(test: &str, period: &str) -> Resolved {
             .as_millis()
     );
     let text = format!(
-        "[time]\nperiod = \"{period}\"\n[kafka]\nbrokers = \"{}\"\ngroup_id = \"{test}-{nonce}\"\nidle_timeout_secs = 2\n",
+        "[time]\nperiod = \"{period}\"\n[kafka]\nbrokers = \"{}\"\ngroup_id = \"{test}-{nonce}\"\nidle_timeout_secs = 5\n",
         brokers()
     );
     let mut cfg = Config::parse(&text, Path::new("<test>")).unwrap();
-    let t = &mut cfg.kafka.topics;
-    for name in [
-        &mut t.sales,
-        &mut t.stock,
-        &mut t.catalog,
-        &mut t.stores,
-        &mut t.promotions,
-        &mut t.forecasts,
-        &mut t.epochs,
-        &mut t.dead_letters,
-    ] {
-        *name = format!("{test}-{nonce}.{name}");
-    }
+    cfg.kafka.topics.prefix_all(&format!("{test}-{nonce}."));
     cfg.resolve(Path::new("<test>")).unwrap()
 }
 
 fn options(workers: usize) -> stream::StreamOptions {
     stream::StreamOptions {
+        progress: Default::default(),
         workers,
         exit_when_idle: true,
         stop: Arc::new(AtomicBool::new(false)),
@@ -77,6 +66,16 @@ fn consume(
     kafka: &KafkaConfig,
     topic: &str,
     expect: usize,
+) -> Vec<(String, Vec<u8>, Option<Vec<u8>>)> {
+    consume_within(kafka, topic, expect, Duration::from_secs(60))
+}
+
+/// Every record of `topic` once `expect` have arrived, or what arrived within `wait`.
+fn consume_within(
+    kafka: &KafkaConfig,
+    topic: &str,
+    expect: usize,
+    wait: Duration,
 ) -> Vec<(String, Vec<u8>, Option<Vec<u8>>)> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", &kafka.brokers)
@@ -94,7 +93,7 @@ fn consume(
     }
     consumer.assign(&tpl).unwrap();
     let mut out = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + wait;
     while out.len() < expect && Instant::now() < deadline {
         if let Some(m) = consumer.poll(Duration::from_millis(100)) {
             let m = m.unwrap();
@@ -132,6 +131,14 @@ fn sorted_forecasts(records: impl IntoIterator<Item = ForecastRecord>) -> Vec<St
         .collect();
     v.sort();
     v
+}
+
+/// Asserts two sorted forecast lists are equal, showing the first difference only.
+fn assert_same_forecasts(got: Vec<String>, want: Vec<String>) {
+    if let Some(i) = (0..got.len().min(want.len())).find(|&i| got[i] != want[i]) {
+        panic!("forecast {i} differs:\n got  {}\n want {}", got[i], want[i]);
+    }
+    assert_eq!(got.len(), want.len(), "forecast counts differ");
 }
 
 fn replay_forecasts(cfg: &Resolved, data: &Path) -> Vec<ForecastRecord> {
@@ -207,7 +214,7 @@ fn m5_mini_through_kafka_equals_replay_with_4_partitions_and_2_workers() {
             r
         })
         .collect();
-    assert_eq!(sorted_forecasts(got), sorted_forecasts(expected));
+    assert_same_forecasts(sorted_forecasts(got), sorted_forecasts(expected));
 
     // The progress records end at the last epoch, and every input offset was committed.
     let epochs = consume(
@@ -357,6 +364,15 @@ fn a_restart_resumes_at_the_committed_frontier_without_double_counting() {
 
     // ...yet the two runs together published exactly what one replay of everything does.
     let expected = replay_forecasts(&cfg, &all);
+    eprintln!(
+        "restart test: run 1 last epoch {:?}, {} forecasts, late {}; run 2 resumed at {:?}, {} forecasts, late {}",
+        run1.stats.last_epoch_end,
+        run1.stats.forecasts,
+        run1.stats.late,
+        run2.resumed_from.map(|e| stockcast::replay::rfc3339(cfg.clock.epoch_start(e))),
+        run2.stats.forecasts,
+        run2.stats.late
+    );
     assert_eq!(
         (run1.stats.forecasts + run2.stats.forecasts) as usize,
         expected.len()
@@ -365,6 +381,210 @@ fn a_restart_resumes_at_the_committed_frontier_without_double_counting() {
         .into_iter()
         .map(|(_, v, _)| serde_json::from_slice(&v).unwrap())
         .collect();
-    assert_eq!(sorted_forecasts(got), sorted_forecasts(expected));
+    assert_same_forecasts(sorted_forecasts(got), sorted_forecasts(expected));
     assert_eq!(committed(&cfg, &cfg.kafka.topics.sales, 3), 19_130);
+}
+
+/// A TCP proxy in front of a broker that the test can cut: while cut, open connections are
+/// shut and new ones are closed at once, as when a network path goes down.
+struct Proxy {
+    cut: Arc<AtomicBool>,
+    conns: Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
+}
+
+impl Proxy {
+    fn start(listener: std::net::TcpListener, target: u16) -> Proxy {
+        let cut = Arc::new(AtomicBool::new(false));
+        let conns: Arc<std::sync::Mutex<Vec<std::net::TcpStream>>> = Arc::default();
+        let (c, k) = (Arc::clone(&cut), Arc::clone(&conns));
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { continue };
+                if c.load(Ordering::SeqCst) {
+                    continue;
+                }
+                let Ok(server) = std::net::TcpStream::connect(("127.0.0.1", target)) else {
+                    continue;
+                };
+                let pipe = |mut from: std::net::TcpStream, mut to: std::net::TcpStream| {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                    });
+                };
+                let mut all = k.lock().unwrap();
+                all.push(client.try_clone().unwrap());
+                all.push(server.try_clone().unwrap());
+                pipe(client.try_clone().unwrap(), server.try_clone().unwrap());
+                pipe(server, client);
+            }
+        });
+        Proxy { cut, conns }
+    }
+
+    fn set_cut(&self, cut: bool) {
+        self.cut.store(cut, Ordering::SeqCst);
+        if cut {
+            for s in self.conns.lock().unwrap().drain(..) {
+                let _ = s.shutdown(std::net::Shutdown::Both);
+            }
+        }
+    }
+}
+
+/// A tansu broker of this test's own, advertised at a proxy's port; stopped on drop.
+struct OwnBroker {
+    env: Vec<(&'static str, String)>,
+}
+
+impl OwnBroker {
+    fn start(dir: &Path, port: u16, advertised: u16) -> OwnBroker {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let env = vec![
+            ("STOCKCAST_KAFKA_PORT", port.to_string()),
+            ("STOCKCAST_KAFKA_ADVERTISED_PORT", advertised.to_string()),
+            ("STOCKCAST_BROKER_DIR", dir.display().to_string()),
+        ];
+        let status = std::process::Command::new(root.join("scripts/kafka-broker.sh"))
+            .arg("start")
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .status()
+            .unwrap();
+        assert!(status.success(), "scripts/kafka-broker.sh start failed");
+        OwnBroker { env }
+    }
+}
+
+impl Drop for OwnBroker {
+    fn drop(&mut self) {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let _ = std::process::Command::new(root.join("scripts/kafka-broker.sh"))
+            .arg("stop")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .status();
+    }
+}
+
+fn free_port() -> std::net::TcpListener {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap()
+}
+
+#[test]
+fn a_30_second_broker_outage_loses_and_double_counts_nothing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+    brokers();
+    let tmp = tempfile::tempdir().unwrap();
+    let broker_port = free_port().local_addr().unwrap().port();
+    let proxy_listener = free_port();
+    let proxy_port = proxy_listener.local_addr().unwrap().port();
+    let _broker = OwnBroker::start(&tmp.path().join("broker"), broker_port, proxy_port);
+    let proxy = Proxy::start(proxy_listener, broker_port);
+
+    let mut cfg = config("outage", "day");
+    cfg.kafka.brokers = format!("127.0.0.1:{proxy_port}");
+    // Longer than the outage: a partition whose producer is cut off too is, from the broker's
+    // side, idle; with a shorter timeout its events would (correctly) arrive late.
+    cfg.kafka.idle_timeout_secs = 60;
+    admin::ensure_topics(&cfg.kafka, 3).unwrap();
+    let data = shared("m5_mini");
+
+    // Events arrive while the worker runs: 19,130 sales at 2,000/s, through the proxy.
+    let loader = {
+        let kafka = cfg.kafka.clone();
+        let data = data.clone();
+        std::thread::spawn(move || {
+            load::load(
+                &kafka,
+                &load::LoadOptions {
+                    data,
+                    rate: Some(2_000.0),
+                    partitions: 3,
+                    progress: false,
+                },
+            )
+            .unwrap()
+        })
+    };
+    // Every sales partition holds data before the worker starts: a partition empty at start
+    // is idle, and the others would run ahead of it.
+    std::thread::sleep(Duration::from_secs(1));
+    // Silence never closes epochs here (the "wall clock" stays at 1970): only events do, and
+    // stopping closes the rest.
+    let stop = Arc::new(AtomicBool::new(false));
+    let progress = Arc::new(stream::Progress::default());
+    let worker = {
+        let cfg = cfg.clone();
+        let opts = stream::StreamOptions {
+            progress: Arc::clone(&progress),
+            workers: 2,
+            exit_when_idle: false,
+            stop: Arc::clone(&stop),
+            wall_clock: Arc::new(|| 0),
+        };
+        std::thread::spawn(move || kafka::run_worker(&cfg, &opts).unwrap())
+    };
+    std::thread::sleep(Duration::from_secs(4));
+    proxy.set_cut(true);
+    std::thread::sleep(Duration::from_secs(30));
+    proxy.set_cut(false);
+    let t0 = Instant::now();
+    let loaded = loader.join().unwrap();
+    eprintln!("outage test: loader done {:?} after the cut", t0.elapsed());
+    assert_eq!(loaded.published[&cfg.kafka.topics.sales], 19_130);
+    // The outage interrupted the stream: at 2,000/s the load alone takes under 10 s.
+    assert!(loaded.secs > 30.0, "load took {:.1} s", loaded.secs);
+
+    // Wait until the worker has consumed everything and closed every epoch but the last,
+    // still open one; stopping then finishes that epoch.
+    let expected = replay_forecasts(&cfg, &data);
+    let last_end = expected.iter().map(|r| r.epoch_end.clone()).max().unwrap();
+    let last_epoch = cfg
+        .clock
+        .epoch_of(
+            chrono::DateTime::parse_from_rfc3339(&last_end)
+                .unwrap()
+                .timestamp(),
+        )
+        .unwrap()
+        - 1;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while (progress.consumed.load(Ordering::SeqCst) < loaded.published.values().sum::<u64>()
+        || progress.frontier.load(Ordering::SeqCst) < last_epoch)
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!("outage test: outputs seen {:?} after the cut", t0.elapsed());
+    stop.store(true, Ordering::SeqCst);
+    let run = worker.join().unwrap();
+    eprintln!(
+        "outage test: worker stopped {:?} after the cut; late {}, sink retries {}, producers replaced {}, forecasts {}",
+        t0.elapsed(),
+        run.stats.late,
+        run.stats.retries,
+        run.stats.producers_replaced,
+        run.stats.forecasts
+    );
+
+    // Every event consumed exactly once, none refused, none late: silence during the outage
+    // did not count as idleness.
+    assert_eq!(run.stats.consumed["sales"], 19_130);
+    assert!(
+        run.stats.dead_letters.is_empty(),
+        "{:?}",
+        run.stats.dead_letters
+    );
+    assert_eq!(run.stats.late, 0);
+    // The final state equals one replay of the data: the latest forecast of every series.
+    let mut want: std::collections::HashMap<(String, String), ForecastRecord> = Default::default();
+    for r in expected {
+        want.insert((r.store_id.clone(), r.sku_id.clone()), r);
+    }
+    assert_eq!(run.latest.len(), want.len());
+    for (key, r) in &want {
+        assert_eq!(run.latest[key].forecast, r.forecast, "{key:?}");
+    }
 }

@@ -30,6 +30,8 @@ use super::stream::{commit_metadata, Closed};
 use super::wire::{DeadLetterRecord, EpochRecord, ORIGINAL_VALUE_HEADER};
 use super::{client_config, Acks};
 
+/// Failed delivery attempts in a row after which the producer is replaced.
+const REPLACE_AFTER_ATTEMPTS: u32 = 3;
 /// How long one delivery attempt may wait for acknowledgements.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -271,8 +273,12 @@ impl KafkaSink {
                     tracing::warn!(%why, records = batch.len(), retry_in_ms = wait.as_millis() as u64, "kafka delivery failed");
                     std::thread::sleep(wait);
                     attempt += 1;
-                    if let Some((code, text)) = self.producer.client().fatal_error() {
-                        tracing::warn!(?code, %text, "replacing the producer after a fatal error");
+                    let fatal = self.producer.client().fatal_error();
+                    // A broker that lost the producer's state (or rejects its sequence numbers
+                    // after a reconnect) can leave it failing without a fatal error: after a few
+                    // failed attempts in a row, start a new producer too.
+                    if fatal.is_some() || attempt.is_multiple_of(REPLACE_AFTER_ATTEMPTS) {
+                        tracing::warn!(?fatal, attempts = attempt, "replacing the producer");
                         match producer(&self.cfg) {
                             Ok(p) => {
                                 self.producer = p;

@@ -50,6 +50,12 @@ use super::{client_config, input_topics, partition_owner};
 
 /// How long metadata and committed-offset requests may take at start.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often a silent partition's idleness is confirmed with the broker.
+const IDLE_RECHECK: Duration = Duration::from_secs(1);
+/// How long that confirmation may take; a broker that does not answer in time is unreachable.
+const IDLE_CHECK_TIMEOUT: Duration = Duration::from_millis(500);
+/// A pause between two polls longer than this is not counted as silence.
+const LISTEN_GAP: Duration = Duration::from_millis(250);
 /// Most records taken from the consumer between two dataflow steps.
 const POLL_BATCH: usize = 8192;
 
@@ -121,6 +127,17 @@ pub struct StreamOptions {
     pub stop: Arc<AtomicBool>,
     /// Event-time seconds now, for closing epochs when every partition is idle.
     pub wall_clock: Arc<dyn Fn() -> i64 + Send + Sync>,
+    /// Live counters others may watch (health checks, tests).
+    pub progress: Arc<Progress>,
+}
+
+/// Counters of a running worker, updated as the closed frontier advances.
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// Input records consumed (all topics).
+    pub consumed: std::sync::atomic::AtomicU64,
+    /// The first open epoch (0 before the first advance).
+    pub frontier: std::sync::atomic::AtomicU64,
 }
 
 /// The wall clock in seconds since the Unix epoch.
@@ -214,9 +231,25 @@ struct PartState {
     held: BTreeSet<i64>,
     /// Records below this offset were handled before a restart: no dead letters for them.
     committed: i64,
+    /// When the broker was last asked whether this silent partition is caught up, and its answer.
+    idle_checked: Option<(Instant, bool)>,
 }
 
 impl PartState {
+    /// Whether `offset` was read before.
+    fn spoke_at_offset(&self, offset: i64) -> bool {
+        offset < self.next_offset
+    }
+
+    /// Silent for `idle_after`, and the broker confirmed recently that nothing is left to read:
+    /// a partition cut off by a broker outage is silent but not idle.
+    fn is_idle(&self, idle_after: Duration, now: Instant) -> bool {
+        now.duration_since(self.last_seen) >= idle_after
+            && self.idle_checked.is_some_and(|(at, idle)| {
+                idle && at >= self.last_seen && now.duration_since(at) < IDLE_RECHECK * 3
+            })
+    }
+
     /// The lowest offset not yet applied.
     fn safe_offset(&self) -> i64 {
         self.held.first().copied().unwrap_or(self.next_offset)
@@ -259,6 +292,8 @@ struct Feeder {
     consumed: BTreeMap<FileKind, u64>,
     late: u64,
     dead: Vec<DeadRecord>,
+    /// Records delivered again by the client and skipped.
+    redelivered: u64,
 }
 
 impl Feeder {
@@ -292,7 +327,14 @@ impl Feeder {
             let part = &mut self.parts[p];
             part.last_seen = Instant::now();
             part.spoke = true;
-            part.next_offset = part.next_offset.max(msg.offset() + 1);
+            if part.spoke_at_offset(msg.offset()) {
+                // Offsets only move forward here (the worker never seeks). A record below the
+                // next offset is a re-delivery, e.g. after the client reset its position on a
+                // broker error: applying it again would count its event twice.
+                self.redelivered += 1;
+                return;
+            }
+            part.next_offset = msg.offset() + 1;
             part.part.kind
         };
         *self.consumed.entry(kind).or_default() += 1;
@@ -383,7 +425,7 @@ impl Feeder {
     fn mark(&self, idle_after: Duration, now: Instant) -> Mark {
         let mut low: Option<i64> = None;
         for part in &self.parts {
-            if now.duration_since(part.last_seen) >= idle_after {
+            if part.is_idle(idle_after, now) {
                 continue;
             }
             if !part.spoke {
@@ -400,6 +442,38 @@ impl Feeder {
             // Only reference partitions are speaking: they carry no time, so they hold nothing.
             None => Mark::Idle,
         }
+    }
+
+    /// Moves every partition's last sighting forward by `gap`, during which nobody listened.
+    fn not_listening(&mut self, gap: Duration) {
+        for part in &mut self.parts {
+            part.last_seen += gap;
+        }
+    }
+
+    /// Confirms with the broker that one silent partition really has nothing more to read (at
+    /// most one request per call, so a broker outage stalls this worker only briefly).
+    fn check_idle(&mut self, consumer: &BaseConsumer, idle_after: Duration, now: Instant) {
+        let due = self.parts.iter_mut().find(|p| {
+            now.duration_since(p.last_seen) >= idle_after
+                && p.idle_checked
+                    .is_none_or(|(at, _)| now.duration_since(at) >= IDLE_RECHECK)
+        });
+        let Some(part) = due else { return };
+        let caught_up = match consumer.fetch_watermarks(
+            &part.part.topic,
+            part.part.partition,
+            IDLE_CHECK_TIMEOUT,
+        ) {
+            // Some brokers report the high watermark early (tansu: the start of the last
+            // batch), never late: a high watermark past the next offset means unread records.
+            Ok((low, high)) => high <= part.next_offset.max(low),
+            Err(e) => {
+                tracing::debug!(partition = %part.part.label(), error = %e, "broker unreachable: the partition is not idle");
+                false
+            }
+        };
+        part.idle_checked = Some((now, caught_up));
     }
 
     /// Advances the input to `target`, applying buffered events at their epochs and visiting
@@ -457,13 +531,14 @@ impl Feeder {
 }
 
 /// Reads the partition counts of the input topics and assigns this worker its share, from the
-/// beginning (see the module docs); returns the partitions with their committed offsets.
+/// beginning (see the module docs); returns the partitions with their committed offsets and
+/// whether they were empty at start.
 fn assign(
     consumer: &BaseConsumer,
     cfg: &Resolved,
     index: usize,
     peers: usize,
-) -> Result<Vec<(Partition, i64)>, StreamError> {
+) -> Result<Vec<(Partition, i64, bool)>, StreamError> {
     let kafka = &cfg.kafka;
     let mut mine = Vec::new();
     for (kind, topic) in input_topics(kafka) {
@@ -511,7 +586,10 @@ fn assign(
             .unwrap_or(0);
         tpl.set_partition_offset(&p.topic, p.partition, Offset::Beginning)
             .map_err(|e| StreamError::Kafka(e.to_string()))?;
-        out.push((p, c));
+        let (low, high) = consumer
+            .fetch_watermarks(&p.topic, p.partition, START_TIMEOUT)
+            .map_err(|e| StreamError::Kafka(format!("watermarks of {}: {e}", p.label())))?;
+        out.push((p, c, high <= low));
     }
     consumer
         .assign(&tpl)
@@ -663,16 +741,25 @@ pub fn run(
 
     let mut merger = Merger::new(workers);
     let mut failure = None;
-    for report in rx {
-        match report {
-            Ok(report) => {
-                if let Some(closed) = merger.take(report) {
-                    on_closed(closed, &merger.dict);
+    while let Ok(first) = rx.recv() {
+        // Whatever queued while the sink was busy goes out as one advance: under load the
+        // sink writes fewer, larger batches instead of falling further behind.
+        for report in std::iter::once(first).chain(rx.try_iter()) {
+            match report {
+                Ok(report) => merger.absorb(report),
+                Err(e) => {
+                    failure.get_or_insert(e);
                 }
             }
-            Err(e) => {
-                failure.get_or_insert(e);
+        }
+        if let Some(closed) = merger.closed() {
+            let p = &opts.progress;
+            let consumed: u64 = closed.consumed.values().sum();
+            p.consumed.fetch_add(consumed, Ordering::SeqCst);
+            if let Some(f) = closed.frontier {
+                p.frontier.fetch_max(f, Ordering::SeqCst);
             }
+            on_closed(closed, &merger.dict);
         }
     }
     for result in guards.join() {
@@ -720,7 +807,8 @@ impl Merger {
         }
     }
 
-    fn take(&mut self, r: Report) -> Option<Closed> {
+    /// Takes in one worker's report.
+    fn absorb(&mut self, r: Report) {
         self.frontiers[r.worker] = Some(r.frontier);
         for (epoch, key, vec) in r.changed {
             self.changed.entry(epoch).or_default().push((key, vec));
@@ -735,7 +823,10 @@ impl Merger {
         }
         self.late += r.late;
         self.dead.extend(r.dead);
+    }
 
+    /// What closed since the last call (and the dead letters since), if anything.
+    fn closed(&mut self) -> Option<Closed> {
         // The global frontier: the least any worker reported (a worker not yet heard holds 0).
         let mut global: Option<Epoch> = None;
         let mut first = true;
@@ -815,31 +906,41 @@ fn work(
     let index = worker.index();
     let peers = worker.peers();
     let consumer = consumer(cfg).map_err(|e| e.to_string())?;
+    // Idleness checks go through a client of their own: on the reading consumer's connection
+    // they would queue behind fetch requests that wait up to fetch.wait.max.ms for data.
+    let prober = self::consumer(cfg).map_err(|e| e.to_string())?;
     let assigned = assign(&consumer, cfg, index, peers).map_err(|e| e.to_string())?;
     tracing::info!(
         worker = index,
-        partitions = ?assigned.iter().map(|(p, _)| p.label()).collect::<Vec<_>>(),
+        partitions = ?assigned.iter().map(|(p, _, _)| p.label()).collect::<Vec<_>>(),
         "assigned"
     );
     let started = Instant::now();
+    let idle_after = Duration::from_secs(cfg.kafka.idle_timeout_secs);
     let mut feeder = Feeder {
         clock: cfg.clock,
         input: FeatureInput::new(cfg.clock, &cfg.spec, index),
         index: assigned
             .iter()
             .enumerate()
-            .map(|(i, (p, _))| ((p.topic.clone(), p.partition), i))
+            .map(|(i, (p, _, _))| ((p.topic.clone(), p.partition), i))
             .collect(),
         parts: assigned
             .into_iter()
-            .map(|(part, committed)| PartState {
+            .map(|(part, committed, empty)| PartState {
                 part,
                 max_ts: None,
-                last_seen: started,
+                // A partition empty at start does not hold time back while it stays silent.
+                last_seen: if empty {
+                    started.checked_sub(idle_after).unwrap_or(started)
+                } else {
+                    started
+                },
                 spoke: false,
                 next_offset: 0,
                 held: BTreeSet::new(),
                 committed,
+                idle_checked: None,
             })
             .collect(),
         dict: Dictionary::default(),
@@ -851,6 +952,7 @@ fn work(
         consumed: BTreeMap::new(),
         late: 0,
         dead: Vec::new(),
+        redelivered: 0,
     };
 
     let (probe, sink) = crate::pipeline::run::build(worker, &mut feeder.input, &cfg.spec);
@@ -865,17 +967,25 @@ fn work(
         handle
     });
 
-    let idle_after = Duration::from_secs(cfg.kafka.idle_timeout_secs);
     let lateness = cfg.allowed_lateness_secs;
     let mut last_beacon: Option<Beacon> = None;
     let mut reported: Option<Option<Epoch>> = None;
     let mut last_report = Instant::now();
     let mut draining = false;
+    let mut redelivered_logged = 0;
+    let mut last_poll = Instant::now();
     loop {
         let stopping = opts.stop.load(Ordering::SeqCst);
         if stopping {
             break;
         }
+        // Silence only counts while this worker listens: time spent blocked (output
+        // backpressure, a long dataflow step) is not a partition's silence.
+        let gap = last_poll.elapsed();
+        if gap > LISTEN_GAP {
+            feeder.not_listening(gap);
+        }
+        last_poll = Instant::now();
         let mut got = 0;
         while !draining && got < POLL_BATCH {
             let wait = if got == 0 {
@@ -895,6 +1005,17 @@ fn work(
                 }
             }
         }
+        if !draining {
+            feeder.check_idle(&prober, idle_after, Instant::now());
+        }
+        if feeder.redelivered > redelivered_logged {
+            tracing::warn!(
+                worker = index,
+                records = feeder.redelivered,
+                "the Kafka client delivered records again; they were skipped"
+            );
+            redelivered_logged = feeder.redelivered;
+        }
         let beacon = Beacon {
             worker: index,
             mark: if draining {
@@ -906,6 +1027,7 @@ fn work(
             draining,
         };
         if last_beacon != Some(beacon) {
+            tracing::debug!(worker = index, mark = ?beacon.mark, max_epoch = ?beacon.max_epoch, draining, "beacon");
             beacons.send(beacon);
             beacons.flush();
             last_beacon = Some(beacon);

@@ -1,0 +1,118 @@
+//! End-to-end throughput from a Kafka broker on this machine; prints figures with the machine's
+//! load rather than timing assertions.
+//!
+//! ```text
+//! scripts/kafka-broker.sh start
+//! cargo bench --bench kafka                                   # 10,000 series x 28 days
+//! cargo bench --bench kafka -- --stores 40 --skus 250 --days 28 --partitions 4 --workers 2
+//! ```
+//! The generator's dataset is loaded into fresh topics first (the produce rate is printed too);
+//! then the worker (`run --exit-when-idle`) reads it all, publishes every forecast and progress
+//! record, commits, and stops once every partition has been idle for one second. Events per
+//! second count from the worker's start to the last partition going quiet (the idle second and
+//! the final drain are excluded from the rate but shown).
+
+mod common;
+
+use std::path::Path;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Instant;
+
+use common::{cpu_secs, load};
+use stockcast::config::Config;
+use stockcast::generate::{self, Params};
+use stockcast::kafka::{self, load as publish, stream};
+
+fn arg(args: &[String], name: &str, default: u64) -> u64 {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let stores = arg(&args, "--stores", 40) as u32;
+    let skus = arg(&args, "--skus", 250) as u32;
+    let days = arg(&args, "--days", 28) as u32;
+    let partitions = arg(&args, "--partitions", 4) as i32;
+    let workers = arg(&args, "--workers", 2) as usize;
+    let brokers =
+        std::env::var("STOCKCAST_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into());
+    if std::net::TcpStream::connect(brokers.split(',').next().unwrap_or_default()).is_err() {
+        eprintln!("no broker at {brokers}: run scripts/kafka-broker.sh start first");
+        std::process::exit(2);
+    }
+
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let params = Params {
+        stores,
+        skus,
+        days,
+        ..Params::default()
+    };
+    let events = generate::generate_to_dir(&params, tmp.path()).expect("generate");
+    let nonce = std::process::id();
+    let text = format!(
+        "[kafka]\nbrokers = \"{brokers}\"\ngroup_id = \"bench-{nonce}\"\nidle_timeout_secs = 1\n"
+    );
+    let mut config = Config::parse(&text, Path::new("<bench>")).expect("config");
+    config.kafka.topics.prefix_all(&format!("bench-{nonce}."));
+    let cfg = config.resolve(Path::new("<bench>")).expect("config");
+
+    println!(
+        "kafka end to end: {} series ({stores} stores x {skus} SKUs), {days} days, {events} events, {partitions} partitions, {workers} workers",
+        stores * skus
+    );
+    println!("load before: {}", load());
+    let loaded = publish::load(
+        &cfg.kafka,
+        &publish::LoadOptions {
+            data: tmp.path().to_path_buf(),
+            rate: None,
+            partitions,
+            progress: false,
+        },
+    )
+    .expect("load");
+    println!(
+        "produce (stockcast load): {:.0} records/s ({:.2} s)",
+        loaded.records_per_sec, loaded.secs
+    );
+
+    let cpu0 = cpu_secs();
+    let started = Instant::now();
+    let run = kafka::run_worker(
+        &cfg,
+        &stream::StreamOptions {
+            progress: Default::default(),
+            workers,
+            exit_when_idle: true,
+            stop: Arc::new(AtomicBool::new(false)),
+            wall_clock: stream::system_clock(),
+        },
+    )
+    .expect("worker");
+    let wall = started.elapsed().as_secs_f64();
+    let cpu = cpu_secs() - cpu0;
+    let consumed: u64 = run.stats.consumed.values().sum();
+    // The last second of quiet is the idle timeout, not work.
+    let busy = (wall - cfg.kafka.idle_timeout_secs as f64).max(1e-9);
+    println!(
+        "worker: {consumed} records consumed, {} forecast records and {} progress records written, {} epochs",
+        run.stats.forecasts, run.stats.advances, run.stats.epochs
+    );
+    println!(
+        "  wall {wall:.2} s (of which {} s idle timeout), CPU {cpu:.2} s",
+        cfg.kafka.idle_timeout_secs
+    );
+    println!(
+        "  consumed {:.0} events/s, wrote {:.0} forecast records/s ({:.0} events per CPU-s)",
+        consumed as f64 / busy,
+        run.stats.forecasts as f64 / busy,
+        consumed as f64 / cpu.max(1e-9)
+    );
+    println!("load after: {}", load());
+}

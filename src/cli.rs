@@ -151,6 +151,10 @@ pub enum Command {
         /// Days of generated history.
         #[arg(long, default_value_t = 365)]
         days: u32,
+        /// After the data, keep the cluster and the worker running (producers can connect to
+        /// the printed address) until Ctrl-C, then print the summary.
+        #[arg(long)]
+        serve: bool,
     },
     /// Validate a config file and print the effective configuration.
     CheckConfig {
@@ -269,11 +273,13 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             if let Some(f) = forecaster {
                 cfg.baseline = f;
             }
+            let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            crate::signals::stop_on_signals(stop.clone()).context("installing signal handlers")?;
             let opts = crate::kafka::stream::StreamOptions {
                 progress: Default::default(),
                 workers: run.workers,
                 exit_when_idle,
-                stop: Default::default(),
+                stop,
                 wall_clock: crate::kafka::stream::system_clock(),
             };
             let r = crate::kafka::run_worker(&cfg, &opts)?;
@@ -318,8 +324,13 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             }
             tracing::info!(published = ?r.published, rejected = r.rejected.len(), secs = format!("{:.2}", r.secs), records_per_sec = format!("{:.0}", r.records_per_sec), "load done");
         }
-        Command::Demo { workers, days } => crate::demo::run(&crate::demo::DemoOptions {
+        Command::Demo {
             workers,
+            days,
+            serve,
+        } => crate::demo::run(&crate::demo::DemoOptions {
+            workers,
+            serve,
             params: generate::Params {
                 days,
                 ..generate::Params::default()

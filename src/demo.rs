@@ -28,6 +28,8 @@ pub struct DemoOptions {
     pub params: Params,
     /// Wall-clock pause between two simulated days.
     pub day_pause: Duration,
+    /// Keep running after the data until SIGINT/SIGTERM.
+    pub serve: bool,
 }
 
 impl Default for DemoOptions {
@@ -37,6 +39,7 @@ impl Default for DemoOptions {
             partitions: 4,
             params: Params::default(),
             day_pause: Duration::from_millis(10),
+            serve: false,
         }
     }
 }
@@ -142,10 +145,17 @@ pub fn run(opts: &DemoOptions) -> anyhow::Result<()> {
         p.stores, p.skus, p.days, p.seed
     );
 
-    // Simulated time: the end of the last day published. Epochs close on it when every
-    // partition is idle, as they would on the wall clock in production.
+    // Simulated wall clock: the start of the data while it streams, its end afterwards. Epochs
+    // close on it when every partition is idle, as they would on the wall clock in production.
     let sim_now = Arc::new(AtomicI64::new(p.start));
     let stop = Arc::new(AtomicBool::new(false));
+    if opts.serve {
+        crate::signals::stop_on_signals(Arc::clone(&stop)).context("installing signal handlers")?;
+        println!(
+            "serving: produce to {} (topics stockcast.*); Ctrl-C stops and prints the summary",
+            cfg.kafka.brokers
+        );
+    }
     let started = Instant::now();
     let publisher = {
         let kafka = cfg.kafka.clone();
@@ -179,7 +189,6 @@ pub fn run(opts: &DemoOptions) -> anyhow::Result<()> {
                     }
                 }
                 producer.poll(Duration::ZERO);
-                sim_now.store(params.start + day * DAY_SECS, Ordering::SeqCst);
                 std::thread::sleep(pause);
                 if let Some(e) = out.error.take() {
                     return Err(e);
@@ -189,6 +198,10 @@ pub fn run(opts: &DemoOptions) -> anyhow::Result<()> {
                 .flush(Duration::from_secs(60))
                 .map_err(|e| load::LoadError::Kafka(e.to_string()))?;
             producer.context().check().map_err(load::LoadError::Kafka)?;
+            // Only now does the simulated wall clock reach the end of the data: simulated days
+            // pass thousands of times faster than real ones, so a clock that followed them
+            // would close epochs before their events could be read.
+            sim_now.store(params.start + day * DAY_SECS, Ordering::SeqCst);
             Ok(out.sent)
         })
     };
@@ -198,7 +211,7 @@ pub fn run(opts: &DemoOptions) -> anyhow::Result<()> {
         &stream::StreamOptions {
             progress: Default::default(),
             workers: opts.workers,
-            exit_when_idle: true,
+            exit_when_idle: !opts.serve,
             stop: Arc::clone(&stop),
             wall_clock: Arc::new(move || clock.load(Ordering::SeqCst)),
         },

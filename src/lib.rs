@@ -29,4 +29,5 @@ pub mod ids;
 pub mod kafka;
 pub mod pipeline;
 pub mod replay;
+pub mod signals;
 pub mod source;

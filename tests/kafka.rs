@@ -588,3 +588,64 @@ fn a_30_second_broker_outage_loses_and_double_counts_nothing() {
         assert_eq!(run.latest[key].forecast, r.forecast, "{key:?}");
     }
 }
+
+#[test]
+fn sigterm_stops_the_worker_cleanly_with_everything_committed() {
+    let cfg = config("sigterm", "day");
+    let data = shared("m5_mini");
+    load::load(
+        &cfg.kafka,
+        &load::LoadOptions {
+            data,
+            rate: None,
+            partitions: 2,
+            progress: false,
+        },
+    )
+    .unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("stockcast.toml");
+    let t = &cfg.kafka.topics;
+    std::fs::write(
+        &file,
+        format!(
+            "[kafka]\nbrokers = \"{}\"\ngroup_id = \"{}\"\nidle_timeout_secs = 2\n[kafka.topics]\nsales = \"{}\"\nstock = \"{}\"\ncatalog = \"{}\"\nstores = \"{}\"\npromotions = \"{}\"\nforecasts = \"{}\"\nepochs = \"{}\"\ndead_letters = \"{}\"\n",
+            cfg.kafka.brokers, cfg.kafka.group_id, t.sales, t.stock, t.catalog, t.stores,
+            t.promotions, t.forecasts, t.epochs, t.dead_letters
+        ),
+    )
+    .unwrap();
+    // The long-running worker (no --exit-when-idle): it only stops on a signal.
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_stockcast"))
+        .args(["run", "--workers", "2", "--config"])
+        .arg(&file)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while committed(&cfg, &t.sales, 2) < 19_130 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let stopped = Instant::now();
+    let exit = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            stopped.elapsed() < Duration::from_secs(30),
+            "the worker did not stop within 30 s of SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let mut log = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut log).unwrap();
+    assert!(exit.success(), "{exit:?}\n{log}");
+    assert!(log.contains("SIGTERM"), "{log}");
+    assert!(log.contains("worker stopped"), "{log}");
+    assert_eq!(committed(&cfg, &t.sales, 2), 19_130);
+}

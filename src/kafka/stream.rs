@@ -1046,6 +1046,9 @@ fn work(
         match goal {
             Target::Hold => {}
             Target::Until(e) => feeder.advance(e),
+            // Exiting needs a full idle timeout of listening first: at start, partitions that
+            // are still empty count as idle, and a producer may just be starting.
+            Target::Drain(_) if started.elapsed() < idle_after => {}
             Target::Drain(e) => {
                 feeder.advance(e);
                 draining = true;

@@ -175,14 +175,17 @@ pub fn series_features<'s>(
                         None => pending.push((cap, std::mem::take(data))),
                     }
                 });
-                pending.sort_by_key(|(c, _)| *c.time());
-                while pending
-                    .first()
-                    .is_some_and(|(c, _)| !frontier.less_equal(c.time()))
-                {
-                    let (cap, mut updates) = pending.remove(0);
-                    // Updates may carry later times than their message; keep those waiting.
-                    ready.clear();
+                // Every update of every completed time goes in one pass, ordered by (series,
+                // time): a message may carry updates of several times, and a series must see
+                // its times in order even when they arrived in different messages.
+                ready.clear();
+                let mut earliest: Option<Capability<Epoch>> = None;
+                let mut waiting: Vec<(Capability<Epoch>, Vec<Update>)> = Vec::new();
+                for (cap, mut updates) in pending.drain(..) {
+                    if frontier.less_equal(cap.time()) {
+                        waiting.push((cap, updates));
+                        continue;
+                    }
                     updates.retain(|u| {
                         if frontier.less_equal(&u.1) {
                             true
@@ -192,9 +195,14 @@ pub fn series_features<'s>(
                         }
                     });
                     if let Some(later) = updates.iter().map(|u| u.1).min() {
-                        pending.push((cap.delayed(&later), updates));
-                        pending.sort_by_key(|(c, _)| *c.time());
+                        waiting.push((cap.delayed(&later), updates));
                     }
+                    if earliest.as_ref().is_none_or(|e| cap.time() < e.time()) {
+                        earliest = Some(cap);
+                    }
+                }
+                pending = waiting;
+                if let Some(cap) = earliest {
                     ready.sort_unstable_by_key(|u| ((u.0).0, u.1));
                     let mut session = output.session(&cap);
                     let mut i = 0;

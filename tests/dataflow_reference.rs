@@ -123,3 +123,67 @@ fn the_stream_has_late_and_too_late_events() {
         "late {late}, too late {too_late}"
     );
 }
+
+/// The streaming worker advances its input through many epochs before the dataflow runs, so
+/// one message can carry updates of several times. The changes per epoch must still be those of
+/// stepping epoch by epoch.
+#[test]
+fn feeding_many_epochs_before_stepping_changes_nothing_per_epoch() {
+    let spec = common::small_spec(PeriodKind::Day);
+    let clock = common::clock_for(PeriodKind::Day);
+    let events = common::random_events(7, PeriodKind::Day, 300);
+    let plan = pipeline::plan(&clock, 0, &events, None);
+    let mut stepped: BTreeMap<Epoch, Vec<(Key, FeatureVec)>> = BTreeMap::new();
+    pipeline::run(
+        clock,
+        &spec,
+        1,
+        Arc::new(events.clone()),
+        Arc::new(plan.clone()),
+        |out| {
+            if !out.changed.is_empty() {
+                stepped.insert(out.epoch, out.changed);
+            }
+        },
+    )
+    .unwrap();
+
+    let batched = timely::execute_directly(move |worker| {
+        let mut input = dataflows::input::FeatureInput::new(clock, &spec, 0);
+        let (probe, sink) = pipeline::run::build(worker, &mut input, &spec);
+        // Each chunk of 20 steps goes in before the dataflow runs at all.
+        for chunk in plan.steps.chunks(20) {
+            for step in chunk {
+                input.advance_to(step.epoch);
+                for &i in &step.events {
+                    let _ = input.apply(&events[i as usize]);
+                }
+            }
+            input.flush();
+            let next = chunk.last().map_or(0, |s| s.epoch + 1);
+            input.advance_to(next);
+            input.flush();
+            worker.step_while(|| probe.less_than(&next));
+        }
+        input.close();
+        while !probe.done() {
+            worker.step();
+        }
+        let mut out: BTreeMap<Epoch, Vec<(Key, FeatureVec)>> = BTreeMap::new();
+        for (epoch, key, vec) in sink.borrow().iter() {
+            out.entry(*epoch).or_default().push((*key, vec.clone()));
+        }
+        for v in out.values_mut() {
+            v.sort_unstable_by_key(|c| c.0);
+        }
+        out
+    });
+    assert_eq!(batched.len(), stepped.len());
+    for (epoch, changes) in &stepped {
+        assert_eq!(
+            batched.get(epoch),
+            Some(changes),
+            "changes at epoch {epoch}"
+        );
+    }
+}

@@ -10,6 +10,7 @@ use dataflows::{Clock, FeatureSpec, PeriodKind};
 use serde::{Deserialize, Serialize};
 
 use crate::forecast::Baseline;
+use crate::source::files::FileKind;
 
 /// The whole configuration file.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -162,6 +163,17 @@ pub struct TopicsConfig {
 }
 
 impl TopicsConfig {
+    /// The topic records of `kind` are read from.
+    pub fn input(&self, kind: FileKind) -> &str {
+        match kind {
+            FileKind::Sales => &self.sales,
+            FileKind::Stock => &self.stock,
+            FileKind::Catalog => &self.catalog,
+            FileKind::Stores => &self.stores,
+            FileKind::Promotions => &self.promotions,
+        }
+    }
+
     /// Puts `prefix` before every topic name (isolated topic sets for tests and benchmarks).
     pub fn prefix_all(&mut self, prefix: &str) {
         for name in [

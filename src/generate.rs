@@ -499,11 +499,7 @@ impl Sink for DirSink<'_> {
 
     fn movement(&mut self, ts: i64, store: u32, sku: u32, kind: StockKind, qty: i32) {
         let f = &mut self.files;
-        let kind = match kind {
-            StockKind::Order => "order",
-            StockKind::Receipt => "receipt",
-            StockKind::Adjustment => "adjustment",
-        };
+        let kind = kind.name();
         let r = writeln!(
             f.stock,
             "m{},{},{},{},{},{}",

@@ -82,13 +82,7 @@ pub fn prepare(cfg: &Resolved, data: Dataset, as_of: Option<i64>) -> Prepared {
     let mut timed: Vec<(Event, Origin)> = Vec::new();
     let period = cfg.clock.period_kind();
     for (record, origin) in &data.records {
-        let kind = match record {
-            Record::Sale(_) => "sales",
-            Record::Movement(_) => "stock",
-            Record::Catalog(_) => "catalog",
-            Record::Store(_) => "stores",
-            Record::Promotion(_) => "promotions",
-        };
+        let kind = files::FileKind::of(record).name();
         *counts.entry(kind).or_default() += 1;
         let event = match dict.event(record, period) {
             Ok(Some(e)) => Ok(e),

@@ -32,6 +32,17 @@ pub enum StockKind {
     Adjustment,
 }
 
+impl StockKind {
+    /// The kind as written in input records: `order`, `receipt`, `adjustment`.
+    pub fn name(self) -> &'static str {
+        match self {
+            StockKind::Order => "order",
+            StockKind::Receipt => "receipt",
+            StockKind::Adjustment => "adjustment",
+        }
+    }
+}
+
 /// A promotion from the calendar, after its dates were turned into periods.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Promotion {

@@ -60,14 +60,7 @@ pub enum LoadError {
 
 /// The topic a record goes to.
 pub fn topic_of<'a>(kafka: &'a KafkaConfig, record: &Record) -> &'a str {
-    let t = &kafka.topics;
-    match record {
-        Record::Sale(_) => &t.sales,
-        Record::Movement(_) => &t.stock,
-        Record::Catalog(_) => &t.catalog,
-        Record::Store(_) => &t.stores,
-        Record::Promotion(_) => &t.promotions,
-    }
+    kafka.topics.input(files::FileKind::of(record))
 }
 
 /// Records in publishing order: reference data, then events by time (stable).

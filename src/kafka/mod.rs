@@ -99,14 +99,14 @@ impl ProducerContext for Acks {
 
 /// The input topics with their record kinds, in a fixed order.
 pub fn input_topics(kafka: &KafkaConfig) -> [(FileKind, &str); 5] {
-    let t = &kafka.topics;
     [
-        (FileKind::Sales, t.sales.as_str()),
-        (FileKind::Stock, t.stock.as_str()),
-        (FileKind::Catalog, t.catalog.as_str()),
-        (FileKind::Stores, t.stores.as_str()),
-        (FileKind::Promotions, t.promotions.as_str()),
+        FileKind::Sales,
+        FileKind::Stock,
+        FileKind::Catalog,
+        FileKind::Stores,
+        FileKind::Promotions,
     ]
+    .map(|kind| (kind, kafka.topics.input(kind)))
 }
 
 /// The worker that reads partition `partition` of every input topic.

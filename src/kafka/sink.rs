@@ -193,7 +193,11 @@ impl KafkaSink {
             }
         }
         for (kind, n) in &closed.consumed {
-            *self.stats.consumed.entry(kind_name(*kind)).or_default() += n;
+            *self
+                .stats
+                .consumed
+                .entry(kind.name().to_string())
+                .or_default() += n;
         }
         self.stats.late += closed.late;
         if !self.deliver(&batch) {
@@ -227,7 +231,7 @@ impl KafkaSink {
             consumed: closed
                 .consumed
                 .iter()
-                .map(|(k, n)| (kind_name(*k), *n))
+                .map(|(k, n)| (k.name().to_string(), *n))
                 .collect(),
             late: closed.late,
             dead_letters: closed.dead.len() as u64,
@@ -353,11 +357,4 @@ impl KafkaSink {
             attempt += 1;
         }
     }
-}
-
-fn kind_name(kind: crate::source::files::FileKind) -> String {
-    serde_json::to_value(kind)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_string))
-        .unwrap_or_default()
 }

@@ -237,7 +237,7 @@ struct PartState {
 
 impl PartState {
     /// Whether `offset` was read before.
-    fn spoke_at_offset(&self, offset: i64) -> bool {
+    fn already_read(&self, offset: i64) -> bool {
         offset < self.next_offset
     }
 
@@ -279,7 +279,6 @@ struct Feeder {
     clock: Clock,
     input: FeatureInput,
     parts: Vec<PartState>,
-    index: HashMap<(String, i32), usize>,
     dict: Dictionary,
     known: HashSet<Key>,
     /// Events waiting for their epoch: epoch -> (partition index, offset, event).
@@ -320,14 +319,19 @@ impl Feeder {
 
     /// Takes one record.
     fn receive(&mut self, msg: &BorrowedMessage<'_>) {
-        let Some(&p) = self.index.get(&(msg.topic().to_string(), msg.partition())) else {
+        // A handful of partitions per worker: a scan beats hashing an owned topic name.
+        let Some(p) = self
+            .parts
+            .iter()
+            .position(|s| s.part.partition == msg.partition() && s.part.topic == msg.topic())
+        else {
             return;
         };
         let kind = {
             let part = &mut self.parts[p];
             part.last_seen = Instant::now();
             part.spoke = true;
-            if part.spoke_at_offset(msg.offset()) {
+            if part.already_read(msg.offset()) {
                 // Offsets only move forward here (the worker never seeks). A record below the
                 // next offset is a re-delivery, e.g. after the client reset its position on a
                 // broker error: applying it again would count its event twice.
@@ -783,14 +787,9 @@ struct Merger {
     dict: Dictionary,
 }
 
-/// `None` (finished) is later than every epoch.
-fn later(a: Option<Epoch>, b: Option<Epoch>) -> bool {
-    match (a, b) {
-        (None, None) => false,
-        (None, Some(_)) => true,
-        (Some(_), None) => false,
-        (Some(x), Some(y)) => x > y,
-    }
+/// A frontier as a number to compare: `None` (finished) is later than every epoch.
+fn rank(frontier: Option<Epoch>) -> Epoch {
+    frontier.unwrap_or(Epoch::MAX)
 }
 
 impl Merger {
@@ -828,19 +827,14 @@ impl Merger {
     /// What closed since the last call (and the dead letters since), if anything.
     fn closed(&mut self) -> Option<Closed> {
         // The global frontier: the least any worker reported (a worker not yet heard holds 0).
-        let mut global: Option<Epoch> = None;
-        let mut first = true;
-        for f in &self.frontiers {
-            let f = (*f).unwrap_or(Some(0));
-            if first || later(global, f) {
-                global = f;
-                first = false;
-            }
-        }
-        let advanced = match self.emitted {
-            None => global.is_none_or(|g| g > 0),
-            Some(prev) => later(global, prev),
-        };
+        let least = self
+            .frontiers
+            .iter()
+            .map(|f| rank(f.unwrap_or(Some(0))))
+            .min()
+            .unwrap_or(0);
+        let global = (least != Epoch::MAX).then_some(least);
+        let advanced = least > self.emitted.map_or(0, rank);
         if !advanced && self.dead.is_empty() {
             return None;
         }
@@ -920,11 +914,6 @@ fn work(
     let mut feeder = Feeder {
         clock: cfg.clock,
         input: FeatureInput::new(cfg.clock, &cfg.spec, index),
-        index: assigned
-            .iter()
-            .enumerate()
-            .map(|(i, (p, _, _))| ((p.topic.clone(), p.partition), i))
-            .collect(),
         parts: assigned
             .into_iter()
             .map(|(part, committed, empty)| PartState {

@@ -4,7 +4,6 @@
 
 use std::collections::BTreeMap;
 
-use dataflows::StockKind;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
@@ -17,14 +16,6 @@ fn units(milli: i64) -> Value {
         json!(milli / 1000)
     } else {
         json!(milli as f64 / 1000.0)
-    }
-}
-
-fn kind_name(kind: StockKind) -> &'static str {
-    match kind {
-        StockKind::Order => "order",
-        StockKind::Receipt => "receipt",
-        StockKind::Adjustment => "adjustment",
     }
 }
 
@@ -69,7 +60,7 @@ pub fn record_value(record: &Record) -> Value {
             put("ts", json!(rfc3339(mv.ts)));
             put("store_id", json!(mv.store_id));
             put("sku_id", json!(mv.sku_id));
-            put("kind", json!(kind_name(mv.kind)));
+            put("kind", json!(mv.kind.name()));
             put("qty", units(mv.qty));
         }
         Record::Catalog(c) => {

@@ -40,6 +40,28 @@ pub enum FileKind {
 }
 
 impl FileKind {
+    /// The kind of a decoded record.
+    pub fn of(record: &Record) -> Self {
+        match record {
+            Record::Sale(_) => FileKind::Sales,
+            Record::Movement(_) => FileKind::Stock,
+            Record::Catalog(_) => FileKind::Catalog,
+            Record::Store(_) => FileKind::Stores,
+            Record::Promotion(_) => FileKind::Promotions,
+        }
+    }
+
+    /// The kind's name in summaries and progress records (its serialised form).
+    pub fn name(self) -> &'static str {
+        match self {
+            FileKind::Sales => "sales",
+            FileKind::Stock => "stock",
+            FileKind::Catalog => "catalog",
+            FileKind::Stores => "stores",
+            FileKind::Promotions => "promotions",
+        }
+    }
+
     fn from_stem(stem: &str) -> Option<Self> {
         match stem {
             "sales" => Some(FileKind::Sales),

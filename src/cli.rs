@@ -5,7 +5,7 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use dataflows::PeriodKind;
 
 use crate::config::{Config, Resolved};
@@ -38,6 +38,37 @@ pub struct RunArgs {
     pub workers: usize,
 }
 
+/// Training settings shared by `train` and `backtest`.
+#[derive(Debug, Clone, Args)]
+pub struct TrainArgs {
+    /// Seed of initialisation and shuffling: the same seed and data give the same model.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Most training epochs (early stopping usually ends sooner).
+    #[arg(long, default_value_t = 40)]
+    pub max_epochs: usize,
+    /// Loss weight of target periods that ended out of stock (censored demand); 0 masks them,
+    /// 1 treats their sales as demand.
+    #[arg(long, default_value_t = 0.0)]
+    pub censored_weight: f32,
+    /// Keep the early-stopped network instead of retraining on training and holdout rows.
+    #[arg(long)]
+    pub no_refit: bool,
+}
+
+impl TrainArgs {
+    /// Training options for a horizon.
+    pub fn options(&self, horizon: usize) -> crate::model::train::TrainOptions {
+        let mut o = crate::model::train::TrainOptions::new(horizon);
+        o.seed = self.seed;
+        o.max_epochs = self.max_epochs;
+        o.censored_weight = self.censored_weight;
+        o.refit = !self.no_refit;
+        o.progress = std::io::stderr().is_terminal();
+        o
+    }
+}
+
 /// Demand period on the command line.
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
 pub enum Period {
@@ -63,6 +94,9 @@ pub enum Command {
         /// Baseline forecaster, overriding the config's `forecast.baseline`.
         #[arg(long, value_enum)]
         forecaster: Option<Baseline>,
+        /// Model directory written by `train`, overriding the config's `forecast.model_dir`.
+        #[arg(long, env = "STOCKCAST_MODEL")]
+        model: Option<PathBuf>,
         /// How to run.
         #[command(flatten)]
         run: RunArgs,
@@ -97,6 +131,9 @@ pub enum Command {
         /// Baseline forecaster, overriding the config's `forecast.baseline`.
         #[arg(long, value_enum)]
         forecaster: Option<Baseline>,
+        /// Model directory written by `train`, overriding the config's `forecast.model_dir`.
+        #[arg(long, env = "STOCKCAST_MODEL")]
+        model: Option<PathBuf>,
         /// How to run.
         #[command(flatten)]
         run: RunArgs,
@@ -119,6 +156,55 @@ pub enum Command {
         /// TOML config file (for `[kafka]`).
         #[arg(long, env = "STOCKCAST_CONFIG")]
         config: Option<PathBuf>,
+    },
+    /// Train the demand model on a dataset's history: replay it through the feature dataflow,
+    /// snapshot every series' features at each period end, learn the next `horizon` periods'
+    /// demand. Writes MODEL_DIR/model.safetensors, manifest.json and a training report.
+    Train {
+        /// Dataset directory.
+        #[arg(long)]
+        data: PathBuf,
+        /// Model directory to write (created).
+        #[arg(long)]
+        out: PathBuf,
+        /// Periods forecast; overrides the config's `features.horizon` (and so the schema).
+        #[arg(long)]
+        horizon: Option<u32>,
+        /// Use demand only up to this date (RFC 3339 or a date): its period is the last one read.
+        #[arg(long)]
+        until: Option<String>,
+        /// How to train.
+        #[command(flatten)]
+        train: TrainArgs,
+        /// How to run.
+        #[command(flatten)]
+        run: RunArgs,
+    },
+    /// Rolling-origin backtest: at each of the last N origins, H periods apart, train on the
+    /// data up to the origin (or load --model), forecast H periods for every series and compare
+    /// with what happened, next to the baselines. Writes report.md, metrics.json and charts.
+    Backtest {
+        /// Dataset directory.
+        #[arg(long)]
+        data: PathBuf,
+        /// Periods forecast at each origin; overrides the config's `features.horizon`.
+        #[arg(long)]
+        horizon: Option<u32>,
+        /// Number of origins.
+        #[arg(long, default_value_t = 3)]
+        origins: usize,
+        /// Report directory (created).
+        #[arg(long)]
+        out: PathBuf,
+        /// Evaluate this model directory at every origin instead of training per origin.
+        #[arg(long)]
+        model: Option<PathBuf>,
+        /// How to train.
+        #[command(flatten)]
+        train: TrainArgs,
+        /// How to run.
+        #[command(flatten)]
+        run: RunArgs,
     },
     /// Generate a seeded synthetic dataset (sales, stock movements, catalog, stores, promotions).
     Generate {
@@ -191,6 +277,16 @@ fn resolve(args: &RunArgs) -> anyhow::Result<Resolved> {
     Ok(config.resolve(&origin)?)
 }
 
+/// [`resolve`], then `--horizon` over `forecast.horizon_periods` (it changes the schema).
+fn resolve_with_horizon(args: &RunArgs, horizon: Option<u32>) -> anyhow::Result<Resolved> {
+    let mut cfg = resolve(args)?;
+    if let Some(h) = horizon {
+        cfg.spec.horizon = h;
+        cfg.spec.validate().context("--horizon")?;
+    }
+    Ok(cfg)
+}
+
 fn parse_instant(text: &str) -> anyhow::Result<i64> {
     crate::decode::parse_time("as_of", text).map_err(|e| anyhow::anyhow!("--as-of: {e}"))
 }
@@ -202,11 +298,15 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             data,
             out,
             forecaster,
+            model,
             run,
         } => {
             let mut cfg = resolve(&run)?;
             if let Some(f) = forecaster {
                 cfg.baseline = f;
+            }
+            if model.is_some() {
+                cfg.model.dir = model;
             }
             let summary = replay::replay(
                 &cfg,
@@ -239,6 +339,60 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             let table = replay::feature_table(&cfg, &data, t, &out, run.workers)?;
             tracing::info!(rows = table.rows, as_of = %table.as_of, schema = %table.schema_hash, out = %out.display(), "feature table written");
         }
+        Command::Train {
+            data,
+            out,
+            horizon,
+            until,
+            train,
+            run,
+        } => {
+            let cfg = resolve_with_horizon(&run, horizon)?;
+            let mut opts = train.options(cfg.spec.horizon as usize);
+            if let Some(u) = until {
+                let t = crate::decode::parse_time("until", &u)
+                    .map_err(|e| anyhow::anyhow!("--until: {e}"))?;
+                opts.cutoff = Some(cfg.clock.period_of(t));
+            }
+            let summary = crate::model::commands::train(&cfg, &data, &out, &opts, run.workers)?;
+            tracing::info!(
+                model = %out.display(),
+                version = summary.version,
+                rows = summary.rows,
+                secs = format!("{:.1}", summary.secs),
+                holdout_wape = format!("{:.4}", summary.validation.wape),
+                holdout_pinball90 = format!("{:.4}", summary.validation.pinball90),
+                "model trained"
+            );
+        }
+        Command::Backtest {
+            data,
+            horizon,
+            origins,
+            out,
+            model,
+            train,
+            run,
+        } => {
+            let cfg = resolve_with_horizon(&run, horizon)?;
+            let h = cfg.spec.horizon as usize;
+            let opts = crate::model::backtest::BacktestOptions {
+                horizon: h,
+                origins,
+                train: train.options(h),
+                model,
+                censoring_ablation: true,
+            };
+            let bt = crate::model::commands::backtest(&cfg, &data, &out, &opts, run.workers)?;
+            for (name, acc) in &bt.results {
+                let s = acc.scores();
+                println!(
+                    "{name:<30} WAPE {:.4}  MASE {:.4}  bias {:+.4}  pinball50 {:.4}  pinball90 {:.4}  coverage90 {:.3}",
+                    s.wape, s.mase, s.bias, s.pinball50, s.pinball90, s.coverage90
+                );
+            }
+            tracing::info!(out = %out.display(), "backtest report written");
+        }
         Command::Generate {
             out,
             stores,
@@ -264,6 +418,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             brokers,
             exit_when_idle,
             forecaster,
+            model,
             run,
         } => {
             let mut cfg = resolve(&run)?;
@@ -272,6 +427,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             }
             if let Some(f) = forecaster {
                 cfg.baseline = f;
+            }
+            if model.is_some() {
+                cfg.model.dir = model;
             }
             let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
             crate::signals::stop_on_signals(stop.clone()).context("installing signal handlers")?;

@@ -88,6 +88,13 @@ pub struct ForecastConfig {
     /// Baseline forecaster used when no model is loaded.
     #[serde(default = "default_baseline")]
     pub baseline: Baseline,
+    /// Model directory (`model.safetensors` + `manifest.json`, written by `train`); without one
+    /// the baseline forecasts. Relative paths are relative to the working directory.
+    pub model_dir: Option<PathBuf>,
+    /// Threads that score changed series (default 2).
+    pub scoring_threads: Option<usize>,
+    /// Series per scoring batch (default 4096).
+    pub scoring_batch: Option<usize>,
 }
 
 /// `[kafka]`.
@@ -241,6 +248,17 @@ pub enum ConfigError {
     },
 }
 
+/// Which model scores, and on how many threads.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ModelSettings {
+    /// Model directory; `None` means the baseline.
+    pub dir: Option<PathBuf>,
+    /// Scoring threads.
+    pub threads: usize,
+    /// Series per batch.
+    pub batch: usize,
+}
+
 /// Everything a run needs, resolved from the file, defaults and flags.
 #[derive(Clone, Debug)]
 pub struct Resolved {
@@ -252,6 +270,8 @@ pub struct Resolved {
     pub allowed_lateness_secs: i64,
     /// Baseline forecaster.
     pub baseline: Baseline,
+    /// Model and scoring threads.
+    pub model: ModelSettings,
     /// Kafka settings.
     pub kafka: KafkaConfig,
 }
@@ -316,7 +336,26 @@ impl Config {
                 ),
             ));
         }
+        let threads = self.forecast.scoring_threads.unwrap_or(2);
+        if !(1..=64).contains(&threads) {
+            return Err(invalid(
+                "forecast.scoring_threads",
+                format!("{threads} must be between 1 and 64"),
+            ));
+        }
+        let batch = self.forecast.scoring_batch.unwrap_or(4096);
+        if !(1..=1_000_000).contains(&batch) {
+            return Err(invalid(
+                "forecast.scoring_batch",
+                format!("{batch} must be between 1 and 1000000"),
+            ));
+        }
         Ok(Resolved {
+            model: ModelSettings {
+                dir: self.forecast.model_dir.clone(),
+                threads,
+                batch,
+            },
             clock,
             spec,
             allowed_lateness_secs: self.time.allowed_lateness_secs.min(i64::MAX as u64) as i64,

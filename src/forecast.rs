@@ -17,16 +17,56 @@ pub struct MissingFeature {
     pub feature: String,
 }
 
-/// Turns a feature vector into a point forecast per future period.
-pub trait Forecaster: Send {
+/// The quantiles every forecaster produces, in [`Forecast`]'s field order.
+pub const QUANTILES: [f64; 3] = [0.1, 0.5, 0.9];
+
+/// z-score of the 0.9 quantile of a standard normal (the baselines' spread).
+const Z90: f64 = 1.281_551_565_545;
+
+/// One series' forecast: demand (units) per future period `now + 1 ..= now + horizon`, at the
+/// quantiles 0.1, 0.5 and 0.9. `p10 <= p50 <= p90` element-wise.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Forecast {
+    /// 0.1 quantile per period.
+    pub p10: Vec<f64>,
+    /// Median per period: the point forecast.
+    pub p50: Vec<f64>,
+    /// 0.9 quantile per period.
+    pub p90: Vec<f64>,
+}
+
+impl Forecast {
+    /// A forecast around `p50` with a normal spread of `sd` per period, floored at zero.
+    pub fn normal(p50: Vec<f64>, sd: f64) -> Self {
+        let sd = sd.max(0.0);
+        Forecast {
+            p10: p50.iter().map(|m| (m - Z90 * sd).max(0.0)).collect(),
+            p90: p50.iter().map(|m| m + Z90 * sd).collect(),
+            p50,
+        }
+    }
+
+    /// The quantile `q` (one of [`QUANTILES`]) per period.
+    pub fn quantile(&self, q: usize) -> &[f64] {
+        match q {
+            0 => &self.p10,
+            1 => &self.p50,
+            _ => &self.p90,
+        }
+    }
+}
+
+/// Turns feature vectors into quantile forecasts. Implementations are shared between scoring
+/// threads, so they are `Sync`; they score a whole batch at once.
+pub trait Forecaster: Send + Sync {
     /// Model name written into every output record (e.g. `baseline-ma`).
     fn name(&self) -> &str;
     /// Model version.
     fn version(&self) -> &str;
     /// Periods forecast.
     fn horizon(&self) -> usize;
-    /// Forecast demand (units) for periods `now + 1 ..= now + horizon`.
-    fn forecast(&self, features: &FeatureVec) -> Vec<f64>;
+    /// Forecasts each vector of `batch`, in order.
+    fn forecast(&self, batch: &[&FeatureVec]) -> Vec<Forecast>;
 }
 
 /// Which baseline to run.
@@ -36,6 +76,8 @@ pub enum Baseline {
     /// Mean demand of the last 28 days / 4 weeks, flat over the horizon.
     #[default]
     MovingAverage,
+    /// The latest complete period's demand, flat over the horizon.
+    Naive,
     /// The same weekday last week (daily) or the same week last year (weekly).
     SeasonalNaive,
 }
@@ -55,47 +97,103 @@ pub fn baseline(
     horizon: usize,
 ) -> Result<Box<dyn Forecaster>, MissingFeature> {
     Ok(match which {
-        Baseline::MovingAverage => Box::new(MovingAverage::new(schema, period, horizon)?),
+        Baseline::MovingAverage => Box::new(Flat::moving_average(schema, period, horizon)?),
+        Baseline::Naive => Box::new(Flat::naive(schema, period, horizon)?),
         Baseline::SeasonalNaive => Box::new(SeasonalNaive::new(schema, period, horizon)?),
     })
 }
 
-/// Flat forecast at the mean of the last 28 days or 4 weeks (the buyer's spreadsheet rule).
-pub struct MovingAverage {
-    /// Schema position of the rolling sum.
-    sum: usize,
-    /// Periods it spans.
-    periods: f64,
-    /// Scale of the sum.
+/// The spread every baseline shares: the standard deviation of demand over the stats window
+/// (`sales_std_28d` / `sales_std_13w`), read as a normal error around the point forecast.
+struct Spread {
+    /// Schema position of the standard deviation.
+    std: usize,
+    /// Its scale.
     scale: f64,
-    /// Periods forecast.
-    horizon: usize,
 }
 
-impl MovingAverage {
-    /// Against `schema`, which must have `sales_sum_28d` (daily) or `sales_sum_4w` (weekly).
-    pub fn new(
+impl Spread {
+    fn new(
+        schema: &Schema,
+        forecaster: &'static str,
+        period: PeriodKind,
+    ) -> Result<Self, MissingFeature> {
+        let name = match period {
+            PeriodKind::Day => "sales_std_28d",
+            PeriodKind::Week => "sales_std_13w",
+        };
+        let std = index(schema, forecaster, name)?;
+        Ok(Spread {
+            std,
+            scale: schema.features[std].scale as f64,
+        })
+    }
+
+    fn around(&self, f: &FeatureVec, p50: Vec<f64>) -> Forecast {
+        let sd = f.raw(self.std).unwrap_or(0) as f64 / self.scale;
+        Forecast::normal(p50, sd)
+    }
+}
+
+/// A flat forecast: one feature, divided by the periods it spans, repeated over the horizon.
+pub struct Flat {
+    /// Forecaster name.
+    name: &'static str,
+    /// Schema position of the feature.
+    source: usize,
+    /// Scale of the feature times the periods it spans.
+    divisor: f64,
+    /// Periods forecast.
+    horizon: usize,
+    spread: Spread,
+}
+
+impl Flat {
+    fn new(
+        name: &'static str,
+        schema: &Schema,
+        period: PeriodKind,
+        horizon: usize,
+        (feature, periods): (&str, f64),
+    ) -> Result<Self, MissingFeature> {
+        let source = index(schema, name, feature)?;
+        Ok(Flat {
+            name,
+            source,
+            divisor: schema.features[source].scale as f64 * periods,
+            horizon,
+            spread: Spread::new(schema, name, period)?,
+        })
+    }
+
+    /// The mean of the last 28 days or 4 weeks (the buyer's spreadsheet rule); needs
+    /// `sales_sum_28d` (daily) or `sales_sum_4w` (weekly).
+    pub fn moving_average(
         schema: &Schema,
         period: PeriodKind,
         horizon: usize,
     ) -> Result<Self, MissingFeature> {
-        let (name, periods) = match period {
+        let source = match period {
             PeriodKind::Day => ("sales_sum_28d", 28.0),
             PeriodKind::Week => ("sales_sum_4w", 4.0),
         };
-        let sum = index(schema, "baseline-ma", name)?;
-        Ok(MovingAverage {
-            sum,
-            periods,
-            scale: schema.features[sum].scale as f64,
-            horizon,
-        })
+        Self::new("baseline-ma", schema, period, horizon, source)
+    }
+
+    /// The latest complete period's demand; needs `sales_lag_0<d|w>`.
+    pub fn naive(
+        schema: &Schema,
+        period: PeriodKind,
+        horizon: usize,
+    ) -> Result<Self, MissingFeature> {
+        let feature = format!("sales_lag_0{}", period.suffix());
+        Self::new("baseline-naive", schema, period, horizon, (&feature, 1.0))
     }
 }
 
-impl Forecaster for MovingAverage {
+impl Forecaster for Flat {
     fn name(&self) -> &str {
-        "baseline-ma"
+        self.name
     }
     fn version(&self) -> &str {
         "1"
@@ -103,9 +201,14 @@ impl Forecaster for MovingAverage {
     fn horizon(&self) -> usize {
         self.horizon
     }
-    fn forecast(&self, f: &FeatureVec) -> Vec<f64> {
-        let mean = f.raw(self.sum).unwrap_or(0) as f64 / self.scale / self.periods;
-        vec![mean.max(0.0); self.horizon]
+    fn forecast(&self, batch: &[&FeatureVec]) -> Vec<Forecast> {
+        batch
+            .iter()
+            .map(|f| {
+                let level = f.raw(self.source).unwrap_or(0) as f64 / self.divisor;
+                self.spread.around(f, vec![level.max(0.0); self.horizon])
+            })
+            .collect()
     }
 }
 
@@ -115,6 +218,7 @@ pub struct SeasonalNaive {
     sources: Vec<usize>,
     /// Scale of those features.
     scale: f64,
+    spread: Spread,
 }
 
 impl SeasonalNaive {
@@ -137,7 +241,11 @@ impl SeasonalNaive {
         let scale = sources
             .first()
             .map_or(1000.0, |i| schema.features[*i].scale as f64);
-        Ok(SeasonalNaive { sources, scale })
+        Ok(SeasonalNaive {
+            sources,
+            scale,
+            spread: Spread::new(schema, "baseline-snaive", period)?,
+        })
     }
 }
 
@@ -151,10 +259,17 @@ impl Forecaster for SeasonalNaive {
     fn horizon(&self) -> usize {
         self.sources.len()
     }
-    fn forecast(&self, f: &FeatureVec) -> Vec<f64> {
-        self.sources
+    fn forecast(&self, batch: &[&FeatureVec]) -> Vec<Forecast> {
+        batch
             .iter()
-            .map(|i| (f.raw(*i).unwrap_or(0) as f64 / self.scale).max(0.0))
+            .map(|f| {
+                let p50 = self
+                    .sources
+                    .iter()
+                    .map(|i| (f.raw(*i).unwrap_or(0) as f64 / self.scale).max(0.0))
+                    .collect();
+                self.spread.around(f, p50)
+            })
             .collect()
     }
 }
@@ -172,11 +287,17 @@ mod tests {
         v[schema.index("sales_sum_28d").unwrap()] = 56_000;
         v[schema.index("sales_lag_7d").unwrap()] = 3_000;
         v[schema.index("sales_lag_1d").unwrap()] = 9_000;
+        v[schema.index("sales_lag_0d").unwrap()] = 5_000;
+        v[schema.index("sales_std_28d").unwrap()] = 1_000;
         let v = FeatureVec(v);
         let ma = baseline(Baseline::MovingAverage, &schema, PeriodKind::Day, 3).unwrap();
-        assert_eq!(ma.forecast(&v), vec![2.0; 3]);
+        let f = &ma.forecast(&[&v])[0];
+        assert_eq!(f.p50, vec![2.0; 3]);
+        assert!((f.p90[0] - (2.0 + Z90)).abs() < 1e-9 && (f.p10[0] - (2.0 - Z90)).abs() < 1e-9);
+        let naive = baseline(Baseline::Naive, &schema, PeriodKind::Day, 2).unwrap();
+        assert_eq!(naive.forecast(&[&v])[0].p50, vec![5.0; 2]);
         let sn = baseline(Baseline::SeasonalNaive, &schema, PeriodKind::Day, 8).unwrap();
-        let f = sn.forecast(&v);
+        let f = &sn.forecast(&[&v])[0].p50;
         assert_eq!((f[0], f[6], f[7]), (3.0, 9.0, 3.0));
         let weekly = FeatureSpec::weekly().schema();
         assert!(baseline(Baseline::MovingAverage, &weekly, PeriodKind::Day, 3).is_err());

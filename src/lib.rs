@@ -27,6 +27,7 @@ pub mod forecast;
 pub mod generate;
 pub mod ids;
 pub mod kafka;
+pub mod model;
 pub mod pipeline;
 pub mod replay;
 pub mod signals;

@@ -27,8 +27,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::Resolved;
 use crate::decode::Record;
-use crate::forecast::{self, Forecaster};
+use crate::forecast::{Forecast, Forecaster};
 use crate::ids::Dictionary;
+use crate::model::scorer::Scorer;
 use crate::pipeline::{self, EpochOutput};
 use crate::source::files::{self, Dataset, DeadLetter, LoadError, Origin};
 
@@ -48,7 +49,7 @@ pub enum ReplayError {
     },
     /// The forecaster does not fit the feature schema.
     #[error(transparent)]
-    Forecaster(#[from] forecast::MissingFeature),
+    Forecaster(#[from] crate::model::ForecasterError),
     /// The dataflow failed.
     #[error(transparent)]
     Run(#[from] pipeline::RunError),
@@ -107,6 +108,9 @@ pub fn prepare(cfg: &Resolved, data: Dataset, as_of: Option<i64>) -> Prepared {
             }),
         }
     }
+    if !counts.contains_key("promotions") {
+        reference.extend(promo_calendar_from_sales(&data, &mut dict, period));
+    }
     // Stable: equal times keep file order.
     timed.sort_by_key(|(e, _)| e.ts());
     let (events, origins) = reference.into_iter().chain(timed).unzip();
@@ -117,6 +121,42 @@ pub fn prepare(cfg: &Resolved, data: Dataset, as_of: Option<i64>) -> Prepared {
         dead_letters,
         counts,
     }
+}
+
+/// A dataset without a promotion calendar whose sales rows carry a `promo` flag: each flagged
+/// (store, SKU, period) becomes a one-period calendar promotion, so the flag acts as the promotion
+/// plan a retailer knows in advance (the `promo_next_*` features read it ahead of time). Ids are
+/// `sales:<store>:<sku>:<period>`; duplicates within a period collapse to one.
+fn promo_calendar_from_sales(
+    data: &Dataset,
+    dict: &mut Dictionary,
+    period: dataflows::PeriodKind,
+) -> Vec<(Event, Origin)> {
+    let mut seen = std::collections::HashSet::new();
+    let mut out = Vec::new();
+    for (record, origin) in &data.records {
+        let Record::Sale(sale) = record else { continue };
+        if !sale.promo {
+            continue;
+        }
+        let p = period.period_of(sale.ts);
+        if !seen.insert((sale.store_id.as_str(), sale.sku_id.as_str(), p)) {
+            continue;
+        }
+        let promo = Record::Promotion(crate::decode::PromotionRec {
+            promo_id: format!("sales:{}:{}:{p}", sale.store_id, sale.sku_id),
+            store_id: Some(sale.store_id.clone()),
+            sku_id: sale.sku_id.clone(),
+            start: period.period_start(p),
+            end: period.period_start(p + 1) - 1,
+            discount_pct: None,
+        });
+        // The sale itself registered these names, so no collision can arise here.
+        if let Ok(Some(e)) = dict.event(&promo, period) {
+            out.push((e, *origin));
+        }
+    }
+    out
 }
 
 /// A progress bar on stderr, hidden unless `show`.
@@ -155,22 +195,31 @@ pub struct ForecastRecord {
     pub model: String,
     /// Forecaster version.
     pub model_version: String,
-    /// Demand per future period, units, rounded to 3 decimals.
+    /// Median demand per future period `1..=horizon`, units, rounded to 3 decimals.
     pub forecast: Vec<f64>,
+    /// The 0.1 quantile of demand per future period.
+    pub forecast_p10: Vec<f64>,
+    /// The 0.9 quantile of demand per future period.
+    pub forecast_p90: Vec<f64>,
     /// Units on hand, where stock movements were seen.
     pub on_hand: Option<f64>,
     /// Units on order, where stock movements were seen.
     pub on_order: Option<f64>,
 }
 
+fn round3(xs: &[f64]) -> Vec<f64> {
+    xs.iter().map(|x| (x * 1000.0).round() / 1000.0).collect()
+}
+
 impl ForecastRecord {
-    /// Scores one changed series.
+    /// The record of one scored series.
     pub fn new(
         epoch_end: &str,
         (store_id, sku_id): (String, String),
         schema: &Schema,
         forecaster: &dyn Forecaster,
         vec: &FeatureVec,
+        forecast: &Forecast,
     ) -> Self {
         let value = |name: &str| schema.index(name).and_then(|i| schema.value(vec, i));
         ForecastRecord {
@@ -180,11 +229,9 @@ impl ForecastRecord {
             schema_hash: schema.hash.clone(),
             model: forecaster.name().to_string(),
             model_version: forecaster.version().to_string(),
-            forecast: forecaster
-                .forecast(vec)
-                .into_iter()
-                .map(|x| (x * 1000.0).round() / 1000.0)
-                .collect(),
+            forecast: round3(&forecast.p50),
+            forecast_p10: round3(&forecast.p10),
+            forecast_p90: round3(&forecast.p90),
             on_hand: value("on_hand"),
             on_order: value("on_order"),
         }
@@ -299,8 +346,7 @@ pub fn replay(cfg: &Resolved, opts: &ReplayOptions) -> Result<Summary, ReplayErr
     let mut prepared = prepare(cfg, data, None);
     let events = Arc::new(std::mem::take(&mut prepared.events));
     let schema = cfg.spec.schema();
-    let horizon = cfg.spec.horizon as usize;
-    let forecaster = forecast::baseline(cfg.baseline, &schema, cfg.clock.period_kind(), horizon)?;
+    let (scorer, _) = crate::model::scorer(cfg)?;
     let plan = pipeline::plan(&cfg.clock, cfg.allowed_lateness_secs, &events, None);
 
     let forecasts_path = opts.out.join("forecasts.jsonl");
@@ -347,7 +393,7 @@ pub fn replay(cfg: &Resolved, opts: &ReplayOptions) -> Result<Summary, ReplayErr
                 &mut forecasts,
                 &end,
                 &schema,
-                forecaster.as_ref(),
+                &scorer,
                 &prepared.dict,
                 &out.changed,
             )
@@ -388,7 +434,7 @@ pub fn replay(cfg: &Resolved, opts: &ReplayOptions) -> Result<Summary, ReplayErr
         workers: opts.workers,
         schema_hash: schema.hash.clone(),
         features: schema.features.len(),
-        model: forecaster.name().to_string(),
+        model: scorer.model().name().to_string(),
         events_read: prepared.counts.clone(),
         late_events: late,
         dead_letters: dead_counts,
@@ -424,15 +470,17 @@ fn write_forecasts(
     w: &mut impl Write,
     epoch_end: &str,
     schema: &Schema,
-    forecaster: &dyn Forecaster,
+    scorer: &Scorer,
     dict: &Dictionary,
     changed: &[(Key, FeatureVec)],
 ) -> std::io::Result<()> {
     let mut named: Vec<((String, String), &FeatureVec)> =
         changed.iter().map(|(k, v)| (dict.names(k), v)).collect();
     named.sort_by(|a, b| a.0.cmp(&b.0));
-    for (names, vec) in named {
-        let line = ForecastRecord::new(epoch_end, names, schema, forecaster, vec);
+    let vecs: Vec<&FeatureVec> = named.iter().map(|(_, v)| *v).collect();
+    let forecasts = scorer.score(&vecs);
+    for ((names, vec), f) in named.into_iter().zip(&forecasts) {
+        let line = ForecastRecord::new(epoch_end, names, schema, scorer.model(), vec, f);
         serde_json::to_writer(&mut *w, &line)?;
         w.write_all(b"\n")?;
     }

@@ -194,6 +194,9 @@ impl FeatureSpec {
         push(format!("price_rel_{}{u}", self.price_window), 1000);
         push("promo_now".into(), 1);
         push(format!("promo_periods_next_{}{u}", self.horizon), 1);
+        for h in 1..=self.horizon {
+            push(format!("promo_next_h{h}"), 1);
+        }
         push("on_hand".into(), 1000);
         push("on_order".into(), 1000);
         let joined: Vec<&str> = features.iter().map(|f| f.name.as_str()).collect();
@@ -405,6 +408,9 @@ pub fn compute(spec: &FeatureSpec, now: Period, st: &mut SeriesState) -> Feature
             .filter(|h| calendar_promo(now + h))
             .count() as i64,
     );
+    for h in 1..=spec.horizon as Period {
+        out.push(i64::from(calendar_promo(now + h)));
+    }
     if tracked {
         out.push(total.on_hand);
         out.push(total.on_order.max(0));

@@ -151,7 +151,7 @@ pub enum WorkerError {
     Sink(#[from] sink::SinkError),
     /// The forecaster does not fit the feature schema.
     #[error(transparent)]
-    Forecaster(#[from] crate::forecast::MissingFeature),
+    Forecaster(#[from] crate::model::ForecasterError),
 }
 
 /// Runs the worker: resumes after the frontier a previous run committed, consumes, scores and
@@ -168,17 +168,8 @@ pub fn run_worker(
             "resuming: rebuilding state from the start of the topics; output resumes at the committed frontier"
         );
     }
-    let forecaster = crate::forecast::baseline(
-        cfg.baseline,
-        &cfg.spec.schema(),
-        cfg.clock.period_kind(),
-        cfg.spec.horizon as usize,
-    )?;
-    tracing::info!(
-        model = forecaster.name(),
-        "no model configured: scoring with the baseline"
-    );
-    let mut sink = sink::KafkaSink::new(cfg, forecaster, resumed_from, opts.stop.clone())?;
+    let (scorer, watch) = crate::model::scorer(cfg)?;
+    let mut sink = sink::KafkaSink::new(cfg, scorer, watch, resumed_from, opts.stop.clone())?;
     stream::run(cfg, opts, |closed, dict| sink.on_closed(closed, dict))?;
     Ok(WorkerRun {
         stats: sink.stats().clone(),

@@ -8,12 +8,12 @@
 //! it is replaced by a new one before the retry. Records may therefore appear twice on the
 //! output topics, never zero times (see the delivery guarantee in [`super`]).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dataflows::{Clock, Epoch, Schema};
+use dataflows::{Clock, Epoch, FeatureVec, Key, Schema};
 use rdkafka::config::FromClientConfigAndContext;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::{Header, OwnedHeaders};
@@ -21,9 +21,10 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 
-use crate::config::Resolved;
-use crate::forecast::Forecaster;
+use crate::config::{Resolved, TopicsConfig};
+use crate::forecast::Forecast;
 use crate::ids::Dictionary;
+use crate::model::scorer::{ModelWatch, Scorer};
 use crate::replay::{rfc3339, ForecastRecord};
 
 use super::stream::{commit_metadata, Closed};
@@ -71,7 +72,11 @@ pub struct KafkaSink {
     cfg: Resolved,
     clock: Clock,
     schema: Schema,
-    forecaster: Box<dyn Forecaster>,
+    scorer: Scorer,
+    /// Watches the model directory; with it, every series' latest features are kept so a new
+    /// model version can re-score them all.
+    watch: Option<ModelWatch>,
+    features: HashMap<Key, FeatureVec>,
     producer: BaseProducer<Acks>,
     committer: BaseConsumer,
     /// Outputs of epochs before this were acknowledged by an earlier run.
@@ -97,10 +102,12 @@ fn producer(cfg: &Resolved) -> Result<BaseProducer<Acks>, SinkError> {
 }
 
 impl KafkaSink {
-    /// A sink scoring with `forecaster`; `resume_from` is the frontier a previous run committed.
+    /// A sink scoring with `scorer` (and swapping in the new versions `watch` finds);
+    /// `resume_from` is the frontier a previous run committed.
     pub fn new(
         cfg: &Resolved,
-        forecaster: Box<dyn Forecaster>,
+        scorer: Scorer,
+        watch: Option<ModelWatch>,
         resume_from: Option<Epoch>,
         stop: Arc<AtomicBool>,
     ) -> Result<Self, SinkError> {
@@ -113,7 +120,9 @@ impl KafkaSink {
             cfg: cfg.clone(),
             clock: cfg.clock,
             schema: cfg.spec.schema(),
-            forecaster,
+            scorer,
+            watch,
+            features: HashMap::new(),
             producer: producer(cfg)?,
             committer,
             resume_from,
@@ -121,6 +130,35 @@ impl KafkaSink {
             stats: SinkStats::default(),
             latest: HashMap::new(),
         })
+    }
+
+    fn record(
+        &self,
+        end: &str,
+        dict: &Dictionary,
+        key: &Key,
+        vec: &FeatureVec,
+        forecast: &Forecast,
+    ) -> ForecastRecord {
+        ForecastRecord::new(
+            end,
+            dict.names(key),
+            &self.schema,
+            self.scorer.model(),
+            vec,
+            forecast,
+        )
+    }
+
+    fn push_forecast(&mut self, batch: &mut Vec<Out>, topics: &TopicsConfig, rec: ForecastRecord) {
+        batch.push(Out {
+            topic: topics.forecasts.clone(),
+            key: format!("{}:{}", rec.store_id, rec.sku_id),
+            value: serde_json::to_vec(&rec).unwrap_or_default(),
+            original: None,
+        });
+        self.latest
+            .insert((rec.store_id.clone(), rec.sku_id.clone()), rec);
     }
 
     /// What was written so far.
@@ -166,30 +204,62 @@ impl KafkaSink {
             });
         }
         let advanced = closed.closed_at.is_some();
-        let suppressed = |e: Epoch| self.resume_from.is_some_and(|r| e < r);
+        let mut rescore = false;
+        if advanced {
+            if let Some(model) = self
+                .watch
+                .as_mut()
+                .and_then(|w| w.poll(&self.schema, self.clock.period_kind()))
+            {
+                self.scorer.set_model(Arc::new(model));
+                rescore = true;
+            }
+        }
+        let resume_from = self.resume_from;
+        let suppressed = |e: Epoch| resume_from.is_some_and(|r| e < r);
         let mut keys_changed = 0u64;
+        let mut keys_scored = 0u64;
+        let mut scored_now: HashSet<Key> = HashSet::new();
         for (epoch, changed) in &closed.changed {
+            if self.watch.is_some() {
+                self.features
+                    .extend(changed.iter().map(|(k, v)| (*k, v.clone())));
+            }
             if suppressed(*epoch) {
                 continue;
             }
             let end = rfc3339(self.clock.epoch_end(*epoch));
-            for (key, vec) in changed {
-                let rec = ForecastRecord::new(
-                    &end,
-                    dict.names(key),
-                    &self.schema,
-                    &*self.forecaster,
-                    vec,
-                );
-                batch.push(Out {
-                    topic: topics.forecasts.clone(),
-                    key: format!("{}:{}", rec.store_id, rec.sku_id),
-                    value: serde_json::to_vec(&rec).unwrap_or_default(),
-                    original: None,
-                });
-                self.latest
-                    .insert((rec.store_id.clone(), rec.sku_id.clone()), rec);
+            let vecs: Vec<&FeatureVec> = changed.iter().map(|(_, v)| v).collect();
+            let forecasts = self.scorer.score(&vecs);
+            for ((key, vec), forecast) in changed.iter().zip(&forecasts) {
+                let rec = self.record(&end, dict, key, vec, forecast);
+                self.push_forecast(&mut batch, &topics, rec);
+                if rescore {
+                    scored_now.insert(*key);
+                }
                 keys_changed += 1;
+            }
+        }
+        keys_scored += keys_changed;
+        let newest = closed
+            .frontier
+            .and_then(|f| f.checked_sub(1))
+            .or_else(|| closed.changed.last().map(|(e, _)| *e));
+        if let Some(e) = newest.filter(|e| rescore && !suppressed(*e)) {
+            // A new model version: every other series once, at the newest closed epoch.
+            let end = rfc3339(self.clock.epoch_end(e));
+            let rest: Vec<(Key, FeatureVec)> = self
+                .features
+                .iter()
+                .filter(|(k, _)| !scored_now.contains(k))
+                .map(|(k, v)| (*k, v.clone()))
+                .collect();
+            let vecs: Vec<&FeatureVec> = rest.iter().map(|(_, v)| v).collect();
+            let forecasts = self.scorer.score(&vecs);
+            for ((key, vec), forecast) in rest.iter().zip(&forecasts) {
+                let rec = self.record(&end, dict, key, vec, forecast);
+                self.push_forecast(&mut batch, &topics, rec);
+                keys_scored += 1;
             }
         }
         for (kind, n) in &closed.consumed {
@@ -203,7 +273,7 @@ impl KafkaSink {
         if !self.deliver(&batch) {
             return;
         }
-        self.stats.forecasts += keys_changed;
+        self.stats.forecasts += keys_scored;
         if !advanced {
             return;
         }
@@ -236,7 +306,7 @@ impl KafkaSink {
             late: closed.late,
             dead_letters: closed.dead.len() as u64,
             keys_changed,
-            keys_scored: keys_changed,
+            keys_scored,
             offsets: closed
                 .offsets
                 .iter()

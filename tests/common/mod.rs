@@ -189,6 +189,9 @@ fn series(
             .filter(|h| calendar(now + h))
             .count() as i64,
     );
+    for h in 1..=spec.horizon as Period {
+        out.push(i64::from(calendar(now + h)));
+    }
     if first_stock.is_some() {
         out.push(on_hand_delta.values().sum());
         out.push(on_order.max(0));

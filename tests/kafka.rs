@@ -70,6 +70,18 @@ fn consume(
     consume_within(kafka, topic, expect, Duration::from_secs(60))
 }
 
+/// Every value of `topic` decoded from JSON, once `expect` have arrived.
+fn consume_json<T: serde::de::DeserializeOwned>(
+    kafka: &KafkaConfig,
+    topic: &str,
+    expect: usize,
+) -> Vec<T> {
+    consume(kafka, topic, expect)
+        .into_iter()
+        .map(|(_, v, _)| serde_json::from_slice(&v).unwrap())
+        .collect()
+}
+
 /// Every record of `topic` once `expect` have arrived, or what arrived within `wait`.
 fn consume_within(
     kafka: &KafkaConfig,
@@ -312,6 +324,20 @@ fn malformed_records_are_dead_lettered_with_their_bytes_and_reason() {
 }
 
 /// Writes the sales of `from` whose date is in `[lo, hi)` into `to/sales.csv`.
+/// Publishes a dataset directory as fast as the broker takes it.
+fn load_dir(kafka: &KafkaConfig, dir: &Path, partitions: i32) -> load::LoadReport {
+    load::load(
+        kafka,
+        &load::LoadOptions {
+            data: dir.to_path_buf(),
+            rate: None,
+            partitions,
+            progress: false,
+        },
+    )
+    .unwrap()
+}
+
 fn split_sales(from: &Path, to: &Path, lo: &str, hi: &str) {
     std::fs::create_dir_all(to).unwrap();
     let text = std::fs::read_to_string(from.join("sales.csv")).unwrap();
@@ -341,18 +367,7 @@ fn a_restart_resumes_at_the_committed_frontier_without_double_counting() {
     split_sales(&m5, &first, "0000", "2014-01-01");
     split_sales(&m5, &second, "2014-01-01", "9999");
     split_sales(&m5, &all, "0000", "9999");
-    let load = |dir: &Path| {
-        load::load(
-            &cfg.kafka,
-            &load::LoadOptions {
-                data: dir.to_path_buf(),
-                rate: None,
-                partitions: 3,
-                progress: false,
-            },
-        )
-        .unwrap()
-    };
+    let load = |dir: &Path| load_dir(&cfg.kafka, dir, 3);
     load(&first);
     let run1 = kafka::run_worker(&cfg, &options(2)).unwrap();
     assert_eq!(run1.resumed_from, None);
@@ -648,4 +663,135 @@ fn sigterm_stops_the_worker_cleanly_with_everything_committed() {
     assert!(log.contains("SIGTERM"), "{log}");
     assert!(log.contains("worker stopped"), "{log}");
     assert_eq!(committed(&cfg, &t.sales, 2), 19_130);
+}
+
+#[test]
+fn a_new_model_version_rescores_every_series_once_then_only_changed_ones() {
+    use stockcast::model::history::History;
+    use stockcast::model::train::{self, TrainOptions};
+
+    let mut cfg = config("reload", "day");
+    // Long enough that the worker cannot drain between the two loads below.
+    cfg.kafka.idle_timeout_secs = 20;
+    let m5 = shared("m5_mini");
+    let tmp = tempfile::tempdir().unwrap();
+    let (first, second) = (tmp.path().join("a"), tmp.path().join("b"));
+    split_sales(&m5, &first, "0000", "2014-01-01");
+    // Then one sale of one series, later on the last day: the epoch it closes changes only
+    // that series.
+    let late_sale = "2013-12-31T12:00:00Z,CA_1,HOBBIES_1_001,3,8.26";
+    std::fs::create_dir_all(&second).unwrap();
+    std::fs::write(
+        second.join("sales.csv"),
+        format!("date,store_id,sku_id,qty,price\n{late_sale}\n"),
+    )
+    .unwrap();
+    let all = tmp.path().join("all");
+    std::fs::create_dir_all(&all).unwrap();
+    let first_text = std::fs::read_to_string(first.join("sales.csv")).unwrap();
+    std::fs::write(all.join("sales.csv"), format!("{first_text}{late_sale}\n")).unwrap();
+
+    // Two versions of a small model, trained on the first half.
+    let history = History::load(&cfg, &first, 1).unwrap();
+    let versions: Vec<_> = [1u64, 2]
+        .iter()
+        .map(|seed| {
+            let mut o = TrainOptions::new(cfg.spec.horizon as usize);
+            o.seed = *seed;
+            o.max_epochs = 2;
+            o.hidden = vec![16];
+            o.refit = false;
+            train::train(&history, "m5_mini", &o).unwrap().0
+        })
+        .collect();
+    let (v1, v2) = (
+        versions[0].manifest.version.clone(),
+        versions[1].manifest.version.clone(),
+    );
+    assert_ne!(v1, v2);
+    let model_dir = tmp.path().join("model");
+    versions[0].save(&model_dir).unwrap();
+    cfg.model.dir = Some(model_dir.clone());
+
+    let load = |dir: &Path| load_dir(&cfg.kafka, dir, 2).published.values().sum::<u64>();
+    let n_first = load(&first);
+    let opts = options(2);
+    let progress = Arc::clone(&opts.progress);
+    let worker = {
+        let cfg = cfg.clone();
+        std::thread::spawn(move || kafka::run_worker(&cfg, &opts).unwrap())
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while progress.consumed.load(Ordering::SeqCst) < n_first
+        || progress.frontier.load(Ordering::SeqCst) == 0
+    {
+        assert!(Instant::now() < deadline, "the first half was not consumed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The late sale closes the last day's first epoch (every series changed); its own epoch
+    // stays open until the worker drains. The new version appears in between.
+    load(&second);
+    let noon = cfg
+        .clock
+        .epoch_of(stockcast::decode::parse_time("t", "2013-12-31T12:00:00Z").unwrap())
+        .unwrap();
+    while progress.frontier.load(Ordering::SeqCst) < noon {
+        assert!(Instant::now() < deadline, "the late sale was not consumed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    versions[1].save(&model_dir).unwrap();
+    let run = worker.join().unwrap();
+
+    let records: Vec<ForecastRecord> = consume_json(
+        &cfg.kafka,
+        &cfg.kafka.topics.forecasts,
+        run.stats.forecasts as usize,
+    );
+    assert_eq!(records.len() as u64, run.stats.forecasts);
+    let switch = records
+        .iter()
+        .filter(|r| r.model_version == v2)
+        .map(|r| r.epoch_end.clone())
+        .min()
+        .expect("no record of the new version");
+    // Before the switch only v1 scored, from it on only v2.
+    for r in &records {
+        let want = if r.epoch_end < switch { &v1 } else { &v2 };
+        assert_eq!(
+            &r.model_version, want,
+            "{} {}:{}",
+            r.epoch_end, r.store_id, r.sku_id
+        );
+    }
+    // The advance that switched scored its changed series and, once, every other series: the
+    // only progress record with more keys scored than changed.
+    let progress: Vec<wire::EpochRecord> = consume_json(
+        &cfg.kafka,
+        &cfg.kafka.topics.epochs,
+        run.stats.advances as usize,
+    );
+    let switched: Vec<&wire::EpochRecord> = progress
+        .iter()
+        .filter(|p| p.keys_scored != p.keys_changed)
+        .collect();
+    assert_eq!(switched.len(), 1, "{switched:?}");
+    let extra = switched[0].keys_scored - switched[0].keys_changed;
+    assert_eq!((switched[0].keys_changed, extra), (1, 9));
+    let switch_end = &switched[0].epoch_end;
+    assert!(*switch_end >= switch);
+    let mut renewed: Vec<(&str, &str)> = records
+        .iter()
+        .filter(|r| r.model_version == v2 && r.epoch_end <= *switch_end)
+        .map(|r| (r.store_id.as_str(), r.sku_id.as_str()))
+        .collect();
+    renewed.sort_unstable();
+    renewed.dedup();
+    assert_eq!(
+        renewed.len(),
+        10,
+        "every series has a forecast of the new model"
+    );
+    // Apart from those extra records, exactly what a replay publishes: changed series only.
+    let expected = replay_forecasts(&cfg, &all);
+    assert_eq!(records.len(), expected.len() + extra as usize);
 }

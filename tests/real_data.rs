@@ -1,31 +1,13 @@
 //! End-to-end replays of the real datasets in ../shared/data, and the feature table's
 //! definitions checked against an independent pass over the raw CSV.
 
+mod common;
+
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use stockcast::config::Config;
+use common::{resolved, shared};
 use stockcast::replay::{self, ReplayOptions};
-
-fn shared(name: &str) -> PathBuf {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/data")
-        .join(name);
-    assert!(
-        dir.join("sales.csv").exists(),
-        "{} is missing: the tests need ../shared/data beside the checkout",
-        dir.display()
-    );
-    dir
-}
-
-fn resolved(period: &str) -> stockcast::config::Resolved {
-    let text = format!("[time]\nperiod = \"{period}\"\n");
-    Config::parse(&text, Path::new("<test>"))
-        .unwrap()
-        .resolve(Path::new("<test>"))
-        .unwrap()
-}
 
 fn lines(path: &Path) -> usize {
     std::fs::read_to_string(path).unwrap().lines().count()

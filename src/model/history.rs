@@ -68,8 +68,19 @@ pub fn natural(schema: &Schema, vec: &FeatureVec, out: &mut Vec<f32>) {
 impl History {
     /// Replays `data_dir` with `cfg` and snapshots every period end.
     pub fn load(cfg: &Resolved, data_dir: &Path, workers: usize) -> Result<Self, ReplayError> {
+        Self::load_until(cfg, data_dir, None, workers)
+    }
+
+    /// [`History::load`] from the timed events with `ts <= as_of` only (reference data, the
+    /// promotion calendar included, is kept whole).
+    pub fn load_until(
+        cfg: &Resolved,
+        data_dir: &Path,
+        as_of: Option<i64>,
+        workers: usize,
+    ) -> Result<Self, ReplayError> {
         let data = files::load(data_dir)?;
-        let mut prepared = prepare(cfg, data, None);
+        let mut prepared = prepare(cfg, data, as_of);
         let events = std::mem::take(&mut prepared.events);
         let mut history = Self::from_events(cfg, events, workers)?;
         history.names = history

@@ -212,10 +212,12 @@ pub fn read_manifest(dir: &Path) -> Result<Manifest, ModelError> {
         path: path.clone(),
         source,
     })?;
-    serde_json::from_str(&text).map_err(|e| ModelError::Manifest {
+    let mut manifest: Manifest = serde_json::from_str(&text).map_err(|e| ModelError::Manifest {
         path,
         message: e.to_string(),
-    })
+    })?;
+    manifest.normalisation = manifest.normalisation.resolved();
+    Ok(manifest)
 }
 
 /// A trained model, ready to score.
@@ -303,7 +305,7 @@ impl QuantileModel {
         let mut x = vec![0f32; rows.len() * width];
         let mut scales = Vec::with_capacity(rows.len());
         for (r, row) in rows.iter().enumerate() {
-            let s = norm.scale(&self.schema, row);
+            let s = norm.scale(row);
             norm.inputs(row, s, &mut x[r * width..(r + 1) * width]);
             scales.push(s);
         }

@@ -50,6 +50,9 @@ pub struct Normalisation {
     pub scale_floor: f32,
     /// Clip of scaled demand features.
     pub clip: f32,
+    /// `scale_from` as row positions (from `columns`, which follow the schema).
+    #[serde(skip)]
+    scale_at: Vec<(usize, f32)>,
 }
 
 /// Window length encoded at the end of a name like `sales_sum_13w`.
@@ -118,7 +121,22 @@ impl Normalisation {
                 PeriodKind::Week => 0.1,
             },
             clip: 50.0,
+            scale_at: Vec::new(),
         }
+        .resolved()
+    }
+
+    /// Resolves the scale features to row positions; call after deserialising.
+    pub fn resolved(mut self) -> Self {
+        self.scale_at = self
+            .scale_from
+            .iter()
+            .filter_map(|(name, div)| {
+                let i = self.columns.iter().position(|c| &c.name == name)?;
+                Some((i, *div))
+            })
+            .collect();
+        self
     }
 
     /// Inputs per row.
@@ -127,13 +145,13 @@ impl Normalisation {
     }
 
     /// The scale of a raw row (natural units, NaN for missing, schema order).
-    pub fn scale(&self, schema: &Schema, row: &[f32]) -> f32 {
+    pub fn scale(&self, row: &[f32]) -> f32 {
         let mut s = self.scale_floor;
-        for (name, div) in &self.scale_from {
-            if let Some(v) = schema.index(name).map(|i| row[i] / div) {
-                if v > s {
-                    s = v;
-                }
+        for (i, div) in &self.scale_at {
+            let v = row[*i] / div;
+            // NaN compares false: a missing feature never raises the scale.
+            if v > s {
+                s = v;
             }
         }
         s

@@ -157,14 +157,15 @@ impl ModelWatch {
         if now == self.seen {
             return None;
         }
-        self.seen = now;
         let version = match read_manifest(&self.dir) {
             Ok(m) => m.version,
             Err(e) => {
-                tracing::error!(error = %e, "model directory changed but its manifest is unreadable; keeping the current model");
+                // Perhaps caught mid-write: look again at the next poll.
+                tracing::warn!(error = %e, "model directory changed but its manifest is unreadable; keeping the current model");
                 return None;
             }
         };
+        self.seen = now;
         if version == self.version {
             return None;
         }

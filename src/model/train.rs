@@ -124,7 +124,7 @@ fn candidates(
     for t in periods {
         let snap = &history.snapshots[t];
         for i in 0..snap.n {
-            let s = norm.scale(&history.schema, snap.row(i, width));
+            let s = norm.scale(snap.row(i, width));
             if s > norm.scale_floor {
                 out.push((t, i, s));
             }

@@ -302,3 +302,26 @@ pub fn random_events(seed: u64, period: PeriodKind, n: usize) -> Vec<Event> {
 pub fn clock_for(period: PeriodKind) -> Clock {
     Clock::new(6 * 3600, period).unwrap()
 }
+
+/// A dataset directory in ../shared/data; fails with a clear message when it is missing.
+pub fn shared(name: &str) -> std::path::PathBuf {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/data")
+        .join(name);
+    assert!(
+        dir.join("sales.csv").exists(),
+        "{} is missing: the tests need ../shared/data beside the checkout",
+        dir.display()
+    );
+    dir
+}
+
+/// The default configuration with `period` ("day" or "week").
+pub fn resolved(period: &str) -> stockcast::config::Resolved {
+    let text = format!("[time]\nperiod = \"{period}\"\n");
+    let origin = std::path::Path::new("<test>");
+    stockcast::config::Config::parse(&text, origin)
+        .unwrap()
+        .resolve(origin)
+        .unwrap()
+}

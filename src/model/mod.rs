@@ -82,10 +82,12 @@ pub struct Training {
     pub censored_weight: f32,
     /// Hidden layer sizes.
     pub hidden: Vec<usize>,
-    /// Training loss per epoch (weighted pinball, scale units).
+    /// Training loss per epoch of the holdout run (weighted pinball, scale units).
     pub train_loss: Vec<f64>,
     /// Holdout loss per epoch.
     pub validation_loss: Vec<f64>,
+    /// Training loss per epoch of the refit on all rows (empty without a refit).
+    pub refit_loss: Vec<f64>,
 }
 
 /// `manifest.json`.

@@ -132,10 +132,13 @@ pub fn training_report(m: &Manifest, dir: &Path) -> anyhow::Result<()> {
     if !t.validation_loss.is_empty() {
         curves.push(("holdout".to_string(), t.validation_loss.clone()));
     }
+    if !t.refit_loss.is_empty() {
+        curves.push(("refit on all rows".to_string(), t.refit_loss.clone()));
+    }
     line_chart(
         &dir.join("loss.png"),
         &format!("{} {}: weighted pinball loss", m.name, m.version),
-        "epoch (after the holdout run: the refit on all rows)",
+        "epoch",
         "loss (scale units)",
         &curves,
     )?;

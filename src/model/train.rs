@@ -409,7 +409,7 @@ pub fn train(
         opts.progress,
     );
     let net = Mlp::new(in_width, &opts.hidden, h, opts.seed)?;
-    let (mut train_loss, val_loss, best_epoch) = fit(
+    let (train_loss, val_loss, best_epoch) = fit(
         &net,
         &train_rows,
         Some(&val_rows),
@@ -419,13 +419,13 @@ pub fn train(
     )?;
     let validation = metrics(&net, &val_rows, in_width)?;
     let epochs_run = val_loss.len();
+    let mut refit_loss = Vec::new();
     let net = if opts.refit {
         bar.set_length(epochs_run as u64 + best_epoch as u64);
         let all_pairs: Vec<_> = train_pairs.iter().chain(&val_pairs).copied().collect();
         let all_rows = build(history, &norm, &all_pairs, h, opts.censored_weight);
         let refit = Mlp::new(in_width, &opts.hidden, h, opts.seed)?;
-        let (refit_loss, _, _) = fit(&refit, &all_rows, None, opts, best_epoch, &bar)?;
-        train_loss.extend(refit_loss);
+        refit_loss = fit(&refit, &all_rows, None, opts, best_epoch, &bar)?.0;
         refit
     } else {
         net
@@ -460,6 +460,7 @@ pub fn train(
             hidden: opts.hidden.clone(),
             train_loss,
             validation_loss: val_loss,
+            refit_loss,
         },
     };
     let model = QuantileModel::from_parts(manifest, history.schema.clone(), net);

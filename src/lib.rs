@@ -8,8 +8,13 @@
 //! - [`ids`]: store/SKU names to the stable ids the dataflow uses.
 //! - [`pipeline`]: scheduling events onto epochs (watermarks, lateness) and running the
 //!   `dataflows` crate's differential dataflow on N timely workers.
-//! - [`forecast`]: the `Forecaster` trait and the baselines (moving average, seasonal naive).
+//! - [`forecast`]: the `Forecaster` trait (quantile forecasts) and the baselines (moving
+//!   average, naive, seasonal naive).
 //! - [`replay`]: the `replay` and `features` commands: files in, forecasts and tables out.
+//! - [`model`]: the demand model (candle): snapshots from the dataflow, training, backtest,
+//!   scoring threads.
+//! - [`replenish`]: the order-up-to policy turning a quantile forecast and the stock position
+//!   into a recommendation (not yet wired into the outputs; see the replenishment issue).
 //! - [`kafka`]: the long-running worker on Kafka topics (`run`), the publisher (`load`), topic
 //!   admin, and the delivery guarantee.
 //! - [`demo`]: the embedded default: an in-process Kafka mock cluster fed by the generator.
@@ -30,5 +35,6 @@ pub mod kafka;
 pub mod model;
 pub mod pipeline;
 pub mod replay;
+pub mod replenish;
 pub mod signals;
 pub mod source;

@@ -123,12 +123,12 @@ pub struct Manifest {
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
     /// A file could not be read or written.
-    #[error("{path}: {source}")]
+    #[error("{path}: {message}")]
     Io {
         /// The file.
         path: PathBuf,
-        /// Why.
-        source: std::io::Error,
+        /// Why (the OS error).
+        message: String,
     },
     /// The manifest is not valid JSON of the expected shape.
     #[error("{path}: invalid manifest: {message}")]
@@ -210,9 +210,9 @@ pub fn check_schema(dir: &Path, manifest: &Manifest, schema: &Schema) -> Result<
 /// Reads `DIR/manifest.json`.
 pub fn read_manifest(dir: &Path) -> Result<Manifest, ModelError> {
     let path = dir.join(MANIFEST_FILE);
-    let text = std::fs::read_to_string(&path).map_err(|source| ModelError::Io {
+    let text = std::fs::read_to_string(&path).map_err(|e| ModelError::Io {
         path: path.clone(),
-        source,
+        message: e.to_string(),
     })?;
     let mut manifest: Manifest = serde_json::from_str(&text).map_err(|e| ModelError::Manifest {
         path,
@@ -275,7 +275,12 @@ impl QuantileModel {
 
     /// Writes `dir/model.safetensors` and `dir/manifest.json` (creating `dir`).
     pub fn save(&self, dir: &Path) -> Result<(), ModelError> {
-        let io = |path: PathBuf| move |source| ModelError::Io { path, source };
+        let io = |path: PathBuf| {
+            move |e: std::io::Error| ModelError::Io {
+                path,
+                message: e.to_string(),
+            }
+        };
         std::fs::create_dir_all(dir).map_err(io(dir.to_path_buf()))?;
         let weights = dir.join(WEIGHTS_FILE);
         self.net.save(&weights).map_err(|e| ModelError::Weights {

@@ -54,6 +54,9 @@ pub struct TrainArgs {
     /// Keep the early-stopped network instead of retraining on training and holdout rows.
     #[arg(long)]
     pub no_refit: bool,
+    /// Rows per gradient step.
+    #[arg(long, default_value_t = 512)]
+    pub batch_size: usize,
 }
 
 impl TrainArgs {
@@ -64,6 +67,7 @@ impl TrainArgs {
         o.max_epochs = self.max_epochs;
         o.censored_weight = self.censored_weight;
         o.refit = !self.no_refit;
+        o.batch_size = self.batch_size.max(1);
         o.progress = std::io::stderr().is_terminal();
         o
     }

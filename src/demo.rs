@@ -127,7 +127,9 @@ pub fn run(opts: &DemoOptions) -> anyhow::Result<()> {
     let mut cfg: Resolved = Config::default().resolve(std::path::Path::new("<defaults>"))?;
     cfg.kafka.brokers = cluster.bootstrap_servers();
     cfg.kafka.group_id = "stockcast-demo".into();
-    cfg.kafka.idle_timeout_secs = 2;
+    // Long enough that a loaded machine starving the publisher for a moment does not make a
+    // partition idle mid-stream (its next records would then be late); short enough for a demo.
+    cfg.kafka.idle_timeout_secs = 5;
     for (topic, _) in admin::all_topics(&cfg.kafka) {
         cluster
             .create_topic(&topic, opts.partitions, 1)

@@ -535,14 +535,13 @@ impl Feeder {
 }
 
 /// Reads the partition counts of the input topics and assigns this worker its share, from the
-/// beginning (see the module docs); returns the partitions with their committed offsets and
-/// whether they were empty at start.
+/// beginning (see the module docs); returns the partitions with their committed offsets.
 fn assign(
     consumer: &BaseConsumer,
     cfg: &Resolved,
     index: usize,
     peers: usize,
-) -> Result<Vec<(Partition, i64, bool)>, StreamError> {
+) -> Result<Vec<(Partition, i64)>, StreamError> {
     let kafka = &cfg.kafka;
     let mut mine = Vec::new();
     for (kind, topic) in input_topics(kafka) {
@@ -590,10 +589,7 @@ fn assign(
             .unwrap_or(0);
         tpl.set_partition_offset(&p.topic, p.partition, Offset::Beginning)
             .map_err(|e| StreamError::Kafka(e.to_string()))?;
-        let (low, high) = consumer
-            .fetch_watermarks(&p.topic, p.partition, START_TIMEOUT)
-            .map_err(|e| StreamError::Kafka(format!("watermarks of {}: {e}", p.label())))?;
-        out.push((p, c, high <= low));
+        out.push((p, c));
     }
     consumer
         .assign(&tpl)
@@ -906,7 +902,7 @@ fn work(
     let assigned = assign(&consumer, cfg, index, peers).map_err(|e| e.to_string())?;
     tracing::info!(
         worker = index,
-        partitions = ?assigned.iter().map(|(p, _, _)| p.label()).collect::<Vec<_>>(),
+        partitions = ?assigned.iter().map(|(p, _)| p.label()).collect::<Vec<_>>(),
         "assigned"
     );
     let started = Instant::now();
@@ -916,15 +912,12 @@ fn work(
         input: FeatureInput::new(cfg.clock, &cfg.spec, index),
         parts: assigned
             .into_iter()
-            .map(|(part, committed, empty)| PartState {
+            .map(|(part, committed)| PartState {
                 part,
                 max_ts: None,
-                // A partition empty at start does not hold time back while it stays silent.
-                last_seen: if empty {
-                    started.checked_sub(idle_after).unwrap_or(started)
-                } else {
-                    started
-                },
+                // Silence counts from the start: a partition that is still empty may be about to
+                // receive records from a producer that is slow to reach it.
+                last_seen: started,
                 spoke: false,
                 next_offset: 0,
                 held: BTreeSet::new(),
@@ -1035,8 +1028,8 @@ fn work(
         match goal {
             Target::Hold => {}
             Target::Until(e) => feeder.advance(e),
-            // Exiting needs a full idle timeout of listening first: at start, partitions that
-            // are still empty count as idle, and a producer may just be starting.
+            // Exiting needs a full idle timeout of listening first: a producer may just be
+            // starting.
             Target::Drain(_) if started.elapsed() < idle_after => {}
             Target::Drain(e) => {
                 feeder.advance(e);

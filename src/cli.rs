@@ -210,6 +210,39 @@ pub enum Command {
         #[command(flatten)]
         run: RunArgs,
     },
+    /// Replay the history through an inventory model: orders by stockcast's recommendation (a
+    /// model trained on the periods before, swept over service levels) and by the buyer's
+    /// moving-average rule (swept over safety factors). Writes summary.json, report.md and
+    /// tradeoff.png.
+    Simulate {
+        /// Dataset directory.
+        #[arg(long)]
+        data: PathBuf,
+        /// Policies to simulate (comma-separated); the headline needs both.
+        #[arg(long, value_enum, value_delimiter = ',', default_values_t = [crate::simulate::PolicyKind::Stockcast, crate::simulate::PolicyKind::Ma])]
+        policy: Vec<crate::simulate::PolicyKind>,
+        /// Report directory (created).
+        #[arg(long)]
+        out: PathBuf,
+        /// Periods simulated, ending with the data's last (default 26 weeks or 182 days).
+        #[arg(long)]
+        periods: Option<usize>,
+        /// Service levels of the stockcast sweep (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        service_levels: Option<Vec<f64>>,
+        /// Safety factors of the baseline sweep (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        safety_factors: Option<Vec<f64>>,
+        /// Use this model directory instead of training one on the periods before.
+        #[arg(long)]
+        model: Option<PathBuf>,
+        /// How to train.
+        #[command(flatten)]
+        train: TrainArgs,
+        /// How to run.
+        #[command(flatten)]
+        run: RunArgs,
+    },
     /// Generate a seeded synthetic dataset (sales, stock movements, catalog, stores, promotions).
     Generate {
         /// Output directory.
@@ -396,6 +429,61 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 );
             }
             tracing::info!(out = %out.display(), "backtest report written");
+        }
+        Command::Simulate {
+            data,
+            policy,
+            out,
+            periods,
+            service_levels,
+            safety_factors,
+            model,
+            train,
+            run,
+        } => {
+            let cfg = resolve_with_horizon(&run, None)?;
+            let h = cfg.spec.horizon as usize;
+            let mut opts = crate::simulate::SimOptions::new(cfg.clock.period_kind(), h);
+            opts.policies = policy;
+            opts.train = train.options(h);
+            opts.model = model;
+            if let Some(p) = periods {
+                opts.periods = p;
+            }
+            if let Some(v) = service_levels {
+                anyhow::ensure!(
+                    v.iter().all(|l| *l > 0.0 && *l < 1.0),
+                    "--service-levels: each must be strictly between 0 and 1"
+                );
+                opts.service_levels = v;
+            }
+            if let Some(v) = safety_factors {
+                anyhow::ensure!(
+                    v.iter().all(|f| *f > 0.0 && f.is_finite()),
+                    "--safety-factors: each must be positive"
+                );
+                opts.safety_factors = v;
+            }
+            let summary = crate::simulate::simulate(&cfg, &data, &opts, run.workers)?;
+            crate::simulate::write_report(&summary, &out)?;
+            for o in &summary.outcomes {
+                println!(
+                    "{:<10} {:>6}  avg inventory {:>10.2}  stock-out periods {:>7} ({:.4})  fill rate {:.4}",
+                    o.policy, o.setting, o.avg_inventory, o.stockout_periods, o.stockout_rate, o.fill_rate
+                );
+            }
+            match summary.stockout_reduction_at_equal_inventory {
+                Some(r) => println!(
+                    "stock-out reduction at equal inventory (service level {}): {:.1}%",
+                    summary.headline_service_level,
+                    100.0 * r
+                ),
+                None => println!(
+                    "no matched comparison at service level {}",
+                    summary.headline_service_level
+                ),
+            }
+            tracing::info!(out = %out.display(), "simulation report written");
         }
         Command::Generate {
             out,

@@ -28,6 +28,69 @@ pub struct Config {
     /// The Kafka source and sink of `run`, `load` and the demo.
     #[serde(default)]
     pub kafka: KafkaConfig,
+    /// Order recommendations.
+    #[serde(default)]
+    pub replenish: ReplenishConfig,
+}
+
+/// `[replenish]`: the order policy's settings and the defaults for items the catalog leaves
+/// open.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplenishConfig {
+    /// Target probability of no stock-out before the next order can arrive, in (0, 1).
+    #[serde(default = "default_service_level")]
+    pub service_level: f64,
+    /// Days between two order decisions.
+    #[serde(default = "default_seven")]
+    pub review_days: u32,
+    /// Lead time of items whose catalog entry has none.
+    #[serde(default = "default_seven")]
+    pub lead_time_days: u32,
+    /// Pack size of items whose catalog entry has none.
+    #[serde(default = "default_pack")]
+    pub pack_size: f64,
+    /// Minimum order of items whose catalog entry has none.
+    #[serde(default)]
+    pub min_order_qty: f64,
+    /// Per-category overrides, by the catalog's category name.
+    #[serde(default)]
+    pub categories: std::collections::BTreeMap<String, CategoryPolicy>,
+}
+
+/// `[replenish.categories.<name>]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CategoryPolicy {
+    /// Service level of the category's items.
+    pub service_level: Option<f64>,
+    /// Review period of the category's items, days.
+    pub review_days: Option<u32>,
+}
+
+fn default_service_level() -> f64 {
+    0.95
+}
+
+fn default_seven() -> u32 {
+    7
+}
+
+fn default_pack() -> f64 {
+    1.0
+}
+
+impl Default for ReplenishConfig {
+    fn default() -> Self {
+        ReplenishConfig {
+            service_level: default_service_level(),
+            review_days: default_seven(),
+            lead_time_days: default_seven(),
+            pack_size: default_pack(),
+            min_order_qty: 0.0,
+            categories: Default::default(),
+        }
+    }
 }
 
 /// `[time]`.
@@ -274,6 +337,8 @@ pub struct Resolved {
     pub model: ModelSettings,
     /// Kafka settings.
     pub kafka: KafkaConfig,
+    /// Order policy settings (validated).
+    pub replenish: ReplenishConfig,
 }
 
 impl Config {
@@ -361,11 +426,65 @@ impl Config {
             allowed_lateness_secs: self.time.allowed_lateness_secs.min(i64::MAX as u64) as i64,
             baseline: self.forecast.baseline,
             kafka: self.resolve_kafka(origin)?,
+            replenish: self.resolve_replenish(origin)?,
         })
     }
 }
 
 impl Config {
+    fn resolve_replenish(&self, origin: &Path) -> Result<ReplenishConfig, ConfigError> {
+        let r = &self.replenish;
+        let invalid = |field, message: String| ConfigError::Invalid {
+            file: origin.to_path_buf(),
+            field,
+            message,
+        };
+        let level = |field, v: f64| {
+            if v > 0.0 && v < 1.0 {
+                Ok(())
+            } else {
+                Err(invalid(
+                    field,
+                    format!("{v} must be strictly between 0 and 1"),
+                ))
+            }
+        };
+        let days = |field, v: u32| {
+            if (1..=365).contains(&v) {
+                Ok(())
+            } else {
+                Err(invalid(
+                    field,
+                    format!("{v} must be between 1 and 365 days"),
+                ))
+            }
+        };
+        level("replenish.service_level", r.service_level)?;
+        days("replenish.review_days", r.review_days)?;
+        days("replenish.lead_time_days", r.lead_time_days)?;
+        if !(r.pack_size > 0.0 && r.pack_size.is_finite()) {
+            return Err(invalid(
+                "replenish.pack_size",
+                format!("{} must be positive", r.pack_size),
+            ));
+        }
+        if !(r.min_order_qty >= 0.0 && r.min_order_qty.is_finite()) {
+            return Err(invalid(
+                "replenish.min_order_qty",
+                format!("{} must be 0 or more", r.min_order_qty),
+            ));
+        }
+        for c in r.categories.values() {
+            if let Some(v) = c.service_level {
+                level("replenish.categories.*.service_level", v)?;
+            }
+            if let Some(v) = c.review_days {
+                days("replenish.categories.*.review_days", v)?;
+            }
+        }
+        Ok(r.clone())
+    }
+
     fn resolve_kafka(&self, origin: &Path) -> Result<KafkaConfig, ConfigError> {
         let k = &self.kafka;
         let invalid = |field, message: &str| ConfigError::Invalid {
@@ -434,6 +553,34 @@ mod tests {
         .unwrap();
         let msg = c.resolve(Path::new("c.toml")).unwrap_err().to_string();
         assert!(msg.contains("forecast.horizon_periods"), "{msg}");
+    }
+
+    #[test]
+    fn replenish_values_are_checked_and_named() {
+        for (text, field) in [
+            (
+                "[replenish]\nservice_level = 1.0\n",
+                "replenish.service_level",
+            ),
+            ("[replenish]\nreview_days = 0\n", "replenish.review_days"),
+            ("[replenish]\npack_size = -2\n", "replenish.pack_size"),
+            (
+                "[replenish.categories.A]\nservice_level = 0\n",
+                "replenish.categories.*.service_level",
+            ),
+        ] {
+            let c = Config::parse(text, Path::new("r.toml")).unwrap();
+            let msg = c.resolve(Path::new("r.toml")).unwrap_err().to_string();
+            assert!(msg.contains("r.toml") && msg.contains(field), "{msg}");
+        }
+        let c = Config::parse(
+            "[replenish]\nservice_level = 0.9\n[replenish.categories.A]\nreview_days = 3\n",
+            Path::new("r.toml"),
+        )
+        .unwrap();
+        let r = c.resolve(Path::new("r.toml")).unwrap().replenish;
+        assert_eq!(r.service_level, 0.9);
+        assert_eq!(r.categories["A"].review_days, Some(3));
     }
 
     #[test]

@@ -37,4 +37,5 @@ pub mod pipeline;
 pub mod replay;
 pub mod replenish;
 pub mod signals;
+pub mod simulate;
 pub mod source;

@@ -23,8 +23,13 @@
 //! - Stock-out risk: the probability that demand over the lead time (before anything ordered now
 //!   can arrive) exceeds on hand plus on order.
 
+use std::collections::HashMap;
+
+use dataflows::PeriodKind;
 use serde::{Deserialize, Serialize};
 
+use crate::config::ReplenishConfig;
+use crate::decode::{CatalogItem, Record, Store};
 use crate::forecast::Forecast;
 
 /// Divisor of the 0.1-0.9 quantile range of a normal: `2 * 1.2816`.
@@ -71,6 +76,94 @@ pub struct Recommendation {
     pub cover_periods: Option<f64>,
     /// Probability of a stock-out before an order placed now can arrive.
     pub stockout_risk: f64,
+}
+
+/// The catalog and the store list by name; a later record of a key replaces the earlier one.
+#[derive(Clone, Debug, Default)]
+pub struct Reference {
+    items: HashMap<String, CatalogItem>,
+    stores: HashMap<String, Store>,
+}
+
+impl Reference {
+    /// The reference records among `records`, in order.
+    pub fn from_records<'a>(records: impl IntoIterator<Item = &'a Record>) -> Self {
+        let mut r = Reference::default();
+        for record in records {
+            r.upsert(record);
+        }
+        r
+    }
+
+    /// Applies one record (anything but catalog and store records is ignored).
+    pub fn upsert(&mut self, record: &Record) {
+        match record {
+            Record::Catalog(item) => {
+                self.items.insert(item.sku_id.clone(), item.clone());
+            }
+            Record::Store(store) => {
+                self.stores.insert(store.store_id.clone(), store.clone());
+            }
+            _ => {}
+        }
+    }
+
+    /// Removes a catalog item (a deletion on its compacted topic).
+    pub fn remove_item(&mut self, sku: &str) {
+        self.items.remove(sku);
+    }
+
+    /// Removes a store.
+    pub fn remove_store(&mut self, store: &str) {
+        self.stores.remove(store);
+    }
+
+    /// The catalog entry of `sku`, if any.
+    pub fn item(&self, sku: &str) -> Option<&CatalogItem> {
+        self.items.get(sku)
+    }
+
+    /// The policy of one series: the catalog's lead time, pack and minimum order where it has
+    /// them, else `cfg`'s defaults; the category's service level and review period where `cfg`
+    /// overrides them; inactive when the item or the store is. An unknown item or store counts
+    /// as active. Days become periods of `period` (a 10-day lead time is 10/7 of a week).
+    pub fn policy(
+        &self,
+        cfg: &ReplenishConfig,
+        period: PeriodKind,
+        store: &str,
+        sku: &str,
+    ) -> Policy {
+        let days = match period {
+            PeriodKind::Day => 1.0,
+            PeriodKind::Week => 7.0,
+        };
+        let item = self.items.get(sku);
+        let category = item
+            .and_then(|i| i.category.as_deref())
+            .and_then(|c| cfg.categories.get(c));
+        let units = |milli: Option<i64>| milli.map(|m| m as f64 / 1000.0);
+        let lead_days = item
+            .and_then(|i| i.lead_time_days)
+            .filter(|d| *d > 0)
+            .map_or(f64::from(cfg.lead_time_days), |d| d as f64);
+        let review_days = category
+            .and_then(|c| c.review_days)
+            .unwrap_or(cfg.review_days);
+        Policy {
+            lead_time: lead_days / days,
+            review: f64::from(review_days) / days,
+            service_level: category
+                .and_then(|c| c.service_level)
+                .unwrap_or(cfg.service_level),
+            pack_size: units(item.and_then(|i| i.pack_size))
+                .filter(|p| *p > 0.0)
+                .unwrap_or(cfg.pack_size),
+            min_order_qty: units(item.and_then(|i| i.min_order_qty)).unwrap_or(cfg.min_order_qty),
+            active: item.is_none_or(|i| i.active)
+                && self.stores.get(store).is_none_or(|s| s.active),
+        }
+    }
 }
 
 /// Mean and standard deviation of demand over the first `periods` periods (fractional allowed).
@@ -132,7 +225,7 @@ pub fn normal_quantile(p: f64) -> f64 {
 }
 
 /// Rounds a positive need up to whole packs, at least the minimum order quantity.
-fn order_size(need: f64, pack: f64, moq: f64) -> f64 {
+pub fn order_size(need: f64, pack: f64, moq: f64) -> f64 {
     if need <= 1e-9 {
         return 0.0;
     }
@@ -204,6 +297,61 @@ mod tests {
             min_order_qty: 12.0,
             active: true,
         }
+    }
+
+    #[test]
+    fn policies_come_from_the_catalog_then_the_category_then_the_defaults() {
+        let mut cfg = ReplenishConfig::default();
+        cfg.categories.insert(
+            "FROZEN".into(),
+            crate::config::CategoryPolicy {
+                service_level: Some(0.99),
+                review_days: Some(14),
+            },
+        );
+        let item = |sku: &str, category: Option<&str>, lead: Option<i64>, active| {
+            Record::Catalog(CatalogItem {
+                sku_id: sku.into(),
+                category: category.map(str::to_string),
+                pack_size: Some(12_000),
+                lead_time_days: lead,
+                min_order_qty: Some(24_000),
+                active,
+            })
+        };
+        let mut r = Reference::from_records(&[
+            item("ice", Some("FROZEN"), Some(3), true),
+            item("gum", None, None, true),
+            Record::Store(Store {
+                store_id: "closed".into(),
+                region: None,
+                active: false,
+            }),
+        ]);
+        let ice = r.policy(&cfg, PeriodKind::Week, "s1", "ice");
+        assert_eq!(
+            (
+                ice.service_level,
+                ice.review,
+                ice.pack_size,
+                ice.min_order_qty
+            ),
+            (0.99, 2.0, 12.0, 24.0)
+        );
+        assert!((ice.lead_time - 3.0 / 7.0).abs() < 1e-12 && ice.active);
+        let gum = r.policy(&cfg, PeriodKind::Day, "s1", "gum");
+        assert_eq!(
+            (gum.lead_time, gum.review, gum.service_level),
+            (7.0, 7.0, 0.95)
+        );
+        let unknown = r.policy(&cfg, PeriodKind::Day, "s1", "new");
+        assert_eq!((unknown.pack_size, unknown.min_order_qty), (1.0, 0.0));
+        assert!(unknown.active);
+        assert!(!r.policy(&cfg, PeriodKind::Day, "closed", "gum").active);
+        // A later record replaces the earlier one.
+        r.upsert(&item("gum", None, Some(2), false));
+        let gum = r.policy(&cfg, PeriodKind::Day, "s1", "gum");
+        assert_eq!((gum.lead_time, gum.active), (2.0, false));
     }
 
     #[test]

@@ -233,6 +233,15 @@ fn score_into(
     }
 }
 
+/// Forecasts every series known at snapshot `t` with `f`, in series order.
+pub(crate) fn forecast_series(history: &History, t: usize, f: &dyn Forecaster) -> Vec<Forecast> {
+    forecast_all(history, t, f)
+        .forecasts
+        .into_iter()
+        .map(|(_, f)| f)
+        .collect()
+}
+
 /// Forecasts every series known at snapshot `t` with `f`.
 fn forecast_all(history: &History, t: usize, f: &dyn Forecaster) -> Scored {
     let snap = &history.snapshots[t];

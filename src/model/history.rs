@@ -79,7 +79,16 @@ impl History {
         as_of: Option<i64>,
         workers: usize,
     ) -> Result<Self, ReplayError> {
-        let data = files::load(data_dir)?;
+        Self::from_dataset(cfg, files::load(data_dir)?, as_of, workers)
+    }
+
+    /// [`History::load_until`] of a dataset already read.
+    pub fn from_dataset(
+        cfg: &Resolved,
+        data: files::Dataset,
+        as_of: Option<i64>,
+        workers: usize,
+    ) -> Result<Self, ReplayError> {
         let mut prepared = prepare(cfg, data, as_of);
         let events = std::mem::take(&mut prepared.events);
         let mut history = Self::from_events(cfg, events, workers)?;

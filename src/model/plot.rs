@@ -66,10 +66,6 @@ fn line_chart(
     y_label: &str,
     series: &[(String, Vec<f64>)],
 ) -> anyhow::Result<()> {
-    font()?;
-    let err = draw_err(path);
-    let root = BitMapBackend::new(path, (900, 540)).into_drawing_area();
-    root.fill(&WHITE).map_err(&err)?;
     let n = series
         .iter()
         .map(|(_, v)| v.len())
@@ -86,12 +82,59 @@ fn line_chart(
     } else {
         (lo.min(0.0), hi * 1.05 + 1e-9)
     };
+    let curves: Vec<(String, Vec<(f64, f64)>)> = series
+        .iter()
+        .map(|(name, ys)| {
+            let points = ys
+                .iter()
+                .enumerate()
+                .filter(|(_, y)| y.is_finite())
+                .map(|(x, y)| (x as f64 + 1.0, *y))
+                .collect();
+            (name.clone(), points)
+        })
+        .collect();
+    let labels = (title, x_label, y_label);
+    draw_curves(path, labels, (1.0, n as f64), (lo, hi), &curves, false)
+}
+
+/// A chart of curves through `(x, y)` points from the origin, each point marked.
+pub(crate) fn xy_chart(
+    path: &Path,
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    series: &[(String, Vec<(f64, f64)>)],
+) -> anyhow::Result<()> {
+    let points = series
+        .iter()
+        .flat_map(|(_, v)| v.iter())
+        .filter(|(x, y)| x.is_finite() && y.is_finite());
+    let (x_hi, y_hi) = points.fold((0f64, 0f64), |(a, b), (x, y)| (a.max(*x), b.max(*y)));
+    let labels = (title, x_label, y_label);
+    let (x, y) = ((0.0, x_hi * 1.05 + 1e-9), (0.0, y_hi * 1.05 + 1e-9));
+    draw_curves(path, labels, x, y, series, true)
+}
+
+/// Draws `series` as lines (and point markers) in the given ranges, with a legend.
+fn draw_curves(
+    path: &Path,
+    (title, x_label, y_label): (&str, &str, &str),
+    x: (f64, f64),
+    y: (f64, f64),
+    series: &[(String, Vec<(f64, f64)>)],
+    markers: bool,
+) -> anyhow::Result<()> {
+    font()?;
+    let err = draw_err(path);
+    let root = BitMapBackend::new(path, (900, 540)).into_drawing_area();
+    root.fill(&WHITE).map_err(&err)?;
     let mut chart = ChartBuilder::on(&root)
-        .caption(title, ("sans-serif", 22))
+        .caption(title, ("sans-serif", 20))
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(60)
-        .build_cartesian_2d(1f64..n as f64, lo..hi)
+        .build_cartesian_2d(x.0..x.1, y.0..y.1)
         .map_err(&err)?;
     chart
         .configure_mesh()
@@ -99,21 +142,23 @@ fn line_chart(
         .y_desc(y_label)
         .draw()
         .map_err(&err)?;
-    for (k, (name, ys)) in series.iter().enumerate() {
+    for (k, (name, pts)) in series.iter().enumerate() {
         let color = PALETTE[k % PALETTE.len()];
-        let points: Vec<(f64, f64)> = ys
-            .iter()
-            .enumerate()
-            .filter(|(_, y)| y.is_finite())
-            .map(|(x, y)| (x as f64 + 1.0, *y))
-            .collect();
         chart
-            .draw_series(LineSeries::new(points, color.stroke_width(2)))
+            .draw_series(LineSeries::new(pts.iter().copied(), color.stroke_width(2)))
             .map_err(&err)?
             .label(name.as_str())
             .legend(move |(x, y)| {
                 PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
             });
+        if markers {
+            chart
+                .draw_series(
+                    pts.iter()
+                        .map(|&(x, y)| Circle::new((x, y), 3, color.filled())),
+                )
+                .map_err(&err)?;
+        }
     }
     chart
         .configure_series_labels()

@@ -138,6 +138,10 @@ pub enum Command {
         /// Model directory written by `train`, overriding the config's `forecast.model_dir`.
         #[arg(long, env = "STOCKCAST_MODEL")]
         model: Option<PathBuf>,
+        /// Address of the HTTP server (metrics, health, read API), overriding `http.listen`;
+        /// "" turns it off.
+        #[arg(long, env = "STOCKCAST_LISTEN")]
+        listen: Option<String>,
         /// How to run.
         #[command(flatten)]
         run: RunArgs,
@@ -511,6 +515,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             exit_when_idle,
             forecaster,
             model,
+            listen,
             run,
         } => {
             let mut cfg = resolve(&run)?;
@@ -531,6 +536,18 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 exit_when_idle,
                 stop,
                 wall_clock: crate::kafka::stream::system_clock(),
+            };
+            let listen = listen.unwrap_or_else(|| cfg.http.listen.clone());
+            let _server = if listen.is_empty() {
+                None
+            } else {
+                let server = crate::http::serve(
+                    &listen,
+                    std::sync::Arc::clone(&opts.progress),
+                    cfg.http.stall_secs,
+                )
+                .with_context(|| format!("serving HTTP on {listen}"))?;
+                Some(server)
             };
             let r = crate::kafka::run_worker(&cfg, &opts)?;
             let s = &r.stats;

@@ -31,6 +31,38 @@ pub struct Config {
     /// Order recommendations.
     #[serde(default)]
     pub replenish: ReplenishConfig,
+    /// The HTTP server of `run`: metrics, health and the read API.
+    #[serde(default)]
+    pub http: HttpConfig,
+}
+
+/// `[http]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Address of `/metrics`, `/healthz`, `/readyz` and `/v1`; empty turns the server off.
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// `/healthz` fails once no epoch closed for this long (after the first one did).
+    #[serde(default = "default_stall")]
+    pub stall_secs: u64,
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:9898".into()
+}
+
+fn default_stall() -> u64 {
+    1800
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: default_listen(),
+            stall_secs: default_stall(),
+        }
+    }
 }
 
 /// `[replenish]`: the order policy's settings and the defaults for items the catalog leaves
@@ -339,6 +371,8 @@ pub struct Resolved {
     pub kafka: KafkaConfig,
     /// Order policy settings (validated).
     pub replenish: ReplenishConfig,
+    /// HTTP server settings.
+    pub http: HttpConfig,
 }
 
 impl Config {
@@ -427,11 +461,31 @@ impl Config {
             baseline: self.forecast.baseline,
             kafka: self.resolve_kafka(origin)?,
             replenish: self.resolve_replenish(origin)?,
+            http: self.resolve_http(origin)?,
         })
     }
 }
 
 impl Config {
+    fn resolve_http(&self, origin: &Path) -> Result<HttpConfig, ConfigError> {
+        let h = &self.http;
+        let invalid = |field, message: String| ConfigError::Invalid {
+            file: origin.to_path_buf(),
+            field,
+            message,
+        };
+        if !h.listen.is_empty() && h.listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(invalid(
+                "http.listen",
+                format!("`{}` is not an address like 127.0.0.1:9898", h.listen),
+            ));
+        }
+        if h.stall_secs == 0 {
+            return Err(invalid("http.stall_secs", "must be at least 1".into()));
+        }
+        Ok(h.clone())
+    }
+
     fn resolve_replenish(&self, origin: &Path) -> Result<ReplenishConfig, ConfigError> {
         let r = &self.replenish;
         let invalid = |field, message: String| ConfigError::Invalid {

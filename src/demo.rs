@@ -264,18 +264,23 @@ pub fn print_top(
         last.unwrap_or("-")
     );
     println!(
-        "  {:<6} {:<9} {:>10} {:>9} {:>9}",
-        "store", "sku", "forecast", "on_hand", "on_order"
+        "  {:<6} {:<9} {:>10} {:>9} {:>9} {:>9} {:>12} {:>6}",
+        "store", "sku", "forecast", "on_hand", "on_order", "order", "order_up_to", "risk"
     );
     let num = |x: Option<f64>| x.map_or("-".into(), |x| format!("{x:.0}"));
     for (total, r) in rows.iter().take(10) {
+        let a = &r.recommendation;
         println!(
-            "  {:<6} {:<9} {:>10.1} {:>9} {:>9}",
+            "  {:<6} {:<9} {:>10.1} {:>9} {:>9} {:>9} {:>12.0} {:>6}",
             r.store_id,
             r.sku_id,
             total,
             num(r.on_hand),
-            num(r.on_order)
+            num(r.on_order),
+            num(a.order_qty),
+            a.order_up_to,
+            a.stockout_risk
+                .map_or("-".into(), |p| format!("{:.0}%", 100.0 * p))
         );
     }
 }

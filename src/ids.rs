@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 
 use dataflows::features::fnv1a64;
-use dataflows::model::{Id, Promotion};
+use dataflows::model::{Id, ItemAttrs, Promotion};
 use dataflows::{Event, Key, PeriodKind};
 
 use crate::decode::Record;
@@ -31,8 +31,13 @@ pub struct Dictionary {
     skus: HashMap<Id, String>,
 }
 
+/// The id of a store or SKU name (without registering it).
+pub fn name_id(name: &str) -> Id {
+    fnv1a64(name.as_bytes())
+}
+
 fn intern(map: &mut HashMap<Id, String>, name: &str) -> Result<Id, Collision> {
-    let id = fnv1a64(name.as_bytes());
+    let id = name_id(name);
     match map.get(&id) {
         Some(existing) if existing != name => Err(Collision {
             existing: existing.clone(),
@@ -65,14 +70,9 @@ impl Dictionary {
         })
     }
 
-    /// The dataflow event of a decoded record, registering its names; `None` for reference
-    /// data the dataflow does not consume (catalog items and stores, whose names are registered).
-    pub fn event(
-        &mut self,
-        record: &Record,
-        period: PeriodKind,
-    ) -> Result<Option<Event>, Collision> {
-        Ok(Some(match record {
+    /// The dataflow event of a decoded record, registering its names.
+    pub fn event(&mut self, record: &Record, period: PeriodKind) -> Result<Event, Collision> {
+        Ok(match record {
             Record::Sale(s) => Event::Sale {
                 key: self.key(&s.store_id, &s.sku_id)?,
                 ts: s.ts,
@@ -95,15 +95,21 @@ impl Dictionary {
                     end: period.period_of(p.end),
                 }),
             },
-            Record::Catalog(c) => {
-                self.sku(&c.sku_id)?;
-                return Ok(None);
-            }
-            Record::Store(s) => {
-                self.store(&s.store_id)?;
-                return Ok(None);
-            }
-        }))
+            Record::Catalog(c) => Event::Item {
+                sku: self.sku(&c.sku_id)?,
+                def: Some(ItemAttrs {
+                    category: c.category.as_deref().map(category_id),
+                    lead_time_days: c.lead_time_days,
+                    pack_size: c.pack_size,
+                    min_order_qty: c.min_order_qty,
+                    active: c.active,
+                }),
+            },
+            Record::Store(s) => Event::Store {
+                store: self.store(&s.store_id)?,
+                active: Some(s.active),
+            },
+        })
     }
 
     /// The names of a key; ids never registered show as `#<hex>`.
@@ -113,6 +119,11 @@ impl Dictionary {
         };
         (name(&self.stores, key.store), name(&self.skus, key.sku))
     }
+}
+
+/// The id of a category name (the `category_id` feature holds it as `i64`).
+pub fn category_id(name: &str) -> Id {
+    fnv1a64(name.as_bytes())
 }
 
 /// The id of a promotion name.

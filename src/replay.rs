@@ -85,13 +85,7 @@ pub fn prepare(cfg: &Resolved, data: Dataset, as_of: Option<i64>) -> Prepared {
     for (record, origin) in &data.records {
         let kind = files::FileKind::of(record).name();
         *counts.entry(kind).or_default() += 1;
-        let event = match dict.event(record, period) {
-            Ok(Some(e)) => Ok(e),
-            // Catalog and stores feed replenishment (a later stage); here they are validated
-            // and their names registered.
-            Ok(None) => continue,
-            Err(e) => Err(e),
-        };
+        let event = dict.event(record, period);
         match event {
             Ok(e) if e.ts().is_some() => {
                 if as_of.is_none_or(|t| e.ts().is_some_and(|ts| ts <= t)) {
@@ -152,7 +146,7 @@ fn promo_calendar_from_sales(
             discount_pct: None,
         });
         // The sale itself registered these names, so no collision can arise here.
-        if let Ok(Some(e)) = dict.event(&promo, period) {
+        if let Ok(e) = dict.event(&promo, period) {
             out.push((e, *origin));
         }
     }
@@ -205,6 +199,8 @@ pub struct ForecastRecord {
     pub on_hand: Option<f64>,
     /// Units on order, where stock movements were seen.
     pub on_order: Option<f64>,
+    /// What to order and why (see the README's replenishment section).
+    pub recommendation: crate::replenish::Advice,
 }
 
 fn round3(xs: &[f64]) -> Vec<f64> {
@@ -218,6 +214,7 @@ impl ForecastRecord {
         (store_id, sku_id): (String, String),
         schema: &Schema,
         forecaster: &dyn Forecaster,
+        planner: &crate::replenish::Planner,
         vec: &FeatureVec,
         forecast: &Forecast,
     ) -> Self {
@@ -234,6 +231,7 @@ impl ForecastRecord {
             forecast_p90: round3(&forecast.p90),
             on_hand: value("on_hand"),
             on_order: value("on_order"),
+            recommendation: planner.advise(schema, vec, forecast),
         }
     }
 }
@@ -347,6 +345,7 @@ pub fn replay(cfg: &Resolved, opts: &ReplayOptions) -> Result<Summary, ReplayErr
     let events = Arc::new(std::mem::take(&mut prepared.events));
     let schema = cfg.spec.schema();
     let (scorer, _) = crate::model::scorer(cfg)?;
+    let planner = crate::replenish::Planner::new(&cfg.replenish, &schema, cfg.clock.period_kind());
     let plan = pipeline::plan(&cfg.clock, cfg.allowed_lateness_secs, &events, None);
 
     let forecasts_path = opts.out.join("forecasts.jsonl");
@@ -394,6 +393,7 @@ pub fn replay(cfg: &Resolved, opts: &ReplayOptions) -> Result<Summary, ReplayErr
                 &end,
                 &schema,
                 &scorer,
+                &planner,
                 &prepared.dict,
                 &out.changed,
             )
@@ -471,6 +471,7 @@ fn write_forecasts(
     epoch_end: &str,
     schema: &Schema,
     scorer: &Scorer,
+    planner: &crate::replenish::Planner,
     dict: &Dictionary,
     changed: &[(Key, FeatureVec)],
 ) -> std::io::Result<()> {
@@ -480,7 +481,7 @@ fn write_forecasts(
     let vecs: Vec<&FeatureVec> = named.iter().map(|(_, v)| *v).collect();
     let forecasts = scorer.score(&vecs);
     for ((names, vec), f) in named.into_iter().zip(&forecasts) {
-        let line = ForecastRecord::new(epoch_end, names, schema, scorer.model(), vec, f);
+        let line = ForecastRecord::new(epoch_end, names, schema, scorer.model(), planner, vec, f);
         serde_json::to_writer(&mut *w, &line)?;
         w.write_all(b"\n")?;
     }

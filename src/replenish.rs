@@ -25,10 +25,11 @@
 
 use std::collections::HashMap;
 
-use dataflows::PeriodKind;
+use dataflows::model::Id;
+use dataflows::{FeatureVec, PeriodKind, Schema};
 use serde::{Deserialize, Serialize};
 
-use crate::config::ReplenishConfig;
+use crate::config::{CategoryPolicy, ReplenishConfig};
 use crate::decode::{CatalogItem, Record, Store};
 use crate::forecast::Forecast;
 
@@ -76,6 +77,136 @@ pub struct Recommendation {
     pub cover_periods: Option<f64>,
     /// Probability of a stock-out before an order placed now can arrive.
     pub stockout_risk: f64,
+}
+
+/// What a forecast record says about ordering: the recommendation and the policy it follows.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Advice {
+    /// Units to order now (whole packs); `None` without stock data, when on hand is unknown.
+    pub order_qty: Option<f64>,
+    /// Order-up-to level, units.
+    pub order_up_to: f64,
+    /// Reorder point, units.
+    pub reorder_point: f64,
+    /// Periods the stock on hand lasts at the mean forecast; `None` without stock data or demand.
+    pub cover_periods: Option<f64>,
+    /// Probability of a stock-out before an order placed now arrives; `None` without stock data.
+    pub stockout_risk: Option<f64>,
+    /// Lead time used, days.
+    pub lead_time_days: f64,
+    /// Review period used, days.
+    pub review_days: f64,
+    /// Service level used.
+    pub service_level: f64,
+    /// Pack size used, units.
+    pub pack_size: f64,
+    /// Minimum order used, units.
+    pub min_order_qty: f64,
+    /// Item and store both active.
+    pub active: bool,
+}
+
+/// Recommendations from feature vectors: the policy of a series comes from its reference
+/// features (`lead_time_days`, `pack_size`, `min_order_qty`, `active`, `category_id`, which the
+/// dataflow keeps current from the catalog and store topics) and the configuration.
+#[derive(Clone, Debug)]
+pub struct Planner {
+    cfg: ReplenishConfig,
+    days_per_period: f64,
+    categories: HashMap<Id, CategoryPolicy>,
+    at: PlannerIndex,
+}
+
+#[derive(Clone, Debug)]
+struct PlannerIndex {
+    lead: Option<usize>,
+    pack: Option<usize>,
+    moq: Option<usize>,
+    active: Option<usize>,
+    category: Option<usize>,
+    on_hand: Option<usize>,
+    on_order: Option<usize>,
+}
+
+fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+
+impl Planner {
+    /// A planner for vectors of `schema` with `period`-long periods.
+    pub fn new(cfg: &ReplenishConfig, schema: &Schema, period: PeriodKind) -> Self {
+        Planner {
+            cfg: cfg.clone(),
+            days_per_period: match period {
+                PeriodKind::Day => 1.0,
+                PeriodKind::Week => 7.0,
+            },
+            categories: cfg
+                .categories
+                .iter()
+                .map(|(name, c)| (crate::ids::category_id(name), c.clone()))
+                .collect(),
+            at: PlannerIndex {
+                lead: schema.index("lead_time_days"),
+                pack: schema.index("pack_size"),
+                moq: schema.index("min_order_qty"),
+                active: schema.index("active"),
+                category: schema.index("category_id"),
+                on_hand: schema.index("on_hand"),
+                on_order: schema.index("on_order"),
+            },
+        }
+    }
+
+    /// The advice for a series with features `vec` (of the planner's schema) and `forecast`.
+    pub fn advise(&self, schema: &Schema, vec: &FeatureVec, forecast: &Forecast) -> Advice {
+        let value = |i: Option<usize>| i.and_then(|i| schema.value(vec, i));
+        let raw = |i: Option<usize>| {
+            i.map(|i| vec.0[i])
+                .filter(|v| *v != dataflows::model::MISSING)
+        };
+        let category = raw(self.at.category).and_then(|c| self.categories.get(&(c as u64)));
+        let lead_time_days = value(self.at.lead)
+            .filter(|d| *d > 0.0)
+            .unwrap_or(f64::from(self.cfg.lead_time_days));
+        let review_days = f64::from(
+            category
+                .and_then(|c| c.review_days)
+                .unwrap_or(self.cfg.review_days),
+        );
+        let policy = Policy {
+            lead_time: lead_time_days / self.days_per_period,
+            review: review_days / self.days_per_period,
+            service_level: category
+                .and_then(|c| c.service_level)
+                .unwrap_or(self.cfg.service_level),
+            pack_size: value(self.at.pack)
+                .filter(|p| *p > 0.0)
+                .unwrap_or(self.cfg.pack_size),
+            min_order_qty: value(self.at.moq).unwrap_or(self.cfg.min_order_qty),
+            active: value(self.at.active).is_none_or(|a| a > 0.0),
+        };
+        let on_hand = value(self.at.on_hand);
+        let position = Position {
+            on_hand: on_hand.unwrap_or(0.0),
+            on_order: value(self.at.on_order).unwrap_or(0.0),
+        };
+        let r = recommend(forecast, &position, &policy);
+        let known = |x: f64| on_hand.is_some().then_some(round3(x));
+        Advice {
+            order_qty: known(r.order_qty),
+            order_up_to: round3(r.order_up_to),
+            reorder_point: round3(r.reorder_point),
+            cover_periods: r.cover_periods.and_then(known),
+            stockout_risk: known(r.stockout_risk),
+            lead_time_days,
+            review_days,
+            service_level: policy.service_level,
+            pack_size: policy.pack_size,
+            min_order_qty: policy.min_order_qty,
+            active: policy.active,
+        }
+    }
 }
 
 /// The catalog and the store list by name; a later record of a key replaces the earlier one.
@@ -352,6 +483,51 @@ mod tests {
         r.upsert(&item("gum", None, Some(2), false));
         let gum = r.policy(&cfg, PeriodKind::Day, "s1", "gum");
         assert_eq!((gum.lead_time, gum.active), (2.0, false));
+    }
+
+    #[test]
+    fn the_planner_reads_reference_features_and_category_overrides() {
+        let schema = dataflows::FeatureSpec::daily().schema();
+        let mut v = vec![dataflows::model::MISSING; schema.features.len()];
+        let mut set = |name: &str, x: i64| v[schema.index(name).unwrap()] = x;
+        set("lead_time_days", 14);
+        set("pack_size", 6_000);
+        set("active", 1);
+        set("category_id", crate::ids::category_id("FROZEN") as i64);
+        set("on_hand", 5_000);
+        set("on_order", 0);
+        let mut cfg = ReplenishConfig::default();
+        cfg.categories.insert(
+            "FROZEN".into(),
+            CategoryPolicy {
+                service_level: Some(0.99),
+                review_days: Some(3),
+            },
+        );
+        let planner = Planner::new(&cfg, &schema, PeriodKind::Day);
+        let f = flat(8.0, 10.0, 12.0, 28);
+        let a = planner.advise(&schema, &FeatureVec(v.clone()), &f);
+        assert_eq!(
+            (
+                a.lead_time_days,
+                a.review_days,
+                a.service_level,
+                a.pack_size
+            ),
+            (14.0, 3.0, 0.99, 6.0)
+        );
+        let qty = a.order_qty.unwrap();
+        assert!(qty > 0.0 && qty % 6.0 == 0.0, "{a:?}");
+        assert!(a.order_up_to > 170.0, "17 days of ~10 a day: {a:?}");
+        assert_eq!(a.cover_periods, Some(0.5));
+        // Without stock data, nothing that needs on hand is claimed.
+        v[schema.index("on_hand").unwrap()] = dataflows::model::MISSING;
+        let a = planner.advise(&schema, &FeatureVec(v), &f);
+        assert_eq!(
+            (a.order_qty, a.stockout_risk, a.cover_periods),
+            (None, None, None)
+        );
+        assert_eq!(a.order_up_to, a.order_up_to.max(170.0));
     }
 
     #[test]

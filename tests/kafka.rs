@@ -799,3 +799,106 @@ fn a_new_model_version_rescores_every_series_once_then_only_changed_ones() {
     let expected = replay_forecasts(&cfg, &all);
     assert_eq!(records.len(), expected.len() + extra as usize);
 }
+
+/// `GET path` on `addr`: (status, body). A plain HTTP/1.1 client for the test only.
+fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    let status = raw
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = raw
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_string();
+    (status, body)
+}
+
+#[test]
+fn the_http_api_and_every_metric_answer_from_a_running_worker() {
+    let cfg = config("http", "day");
+    let tmp = tempfile::tempdir().unwrap();
+    let params = stockcast::generate::Params {
+        stores: 2,
+        skus: 4,
+        days: 60,
+        ..Default::default()
+    };
+    stockcast::generate::generate_to_dir(&params, tmp.path()).unwrap();
+    load_dir(&cfg.kafka, tmp.path(), 2);
+    let opts = options(2);
+    let progress = Arc::clone(&opts.progress);
+    let server = stockcast::http::serve("127.0.0.1:0", Arc::clone(&progress), 600).unwrap();
+    let addr = server.addr;
+    let worker = {
+        let cfg = cfg.clone();
+        std::thread::spawn(move || kafka::run_worker(&cfg, &opts).unwrap())
+    };
+    // Not ready before the worker has its partitions; ready once it runs.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while progress.frontier.load(Ordering::SeqCst) == 0 {
+        assert!(Instant::now() < deadline, "no epoch closed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (status, body) = http_get(addr, "/readyz");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(http_get(addr, "/healthz").0, 200);
+    let run = worker.join().unwrap();
+    assert!(run.stats.forecasts > 0);
+
+    // Every metric the registry declares is exported, with the traffic it saw.
+    let (status, text) = http_get(addr, "/metrics");
+    assert_eq!(status, 200);
+    for name in progress.metrics.names() {
+        assert!(text.contains(&format!("# TYPE {name} ")), "{name} missing");
+    }
+    let sales = &cfg.kafka.topics.sales;
+    assert!(
+        text.contains(&format!(
+            "stockcast_events_consumed_total{{partition=\"0\",topic=\"{sales}\"}}"
+        )),
+        "{text}"
+    );
+    assert!(text.contains("stockcast_model_info{name=\"baseline-ma\",version=\"1\"} 1"));
+    assert!(
+        !text.contains("S000") && !text.contains("SKU0"),
+        "no series ids in labels"
+    );
+    let closed = text
+        .lines()
+        .find_map(|l| l.strip_prefix("stockcast_epochs_closed_total "))
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap();
+    assert_eq!(closed, run.stats.epochs);
+
+    // The read API answers from the worker's state.
+    let (store, sku) = run.latest.keys().next().unwrap().clone();
+    let (status, body) = http_get(addr, &format!("/v1/forecasts/{store}/{sku}"));
+    assert_eq!(status, 200, "{body}");
+    let rec: ForecastRecord = serde_json::from_str(&body).unwrap();
+    assert_eq!(rec, run.latest[&(store.clone(), sku)]);
+    assert_eq!(http_get(addr, "/v1/forecasts/nope/none").0, 404);
+    let (status, body) = http_get(addr, &format!("/v1/recommendations?store={store}&limit=3"));
+    assert_eq!(status, 200, "{body}");
+    let recs: Vec<ForecastRecord> = serde_json::from_str(&body).unwrap();
+    assert!(!recs.is_empty() && recs.len() <= 3, "{body}");
+    let qty = |r: &ForecastRecord| r.recommendation.order_qty.unwrap();
+    for w in recs.windows(2) {
+        assert!(qty(&w[0]) >= qty(&w[1]), "largest orders first");
+    }
+    assert!(recs.iter().all(|r| r.store_id == store && qty(r) > 0.0));
+    let (status, body) = http_get(addr, "/v1/recommendations?limit=zero");
+    assert_eq!(status, 400);
+    assert!(body.contains("limit"), "{body}");
+    drop(server);
+}

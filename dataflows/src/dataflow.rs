@@ -4,9 +4,16 @@
 //! series  (key, Base|Period|Clock): Agg ─────────────────────────────┐
 //! promos  (sku, promotion)  ── in one store ── (key, Promo) ─────────┤ concat -> exchange by key
 //!                           └─ all stores ── join keys by sku ───────┘           │
-//! keys    (sku, store) ── distinct ─┘                                            v
+//! keys    (sku, store) ── distinct ─┘                                            │
+//! items   (sku, attributes) ── join keys by sku ── (key, Category|LeadTime|..) ──┤
+//! stores  (store, open) ── closed ── join keys by store ── (key, StoreInactive) ─┤
+//!                                                                                v
 //!                                    series_features (per changed series) -> (key, FeatureVec)
 //! ```
+//!
+//! Reference data reaches exactly the series it concerns: a catalog change of a SKU changes the
+//! records (and so, where a value changed, the features) of that SKU's series in every store,
+//! and nothing else.
 //!
 //! The output is a collection; at each epoch its updates are exactly a retraction of the old and
 //! an insertion of the new vector for each series whose features changed, and nothing else.
@@ -54,7 +61,7 @@ pub fn features<'s>(
     let chain_promos = promos
         .filter(|(_, p)| p.store.is_none())
         .map(|(sku, p)| (sku, (p.start, p.end)))
-        .join_map(stores_by_sku, |sku, &(start, end), store| {
+        .join_map(stores_by_sku.clone(), |sku, &(start, end), store| {
             (
                 Key {
                     store: *store,
@@ -63,12 +70,41 @@ pub fn features<'s>(
                 Rec::Promo { start, end },
             )
         });
-    // Promotion records in the series' difference type.
-    let promo_records = store_promos
+    // Catalog attributes apply to every series of the SKU.
+    let item_records = inputs
+        .items
+        .to_collection(scope)
+        .join_map(stores_by_sku.clone(), |sku, attrs, store| {
+            let key = Key {
+                store: *store,
+                sku: *sku,
+            };
+            (key, *attrs)
+        })
+        .flat_map(|(key, attrs)| attrs.records().map(move |rec| (key, rec)));
+    // A closed store closes all its series.
+    let store_records = inputs
+        .stores
+        .to_collection(scope)
+        .filter(|(_, open)| !*open)
+        .join_map(
+            stores_by_sku.map(|(sku, store)| (store, sku)),
+            |store, _, sku| {
+                let key = Key {
+                    store: *store,
+                    sku: *sku,
+                };
+                (key, Rec::StoreInactive)
+            },
+        );
+    // Calendar and reference records in the series' difference type.
+    let reference_records = store_promos
         .concat(chain_promos)
+        .concat(item_records)
+        .concat(store_records)
         .explode(|rec| Some((rec, Agg::present(1))));
 
-    series_features(series.concat(promo_records), spec)
+    series_features(series.concat(reference_records), spec)
 }
 
 /// Evaluates a series' features from its accumulated records (sorted by record), or `None`
@@ -86,6 +122,13 @@ fn evaluate(
             Rec::Period(p) => scratch.add(now, p, agg),
             Rec::Promo { start, end } if agg.n > 0 => scratch.promos.push((start, end)),
             Rec::Promo { .. } | Rec::Clock(_) => {}
+            _ if agg.n <= 0 => {}
+            Rec::Category(id) => scratch.item.category = Some(id),
+            Rec::LeadTime(days) => scratch.item.lead_time_days = Some(days),
+            Rec::PackSize(milli) => scratch.item.pack_size = Some(milli),
+            Rec::MinOrder(milli) => scratch.item.min_order_qty = Some(milli),
+            Rec::ItemInactive => scratch.item.active = false,
+            Rec::StoreInactive => scratch.store_open = false,
         }
     }
     Some(compute(spec, now, scratch))

@@ -7,7 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{Agg, FeatureVec, MISSING};
+use crate::model::{Agg, FeatureVec, ItemAttrs, MISSING};
 use crate::time::{weekday_of_day, Period, PeriodKind};
 
 /// Weeks in a year for the same-week-last-year features.
@@ -81,6 +81,17 @@ impl std::fmt::Display for SpecError {
 }
 
 impl std::error::Error for SpecError {}
+
+/// Features that describe the series for replenishment rather than its demand: the catalog's
+/// lead time, pack size and minimum order, whether item and store are active, and the
+/// category's id (its name's [`fnv1a64`] as `i64`). They come last in every schema.
+pub const REFERENCE_FEATURES: [&str; 5] = [
+    "lead_time_days",
+    "pack_size",
+    "min_order_qty",
+    "active",
+    "category_id",
+];
 
 const WEEKDAYS: [&str; 7] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
 
@@ -199,6 +210,11 @@ impl FeatureSpec {
         }
         push("on_hand".into(), 1000);
         push("on_order".into(), 1000);
+        push("lead_time_days".into(), 1);
+        push("pack_size".into(), 1000);
+        push("min_order_qty".into(), 1000);
+        push("active".into(), 1);
+        push("category_id".into(), 1);
         let joined: Vec<&str> = features.iter().map(|f| f.name.as_str()).collect();
         let hash = format!("{:016x}", fnv1a64(joined.join("\n").as_bytes()));
         Schema { features, hash }
@@ -259,6 +275,10 @@ pub struct SeriesState {
     pub base: Agg,
     /// Calendar promotions `(start, end)` covering the series.
     pub promos: Vec<(Period, Period)>,
+    /// The SKU's catalog attributes (all absent and active without a catalog entry).
+    pub item: ItemAttrs,
+    /// Whether the store is open (true without a store record).
+    pub store_open: bool,
     /// Ages written since the last clear.
     touched: Vec<usize>,
     /// Scratch for prefix sums of demand by age.
@@ -273,6 +293,8 @@ impl SeriesState {
             by_age: vec![Agg::default(); r],
             base: Agg::default(),
             promos: Vec::new(),
+            item: ItemAttrs::default(),
+            store_open: true,
             touched: Vec::new(),
             cumulative: vec![0; r + 1],
         }
@@ -298,6 +320,8 @@ impl SeriesState {
         }
         self.base = Agg::default();
         self.promos.clear();
+        self.item = ItemAttrs::default();
+        self.store_open = true;
     }
 }
 
@@ -418,6 +442,12 @@ pub fn compute(spec: &FeatureSpec, now: Period, st: &mut SeriesState) -> Feature
         out.push(MISSING);
         out.push(MISSING);
     }
+    let item = &st.item;
+    out.push(item.lead_time_days.unwrap_or(MISSING));
+    out.push(item.pack_size.unwrap_or(MISSING));
+    out.push(item.min_order_qty.unwrap_or(MISSING));
+    out.push(i64::from(item.active && st.store_open));
+    out.push(item.category.map_or(MISSING, |c| c as i64));
     FeatureVec(out)
 }
 

@@ -5,6 +5,7 @@
 //!   -> FeatureInput::apply      per-period totals  -> series input   (key, Period(p)) += Agg
 //!   -> FeatureInput::advance_to period rollover     -> series input   (key, Clock(w))  += new - old
 //!   -> promotion upserts                            -> promos input   (sku, promotion) +-1
+//!   -> catalog and store upserts                    -> items / stores (id, attributes) +-1
 //! ```
 //!
 //! Windows slide because every series' clock moves at the epoch where a period rolls over; the
@@ -22,7 +23,7 @@ use std::collections::{HashMap, HashSet};
 use differential_dataflow::input::InputSession;
 
 use crate::features::FeatureSpec;
-use crate::model::{Agg, Event, Id, Key, Promotion, Rec};
+use crate::model::{Agg, Event, Id, ItemAttrs, Key, Promotion, Rec};
 use crate::time::{Clock, Epoch, Period};
 
 /// The differential inputs one worker feeds.
@@ -33,6 +34,10 @@ pub struct Inputs {
     pub promos: InputSession<Epoch, (Id, Promotion), isize>,
     /// Series registered by this worker, as (sku, store).
     pub keys: InputSession<Epoch, (Id, Id), isize>,
+    /// Catalog attributes by SKU.
+    pub items: InputSession<Epoch, (Id, ItemAttrs), isize>,
+    /// Whether each store is open, by store.
+    pub stores: InputSession<Epoch, (Id, bool), isize>,
 }
 
 impl Default for Inputs {
@@ -41,6 +46,8 @@ impl Default for Inputs {
             series: InputSession::new(),
             promos: InputSession::new(),
             keys: InputSession::new(),
+            items: InputSession::new(),
+            stores: InputSession::new(),
         }
     }
 }
@@ -90,6 +97,34 @@ pub struct FeatureInput {
     keys: HashSet<Key>,
     /// Current calendar promotions by id, for upserts.
     promos: HashMap<Id, Promotion>,
+    /// Current catalog attributes by SKU, for upserts.
+    items: HashMap<Id, ItemAttrs>,
+    /// Current store states, for upserts.
+    stores: HashMap<Id, bool>,
+}
+
+/// Replaces `key`'s entry in `current` with `new` and sends the difference to `session`.
+fn upsert<V: Copy + PartialEq + Ord + std::fmt::Debug + 'static>(
+    current: &mut HashMap<Id, V>,
+    session: &mut InputSession<Epoch, (Id, V), isize>,
+    key: Id,
+    new: Option<V>,
+) where
+    (Id, V): differential_dataflow::Data,
+{
+    let old = match new {
+        Some(v) => current.insert(key, v),
+        None => current.remove(&key),
+    };
+    if old == new {
+        return;
+    }
+    if let Some(old) = old {
+        session.update((key, old), -1);
+    }
+    if let Some(new) = new {
+        session.update((key, new), 1);
+    }
 }
 
 impl FeatureInput {
@@ -104,6 +139,8 @@ impl FeatureInput {
             now: None,
             keys: HashSet::new(),
             promos: HashMap::new(),
+            items: HashMap::new(),
+            stores: HashMap::new(),
         }
     }
 
@@ -130,6 +167,8 @@ impl FeatureInput {
         self.inputs.series.advance_to(epoch);
         self.inputs.promos.advance_to(epoch);
         self.inputs.keys.advance_to(epoch);
+        self.inputs.items.advance_to(epoch);
+        self.inputs.stores.advance_to(epoch);
         let period = self.clock.period_of_epoch(epoch);
         match self.now {
             Some(now) if period > now => self.roll_over(now, period),
@@ -165,6 +204,14 @@ impl FeatureInput {
                 if let Some(new) = def {
                     self.inputs.promos.update((new.sku, *new), 1);
                 }
+                Ok(())
+            }
+            Event::Item { sku, def } => {
+                upsert(&mut self.items, &mut self.inputs.items, *sku, *def);
+                Ok(())
+            }
+            Event::Store { store, active } => {
+                upsert(&mut self.stores, &mut self.inputs.stores, *store, *active);
                 Ok(())
             }
             Event::Sale { key, ts, .. } | Event::Stock { key, ts, .. } => {
@@ -216,6 +263,8 @@ impl FeatureInput {
         self.inputs.series.flush();
         self.inputs.promos.flush();
         self.inputs.keys.flush();
+        self.inputs.items.flush();
+        self.inputs.stores.flush();
     }
 }
 

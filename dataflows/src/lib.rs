@@ -22,5 +22,5 @@ pub mod model;
 pub mod time;
 
 pub use features::{FeatureSpec, Schema};
-pub use model::{Agg, Event, FeatureVec, Key, Promotion, StockKind};
+pub use model::{Agg, Event, FeatureVec, ItemAttrs, Key, Promotion, StockKind};
 pub use time::{Clock, Epoch, Period, PeriodKind};

@@ -56,6 +56,49 @@ pub struct Promotion {
     pub end: Period,
 }
 
+/// What the catalog says about a SKU, as the dataflow keeps it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ItemAttrs {
+    /// Id of the category name, if any.
+    pub category: Option<Id>,
+    /// Supplier lead time in days.
+    pub lead_time_days: Option<i64>,
+    /// Units per pack, milli-units.
+    pub pack_size: Option<i64>,
+    /// Minimum order quantity, milli-units.
+    pub min_order_qty: Option<i64>,
+    /// Whether the SKU is still sold.
+    pub active: bool,
+}
+
+impl Default for ItemAttrs {
+    /// A SKU without a catalog entry: nothing known, active.
+    fn default() -> Self {
+        ItemAttrs {
+            category: None,
+            lead_time_days: None,
+            pack_size: None,
+            min_order_qty: None,
+            active: true,
+        }
+    }
+}
+
+impl ItemAttrs {
+    /// The per-series records that carry these attributes (nothing for an absent value).
+    pub fn records(self) -> impl Iterator<Item = Rec> {
+        [
+            self.category.map(Rec::Category),
+            self.lead_time_days.map(Rec::LeadTime),
+            self.pack_size.map(Rec::PackSize),
+            self.min_order_qty.map(Rec::MinOrder),
+            (!self.active).then_some(Rec::ItemInactive),
+        ]
+        .into_iter()
+        .flatten()
+    }
+}
+
 /// A validated input event, already keyed by ids and in milli-units.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Event {
@@ -90,6 +133,20 @@ pub enum Event {
         /// The new definition.
         def: Option<Promotion>,
     },
+    /// An upsert (or, with `None`, a deletion) of a catalog item.
+    Item {
+        /// The SKU.
+        sku: Id,
+        /// Its attributes.
+        def: Option<ItemAttrs>,
+    },
+    /// An upsert (or, with `None`, a deletion) of a store.
+    Store {
+        /// The store.
+        store: Id,
+        /// Whether it is open.
+        active: Option<bool>,
+    },
 }
 
 impl Event {
@@ -97,7 +154,7 @@ impl Event {
     pub fn ts(&self) -> Option<i64> {
         match self {
             Event::Sale { ts, .. } | Event::Stock { ts, .. } => Some(*ts),
-            Event::Promotion { .. } => None,
+            Event::Promotion { .. } | Event::Item { .. } | Event::Store { .. } => None,
         }
     }
 
@@ -105,7 +162,7 @@ impl Event {
     pub fn key(&self) -> Option<Key> {
         match self {
             Event::Sale { key, .. } | Event::Stock { key, .. } => Some(*key),
-            Event::Promotion { .. } => None,
+            Event::Promotion { .. } | Event::Item { .. } | Event::Store { .. } => None,
         }
     }
 }
@@ -175,7 +232,7 @@ impl Agg {
                     ..Agg::default()
                 })
             }
-            Event::Promotion { .. } => None,
+            Event::Promotion { .. } | Event::Item { .. } | Event::Store { .. } => None,
         }
     }
 
@@ -264,6 +321,18 @@ pub enum Rec {
     /// The current period as seen by one worker: its difference's `n` accumulates to the
     /// period plus one, so a rollover is a single update of `new - old`.
     Clock(u32),
+    /// The SKU's category id (catalog).
+    Category(Id),
+    /// The SKU's lead time in days (catalog).
+    LeadTime(i64),
+    /// The SKU's pack size, milli-units (catalog).
+    PackSize(i64),
+    /// The SKU's minimum order quantity, milli-units (catalog).
+    MinOrder(i64),
+    /// The SKU is no longer sold (catalog).
+    ItemInactive,
+    /// The store is closed.
+    StoreInactive,
 }
 
 /// Value of a feature that cannot be computed (no stock data, no price seen).

@@ -37,7 +37,7 @@ pub mod stream;
 pub mod wire;
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use rdkafka::producer::{DeliveryResult, ProducerContext};
 use rdkafka::{ClientConfig, ClientContext};
@@ -169,11 +169,18 @@ pub fn run_worker(
         );
     }
     let (scorer, watch) = crate::model::scorer(cfg)?;
-    let mut sink = sink::KafkaSink::new(cfg, scorer, watch, resumed_from, opts.stop.clone())?;
+    let mut sink = sink::KafkaSink::new(
+        cfg,
+        scorer,
+        watch,
+        resumed_from,
+        opts.stop.clone(),
+        Arc::clone(&opts.progress),
+    )?;
     stream::run(cfg, opts, |closed, dict| sink.on_closed(closed, dict))?;
     Ok(WorkerRun {
         stats: sink.stats().clone(),
-        latest: sink.latest().clone(),
+        latest: sink.latest(),
         resumed_from,
         secs: started.elapsed().as_secs_f64(),
     })

@@ -27,7 +27,7 @@ use crate::ids::Dictionary;
 use crate::model::scorer::{ModelWatch, Scorer};
 use crate::replay::{rfc3339, ForecastRecord};
 
-use super::stream::{commit_metadata, Closed};
+use super::stream::{commit_metadata, Closed, Progress};
 use super::wire::{DeadLetterRecord, EpochRecord, ORIGINAL_VALUE_HEADER};
 use super::{client_config, Acks};
 
@@ -72,6 +72,8 @@ pub struct KafkaSink {
     cfg: Resolved,
     clock: Clock,
     schema: Schema,
+    /// Turns forecasts into order recommendations.
+    planner: crate::replenish::Planner,
     scorer: Scorer,
     /// Watches the model directory; with it, every series' latest features are kept so a new
     /// model version can re-score them all.
@@ -83,7 +85,8 @@ pub struct KafkaSink {
     resume_from: Option<Epoch>,
     stop: Arc<AtomicBool>,
     stats: SinkStats,
-    latest: HashMap<(String, String), ForecastRecord>,
+    /// The process's live state: metrics, latest forecasts, readiness.
+    progress: Arc<Progress>,
 }
 
 /// Why the sink could not start.
@@ -110,7 +113,11 @@ impl KafkaSink {
         watch: Option<ModelWatch>,
         resume_from: Option<Epoch>,
         stop: Arc<AtomicBool>,
+        progress: Arc<Progress>,
     ) -> Result<Self, SinkError> {
+        let model = scorer.model();
+        progress.metrics.set_model(model.name(), model.version());
+        progress.model_loaded.store(true, Ordering::SeqCst);
         let committer = client_config(&cfg.kafka)
             .set("group.id", &cfg.kafka.group_id)
             .set("enable.auto.commit", "false")
@@ -120,6 +127,11 @@ impl KafkaSink {
             cfg: cfg.clone(),
             clock: cfg.clock,
             schema: cfg.spec.schema(),
+            planner: crate::replenish::Planner::new(
+                &cfg.replenish,
+                &cfg.spec.schema(),
+                cfg.clock.period_kind(),
+            ),
             scorer,
             watch,
             features: HashMap::new(),
@@ -128,7 +140,7 @@ impl KafkaSink {
             resume_from,
             stop,
             stats: SinkStats::default(),
-            latest: HashMap::new(),
+            progress,
         })
     }
 
@@ -145,6 +157,7 @@ impl KafkaSink {
             dict.names(key),
             &self.schema,
             self.scorer.model(),
+            &self.planner,
             vec,
             forecast,
         )
@@ -157,8 +170,9 @@ impl KafkaSink {
             value: serde_json::to_vec(&rec).unwrap_or_default(),
             original: None,
         });
-        self.latest
-            .insert((rec.store_id.clone(), rec.sku_id.clone()), rec);
+        if let Ok(mut latest) = self.progress.latest.write() {
+            latest.insert((rec.store_id.clone(), rec.sku_id.clone()), rec);
+        }
     }
 
     /// What was written so far.
@@ -167,8 +181,12 @@ impl KafkaSink {
     }
 
     /// The latest forecast of every series scored.
-    pub fn latest(&self) -> &HashMap<(String, String), ForecastRecord> {
-        &self.latest
+    pub fn latest(&self) -> HashMap<(String, String), ForecastRecord> {
+        self.progress
+            .latest
+            .read()
+            .map(|l| l.clone())
+            .unwrap_or_default()
     }
 
     /// Writes one advance; returns once it is acknowledged and committed (or the run stops).
@@ -211,6 +229,9 @@ impl KafkaSink {
                 .as_mut()
                 .and_then(|w| w.poll(&self.schema, self.clock.period_kind()))
             {
+                self.progress
+                    .metrics
+                    .set_model(&model.manifest.name, &model.manifest.version);
                 self.scorer.set_model(Arc::new(model));
                 rescore = true;
             }
@@ -219,6 +240,7 @@ impl KafkaSink {
         let suppressed = |e: Epoch| resume_from.is_some_and(|r| e < r);
         let mut keys_changed = 0u64;
         let mut keys_scored = 0u64;
+        let mut scoring_secs = 0.0;
         let mut scored_now: HashSet<Key> = HashSet::new();
         for (epoch, changed) in &closed.changed {
             if self.watch.is_some() {
@@ -230,7 +252,9 @@ impl KafkaSink {
             }
             let end = rfc3339(self.clock.epoch_end(*epoch));
             let vecs: Vec<&FeatureVec> = changed.iter().map(|(_, v)| v).collect();
+            let scoring = Instant::now();
             let forecasts = self.scorer.score(&vecs);
+            scoring_secs += scoring.elapsed().as_secs_f64();
             for ((key, vec), forecast) in changed.iter().zip(&forecasts) {
                 let rec = self.record(&end, dict, key, vec, forecast);
                 self.push_forecast(&mut batch, &topics, rec);
@@ -255,7 +279,9 @@ impl KafkaSink {
                 .map(|(k, v)| (*k, v.clone()))
                 .collect();
             let vecs: Vec<&FeatureVec> = rest.iter().map(|(_, v)| v).collect();
+            let scoring = Instant::now();
             let forecasts = self.scorer.score(&vecs);
+            scoring_secs += scoring.elapsed().as_secs_f64();
             for ((key, vec), forecast) in rest.iter().zip(&forecasts) {
                 let rec = self.record(&end, dict, key, vec, forecast);
                 self.push_forecast(&mut batch, &topics, rec);
@@ -270,13 +296,26 @@ impl KafkaSink {
                 .or_default() += n;
         }
         self.stats.late += closed.late;
+        let m = &self.progress.metrics;
+        m.late_events.inc_by(closed.late);
         if !self.deliver(&batch) {
             return;
         }
+        let m = &self.progress.metrics;
+        for d in &closed.dead {
+            m.dead_letters.with_label_values(&[d.reason]).inc();
+        }
         self.stats.forecasts += keys_scored;
+        if let Ok(latest) = self.progress.latest.read() {
+            m.state_records.set(latest.len() as i64);
+        }
         if !advanced {
             return;
         }
+        m.epochs_closed.inc_by(closed.epochs_closed);
+        m.keys_changed.observe(keys_changed as f64);
+        m.keys_scored.observe(keys_scored as f64);
+        m.scoring_seconds.observe(scoring_secs);
         self.stats.advances += 1;
         self.stats.epochs += closed.epochs_closed;
         let last_closed = match closed.frontier {
@@ -285,7 +324,13 @@ impl KafkaSink {
         };
         if let Some(e) = last_closed {
             self.stats.last_epoch_end = Some(rfc3339(self.clock.epoch_end(e)));
+            self.progress
+                .last_epoch_end
+                .store(self.clock.epoch_end(e), Ordering::Relaxed);
         }
+        self.progress
+            .last_advance
+            .store(chrono::Utc::now().timestamp(), Ordering::Relaxed);
         let frontier = closed
             .frontier
             .or_else(|| last_closed.map(|e| e + 1))
@@ -326,6 +371,10 @@ impl KafkaSink {
             return;
         }
         self.commit(&closed, frontier);
+        if let Some(t) = closed.closed_at {
+            let m = &self.progress.metrics;
+            m.epoch_seconds.observe(t.elapsed().as_secs_f64());
+        }
     }
 
     /// Produces `batch` until every record is acknowledged; `false` if the run stopped first.
@@ -334,15 +383,28 @@ impl KafkaSink {
             return true;
         }
         let mut attempt = 0u32;
+        let m = &self.progress.metrics;
+        let (writes, failures, retries) = (
+            m.sink_writes.with_label_values(&["kafka"]),
+            m.sink_failures.with_label_values(&["kafka"]),
+            m.sink_retries.with_label_values(&["kafka"]),
+        );
         loop {
             match self.attempt(batch) {
-                Ok(()) => return true,
+                Ok(()) => {
+                    writes.inc_by(batch.len() as u64);
+                    self.progress.sink_ok.store(true, Ordering::Relaxed);
+                    return true;
+                }
                 Err(why) => {
+                    failures.inc();
+                    self.progress.sink_ok.store(false, Ordering::Relaxed);
                     if self.stop.load(Ordering::SeqCst) {
                         tracing::warn!(%why, "stopping with an unacknowledged batch; its offsets stay uncommitted");
                         return false;
                     }
                     self.stats.retries += 1;
+                    retries.inc();
                     let wait = Duration::from_millis(200u64 << attempt.min(5));
                     tracing::warn!(%why, records = batch.len(), retry_in_ms = wait.as_millis() as u64, "kafka delivery failed");
                     std::thread::sleep(wait);

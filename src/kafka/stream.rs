@@ -29,7 +29,7 @@
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
@@ -131,13 +131,81 @@ pub struct StreamOptions {
     pub progress: Arc<Progress>,
 }
 
-/// Counters of a running worker, updated as the closed frontier advances.
-#[derive(Debug, Default)]
+/// What a running worker shows the outside (health checks, the HTTP server, tests): counters
+/// updated as the closed frontier advances, the metrics, the latest forecasts and readiness.
 pub struct Progress {
     /// Input records consumed (all topics).
     pub consumed: std::sync::atomic::AtomicU64,
     /// The first open epoch (0 before the first advance).
     pub frontier: std::sync::atomic::AtomicU64,
+    /// Every Prometheus metric.
+    pub metrics: crate::metrics::Metrics,
+    /// The latest forecast record of every series scored, by (store, SKU) name.
+    pub latest: std::sync::RwLock<HashMap<(String, String), crate::replay::ForecastRecord>>,
+    /// Wall-clock Unix seconds of the last advance of the closed epochs (0 before).
+    pub last_advance: AtomicI64,
+    /// Event-time end of the last closed epoch, Unix seconds (`i64::MIN` before).
+    pub last_epoch_end: AtomicI64,
+    /// The global watermark, event-time Unix seconds (`i64::MIN` while unknown).
+    pub watermark: AtomicI64,
+    /// Every worker has its partitions assigned.
+    pub assigned: AtomicBool,
+    /// A forecaster is loaded.
+    pub model_loaded: AtomicBool,
+    /// The sink's last write succeeded (true before the first).
+    pub sink_ok: AtomicBool,
+    /// Workers that have their partitions assigned.
+    assigned_workers: std::sync::atomic::AtomicUsize,
+    /// Next offset to read of every assigned partition, for the consumer lag.
+    positions: std::sync::Mutex<HashMap<(String, i32), i64>>,
+}
+
+impl Default for Progress {
+    fn default() -> Self {
+        Progress {
+            consumed: Default::default(),
+            frontier: Default::default(),
+            metrics: crate::metrics::Metrics::new(),
+            latest: Default::default(),
+            last_advance: AtomicI64::new(0),
+            last_epoch_end: AtomicI64::new(i64::MIN),
+            watermark: AtomicI64::new(i64::MIN),
+            assigned: AtomicBool::new(false),
+            model_loaded: AtomicBool::new(false),
+            sink_ok: AtomicBool::new(true),
+            assigned_workers: Default::default(),
+            positions: Default::default(),
+        }
+    }
+}
+
+impl std::fmt::Debug for Progress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Progress")
+            .field("consumed", &self.consumed)
+            .field("frontier", &self.frontier)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Progress {
+    /// Sets the lag gauges against the wall clock `now` (Unix seconds).
+    pub fn refresh_lags(&self, now: i64) {
+        let lag = |t: i64| if t == i64::MIN { 0.0 } else { (now - t) as f64 };
+        let m = &self.metrics;
+        m.watermark_lag_seconds
+            .set(lag(self.watermark.load(Ordering::Relaxed)));
+        m.epoch_lag_seconds
+            .set(lag(self.last_epoch_end.load(Ordering::Relaxed)));
+    }
+
+    /// Notes that one of `workers` has its partitions.
+    fn worker_assigned(&self, workers: usize) {
+        let n = self.assigned_workers.fetch_add(1, Ordering::SeqCst) + 1;
+        if n >= workers {
+            self.assigned.store(true, Ordering::SeqCst);
+        }
+    }
 }
 
 /// The wall clock in seconds since the Unix epoch.
@@ -233,6 +301,8 @@ struct PartState {
     committed: i64,
     /// When the broker was last asked whether this silent partition is caught up, and its answer.
     idle_checked: Option<(Instant, bool)>,
+    /// `stockcast_events_consumed_total` of this partition.
+    consumed_metric: prometheus::IntCounter,
 }
 
 impl PartState {
@@ -293,9 +363,28 @@ struct Feeder {
     dead: Vec<DeadRecord>,
     /// Records delivered again by the client and skipped.
     redelivered: u64,
+    /// The process's live state, for metrics.
+    progress: Arc<Progress>,
 }
 
 impl Feeder {
+    /// Publishes this worker's read positions (for the lag probe) and its change of series
+    /// count since `shown`.
+    fn show(&self, shown: &mut i64) {
+        if let Ok(mut positions) = self.progress.positions.lock() {
+            for p in &self.parts {
+                positions.insert((p.part.topic.clone(), p.part.partition), p.next_offset);
+                // The partition's lag shows (at 0) until the probe first measures it.
+                let label = p.part.partition.to_string();
+                let lag = &self.progress.metrics.consumer_lag;
+                lag.with_label_values(&[p.part.topic.as_str(), &label]);
+            }
+        }
+        let keys = self.input.key_count() as i64;
+        self.progress.metrics.state_keys.add(keys - *shown);
+        *shown = keys;
+    }
+
     fn dead_letter(
         &mut self,
         p: usize,
@@ -306,6 +395,13 @@ impl Feeder {
         let part = &self.parts[p];
         if msg.offset() < part.committed {
             return;
+        }
+        if reason != "too_late" {
+            self.progress
+                .metrics
+                .decode_failures
+                .with_label_values(&[reason])
+                .inc();
         }
         self.dead.push(DeadRecord {
             partition: part.part.clone(),
@@ -339,30 +435,40 @@ impl Feeder {
                 return;
             }
             part.next_offset = msg.offset() + 1;
+            part.consumed_metric.inc();
             part.part.kind
         };
         *self.consumed.entry(kind).or_default() += 1;
         let record = match msg.payload() {
-            // A null value is a tombstone on the compacted reference topics.
-            None if kind == FileKind::Promotions => {
+            // A null value is a tombstone on the compacted reference topics; the key names
+            // what is deleted.
+            None if kind.is_reference() => {
                 let Some(key) = msg.key().and_then(|k| std::str::from_utf8(k).ok()) else {
                     self.dead_letter(
                         p,
                         msg,
                         "missing_key",
-                        "a promotion tombstone needs the promo_id as its key".into(),
+                        format!("a {} tombstone needs the entity id as its key", kind.name()),
                     );
                     return;
                 };
-                let event = Event::Promotion {
-                    promo_id: ids::promo_id(key),
-                    def: None,
+                let event = match kind {
+                    FileKind::Promotions => Event::Promotion {
+                        promo_id: ids::promo_id(key),
+                        def: None,
+                    },
+                    FileKind::Catalog => Event::Item {
+                        sku: ids::name_id(key),
+                        def: None,
+                    },
+                    _ => Event::Store {
+                        store: ids::name_id(key),
+                        active: None,
+                    },
                 };
                 self.apply_now(p, msg, &event);
                 return;
             }
-            // Deleting a catalog item or store changes nothing the dataflow keeps yet.
-            None if matches!(kind, FileKind::Catalog | FileKind::Stores) => return,
             None => {
                 self.dead_letter(p, msg, "malformed", "record has no value".into());
                 return;
@@ -376,8 +482,7 @@ impl Feeder {
             },
         };
         let event = match self.dict.event(&record, self.clock.period_kind()) {
-            Ok(Some(e)) => e,
-            Ok(None) => return,
+            Ok(e) => e,
             Err(e) => {
                 self.dead_letter(p, msg, "id_collision", e.to_string());
                 return;
@@ -717,6 +822,74 @@ fn last_progress_frontier(
     Ok(best)
 }
 
+/// How often a worker publishes its read positions and series count.
+const SHOW_EVERY: Duration = Duration::from_secs(1);
+
+/// How often the consumer lag is measured.
+const LAG_EVERY: Duration = Duration::from_secs(5);
+
+/// Measures the consumer lag of every assigned partition every [`LAG_EVERY`] on a thread and
+/// client of its own (a broker request may block), until the returned guard is dropped.
+fn spawn_lag_probe(cfg: &Resolved, opts: &StreamOptions) -> Option<LagProbe> {
+    let consumer = match consumer(cfg) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(error = %e, "no consumer-lag metric: cannot create its client");
+            return None;
+        }
+    };
+    let progress = Arc::clone(&opts.progress);
+    let done = Arc::new(AtomicBool::new(false));
+    let done2 = Arc::clone(&done);
+    let thread = std::thread::Builder::new()
+        .name("stockcast-lag".into())
+        .spawn(move || {
+            let mut last = Instant::now() - LAG_EVERY;
+            while !done2.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(100));
+                if last.elapsed() < LAG_EVERY {
+                    continue;
+                }
+                last = Instant::now();
+                let positions: Vec<((String, i32), i64)> = match progress.positions.lock() {
+                    Ok(p) => p.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+                    Err(_) => return,
+                };
+                for ((topic, partition), position) in positions {
+                    if let Ok((_, high)) =
+                        consumer.fetch_watermarks(&topic, partition, IDLE_CHECK_TIMEOUT)
+                    {
+                        progress
+                            .metrics
+                            .consumer_lag
+                            .with_label_values(&[topic.as_str(), &partition.to_string()])
+                            .set((high - position).max(0));
+                    }
+                }
+            }
+        })
+        .ok()?;
+    Some(LagProbe {
+        done,
+        thread: Some(thread),
+    })
+}
+
+/// Stops the lag probe when dropped.
+struct LagProbe {
+    done: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for LagProbe {
+    fn drop(&mut self) {
+        self.done.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 /// Runs the workers until they finish (`exit_when_idle`) or `stop` is set; calls `on_closed`
 /// on this thread for every advance of the closed frontier, in order, with the names of every
 /// series seen so far.
@@ -739,6 +912,7 @@ pub fn run(
     })
     .map_err(StreamError::Worker)?;
 
+    let _lag = spawn_lag_probe(cfg, opts);
     let mut merger = Merger::new(workers);
     let mut failure = None;
     while let Ok(first) = rx.recv() {
@@ -900,6 +1074,7 @@ fn work(
     // they would queue behind fetch requests that wait up to fetch.wait.max.ms for data.
     let prober = self::consumer(cfg).map_err(|e| e.to_string())?;
     let assigned = assign(&consumer, cfg, index, peers).map_err(|e| e.to_string())?;
+    opts.progress.worker_assigned(peers);
     tracing::info!(
         worker = index,
         partitions = ?assigned.iter().map(|(p, _)| p.label()).collect::<Vec<_>>(),
@@ -913,7 +1088,6 @@ fn work(
         parts: assigned
             .into_iter()
             .map(|(part, committed)| PartState {
-                part,
                 max_ts: None,
                 // Silence counts from the start: a partition that is still empty may be about to
                 // receive records from a producer that is slow to reach it.
@@ -923,6 +1097,12 @@ fn work(
                 held: BTreeSet::new(),
                 committed,
                 idle_checked: None,
+                consumed_metric: opts
+                    .progress
+                    .metrics
+                    .events_consumed
+                    .with_label_values(&[part.topic.as_str(), &part.partition.to_string()]),
+                part,
             })
             .collect(),
         dict: Dictionary::default(),
@@ -935,6 +1115,7 @@ fn work(
         late: 0,
         dead: Vec::new(),
         redelivered: 0,
+        progress: Arc::clone(&opts.progress),
     };
 
     let (probe, sink) = crate::pipeline::run::build(worker, &mut feeder.input, &cfg.spec);
@@ -956,6 +1137,8 @@ fn work(
     let mut draining = false;
     let mut redelivered_logged = 0;
     let mut last_poll = Instant::now();
+    let mut last_shown = Instant::now();
+    let mut keys_shown = 0i64;
     loop {
         let stopping = opts.stop.load(Ordering::SeqCst);
         if stopping {
@@ -1025,6 +1208,16 @@ fn work(
             opts.exit_when_idle,
             (opts.wall_clock)(),
         );
+        if index == 0 {
+            if let Target::Until(e) | Target::Drain(e) = goal {
+                let mark = cfg.clock.epoch_start(e);
+                opts.progress.watermark.fetch_max(mark, Ordering::Relaxed);
+            }
+        }
+        if last_shown.elapsed() >= SHOW_EVERY {
+            last_shown = Instant::now();
+            feeder.show(&mut keys_shown);
+        }
         match goal {
             Target::Hold => {}
             Target::Until(e) => feeder.advance(e),

@@ -7,7 +7,9 @@
 //! deviation, weekday profile, same-week-last-year, stock position) are divided by it (sums also
 //! by their window), clipped to `±clip`, and every column is then standardised with the mean and
 //! standard deviation measured on the training rows. A missing feature becomes 0 (the training
-//! mean). One extra column, `log_scale`, tells the network the series' volume.
+//! mean), and so do the reference features (lead time, pack size, minimum order, active,
+//! category), which are for replenishment. One extra column, `log_scale`, tells the network the
+//! series' volume.
 //!
 //! # Outputs
 //! `3 * horizon` numbers per row, in units of the series' scale: the median `m` per period, and
@@ -23,6 +25,7 @@ use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal};
 use serde::{Deserialize, Serialize};
 
+use dataflows::features::REFERENCE_FEATURES;
 use dataflows::{PeriodKind, Schema};
 
 /// One input column: which feature and how it is transformed.
@@ -37,6 +40,10 @@ pub struct Column {
     pub mean: f32,
     /// Training standard deviation of the transformed value (at least 1e-6).
     pub std: f32,
+    /// Not an input: a reference feature (lead time, pack size, ...) that describes how to
+    /// replenish the series, not its demand; the network always sees 0.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ignored: bool,
 }
 
 /// How raw feature rows become network inputs; stored in the manifest.
@@ -91,6 +98,7 @@ impl Normalisation {
                     per_scale,
                     mean: 0.0,
                     std: 1.0,
+                    ignored: REFERENCE_FEATURES.contains(&name),
                 }
             })
             .collect();
@@ -99,6 +107,7 @@ impl Normalisation {
             per_scale: 0.0,
             mean: 0.0,
             std: 1.0,
+            ignored: false,
         });
         let mut scale_from: Vec<(String, f32)> = schema
             .names()
@@ -162,7 +171,7 @@ impl Normalisation {
         let n = self.columns.len() - 1;
         for (j, c) in self.columns[..n].iter().enumerate() {
             let v = row[j];
-            out[j] = if v.is_nan() {
+            out[j] = if v.is_nan() || c.ignored {
                 f32::NAN
             } else if c.per_scale > 0.0 {
                 (v / (scale * c.per_scale)).clamp(-self.clip, self.clip)

@@ -37,7 +37,7 @@ impl Watermarks {
         let slot = match event {
             Event::Sale { .. } => &mut self.sales,
             Event::Stock { .. } => &mut self.stock,
-            Event::Promotion { .. } => return,
+            Event::Promotion { .. } | Event::Item { .. } | Event::Store { .. } => return,
         };
         if let Some(ts) = event.ts() {
             *slot = Some(slot.map_or(ts, |m| m.max(ts)));

@@ -51,6 +51,14 @@ impl FileKind {
         }
     }
 
+    /// Reference data: upserts by entity id, no event time.
+    pub fn is_reference(self) -> bool {
+        matches!(
+            self,
+            FileKind::Catalog | FileKind::Stores | FileKind::Promotions
+        )
+    }
+
     /// The kind's name in summaries and progress records (its serialised form).
     pub fn name(self) -> &'static str {
         match self {

@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use dataflows::features::{div_round, mean_std, WEEKS_PER_YEAR};
-use dataflows::model::{Id, Promotion, MISSING};
+use dataflows::model::{Id, ItemAttrs, Promotion, MISSING};
 use dataflows::time::weekday_of_day;
 use dataflows::{Clock, Epoch, Event, FeatureSpec, FeatureVec, Key, Period, PeriodKind, StockKind};
 use rand::{Rng, SeedableRng};
@@ -42,12 +42,29 @@ pub fn reference(
         applied.push(ev);
     }
     let mut promos: HashMap<Id, Promotion> = HashMap::new();
+    let mut items: HashMap<Id, ItemAttrs> = HashMap::new();
+    let mut stores: HashMap<Id, bool> = HashMap::new();
     for ev in &applied {
-        if let Event::Promotion { promo_id, def } = ev {
-            match def {
-                Some(d) => promos.insert(*promo_id, *d),
-                None => promos.remove(promo_id),
-            };
+        match ev {
+            Event::Promotion { promo_id, def } => {
+                match def {
+                    Some(d) => promos.insert(*promo_id, *d),
+                    None => promos.remove(promo_id),
+                };
+            }
+            Event::Item { sku, def } => {
+                match def {
+                    Some(d) => items.insert(*sku, *d),
+                    None => items.remove(sku),
+                };
+            }
+            Event::Store { store, active } => {
+                match active {
+                    Some(a) => stores.insert(*store, *a),
+                    None => stores.remove(store),
+                };
+            }
+            _ => {}
         }
     }
     let mut by_key: BTreeMap<Key, Vec<&Event>> = BTreeMap::new();
@@ -64,7 +81,17 @@ pub fn reference(
                 .filter(|p| p.sku == key.sku && p.store.is_none_or(|s| s == key.store))
                 .map(|p| (p.start, p.end))
                 .collect();
-            (key, series(clock, spec, now, &evs, &promos))
+            let mut v = series(clock, spec, now, &evs, &promos);
+            let item = items.get(&key.sku).copied().unwrap_or_default();
+            let open = stores.get(&key.store).copied().unwrap_or(true);
+            v.0.extend([
+                item.lead_time_days.unwrap_or(MISSING),
+                item.pack_size.unwrap_or(MISSING),
+                item.min_order_qty.unwrap_or(MISSING),
+                i64::from(item.active && open),
+                item.category.map_or(MISSING, |c| c as i64),
+            ]);
+            (key, v)
         })
         .collect();
     (table, too_late)
@@ -115,7 +142,7 @@ fn series(
                     StockKind::Adjustment => *on_hand_delta.entry(p).or_default() += q,
                 }
             }
-            Event::Promotion { .. } => {}
+            _ => {}
         }
     }
     let q = |p: Period| qty.get(&p).copied().unwrap_or(0);
@@ -294,6 +321,30 @@ pub fn random_events(seed: u64, period: PeriodKind, n: usize) -> Vec<Event> {
         });
         let at = rng.gen_range(0..=events.len());
         events.insert(at, Event::Promotion { promo_id, def });
+    }
+    // Catalog items and stores upserted and deleted, interleaved: each change must reach
+    // exactly the series of its SKU or store.
+    for _ in 0..rng.gen_range(0..6) {
+        let at = rng.gen_range(0..=events.len());
+        let ev = if rng.gen_bool(0.6) {
+            let def = (!rng.gen_bool(0.2)).then(|| ItemAttrs {
+                category: rng.gen_bool(0.7).then(|| rng.gen_range(1..3)),
+                lead_time_days: rng.gen_bool(0.8).then(|| rng.gen_range(1..4)),
+                pack_size: rng.gen_bool(0.5).then(|| rng.gen_range(1..3) * 6000),
+                min_order_qty: rng.gen_bool(0.3).then_some(12_000),
+                active: rng.gen_bool(0.8),
+            });
+            Event::Item {
+                sku: 100 + rng.gen_range(0..skus),
+                def,
+            }
+        } else {
+            Event::Store {
+                store: rng.gen_range(0..stores),
+                active: (!rng.gen_bool(0.2)).then(|| rng.gen_bool(0.6)),
+            }
+        };
+        events.insert(at, ev);
     }
     events
 }

@@ -1,0 +1,270 @@
+//! The worker's Prometheus metrics, declared once with their help texts.
+//!
+//! Labels come from bounded sets only: topic and partition (fixed by the topics' partition
+//! counts), dead-letter reason (a fixed list of codes), sink name, model name and version (one
+//! series at a time). Never a store or SKU.
+
+use prometheus::{
+    Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
+};
+
+/// Every reason a record can be dead-lettered for: decoding (see
+/// [`crate::decode::DecodeError::reason`]), naming, and the input stage's refusals.
+pub const DEAD_LETTER_REASONS: [&str; 13] = [
+    "malformed",
+    "missing_field",
+    "bad_number",
+    "non_finite",
+    "bad_time",
+    "unknown_kind",
+    "bad_bool",
+    "invalid_value",
+    "missing_key",
+    "id_collision",
+    "too_late",
+    "before_epoch_zero",
+    "after_current_epoch",
+];
+
+/// The sinks whose writes are counted.
+pub const SINKS: [&str; 1] = ["kafka"];
+
+/// Every metric of the worker, registered in one registry.
+pub struct Metrics {
+    registry: Registry,
+    /// Input records consumed, by topic and partition.
+    pub events_consumed: IntCounterVec,
+    /// Records that could not be decoded or validated, by reason.
+    pub decode_failures: IntCounterVec,
+    /// Records written to the dead-letter topic, by reason.
+    pub dead_letters: IntCounterVec,
+    /// Events applied after their epoch had closed.
+    pub late_events: IntCounter,
+    /// Records between the position read and the partition's end, by topic and partition.
+    pub consumer_lag: IntGaugeVec,
+    /// Seconds the watermark is behind the wall clock.
+    pub watermark_lag_seconds: Gauge,
+    /// Seconds the end of the last closed epoch is behind the wall clock.
+    pub epoch_lag_seconds: Gauge,
+    /// Epochs closed.
+    pub epochs_closed: IntCounter,
+    /// Series whose features changed, per advance.
+    pub keys_changed: Histogram,
+    /// Series scored, per advance.
+    pub keys_scored: Histogram,
+    /// Seconds to score one advance's series.
+    pub scoring_seconds: Histogram,
+    /// Seconds from an advance's report to its last acknowledgement.
+    pub epoch_seconds: Histogram,
+    /// Records or batches written, by sink.
+    pub sink_writes: IntCounterVec,
+    /// Writes that failed, by sink.
+    pub sink_failures: IntCounterVec,
+    /// Writes retried, by sink.
+    pub sink_retries: IntCounterVec,
+    /// 1 for the forecaster scoring now, labelled with its name and version.
+    pub model_info: IntGaugeVec,
+    /// Series held in the worker's state.
+    pub state_keys: IntGauge,
+    /// Feature vectors held for re-scoring and the read API.
+    pub state_records: IntGauge,
+}
+
+/// Powers of two from 1 to 2^20: counts of series per advance.
+fn count_buckets() -> Vec<f64> {
+    (0..=20).map(|k| f64::from(1u32 << k)).collect()
+}
+
+/// 1 ms to ~33 s.
+fn seconds_buckets() -> Vec<f64> {
+    prometheus::exponential_buckets(0.001, 2.0, 16).unwrap_or_default()
+}
+
+impl Metrics {
+    /// A fresh registry with every metric registered.
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        macro_rules! reg {
+            ($m:expr) => {{
+                let m = $m.expect("metric definitions are valid");
+                registry
+                    .register(Box::new(m.clone()))
+                    .expect("metric names are unique");
+                m
+            }};
+        }
+        let counter_vec = |name: &str, help: &str, labels: &[&str]| {
+            IntCounterVec::new(Opts::new(name, help), labels)
+        };
+        let histogram = |name: &str, help: &str, buckets: Vec<f64>| {
+            Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
+        };
+        Metrics {
+            events_consumed: reg!(counter_vec(
+                "stockcast_events_consumed_total",
+                "Input records consumed, by topic and partition.",
+                &["topic", "partition"]
+            )),
+            decode_failures: reg!(counter_vec(
+                "stockcast_decode_failures_total",
+                "Input records that could not be decoded or validated, by reason.",
+                &["reason"]
+            )),
+            dead_letters: reg!(counter_vec(
+                "stockcast_dead_letters_total",
+                "Records written to the dead-letter topic, by reason.",
+                &["reason"]
+            )),
+            late_events: reg!(IntCounter::new(
+                "stockcast_late_events_total",
+                "Events that arrived after their epoch had closed (applied in the open epoch)."
+            )),
+            consumer_lag: reg!(IntGaugeVec::new(
+                Opts::new(
+                    "stockcast_consumer_lag_records",
+                    "Records between the next offset to read and the partition's end."
+                ),
+                &["topic", "partition"]
+            )),
+            watermark_lag_seconds: reg!(Gauge::new(
+                "stockcast_watermark_lag_seconds",
+                "Seconds the global watermark (event time) is behind the wall clock."
+            )),
+            epoch_lag_seconds: reg!(Gauge::new(
+                "stockcast_epoch_lag_seconds",
+                "Seconds the end of the last closed epoch is behind the wall clock."
+            )),
+            epochs_closed: reg!(IntCounter::new(
+                "stockcast_epochs_closed_total",
+                "Epochs closed."
+            )),
+            keys_changed: reg!(histogram(
+                "stockcast_keys_changed",
+                "Series whose features changed, per advance of the closed epochs.",
+                count_buckets()
+            )),
+            keys_scored: reg!(histogram(
+                "stockcast_keys_scored",
+                "Series scored, per advance of the closed epochs.",
+                count_buckets()
+            )),
+            scoring_seconds: reg!(histogram(
+                "stockcast_scoring_seconds",
+                "Seconds to score the series of one advance.",
+                seconds_buckets()
+            )),
+            epoch_seconds: reg!(histogram(
+                "stockcast_epoch_seconds",
+                "Seconds from an advance reaching the sink to every output acknowledged.",
+                seconds_buckets()
+            )),
+            sink_writes: reg!(counter_vec(
+                "stockcast_sink_writes_total",
+                "Records written and acknowledged, by sink.",
+                &["sink"]
+            )),
+            sink_failures: reg!(counter_vec(
+                "stockcast_sink_failures_total",
+                "Writes that failed, by sink.",
+                &["sink"]
+            )),
+            sink_retries: reg!(counter_vec(
+                "stockcast_sink_retries_total",
+                "Writes retried, by sink.",
+                &["sink"]
+            )),
+            model_info: reg!(IntGaugeVec::new(
+                Opts::new(
+                    "stockcast_model_info",
+                    "1 for the forecaster scoring now, with its name and version."
+                ),
+                &["name", "version"]
+            )),
+            state_keys: reg!(IntGauge::new(
+                "stockcast_state_keys",
+                "Series known to the worker."
+            )),
+            state_records: reg!(IntGauge::new(
+                "stockcast_state_records",
+                "Latest forecast records held for the read API and re-scoring."
+            )),
+            registry,
+        }
+        .touch()
+    }
+
+    /// Creates the series of every known label value, so each shows (at 0) before it first
+    /// counts.
+    fn touch(self) -> Self {
+        for reason in DEAD_LETTER_REASONS {
+            self.dead_letters.with_label_values(&[reason]);
+            if reason != "too_late" {
+                self.decode_failures.with_label_values(&[reason]);
+            }
+        }
+        for sink in SINKS {
+            self.sink_writes.with_label_values(&[sink]);
+            self.sink_failures.with_label_values(&[sink]);
+            self.sink_retries.with_label_values(&[sink]);
+        }
+        self
+    }
+
+    /// Marks `name`/`version` as the forecaster scoring now (and no other).
+    pub fn set_model(&self, name: &str, version: &str) {
+        self.model_info.reset();
+        self.model_info.with_label_values(&[name, version]).set(1);
+    }
+
+    /// The names of every metric family, as exported.
+    pub fn names(&self) -> Vec<String> {
+        self.registry
+            .gather()
+            .iter()
+            .map(|f| f.name().to_string())
+            .collect()
+    }
+
+    /// Every metric in the Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        // Encoding into a Vec cannot fail for well-formed families.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_metric_renders_with_its_help() {
+        let m = Metrics::new();
+        m.events_consumed.with_label_values(&["sales", "0"]).inc();
+        m.dead_letters.with_label_values(&["malformed"]).inc();
+        m.decode_failures.with_label_values(&["malformed"]).inc();
+        m.consumer_lag.with_label_values(&["sales", "0"]).set(3);
+        m.sink_writes.with_label_values(&["kafka"]).inc();
+        m.sink_failures.with_label_values(&["kafka"]);
+        m.sink_retries.with_label_values(&["kafka"]);
+        m.set_model("baseline-ma", "1");
+        m.set_model("stockcast-mlp", "abc");
+        let text = m.render();
+        for name in m.names() {
+            assert!(text.contains(&format!("# HELP {name} ")), "{name}");
+        }
+        assert!(text.contains("stockcast_model_info{name=\"stockcast-mlp\",version=\"abc\"} 1"));
+        assert!(
+            !text.contains("baseline-ma"),
+            "only the current model is reported"
+        );
+    }
+}

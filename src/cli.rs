@@ -605,8 +605,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             ..crate::demo::DemoOptions::default()
         })?,
         Command::CheckConfig { file } => {
-            let config = Config::load(&file)?;
+            let mut config = Config::load(&file)?;
             config.resolve(&file)?;
+            config.postgres.url = config.postgres.masked();
             print!("{}", toml::to_string_pretty(&config)?);
         }
     }

@@ -34,6 +34,45 @@ pub struct Config {
     /// The HTTP server of `run`: metrics, health and the read API.
     #[serde(default)]
     pub http: HttpConfig,
+    /// The PostgreSQL inventory mart (a sink of `run`).
+    #[serde(default)]
+    pub postgres: PostgresConfig,
+}
+
+/// `[postgres]`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresConfig {
+    /// Connection string (`host=.. user=.. dbname=..` or `postgres://..`); empty: no mart.
+    #[serde(default)]
+    pub url: String,
+}
+
+impl PostgresConfig {
+    /// The URL with any password replaced by `***`, for printing.
+    pub fn masked(&self) -> String {
+        mask_password(&self.url)
+    }
+}
+
+/// `s` with the password of a `postgres://user:pw@host` URL or a `password=pw` pair masked.
+pub fn mask_password(s: &str) -> String {
+    if let Some(rest) = s.split_once("://") {
+        let (scheme, rest) = rest;
+        if let Some((auth, host)) = rest.split_once('@') {
+            if let Some((user, _)) = auth.split_once(':') {
+                return format!("{scheme}://{user}:***@{host}");
+            }
+        }
+        return s.to_string();
+    }
+    s.split_whitespace()
+        .map(|kv| match kv.split_once('=') {
+            Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
+            _ => kv.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// `[http]`.
@@ -373,6 +412,8 @@ pub struct Resolved {
     pub replenish: ReplenishConfig,
     /// HTTP server settings.
     pub http: HttpConfig,
+    /// The mart, if configured.
+    pub postgres: PostgresConfig,
 }
 
 impl Config {
@@ -462,11 +503,26 @@ impl Config {
             kafka: self.resolve_kafka(origin)?,
             replenish: self.resolve_replenish(origin)?,
             http: self.resolve_http(origin)?,
+            postgres: self.resolve_postgres(origin)?,
         })
     }
 }
 
 impl Config {
+    fn resolve_postgres(&self, origin: &Path) -> Result<PostgresConfig, ConfigError> {
+        let url = &self.postgres.url;
+        if !url.is_empty() {
+            if let Err(e) = url.parse::<tokio_postgres::Config>() {
+                return Err(ConfigError::Invalid {
+                    file: origin.to_path_buf(),
+                    field: "postgres.url",
+                    message: format!("not a PostgreSQL connection string: {e}"),
+                });
+            }
+        }
+        Ok(self.postgres.clone())
+    }
+
     fn resolve_http(&self, origin: &Path) -> Result<HttpConfig, ConfigError> {
         let h = &self.http;
         let invalid = |field, message: String| ConfigError::Invalid {
@@ -635,6 +691,25 @@ mod tests {
         let r = c.resolve(Path::new("r.toml")).unwrap().replenish;
         assert_eq!(r.service_level, 0.9);
         assert_eq!(r.categories["A"].review_days, Some(3));
+    }
+
+    #[test]
+    fn passwords_are_masked() {
+        assert_eq!(
+            mask_password("postgres://app:s3cret@db:5432/mart"),
+            "postgres://app:***@db:5432/mart"
+        );
+        assert_eq!(
+            mask_password("host=db user=app password=s3cret dbname=mart"),
+            "host=db user=app password=*** dbname=mart"
+        );
+        assert_eq!(mask_password("host=db user=app"), "host=db user=app");
+        let c = Config::parse("[postgres]\nurl = \"host='db\"\n", Path::new("p.toml")).unwrap();
+        let msg = c.resolve(Path::new("p.toml")).unwrap_err().to_string();
+        assert!(
+            msg.contains("p.toml") && msg.contains("postgres.url"),
+            "{msg}"
+        );
     }
 
     #[test]

@@ -33,6 +33,7 @@ pub mod generate;
 pub mod http;
 pub mod ids;
 pub mod kafka;
+pub mod mart;
 pub mod metrics;
 pub mod model;
 pub mod pipeline;

@@ -28,7 +28,7 @@ pub const DEAD_LETTER_REASONS: [&str; 13] = [
 ];
 
 /// The sinks whose writes are counted.
-pub const SINKS: [&str; 1] = ["kafka"];
+pub const SINKS: [&str; 2] = ["kafka", "postgres"];
 
 /// Every metric of the worker, registered in one registry.
 pub struct Metrics {

@@ -10,19 +10,13 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
-use stockcast::config::{Config, KafkaConfig, Resolved};
+use stockcast::config::{KafkaConfig, Resolved};
 use stockcast::kafka::{self, admin, load, stream, wire};
 use stockcast::replay::{self, ForecastRecord, ReplayOptions};
 
-fn brokers() -> String {
-    let b = std::env::var("STOCKCAST_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into());
-    let first = b.split(',').next().unwrap_or_default().to_string();
-    assert!(
-        std::net::TcpStream::connect(&first).is_ok(),
-        "no Kafka broker at {first}: start one with `scripts/kafka-broker.sh start` (scripts/test.sh does)"
-    );
-    b
-}
+#[path = "support/kafka.rs"]
+mod support;
+use support::{brokers, config, load_dir, options};
 
 fn shared(name: &str) -> PathBuf {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -30,35 +24,6 @@ fn shared(name: &str) -> PathBuf {
         .join(name);
     assert!(dir.exists(), "{} is missing", dir.display());
     dir
-}
-
-/// A config whose topics and group are this test's own.
-fn config(test: &str, period: &str) -> Resolved {
-    let nonce = format!(
-        "{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis()
-    );
-    let text = format!(
-        "[time]\nperiod = \"{period}\"\n[kafka]\nbrokers = \"{}\"\ngroup_id = \"{test}-{nonce}\"\nidle_timeout_secs = 5\n",
-        brokers()
-    );
-    let mut cfg = Config::parse(&text, Path::new("<test>")).unwrap();
-    cfg.kafka.topics.prefix_all(&format!("{test}-{nonce}."));
-    cfg.resolve(Path::new("<test>")).unwrap()
-}
-
-fn options(workers: usize) -> stream::StreamOptions {
-    stream::StreamOptions {
-        progress: Default::default(),
-        workers,
-        exit_when_idle: true,
-        stop: Arc::new(AtomicBool::new(false)),
-        wall_clock: stream::system_clock(),
-    }
 }
 
 /// Every record of `topic` (all partitions) once `expect` have arrived.
@@ -324,20 +289,6 @@ fn malformed_records_are_dead_lettered_with_their_bytes_and_reason() {
 }
 
 /// Writes the sales of `from` whose date is in `[lo, hi)` into `to/sales.csv`.
-/// Publishes a dataset directory as fast as the broker takes it.
-fn load_dir(kafka: &KafkaConfig, dir: &Path, partitions: i32) -> load::LoadReport {
-    load::load(
-        kafka,
-        &load::LoadOptions {
-            data: dir.to_path_buf(),
-            rate: None,
-            partitions,
-            progress: false,
-        },
-    )
-    .unwrap()
-}
-
 fn split_sales(from: &Path, to: &Path, lo: &str, hi: &str) {
     std::fs::create_dir_all(to).unwrap();
     let text = std::fs::read_to_string(from.join("sales.csv")).unwrap();
@@ -827,15 +778,7 @@ fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
 #[test]
 fn the_http_api_and_every_metric_answer_from_a_running_worker() {
     let cfg = config("http", "day");
-    let tmp = tempfile::tempdir().unwrap();
-    let params = stockcast::generate::Params {
-        stores: 2,
-        skus: 4,
-        days: 60,
-        ..Default::default()
-    };
-    stockcast::generate::generate_to_dir(&params, tmp.path()).unwrap();
-    load_dir(&cfg.kafka, tmp.path(), 2);
+    let _data = support::load_generated(&cfg.kafka);
     let opts = options(2);
     let progress = Arc::clone(&opts.progress);
     let server = stockcast::http::serve("127.0.0.1:0", Arc::clone(&progress), 600).unwrap();
@@ -844,9 +787,10 @@ fn the_http_api_and_every_metric_answer_from_a_running_worker() {
         let cfg = cfg.clone();
         std::thread::spawn(move || kafka::run_worker(&cfg, &opts).unwrap())
     };
-    // Not ready before the worker has its partitions; ready once it runs.
+    // Ready once the worker has its partitions and wrote its first advance (which may be its
+    // last: the worker can drain in one step).
     let deadline = Instant::now() + Duration::from_secs(120);
-    while progress.frontier.load(Ordering::SeqCst) == 0 {
+    while progress.last_advance.load(Ordering::SeqCst) == 0 {
         assert!(Instant::now() < deadline, "no epoch closed");
         std::thread::sleep(Duration::from_millis(100));
     }

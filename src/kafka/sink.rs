@@ -87,6 +87,10 @@ pub struct KafkaSink {
     stats: SinkStats,
     /// The process's live state: metrics, latest forecasts, readiness.
     progress: Arc<Progress>,
+    /// The PostgreSQL mart, if configured.
+    mart: Option<crate::mart::Mart>,
+    /// Forecast records produced and not yet in the mart.
+    unwritten: Vec<ForecastRecord>,
 }
 
 /// Why the sink could not start.
@@ -102,6 +106,17 @@ fn producer(cfg: &Resolved) -> Result<BaseProducer<Acks>, SinkError> {
         .set("message.timeout.ms", "20000");
     BaseProducer::from_config_and_context(&c, Acks::default())
         .map_err(|e| SinkError(format!("producer: {e}")))
+}
+
+/// Counts one write attempt of `sink`: `written` records on success, else a failure; the
+/// outcome is what `/readyz` reports.
+fn count_attempt(progress: &Progress, sink: &str, written: Option<u64>) {
+    let m = &progress.metrics;
+    match written {
+        Some(n) => m.sink_writes.with_label_values(&[sink]).inc_by(n),
+        None => m.sink_failures.with_label_values(&[sink]).inc(),
+    }
+    progress.sink_ok.store(written.is_some(), Ordering::Relaxed);
 }
 
 impl KafkaSink {
@@ -141,6 +156,14 @@ impl KafkaSink {
             stop,
             stats: SinkStats::default(),
             progress,
+            mart: if cfg.postgres.url.is_empty() {
+                None
+            } else {
+                let mart = crate::mart::Mart::new(&cfg.postgres.url)
+                    .map_err(|e| SinkError(e.to_string()))?;
+                Some(mart)
+            },
+            unwritten: Vec::new(),
         })
     }
 
@@ -170,6 +193,9 @@ impl KafkaSink {
             value: serde_json::to_vec(&rec).unwrap_or_default(),
             original: None,
         });
+        if self.mart.is_some() {
+            self.unwritten.push(rec.clone());
+        }
         if let Ok(mut latest) = self.progress.latest.write() {
             latest.insert((rec.store_id.clone(), rec.sku_id.clone()), rec);
         }
@@ -367,6 +393,9 @@ impl KafkaSink {
             value: serde_json::to_vec(&record).unwrap_or_default(),
             original: None,
         };
+        if !self.write_mart(&record) {
+            return;
+        }
         if !self.deliver(std::slice::from_ref(&progress)) {
             return;
         }
@@ -377,34 +406,66 @@ impl KafkaSink {
         }
     }
 
+    /// Writes the advance's records and its progress record into the mart (if any), retrying
+    /// with backoff until it commits; `false` if the run stopped first.
+    fn write_mart(&mut self, progress: &EpochRecord) -> bool {
+        let Some(mart) = self.mart.as_mut() else {
+            return true;
+        };
+        let mut attempt = 0u32;
+        loop {
+            let result = mart.write(&self.unwritten, progress);
+            let written = self.unwritten.len() as u64 + 1;
+            count_attempt(
+                &self.progress,
+                "postgres",
+                result.is_ok().then_some(written),
+            );
+            match result {
+                Ok(()) => {
+                    self.unwritten.clear();
+                    return true;
+                }
+                Err(e) => {
+                    if self.stop.load(Ordering::SeqCst) {
+                        tracing::warn!(error = %e, "stopping with an advance not in the mart; its offsets stay uncommitted");
+                        return false;
+                    }
+                    self.progress
+                        .metrics
+                        .sink_retries
+                        .with_label_values(&["postgres"])
+                        .inc();
+                    self.stats.retries += 1;
+                    let wait = Duration::from_millis(200u64 << attempt.min(5));
+                    tracing::warn!(error = %e, records = self.unwritten.len(), retry_in_ms = wait.as_millis() as u64, "postgres write failed");
+                    std::thread::sleep(wait);
+                    attempt += 1;
+                }
+            }
+        }
+    }
+
     /// Produces `batch` until every record is acknowledged; `false` if the run stopped first.
     fn deliver(&mut self, batch: &[Out]) -> bool {
         if batch.is_empty() {
             return true;
         }
         let mut attempt = 0u32;
-        let m = &self.progress.metrics;
-        let (writes, failures, retries) = (
-            m.sink_writes.with_label_values(&["kafka"]),
-            m.sink_failures.with_label_values(&["kafka"]),
-            m.sink_retries.with_label_values(&["kafka"]),
-        );
         loop {
-            match self.attempt(batch) {
-                Ok(()) => {
-                    writes.inc_by(batch.len() as u64);
-                    self.progress.sink_ok.store(true, Ordering::Relaxed);
-                    return true;
-                }
+            let result = self.attempt(batch);
+            let written = batch.len() as u64;
+            count_attempt(&self.progress, "kafka", result.is_ok().then_some(written));
+            match result {
+                Ok(()) => return true,
                 Err(why) => {
-                    failures.inc();
-                    self.progress.sink_ok.store(false, Ordering::Relaxed);
                     if self.stop.load(Ordering::SeqCst) {
                         tracing::warn!(%why, "stopping with an unacknowledged batch; its offsets stay uncommitted");
                         return false;
                     }
                     self.stats.retries += 1;
-                    retries.inc();
+                    let retries = &self.progress.metrics.sink_retries;
+                    retries.with_label_values(&["kafka"]).inc();
                     let wait = Duration::from_millis(200u64 << attempt.min(5));
                     tracing::warn!(%why, records = batch.len(), retry_in_ms = wait.as_millis() as u64, "kafka delivery failed");
                     std::thread::sleep(wait);

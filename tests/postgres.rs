@@ -1,0 +1,307 @@
+//! The PostgreSQL inventory mart against a real server (127.0.0.1:5432, started by
+//! `scripts/services.sh`): an advance lands atomically, a retried advance writes nothing twice,
+//! and a worker whose database is down retries and loses nothing once it is back.
+
+mod common;
+
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use stockcast::kafka::wire::EpochRecord;
+use stockcast::mart::Mart;
+use stockcast::replay::ForecastRecord;
+use stockcast::replenish::Advice;
+use tokio_postgres::NoTls;
+
+/// Tests that stop the server must not overlap the others.
+static SERVER: Mutex<()> = Mutex::new(());
+
+fn admin_url() -> String {
+    std::env::var("STOCKCAST_TEST_POSTGRES")
+        .unwrap_or_else(|_| "host=127.0.0.1 port=5432 user=postgres dbname=postgres".into())
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Runs `sql` on `url`; returns the first column of every row as text.
+fn query(rt: &tokio::runtime::Runtime, url: &str, sql: &str) -> Vec<Vec<Option<String>>> {
+    rt.block_on(async {
+        let (client, conn) = tokio_postgres::connect(url, NoTls)
+            .await
+            .unwrap_or_else(|e| {
+                panic!("no PostgreSQL at {url}: {e} (scripts/services.sh starts one)")
+            });
+        tokio::spawn(conn);
+        let rows = client.simple_query(sql).await.unwrap();
+        rows.into_iter()
+            .filter_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => {
+                    Some((0..r.len()).map(|i| r.get(i).map(str::to_string)).collect())
+                }
+                _ => None,
+            })
+            .collect()
+    })
+}
+
+/// Drops the test's database when the test ends.
+struct Database(String);
+
+impl Drop for Database {
+    fn drop(&mut self) {
+        let rt = runtime();
+        let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.0);
+        let _ = rt.block_on(async {
+            let (client, conn) = tokio_postgres::connect(&admin_url(), NoTls).await?;
+            tokio::spawn(conn);
+            client.simple_query(&sql).await
+        });
+    }
+}
+
+/// A new, empty database (dropped with the returned guard); returns its connection string.
+fn fresh_database(rt: &tokio::runtime::Runtime, test: &str) -> (String, Database) {
+    let name = format!("stockcast_{test}_{}", kafka_support::nonce('_'));
+    query(rt, &admin_url(), &format!("CREATE DATABASE {name}"));
+    let url = format!("host=127.0.0.1 port=5432 user=postgres dbname={name}");
+    (url, Database(name))
+}
+
+fn count(rt: &tokio::runtime::Runtime, url: &str, sql: &str) -> i64 {
+    query(rt, url, sql)[0][0]
+        .as_deref()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+fn record(store: usize, sku: usize, epoch_end: &str, qty: f64) -> ForecastRecord {
+    ForecastRecord {
+        epoch_end: epoch_end.into(),
+        store_id: format!("S{store}"),
+        sku_id: format!("K{sku}"),
+        schema_hash: "h".into(),
+        model: "baseline-ma".into(),
+        model_version: "1".into(),
+        forecast: vec![qty; 4],
+        forecast_p10: vec![qty / 2.0; 4],
+        forecast_p90: vec![qty * 2.0; 4],
+        on_hand: Some(3.0),
+        on_order: None,
+        recommendation: Advice {
+            order_qty: Some(qty),
+            order_up_to: qty + 3.0,
+            reorder_point: 1.0,
+            cover_periods: None,
+            stockout_risk: Some(0.5),
+            lead_time_days: 7.0,
+            review_days: 7.0,
+            service_level: 0.95,
+            pack_size: 1.0,
+            min_order_qty: 0.0,
+            active: true,
+        },
+    }
+}
+
+fn progress(epoch_end: &str, frontier: u64, keys: u64) -> EpochRecord {
+    EpochRecord {
+        epoch_end: epoch_end.into(),
+        frontier,
+        epochs_closed: 1,
+        consumed: Default::default(),
+        late: 0,
+        dead_letters: 0,
+        keys_changed: keys,
+        keys_scored: keys,
+        offsets: Default::default(),
+        latency_ms: 0,
+    }
+}
+
+#[test]
+fn an_advance_lands_atomically_and_a_retry_writes_nothing_twice() {
+    let _guard = SERVER.lock().unwrap_or_else(|e| e.into_inner());
+    let rt = runtime();
+    let (url, _db) = fresh_database(&rt, "atomic");
+    let mut mart = Mart::connect(&url).unwrap();
+    let n = 20_000usize;
+    let first: Vec<ForecastRecord> = (0..n)
+        .map(|i| record(i % 50, i / 50, "2024-01-01T00:15:00Z", 1.0))
+        .collect();
+    let second: Vec<ForecastRecord> = (0..n)
+        .map(|i| record(i % 50, i / 50, "2024-01-01T00:30:00Z", 2.0))
+        .collect();
+
+    // A reader polling in one snapshot sees whole advances only.
+    let stop = Arc::new(AtomicBool::new(false));
+    let reader = {
+        let (stop, url) = (Arc::clone(&stop), url.clone());
+        std::thread::spawn(move || {
+            let rt = runtime();
+            let mut seen = Vec::new();
+            while !stop.load(Ordering::SeqCst) {
+                let row = &query(
+                    &rt,
+                    &url,
+                    "SELECT (SELECT count(*) FROM stockcast_forecast_history),
+                            (SELECT count(*) FROM stockcast_epochs),
+                            (SELECT count(*) FROM stockcast_forecasts)",
+                )[0];
+                let v: Vec<i64> = row
+                    .iter()
+                    .map(|c| c.as_deref().unwrap().parse().unwrap())
+                    .collect();
+                seen.push((v[0], v[1], v[2]));
+            }
+            seen
+        })
+    };
+    mart.write(&first, &progress("2024-01-01T00:15:00Z", 2, n as u64))
+        .unwrap();
+    mart.write(&second, &progress("2024-01-01T00:30:00Z", 3, n as u64))
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    stop.store(true, Ordering::SeqCst);
+    let seen = reader.join().unwrap();
+    assert!(!seen.is_empty());
+    let n = n as i64;
+    for s in &seen {
+        assert!(
+            [(0, 0, 0), (n, 1, n), (2 * n, 2, n)].contains(s),
+            "a reader saw part of an advance: {s:?}"
+        );
+    }
+    assert_eq!(*seen.last().unwrap(), (2 * n, 2, n));
+
+    // A retried advance (the first, again) changes nothing: no duplicates, and the current
+    // table keeps the newer epoch.
+    mart.write(&first, &progress("2024-01-01T00:15:00Z", 2, n as u64))
+        .unwrap();
+    assert_eq!(
+        count(&rt, &url, "SELECT count(*) FROM stockcast_forecast_history"),
+        2 * n
+    );
+    assert_eq!(count(&rt, &url, "SELECT count(*) FROM stockcast_epochs"), 2);
+    assert_eq!(
+        count(
+            &rt,
+            &url,
+            "SELECT count(*) FROM stockcast_forecasts WHERE epoch_end = '2024-01-01T00:30:00Z' AND order_qty = 2"
+        ),
+        n
+    );
+    // The current row carries the whole record.
+    let json = &query(
+        &rt,
+        &url,
+        "SELECT record::text FROM stockcast_forecasts WHERE store_id = 'S3' AND sku_id = 'K7'",
+    )[0][0];
+    let rec: ForecastRecord = serde_json::from_str(json.as_deref().unwrap()).unwrap();
+    assert_eq!(rec, record(3, 7, "2024-01-01T00:30:00Z", 2.0));
+    // Reconnecting migrates nothing twice.
+    drop(mart);
+    Mart::connect(&url).unwrap();
+    assert_eq!(
+        count(&rt, &url, "SELECT count(*) FROM stockcast_migrations"),
+        1
+    );
+}
+
+/// Stops or starts the local cluster (Debian's pg_ctlcluster, as scripts/services.sh uses).
+fn cluster(action: &str) {
+    let version = std::fs::read_dir("/etc/postgresql")
+        .expect("/etc/postgresql: the test restarts the local Debian cluster")
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .max()
+        .expect("a cluster version");
+    let status = Command::new("pg_ctlcluster")
+        .args(["--skip-systemctl-redirect", &version, "main", action])
+        .status()
+        .expect("pg_ctlcluster");
+    assert!(status.success(), "pg_ctlcluster {action}");
+}
+
+/// Starts the cluster again even if the test fails.
+struct Restart;
+
+impl Drop for Restart {
+    fn drop(&mut self) {
+        let _ = Command::new("sh")
+            .args([
+                "-c",
+                "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql | sort | tail -1) main start 2>/dev/null",
+            ])
+            .status();
+    }
+}
+
+#[path = "support/kafka.rs"]
+mod kafka_support;
+
+#[test]
+fn a_worker_retries_while_postgres_is_down_and_loses_nothing() {
+    let _guard = SERVER.lock().unwrap_or_else(|e| e.into_inner());
+    let rt = runtime();
+    let (url, _db) = fresh_database(&rt, "outage");
+    let mut cfg = kafka_support::config("mart", "day");
+    cfg.postgres.url = url.clone();
+    let _data = kafka_support::load_generated(&cfg.kafka);
+
+    // The database is down when the worker starts and comes back 8 s later.
+    let _restart = Restart;
+    cluster("stop");
+    let opts = kafka_support::options(2);
+    let progress = Arc::clone(&opts.progress);
+    let worker = {
+        let cfg = cfg.clone();
+        std::thread::spawn(move || stockcast::kafka::run_worker(&cfg, &opts).unwrap())
+    };
+    let down_until = Instant::now() + Duration::from_secs(8);
+    let mut saw_unready = false;
+    while Instant::now() < down_until {
+        saw_unready |= !progress.sink_ok.load(Ordering::SeqCst);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    cluster("start");
+    let run = worker.join().unwrap();
+    assert!(saw_unready, "the failed writes showed in readiness");
+    let failures = progress
+        .metrics
+        .sink_failures
+        .with_label_values(&["postgres"])
+        .get();
+    assert!(failures > 0, "writes failed while the database was down");
+
+    // Every forecast and progress record reached the mart, once.
+    assert!(run.stats.forecasts > 0);
+    assert_eq!(
+        count(&rt, &url, "SELECT count(*) FROM stockcast_forecast_history"),
+        run.stats.forecasts as i64
+    );
+    assert_eq!(
+        count(&rt, &url, "SELECT count(*) FROM stockcast_forecasts"),
+        run.latest.len() as i64
+    );
+    // One row per epoch end: advances that closed no new epoch (the final drain) share it.
+    let rows = count(&rt, &url, "SELECT count(*) FROM stockcast_epochs");
+    assert!(
+        (1..=run.stats.advances as i64).contains(&rows),
+        "{rows} rows for {} advances",
+        run.stats.advances
+    );
+    let last = &query(
+        &rt,
+        &url,
+        "SELECT to_char(max(epoch_end) AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') FROM stockcast_epochs",
+    )[0][0];
+    assert_eq!(last.as_deref(), run.stats.last_epoch_end.as_deref());
+}

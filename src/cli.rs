@@ -608,6 +608,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             let mut config = Config::load(&file)?;
             config.resolve(&file)?;
             config.postgres.url = config.postgres.masked();
+            config.redis.url = crate::config::mask_password(&config.redis.url);
             print!("{}", toml::to_string_pretty(&config)?);
         }
     }

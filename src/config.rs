@@ -37,6 +37,42 @@ pub struct Config {
     /// The PostgreSQL inventory mart (a sink of `run`).
     #[serde(default)]
     pub postgres: PostgresConfig,
+    /// The Redis lookup cache (a sink of `run`).
+    #[serde(default)]
+    pub redis: RedisConfig,
+}
+
+/// `[redis]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisConfig {
+    /// `redis://host:port/db`; empty: no cache.
+    #[serde(default)]
+    pub url: String,
+    /// Seconds a series' value lives after its last write.
+    #[serde(default = "default_ttl")]
+    pub ttl_secs: u64,
+    /// Prefix of every key.
+    #[serde(default = "default_prefix")]
+    pub key_prefix: String,
+}
+
+fn default_ttl() -> u64 {
+    7 * 86_400
+}
+
+fn default_prefix() -> String {
+    "stockcast:".into()
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        RedisConfig {
+            url: String::new(),
+            ttl_secs: default_ttl(),
+            key_prefix: default_prefix(),
+        }
+    }
 }
 
 /// `[postgres]`.
@@ -414,6 +450,8 @@ pub struct Resolved {
     pub http: HttpConfig,
     /// The mart, if configured.
     pub postgres: PostgresConfig,
+    /// The cache, if configured.
+    pub redis: RedisConfig,
 }
 
 impl Config {
@@ -504,11 +542,30 @@ impl Config {
             replenish: self.resolve_replenish(origin)?,
             http: self.resolve_http(origin)?,
             postgres: self.resolve_postgres(origin)?,
+            redis: self.resolve_redis(origin)?,
         })
     }
 }
 
 impl Config {
+    fn resolve_redis(&self, origin: &Path) -> Result<RedisConfig, ConfigError> {
+        let r = &self.redis;
+        let invalid = |field, message: String| ConfigError::Invalid {
+            file: origin.to_path_buf(),
+            field,
+            message,
+        };
+        if !r.url.is_empty() {
+            if let Err(e) = redis::Client::open(r.url.as_str()) {
+                return Err(invalid("redis.url", format!("not a Redis URL: {e}")));
+            }
+        }
+        if r.ttl_secs == 0 {
+            return Err(invalid("redis.ttl_secs", "must be at least 1".into()));
+        }
+        Ok(r.clone())
+    }
+
     fn resolve_postgres(&self, origin: &Path) -> Result<PostgresConfig, ConfigError> {
         let url = &self.postgres.url;
         if !url.is_empty() {

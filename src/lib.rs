@@ -24,6 +24,7 @@
 //! The feature logic itself lives in the `dataflows` crate, which knows nothing of files,
 //! threads or the wall clock.
 
+pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod decode;

@@ -28,7 +28,7 @@ pub const DEAD_LETTER_REASONS: [&str; 13] = [
 ];
 
 /// The sinks whose writes are counted.
-pub const SINKS: [&str; 2] = ["kafka", "postgres"];
+pub const SINKS: [&str; 3] = ["kafka", "postgres", "redis"];
 
 /// Every metric of the worker, registered in one registry.
 pub struct Metrics {

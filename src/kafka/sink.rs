@@ -89,7 +89,9 @@ pub struct KafkaSink {
     progress: Arc<Progress>,
     /// The PostgreSQL mart, if configured.
     mart: Option<crate::mart::Mart>,
-    /// Forecast records produced and not yet in the mart.
+    /// The Redis cache, if configured.
+    cache: Option<crate::cache::Cache>,
+    /// Forecast records produced and not yet in the mart and the cache.
     unwritten: Vec<ForecastRecord>,
 }
 
@@ -117,6 +119,39 @@ fn count_attempt(progress: &Progress, sink: &str, written: Option<u64>) {
         None => m.sink_failures.with_label_values(&[sink]).inc(),
     }
     progress.sink_ok.store(written.is_some(), Ordering::Relaxed);
+}
+
+/// Calls `write` until it succeeds, waiting 0.2 s doubling to 6.4 s between attempts, and
+/// counts every attempt of `sink` (`written` records on success); `false` if the run stopped
+/// first.
+fn retry_until_written(
+    progress: &Progress,
+    stop: &AtomicBool,
+    retries: &mut u64,
+    sink: &str,
+    written: u64,
+    mut write: impl FnMut() -> Result<(), String>,
+) -> bool {
+    let mut attempt = 0u32;
+    loop {
+        let result = write();
+        count_attempt(progress, sink, result.is_ok().then_some(written));
+        let Err(e) = result else { return true };
+        if stop.load(Ordering::SeqCst) {
+            tracing::warn!(sink, error = %e, "stopping with an advance not written; its offsets stay uncommitted");
+            return false;
+        }
+        progress
+            .metrics
+            .sink_retries
+            .with_label_values(&[sink])
+            .inc();
+        *retries += 1;
+        let wait = Duration::from_millis(200u64 << attempt.min(5));
+        tracing::warn!(sink, error = %e, retry_in_ms = wait.as_millis() as u64, "write failed");
+        std::thread::sleep(wait);
+        attempt += 1;
+    }
 }
 
 impl KafkaSink {
@@ -163,6 +198,14 @@ impl KafkaSink {
                     .map_err(|e| SinkError(e.to_string()))?;
                 Some(mart)
             },
+            cache: if cfg.redis.url.is_empty() {
+                None
+            } else {
+                let r = &cfg.redis;
+                let cache = crate::cache::Cache::new(&r.url, &r.key_prefix, r.ttl_secs)
+                    .map_err(|e| SinkError(e.to_string()))?;
+                Some(cache)
+            },
             unwritten: Vec::new(),
         })
     }
@@ -193,7 +236,7 @@ impl KafkaSink {
             value: serde_json::to_vec(&rec).unwrap_or_default(),
             original: None,
         });
-        if self.mart.is_some() {
+        if self.mart.is_some() || self.cache.is_some() {
             self.unwritten.push(rec.clone());
         }
         if let Ok(mut latest) = self.progress.latest.write() {
@@ -393,7 +436,7 @@ impl KafkaSink {
             value: serde_json::to_vec(&record).unwrap_or_default(),
             original: None,
         };
-        if !self.write_mart(&record) {
+        if !self.write_stores(&record) {
             return;
         }
         if !self.deliver(std::slice::from_ref(&progress)) {
@@ -406,44 +449,35 @@ impl KafkaSink {
         }
     }
 
-    /// Writes the advance's records and its progress record into the mart (if any), retrying
-    /// with backoff until it commits; `false` if the run stopped first.
-    fn write_mart(&mut self, progress: &EpochRecord) -> bool {
-        let Some(mart) = self.mart.as_mut() else {
-            return true;
-        };
-        let mut attempt = 0u32;
-        loop {
-            let result = mart.write(&self.unwritten, progress);
-            let written = self.unwritten.len() as u64 + 1;
-            count_attempt(
-                &self.progress,
-                "postgres",
-                result.is_ok().then_some(written),
-            );
-            match result {
-                Ok(()) => {
-                    self.unwritten.clear();
-                    return true;
-                }
-                Err(e) => {
-                    if self.stop.load(Ordering::SeqCst) {
-                        tracing::warn!(error = %e, "stopping with an advance not in the mart; its offsets stay uncommitted");
-                        return false;
-                    }
-                    self.progress
-                        .metrics
-                        .sink_retries
-                        .with_label_values(&["postgres"])
-                        .inc();
-                    self.stats.retries += 1;
-                    let wait = Duration::from_millis(200u64 << attempt.min(5));
-                    tracing::warn!(error = %e, records = self.unwritten.len(), retry_in_ms = wait.as_millis() as u64, "postgres write failed");
-                    std::thread::sleep(wait);
-                    attempt += 1;
-                }
+    /// Writes the advance's records (and progress record) into the mart and the cache, those
+    /// configured, each retried with backoff until it succeeds; `false` if the run stopped
+    /// first. The records are kept until both succeeded.
+    fn write_stores(&mut self, progress: &EpochRecord) -> bool {
+        let KafkaSink {
+            mart,
+            cache,
+            unwritten,
+            progress: live,
+            stop,
+            stats,
+            ..
+        } = self;
+        if let Some(mart) = mart {
+            let n = unwritten.len() as u64 + 1;
+            let write = || mart.write(unwritten, progress).map_err(|e| e.to_string());
+            if !retry_until_written(live, stop, &mut stats.retries, "postgres", n, write) {
+                return false;
             }
         }
+        if let Some(cache) = cache {
+            let n = unwritten.len() as u64;
+            let write = || cache.write(unwritten).map_err(|e| e.to_string());
+            if !retry_until_written(live, stop, &mut stats.retries, "redis", n, write) {
+                return false;
+            }
+        }
+        unwritten.clear();
+        true
     }
 
     /// Produces `batch` until every record is acknowledged; `false` if the run stopped first.

@@ -1,0 +1,74 @@
+//! The Redis lookup cache: the latest forecast record of every series, for services that need
+//! one series' numbers fast.
+//!
+//! One string value per series under `<prefix>forecast:<store_id>:<sku_id>` holding the
+//! `forecasts.jsonl` record (recommendation included), written with a TTL so series that stop
+//! changing age out. Each advance is one atomic pipeline (`MULTI`/`EXEC`) of `SET .. EX ..`
+//! with the newest record of each series in it; rewriting it is harmless, so a retried advance
+//! is idempotent. As with the mart, the Kafka sink commits its input offsets only after the
+//! pipeline succeeded, and retries with backoff while Redis is unreachable.
+
+use crate::replay::ForecastRecord;
+
+/// Why the cache could not be written.
+#[derive(Debug, thiserror::Error)]
+#[error("redis: {0}")]
+pub struct CacheError(#[from] redis::RedisError);
+
+/// A connection to the cache.
+pub struct Cache {
+    client: redis::Client,
+    connection: Option<redis::Connection>,
+    prefix: String,
+    ttl_secs: u64,
+}
+
+impl Cache {
+    /// A cache at `url` (`redis://host:port/db`); connects at the first write.
+    pub fn new(url: &str, prefix: &str, ttl_secs: u64) -> Result<Self, CacheError> {
+        Ok(Cache {
+            client: redis::Client::open(url)?,
+            connection: None,
+            prefix: prefix.to_string(),
+            ttl_secs,
+        })
+    }
+
+    /// The key of a series.
+    pub fn key(&self, store: &str, sku: &str) -> String {
+        format!("{}forecast:{store}:{sku}", self.prefix)
+    }
+
+    /// Writes the newest of `records` per series in one atomic pipeline.
+    pub fn write(&mut self, records: &[ForecastRecord]) -> Result<(), CacheError> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let mut newest: std::collections::HashMap<(&str, &str), &ForecastRecord> =
+            Default::default();
+        for r in records {
+            newest.insert((r.store_id.as_str(), r.sku_id.as_str()), r);
+        }
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        for ((store, sku), r) in newest {
+            let value = serde_json::to_string(r).unwrap_or_default();
+            pipe.set_ex(self.key(store, sku), value, self.ttl_secs)
+                .ignore();
+        }
+        let result = match self.connection.as_mut() {
+            Some(c) => pipe.query::<()>(c),
+            None => {
+                let mut c = self.client.get_connection()?;
+                let r = pipe.query::<()>(&mut c);
+                self.connection = Some(c);
+                r
+            }
+        };
+        if result.is_err() {
+            // Reconnect at the next attempt.
+            self.connection = None;
+        }
+        Ok(result?)
+    }
+}

@@ -1,0 +1,138 @@
+//! The Redis cache against real servers: the shared one on 127.0.0.1:6379 (started by
+//! `scripts/services.sh`) and one this test starts late on a port of its own, so a worker first
+//! meets an unreachable cache, retries, and loses nothing.
+
+use std::process::{Child, Command};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use stockcast::cache::Cache;
+
+#[path = "support/kafka.rs"]
+mod kafka_support;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A redis-server of the test's own, killed when dropped.
+struct Server(Child);
+
+impl Server {
+    fn start(port: u16) -> Self {
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server (scripts/services.sh installs it)");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Server(child)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn connection(url: &str) -> redis::Connection {
+    redis::Client::open(url)
+        .unwrap()
+        .get_connection()
+        .unwrap_or_else(|e| panic!("no Redis at {url}: {e} (scripts/services.sh starts one)"))
+}
+
+#[test]
+fn the_newest_record_per_series_is_cached_with_its_ttl() {
+    let url = "redis://127.0.0.1:6379/0";
+    let prefix = format!("stockcast-test:{}:", kafka_support::nonce('-'));
+    let mut cache = Cache::new(url, &prefix, 300).unwrap();
+    let rec = |epoch: &str, qty: f64| {
+        let r: stockcast::replay::ForecastRecord = serde_json::from_value(serde_json::json!({
+            "epoch_end": epoch, "store_id": "S1", "sku_id": "K1", "schema_hash": "h",
+            "model": "baseline-ma", "model_version": "1", "forecast": [qty],
+            "forecast_p10": [qty], "forecast_p90": [qty], "on_hand": 2.0, "on_order": null,
+            "recommendation": {"order_qty": qty, "order_up_to": 5.0, "reorder_point": 1.0,
+                "cover_periods": null, "stockout_risk": 0.1, "lead_time_days": 7.0,
+                "review_days": 7.0, "service_level": 0.95, "pack_size": 1.0,
+                "min_order_qty": 0.0, "active": true}
+        }))
+        .unwrap();
+        r
+    };
+    let older = rec("2024-01-01T00:15:00Z", 1.0);
+    let newer = rec("2024-01-01T00:30:00Z", 2.0);
+    cache.write(&[older.clone(), newer.clone()]).unwrap();
+    // Retried: same result.
+    cache.write(&[older, newer.clone()]).unwrap();
+    let mut c = connection(url);
+    let key = cache.key("S1", "K1");
+    let value: String = redis::cmd("GET").arg(&key).query(&mut c).unwrap();
+    assert_eq!(
+        serde_json::from_str::<stockcast::replay::ForecastRecord>(&value).unwrap(),
+        newer
+    );
+    let ttl: i64 = redis::cmd("TTL").arg(&key).query(&mut c).unwrap();
+    assert!((1..=300).contains(&ttl), "ttl {ttl}");
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}*"))
+        .query(&mut c)
+        .unwrap();
+    assert_eq!(keys, vec![key.clone()]);
+    let _: () = redis::cmd("DEL").arg(&key).query(&mut c).unwrap();
+}
+
+#[test]
+fn a_worker_retries_until_redis_answers_and_caches_every_series() {
+    let port = free_port();
+    let url = format!("redis://127.0.0.1:{port}/0");
+    let mut cfg = kafka_support::config("cache", "day");
+    cfg.redis.url = url.clone();
+    let _data = kafka_support::load_generated(&cfg.kafka);
+    let opts = kafka_support::options(2);
+    let progress = Arc::clone(&opts.progress);
+    let worker = {
+        let cfg = cfg.clone();
+        std::thread::spawn(move || stockcast::kafka::run_worker(&cfg, &opts).unwrap())
+    };
+    // Nothing listens on the port for the first 8 s.
+    let up_at = Instant::now() + Duration::from_secs(8);
+    let mut saw_unready = false;
+    while Instant::now() < up_at {
+        saw_unready |= !progress.sink_ok.load(Ordering::SeqCst);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _server = Server::start(port);
+    let run = worker.join().unwrap();
+    assert!(saw_unready, "the failed writes showed in readiness");
+    let m = &progress.metrics;
+    assert!(m.sink_failures.with_label_values(&["redis"]).get() > 0);
+    assert!(m.sink_retries.with_label_values(&["redis"]).get() > 0);
+
+    let mut c = connection(&url);
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("stockcast:forecast:*")
+        .query(&mut c)
+        .unwrap();
+    assert_eq!(keys.len(), run.latest.len());
+    for ((store, sku), want) in &run.latest {
+        let value: String = redis::cmd("GET")
+            .arg(format!("stockcast:forecast:{store}:{sku}"))
+            .query(&mut c)
+            .unwrap();
+        let got: stockcast::replay::ForecastRecord = serde_json::from_str(&value).unwrap();
+        assert_eq!(&got, want);
+    }
+}

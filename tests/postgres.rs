@@ -7,7 +7,7 @@ mod common;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use stockcast::kafka::wire::EpochRecord;
 use stockcast::mart::Mart;
@@ -259,27 +259,8 @@ fn a_worker_retries_while_postgres_is_down_and_loses_nothing() {
     // The database is down when the worker starts and comes back 8 s later.
     let _restart = Restart;
     cluster("stop");
-    let opts = kafka_support::options(2);
-    let progress = Arc::clone(&opts.progress);
-    let worker = {
-        let cfg = cfg.clone();
-        std::thread::spawn(move || stockcast::kafka::run_worker(&cfg, &opts).unwrap())
-    };
-    let down_until = Instant::now() + Duration::from_secs(8);
-    let mut saw_unready = false;
-    while Instant::now() < down_until {
-        saw_unready |= !progress.sink_ok.load(Ordering::SeqCst);
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    cluster("start");
-    let run = worker.join().unwrap();
-    assert!(saw_unready, "the failed writes showed in readiness");
-    let failures = progress
-        .metrics
-        .sink_failures
-        .with_label_values(&["postgres"])
-        .get();
-    assert!(failures > 0, "writes failed while the database was down");
+    let (run, _, ()) =
+        kafka_support::run_with_sink_down_for_8s(&cfg, "postgres", || cluster("start"));
 
     // Every forecast and progress record reached the mart, once.
     assert!(run.stats.forecasts > 0);

@@ -3,8 +3,6 @@
 //! meets an unreachable cache, retries, and loses nothing.
 
 use std::process::{Child, Command};
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use stockcast::cache::Cache;
@@ -101,25 +99,9 @@ fn a_worker_retries_until_redis_answers_and_caches_every_series() {
     let mut cfg = kafka_support::config("cache", "day");
     cfg.redis.url = url.clone();
     let _data = kafka_support::load_generated(&cfg.kafka);
-    let opts = kafka_support::options(2);
-    let progress = Arc::clone(&opts.progress);
-    let worker = {
-        let cfg = cfg.clone();
-        std::thread::spawn(move || stockcast::kafka::run_worker(&cfg, &opts).unwrap())
-    };
     // Nothing listens on the port for the first 8 s.
-    let up_at = Instant::now() + Duration::from_secs(8);
-    let mut saw_unready = false;
-    while Instant::now() < up_at {
-        saw_unready |= !progress.sink_ok.load(Ordering::SeqCst);
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let _server = Server::start(port);
-    let run = worker.join().unwrap();
-    assert!(saw_unready, "the failed writes showed in readiness");
-    let m = &progress.metrics;
-    assert!(m.sink_failures.with_label_values(&["redis"]).get() > 0);
-    assert!(m.sink_retries.with_label_values(&["redis"]).get() > 0);
+    let (run, _, _server) =
+        kafka_support::run_with_sink_down_for_8s(&cfg, "redis", || Server::start(port));
 
     let mut c = connection(&url);
     let keys: Vec<String> = redis::cmd("KEYS")

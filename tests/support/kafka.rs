@@ -81,3 +81,34 @@ pub fn load_generated(kafka: &KafkaConfig) -> tempfile::TempDir {
     load_dir(kafka, tmp.path(), 2);
     tmp
 }
+
+/// Runs a worker on `cfg` whose sink `sink` is unreachable for its first 8 s: `bring_up`
+/// makes it reachable then. Checks that the failures showed in readiness and the metrics, and
+/// returns the run and its live state.
+pub fn run_with_sink_down_for_8s<T>(
+    cfg: &Resolved,
+    sink: &str,
+    bring_up: impl FnOnce() -> T,
+) -> (stockcast::kafka::WorkerRun, Arc<stream::Progress>, T) {
+    use std::sync::atomic::Ordering;
+    use std::time::{Duration, Instant};
+    let opts = options(2);
+    let progress = Arc::clone(&opts.progress);
+    let worker = {
+        let cfg = cfg.clone();
+        std::thread::spawn(move || stockcast::kafka::run_worker(&cfg, &opts).unwrap())
+    };
+    let up_at = Instant::now() + Duration::from_secs(8);
+    let mut saw_unready = false;
+    while Instant::now() < up_at {
+        saw_unready |= !progress.sink_ok.load(Ordering::SeqCst);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let up = bring_up();
+    let run = worker.join().unwrap();
+    assert!(saw_unready, "the failed writes showed in readiness");
+    let m = &progress.metrics;
+    assert!(m.sink_failures.with_label_values(&[sink]).get() > 0);
+    assert!(m.sink_retries.with_label_values(&[sink]).get() > 0);
+    (run, progress, up)
+}

@@ -33,6 +33,8 @@ pub const SINKS: [&str; 3] = ["kafka", "postgres", "redis"];
 /// Every metric of the worker, registered in one registry.
 pub struct Metrics {
     registry: Registry,
+    /// Every metric family's name, as declared.
+    declared: Vec<String>,
     /// Input records consumed, by topic and partition.
     pub events_consumed: IntCounterVec,
     /// Records that could not be decoded or validated, by reason.
@@ -85,9 +87,15 @@ impl Metrics {
     /// A fresh registry with every metric registered.
     pub fn new() -> Self {
         let registry = Registry::new();
+        let mut declared = Vec::new();
         macro_rules! reg {
             ($m:expr) => {{
                 let m = $m.expect("metric definitions are valid");
+                declared.extend(
+                    prometheus::core::Collector::desc(&m)
+                        .iter()
+                        .map(|d| d.fq_name.clone()),
+                );
                 registry
                     .register(Box::new(m.clone()))
                     .expect("metric names are unique");
@@ -190,6 +198,7 @@ impl Metrics {
                 "Latest forecast records held for the read API and re-scoring."
             )),
             registry,
+            declared,
         }
         .touch()
     }
@@ -217,13 +226,10 @@ impl Metrics {
         self.model_info.with_label_values(&[name, version]).set(1);
     }
 
-    /// The names of every metric family, as exported.
+    /// The names of every metric family declared (a labelled family is exported once it has
+    /// a series).
     pub fn names(&self) -> Vec<String> {
-        self.registry
-            .gather()
-            .iter()
-            .map(|f| f.name().to_string())
-            .collect()
+        self.declared.clone()
     }
 
     /// Every metric in the Prometheus text format.

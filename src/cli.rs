@@ -304,11 +304,23 @@ pub fn init_tracing(json: bool) {
     }
 }
 
-fn resolve(args: &RunArgs) -> anyhow::Result<Resolved> {
-    let (mut config, origin) = match &args.config {
+/// The config file (or the defaults) with the environment's overrides.
+fn load_config(path: Option<&PathBuf>) -> anyhow::Result<(Config, PathBuf)> {
+    let (config, origin) = match path {
         Some(path) => (Config::load(path)?, path.clone()),
         None => (Config::default(), PathBuf::from("<defaults>")),
     };
+    let (config, applied) = config.with_env(std::env::vars())?;
+    if applied.is_empty() {
+        return Ok((config, origin));
+    }
+    tracing::info!(variables = ?applied, "config overridden by the environment");
+    let origin = PathBuf::from(format!("{} + {}", origin.display(), applied.join(", ")));
+    Ok((config, origin))
+}
+
+fn resolve(args: &RunArgs) -> anyhow::Result<Resolved> {
+    let (mut config, origin) = load_config(args.config.as_ref())?;
     if let Some(p) = args.period {
         config.time.period = match p {
             Period::Day => PeriodKind::Day,
@@ -569,10 +581,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             brokers,
             config,
         } => {
-            let (config, origin) = match &config {
-                Some(path) => (Config::load(path)?, path.clone()),
-                None => (Config::default(), PathBuf::from("<defaults>")),
-            };
+            let (config, origin) = load_config(config.as_ref())?;
             let mut kafka = config.resolve(&origin)?.kafka;
             if let Some(b) = brokers {
                 kafka.brokers = b;
@@ -605,8 +614,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             ..crate::demo::DemoOptions::default()
         })?,
         Command::CheckConfig { file } => {
-            let mut config = Config::load(&file)?;
-            config.resolve(&file)?;
+            let (mut config, origin) = load_config(Some(&file))?;
+            config.resolve(&origin)?;
             config.postgres.url = config.postgres.masked();
             config.redis.url = crate::config::mask_password(&config.redis.url);
             print!("{}", toml::to_string_pretty(&config)?);

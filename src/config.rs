@@ -200,6 +200,40 @@ impl Default for ReplenishConfig {
     }
 }
 
+/// Prefix of the environment variables that override the config.
+const ENV_PREFIX: &str = "STOCKCAST_";
+
+/// Sections environment variables can address, dotted.
+const ENV_SECTIONS: [&str; 9] = [
+    "time",
+    "features",
+    "forecast",
+    "kafka",
+    "kafka.topics",
+    "replenish",
+    "http",
+    "postgres",
+    "redis",
+];
+
+/// Environment variables that are not config: command-line flags read from the environment,
+/// and the scripts' and tests' own. (`STOCKCAST_KAFKA_BROKERS` is both a flag and
+/// `[kafka] brokers`, with the same meaning.)
+pub const RESERVED_ENV: [&str; 12] = [
+    "STOCKCAST_CONFIG",
+    "STOCKCAST_PERIOD",
+    "STOCKCAST_WORKERS",
+    "STOCKCAST_MODEL",
+    "STOCKCAST_LISTEN",
+    "STOCKCAST_LOG_JSON",
+    "STOCKCAST_FONT",
+    "STOCKCAST_KAFKA_PORT",
+    "STOCKCAST_KAFKA_ADVERTISED_PORT",
+    "STOCKCAST_BROKER_DIR",
+    "STOCKCAST_BROKER_VENV",
+    "STOCKCAST_TEST_POSTGRES",
+];
+
 /// `[time]`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -462,6 +496,66 @@ impl Config {
             source,
         })?;
         Self::parse(&text, path)
+    }
+
+    /// Applies environment variables over the file: `STOCKCAST_<SECTION>_<FIELD>` sets
+    /// `[section] field` (`STOCKCAST_KAFKA_TOPICS_SALES` sets `[kafka.topics] sales`). The value
+    /// is read as a TOML value (`30`, `0.9`, `true`, `[1, 7]`), else as a string. Variables the
+    /// command line and scripts use for themselves ([`RESERVED_ENV`]) are not config. Returns the
+    /// names of the variables applied; an unknown field or a bad value is an error naming the
+    /// variable.
+    pub fn with_env(
+        &self,
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<(Self, Vec<String>), ConfigError> {
+        let mut tree = toml::Value::try_from(self).map_err(|e| ConfigError::Parse {
+            file: PathBuf::from("<config>"),
+            message: e.to_string(),
+        })?;
+        let mut applied = Vec::new();
+        let mut vars: Vec<(String, String)> = vars
+            .into_iter()
+            .filter(|(k, _)| k.starts_with(ENV_PREFIX) && !RESERVED_ENV.contains(&k.as_str()))
+            .collect();
+        vars.sort();
+        for (name, raw) in vars {
+            let rest = name[ENV_PREFIX.len()..].to_ascii_lowercase();
+            // The longest section that prefixes the rest, then the field.
+            let Some((section, field)) = ENV_SECTIONS
+                .iter()
+                .filter_map(|sec| {
+                    let flat = sec.replace('.', "_");
+                    let field = rest.strip_prefix(&flat)?.strip_prefix('_')?;
+                    (!field.is_empty()).then_some((*sec, field.to_string()))
+                })
+                .max_by_key(|(sec, _)| sec.len())
+            else {
+                continue;
+            };
+            let value = toml::from_str::<toml::Table>(&format!("v = {raw}"))
+                .ok()
+                .and_then(|mut t| t.remove("v"))
+                .unwrap_or_else(|| toml::Value::String(raw.clone()));
+            let mut table = &mut tree;
+            for part in section.split('.') {
+                let toml::Value::Table(t) = table else { break };
+                table = t
+                    .entry(part.to_string())
+                    .or_insert_with(|| toml::Value::Table(Default::default()));
+            }
+            if let toml::Value::Table(t) = table {
+                t.insert(field, value);
+            }
+            applied.push(name);
+        }
+        let origin = PathBuf::from(format!("<environment: {}>", applied.join(", ")));
+        let config: Config = tree
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Parse {
+                file: origin,
+                message: e.to_string().trim_end().to_string(),
+            })?;
+        Ok((config, applied))
     }
 
     /// Parses config text; `path` is used in errors.
@@ -748,6 +842,52 @@ mod tests {
         let r = c.resolve(Path::new("r.toml")).unwrap().replenish;
         assert_eq!(r.service_level, 0.9);
         assert_eq!(r.categories["A"].review_days, Some(3));
+    }
+
+    #[test]
+    fn environment_variables_override_the_file_and_name_themselves_in_errors() {
+        let file = Config::parse(
+            "[kafka]\nidle_timeout_secs = 5\n[http]\nstall_secs = 60\n",
+            Path::new("f.toml"),
+        )
+        .unwrap();
+        let env = |pairs: &[(&str, &str)]| {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect::<Vec<_>>()
+        };
+        let (c, applied) = file
+            .with_env(env(&[
+                ("STOCKCAST_KAFKA_IDLE_TIMEOUT_SECS", "9"),
+                ("STOCKCAST_KAFKA_TOPICS_SALES", "shop.sales"),
+                ("STOCKCAST_POSTGRES_URL", "host=db user=app"),
+                ("STOCKCAST_REPLENISH_SERVICE_LEVEL", "0.9"),
+                ("STOCKCAST_FEATURES_WINDOWS", "[1, 7]"),
+                ("STOCKCAST_WORKERS", "4"),
+                ("OTHER", "x"),
+            ]))
+            .unwrap();
+        assert_eq!(applied.len(), 5, "{applied:?}");
+        assert_eq!(c.kafka.idle_timeout_secs, 9);
+        assert_eq!(c.kafka.topics.sales, "shop.sales");
+        assert_eq!(c.postgres.url, "host=db user=app");
+        assert_eq!(c.replenish.service_level, 0.9);
+        assert_eq!(c.features.windows, Some(vec![1, 7]));
+        assert_eq!(c.http.stall_secs, 60, "the file's value stays");
+        let err = file
+            .with_env(env(&[("STOCKCAST_KAFKA_IDLE_TIMEOUT", "9")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("STOCKCAST_KAFKA_IDLE_TIMEOUT") && err.contains("idle_timeout"),
+            "{err}"
+        );
+        let err = file
+            .with_env(env(&[("STOCKCAST_HTTP_STALL_SECS", "soon")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("STOCKCAST_HTTP_STALL_SECS"), "{err}");
     }
 
     #[test]

@@ -575,13 +575,14 @@ fn sigterm_stops_the_worker_cleanly_with_everything_committed() {
     std::fs::write(
         &file,
         format!(
-            "[kafka]\nbrokers = \"{}\"\ngroup_id = \"{}\"\nidle_timeout_secs = 2\n[kafka.topics]\nsales = \"{}\"\nstock = \"{}\"\ncatalog = \"{}\"\nstores = \"{}\"\npromotions = \"{}\"\nforecasts = \"{}\"\nepochs = \"{}\"\ndead_letters = \"{}\"\n",
+            "[http]\nlisten = \"127.0.0.1:0\"\n[kafka]\nbrokers = \"{}\"\ngroup_id = \"{}\"\nidle_timeout_secs = 2\n[kafka.topics]\nsales = \"{}\"\nstock = \"{}\"\ncatalog = \"{}\"\nstores = \"{}\"\npromotions = \"{}\"\nforecasts = \"{}\"\nepochs = \"{}\"\ndead_letters = \"{}\"\n",
             cfg.kafka.brokers, cfg.kafka.group_id, t.sales, t.stock, t.catalog, t.stores,
             t.promotions, t.forecasts, t.epochs, t.dead_letters
         ),
     )
     .unwrap();
-    // The long-running worker (no --exit-when-idle): it only stops on a signal.
+    // The long-running worker (no --exit-when-idle): it only stops on a signal. Its HTTP
+    // server takes any free port, so a worker already on 9898 does not matter.
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_stockcast"))
         .args(["run", "--workers", "2", "--config"])
         .arg(&file)

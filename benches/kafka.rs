@@ -87,6 +87,7 @@ fn main() {
     let run = kafka::run_worker(
         &cfg,
         &stream::StreamOptions {
+            cluster: None,
             progress: Default::default(),
             workers,
             exit_when_idle: true,

@@ -142,6 +142,14 @@ pub enum Command {
         /// "" turns it off.
         #[arg(long, env = "STOCKCAST_LISTEN")]
         listen: Option<String>,
+        /// Join a timely cluster: a file listing every process's `host:port`, one per line, in
+        /// process order. Each process runs `--workers` threads and reads its workers' share of
+        /// the partitions; process 0 merges, scores and writes the sinks and serves the read API.
+        #[arg(long, env = "STOCKCAST_HOSTS", requires = "process")]
+        hosts: Option<PathBuf>,
+        /// This process's index in the `--hosts` file, from 0.
+        #[arg(long, env = "STOCKCAST_PROCESS", requires = "hosts")]
+        process: Option<usize>,
         /// How to run.
         #[command(flatten)]
         run: RunArgs,
@@ -290,12 +298,14 @@ pub enum Command {
     },
 }
 
-/// Installs the tracing subscriber (stderr; `RUST_LOG` filters).
+/// Installs the tracing subscriber (stderr; `RUST_LOG` filters). Colours only on a terminal,
+/// so log files and collectors get plain text.
 pub fn init_tracing(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
         .with_writer(std::io::stderr);
     if json {
         builder.json().init();
@@ -528,6 +538,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             forecaster,
             model,
             listen,
+            hosts,
+            process,
             run,
         } => {
             let mut cfg = resolve(&run)?;
@@ -542,7 +554,23 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             }
             let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
             crate::signals::stop_on_signals(stop.clone()).context("installing signal handlers")?;
+            let cluster = match (hosts, process) {
+                (Some(file), Some(process)) => Some(
+                    crate::kafka::stream::Cluster::from_file(&file, process)
+                        .map_err(anyhow::Error::msg)?,
+                ),
+                _ => None,
+            };
+            if let Some(c) = &cluster {
+                tracing::info!(
+                    process = c.process,
+                    processes = c.hosts.len(),
+                    workers_per_process = run.workers,
+                    "joining the timely cluster"
+                );
+            }
             let opts = crate::kafka::stream::StreamOptions {
+                cluster,
                 progress: Default::default(),
                 workers: run.workers,
                 exit_when_idle,

@@ -219,8 +219,10 @@ const ENV_SECTIONS: [&str; 9] = [
 /// Environment variables that are not config: command-line flags read from the environment,
 /// and the scripts' and tests' own. (`STOCKCAST_KAFKA_BROKERS` is both a flag and
 /// `[kafka] brokers`, with the same meaning.)
-pub const RESERVED_ENV: [&str; 12] = [
+pub const RESERVED_ENV: [&str; 14] = [
     "STOCKCAST_CONFIG",
+    "STOCKCAST_PROCESS",
+    "STOCKCAST_HOSTS",
     "STOCKCAST_PERIOD",
     "STOCKCAST_WORKERS",
     "STOCKCAST_MODEL",

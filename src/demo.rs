@@ -211,6 +211,7 @@ pub fn run(opts: &DemoOptions) -> anyhow::Result<()> {
     let run = kafka::run_worker(
         &cfg,
         &stream::StreamOptions {
+            cluster: None,
             progress: Default::default(),
             workers: opts.workers,
             exit_when_idle: !opts.serve,

@@ -27,6 +27,23 @@ pub const DEAD_LETTER_REASONS: [&str; 13] = [
     "after_current_epoch",
 ];
 
+/// A dead-letter reason: one of [`DEAD_LETTER_REASONS`].
+pub type Reason = &'static str;
+
+/// Reads a dead-letter reason sent between the processes of a cluster back into its code from
+/// [`DEAD_LETTER_REASONS`], so that labels stay a bounded set.
+pub fn dead_letter_reason<'de, D>(d: D) -> Result<Reason, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    let text = <std::borrow::Cow<'de, str> as serde::Deserialize>::deserialize(d)?;
+    DEAD_LETTER_REASONS
+        .iter()
+        .find(|r| **r == text)
+        .copied()
+        .ok_or_else(|| serde::de::Error::custom(format!("unknown dead-letter reason `{text}`")))
+}
+
 /// The sinks whose writes are counted.
 pub const SINKS: [&str; 3] = ["kafka", "postgres", "redis"];
 

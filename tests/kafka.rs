@@ -16,7 +16,7 @@ use stockcast::replay::{self, ForecastRecord, ReplayOptions};
 
 #[path = "support/kafka.rs"]
 mod support;
-use support::{brokers, config, load_dir, options};
+use support::{brokers, config, config_file, load_dir, options};
 
 fn shared(name: &str) -> PathBuf {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -484,6 +484,7 @@ fn a_30_second_broker_outage_loses_and_double_counts_nothing() {
     let worker = {
         let cfg = cfg.clone();
         let opts = stream::StreamOptions {
+            cluster: None,
             progress: Arc::clone(&progress),
             workers: 2,
             exit_when_idle: false,
@@ -570,17 +571,10 @@ fn sigterm_stops_the_worker_cleanly_with_everything_committed() {
     )
     .unwrap();
     let tmp = tempfile::tempdir().unwrap();
-    let file = tmp.path().join("stockcast.toml");
     let t = &cfg.kafka.topics;
-    std::fs::write(
-        &file,
-        format!(
-            "[http]\nlisten = \"127.0.0.1:0\"\n[kafka]\nbrokers = \"{}\"\ngroup_id = \"{}\"\nidle_timeout_secs = 2\n[kafka.topics]\nsales = \"{}\"\nstock = \"{}\"\ncatalog = \"{}\"\nstores = \"{}\"\npromotions = \"{}\"\nforecasts = \"{}\"\nepochs = \"{}\"\ndead_letters = \"{}\"\n",
-            cfg.kafka.brokers, cfg.kafka.group_id, t.sales, t.stock, t.catalog, t.stores,
-            t.promotions, t.forecasts, t.epochs, t.dead_letters
-        ),
-    )
-    .unwrap();
+    let mut short = cfg.clone();
+    short.kafka.idle_timeout_secs = 2;
+    let file = config_file(&short, tmp.path(), "[http]\nlisten = \"127.0.0.1:0\"\n");
     // The long-running worker (no --exit-when-idle): it only stops on a signal. Its HTTP
     // server takes any free port, so a worker already on 9898 does not matter.
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_stockcast"))
@@ -615,6 +609,89 @@ fn sigterm_stops_the_worker_cleanly_with_everything_committed() {
     assert!(log.contains("SIGTERM"), "{log}");
     assert!(log.contains("worker stopped"), "{log}");
     assert_eq!(committed(&cfg, &t.sales, 2), 19_130);
+}
+
+/// Two `stockcast run` processes forming one timely cluster (1 worker each) over 4 partitions:
+/// each reads its own partitions, process 0 publishes, and the forecasts equal the replay's.
+#[test]
+fn a_cluster_of_two_processes_publishes_what_replay_computes() {
+    let cfg = config("cluster", "day");
+    let data = shared("m5_mini");
+    load_dir(&cfg.kafka, &data, 4);
+    let tmp = tempfile::tempdir().unwrap();
+    let file = config_file(&cfg, tmp.path(), "[http]\nlisten = \"\"\n");
+    // Both listeners are held until both ports are known, so the two differ.
+    let listeners = [free_port(), free_port()];
+    let ports = listeners.map(|l| l.local_addr().unwrap().port());
+    let hosts = tmp.path().join("hosts");
+    std::fs::write(
+        &hosts,
+        format!(
+            "# process 0 first\n127.0.0.1:{}\n127.0.0.1:{}\n",
+            ports[0], ports[1]
+        ),
+    )
+    .unwrap();
+    let logs: Vec<PathBuf> = (0..2)
+        .map(|p| tmp.path().join(format!("process-{p}.log")))
+        .collect();
+    let mut children: Vec<std::process::Child> = (0..2)
+        .map(|p| {
+            std::process::Command::new(env!("CARGO_BIN_EXE_stockcast"))
+                .args(["run", "--workers", "1", "--exit-when-idle", "--config"])
+                .arg(&file)
+                .arg("--hosts")
+                .arg(&hosts)
+                .args(["--process", &p.to_string()])
+                .stderr(std::fs::File::create(&logs[p]).unwrap())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(240);
+    let mut exits = vec![None; 2];
+    while exits.iter().any(Option::is_none) && Instant::now() < deadline {
+        for (c, e) in children.iter_mut().zip(&mut exits) {
+            if e.is_none() {
+                *e = c.try_wait().unwrap();
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for c in &mut children {
+        let _ = c.kill();
+    }
+    let log: Vec<String> = logs
+        .iter()
+        .map(|l| std::fs::read_to_string(l).unwrap())
+        .collect();
+    for (p, e) in exits.iter().enumerate() {
+        assert!(
+            e.is_some_and(|e| e.success()),
+            "process {p} ended with {e:?}:\n{}",
+            log[p]
+        );
+    }
+    // Each process read two of the four sales partitions.
+    for (p, text) in log.iter().enumerate() {
+        let assigned = text.lines().find(|l| l.contains("assigned")).unwrap();
+        let sales = assigned
+            .matches(&format!("{}/", cfg.kafka.topics.sales))
+            .count();
+        assert_eq!(sales, 2, "process {p}: {assigned}");
+    }
+
+    let expected = replay_forecasts(&cfg, &data);
+    let got: Vec<ForecastRecord> = consume(&cfg.kafka, &cfg.kafka.topics.forecasts, expected.len())
+        .into_iter()
+        .map(|(_, value, _)| serde_json::from_slice(&value).unwrap())
+        .collect();
+    assert_same_forecasts(sorted_forecasts(got), sorted_forecasts(expected.clone()));
+    // Process 0 wrote each of them once; process 1 wrote nothing.
+    let published = format!("forecasts={}", expected.len());
+    assert!(log[0].contains(&published), "{}", log[0]);
+    assert!(log[1].contains("forecasts=0"), "{}", log[1]);
+    assert_eq!(committed(&cfg, &cfg.kafka.topics.sales, 4), 19_130);
 }
 
 #[test]

@@ -247,13 +247,41 @@ impl Drop for Restart {
 #[path = "support/kafka.rs"]
 mod kafka_support;
 
+/// A fresh database and a worker config (own topics) that writes into it.
+fn mart_test(
+    rt: &tokio::runtime::Runtime,
+    test: &str,
+) -> (String, Database, stockcast::config::Resolved) {
+    let (url, db) = fresh_database(rt, test);
+    let mut cfg = kafka_support::config(&format!("mart-{test}"), "day");
+    cfg.postgres.url = url.clone();
+    (url, db, cfg)
+}
+
+/// The mart holds every forecast `run` emitted once, the newest per series, and its last epoch.
+fn assert_mart_holds(rt: &tokio::runtime::Runtime, url: &str, run: &stockcast::kafka::WorkerRun) {
+    assert!(run.stats.forecasts > 0);
+    assert_eq!(
+        count(rt, url, "SELECT count(*) FROM stockcast_forecast_history"),
+        run.stats.forecasts as i64
+    );
+    assert_eq!(
+        count(rt, url, "SELECT count(*) FROM stockcast_forecasts"),
+        run.latest.len() as i64
+    );
+    let last = &query(
+        rt,
+        url,
+        "SELECT to_char(max(epoch_end) AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') FROM stockcast_epochs",
+    )[0][0];
+    assert_eq!(last.as_deref(), run.stats.last_epoch_end.as_deref());
+}
+
 #[test]
 fn a_worker_retries_while_postgres_is_down_and_loses_nothing() {
     let _guard = SERVER.lock().unwrap_or_else(|e| e.into_inner());
     let rt = runtime();
-    let (url, _db) = fresh_database(&rt, "outage");
-    let mut cfg = kafka_support::config("mart", "day");
-    cfg.postgres.url = url.clone();
+    let (url, _db, cfg) = mart_test(&rt, "outage");
     let _data = kafka_support::load_generated(&cfg.kafka);
 
     // The database is down when the worker starts and comes back 8 s later.
@@ -263,15 +291,7 @@ fn a_worker_retries_while_postgres_is_down_and_loses_nothing() {
         kafka_support::run_with_sink_down_for_8s(&cfg, "postgres", || cluster("start"));
 
     // Every forecast and progress record reached the mart, once.
-    assert!(run.stats.forecasts > 0);
-    assert_eq!(
-        count(&rt, &url, "SELECT count(*) FROM stockcast_forecast_history"),
-        run.stats.forecasts as i64
-    );
-    assert_eq!(
-        count(&rt, &url, "SELECT count(*) FROM stockcast_forecasts"),
-        run.latest.len() as i64
-    );
+    assert_mart_holds(&rt, &url, &run);
     // One row per epoch end: advances that closed no new epoch (the final drain) share it.
     let rows = count(&rt, &url, "SELECT count(*) FROM stockcast_epochs");
     assert!(
@@ -279,10 +299,79 @@ fn a_worker_retries_while_postgres_is_down_and_loses_nothing() {
         "{rows} rows for {} advances",
         run.stats.advances
     );
-    let last = &query(
-        &rt,
-        &url,
-        "SELECT to_char(max(epoch_end) AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') FROM stockcast_epochs",
-    )[0][0];
-    assert_eq!(last.as_deref(), run.stats.last_epoch_end.as_deref());
+}
+
+#[test]
+fn postgres_restarted_mid_run_loses_nothing() {
+    let _guard = SERVER.lock().unwrap_or_else(|e| e.into_inner());
+    let rt = runtime();
+    let (url, _db, cfg) = mart_test(&rt, "restart");
+
+    // A live stream: the dataset is published over ~25 s while the worker runs.
+    let data = tempfile::tempdir().unwrap();
+    let params = stockcast::generate::Params {
+        stores: 2,
+        skus: 5,
+        days: 90,
+        ..Default::default()
+    };
+    let events = stockcast::generate::generate_to_dir(&params, data.path()).unwrap();
+    stockcast::kafka::admin::ensure_topics(&cfg.kafka, 2).unwrap();
+    let loader = {
+        let kafka = cfg.kafka.clone();
+        let dir = data.path().to_path_buf();
+        std::thread::spawn(move || {
+            stockcast::kafka::load::load(
+                &kafka,
+                &stockcast::kafka::load::LoadOptions {
+                    data: dir,
+                    rate: Some(events as f64 / 25.0),
+                    partitions: 2,
+                    progress: false,
+                },
+            )
+            .unwrap()
+        })
+    };
+    let opts = kafka_support::options(2);
+    let progress = Arc::clone(&opts.progress);
+    let worker = {
+        let cfg = cfg.clone();
+        std::thread::spawn(move || stockcast::kafka::run_worker(&cfg, &opts).unwrap())
+    };
+
+    // Once the mart holds the first epochs, the server goes down for 3 s and comes back.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let history = "SELECT count(*) FROM stockcast_forecast_history";
+    let migrated = "SELECT count(*) FROM pg_tables WHERE tablename = 'stockcast_forecast_history'";
+    while count(&rt, &url, migrated) == 0 || count(&rt, &url, history) == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nothing reached the mart"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let before = count(&rt, &url, history);
+    let _restart = Restart;
+    cluster("stop");
+    std::thread::sleep(Duration::from_secs(3));
+    cluster("start");
+    assert!(
+        !loader.is_finished(),
+        "the stream ended before the restart; it proves nothing"
+    );
+    let loaded = loader.join().unwrap();
+    let run = worker.join().unwrap();
+
+    let m = &progress.metrics;
+    assert!(m.sink_failures.with_label_values(&["postgres"]).get() > 0);
+    assert!(m.sink_retries.with_label_values(&["postgres"]).get() > 0);
+    assert_eq!(
+        run.stats.consumed["sales"],
+        loaded.published[&cfg.kafka.topics.sales]
+    );
+    // Epochs were written before and after the restart, and every one of them exactly once.
+    let after = count(&rt, &url, history);
+    assert!(before > 0 && after > before, "{before} then {after}");
+    assert_mart_holds(&rt, &url, &run);
 }

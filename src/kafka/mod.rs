@@ -168,6 +168,18 @@ pub fn run_worker(
             "resuming: rebuilding state from the start of the topics; output resumes at the committed frontier"
         );
     }
+    if opts.cluster.as_ref().is_some_and(|c| !c.is_leader()) {
+        // Process 0 merges, scores and writes; this one reads its workers' partitions and
+        // computes their share of the features.
+        opts.progress.model_loaded.store(true, Ordering::SeqCst);
+        stream::run(cfg, opts, |_, _| {})?;
+        return Ok(WorkerRun {
+            stats: sink::SinkStats::default(),
+            latest: Default::default(),
+            resumed_from,
+            secs: started.elapsed().as_secs_f64(),
+        });
+    }
     let (scorer, watch) = crate::model::scorer(cfg)?;
     let mut sink = sink::KafkaSink::new(
         cfg,

@@ -21,6 +21,15 @@
 //! advance, everything below the noted offset is in closed epochs, and the offset is reported as
 //! committable. The sink commits it after the epochs' outputs were acknowledged.
 //!
+//! # Processes
+//! Workers may span several processes (a timely cluster, [`Cluster`]); partitions are assigned
+//! by global worker index, so each process reads only its workers' share. Every worker sends its
+//! reports (changed series, committable offsets, counts, dead letters) through the dataflow to
+//! worker 0, whose process merges them and calls the sinks; the other processes only compute.
+//! A worker stops reading while [`MAX_OPEN_ADVANCES`] of its advances wait to be closed, so a
+//! slow sink (which blocks worker 0, and with it the closed frontier) leaves the backlog in
+//! Kafka, not in memory.
+//!
 //! # Error handling
 //! Records that do not decode, name colliding ids, or are refused by the input stage become
 //! [`DeadRecord`]s; nothing on input stops or panics a worker. Broker errors are logged and
@@ -60,7 +69,7 @@ const LISTEN_GAP: Duration = Duration::from_millis(250);
 const POLL_BATCH: usize = 8192;
 
 /// One input partition.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Partition {
     /// What its records are.
     pub kind: FileKind,
@@ -78,7 +87,7 @@ impl Partition {
 }
 
 /// A record that could not be used.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct DeadRecord {
     /// Where it came from.
     pub partition: Partition,
@@ -89,7 +98,8 @@ pub struct DeadRecord {
     /// Its value bytes, verbatim.
     pub value: Option<Vec<u8>>,
     /// Stable reason code.
-    pub reason: &'static str,
+    #[serde(deserialize_with = "crate::metrics::dead_letter_reason")]
+    pub reason: crate::metrics::Reason,
     /// Detail for humans.
     pub detail: String,
 }
@@ -129,6 +139,53 @@ pub struct StreamOptions {
     pub wall_clock: Arc<dyn Fn() -> i64 + Send + Sync>,
     /// Live counters others may watch (health checks, tests).
     pub progress: Arc<Progress>,
+    /// The timely cluster this process belongs to; `None` runs alone.
+    pub cluster: Option<Cluster>,
+}
+
+/// The processes of a timely cluster: each runs `workers` threads, and worker `w` of process `p`
+/// is worker `p * workers + w` of the cluster. Process 0 merges every worker's output and owns the
+/// sinks and the read API; every process consumes the partitions its workers own.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Cluster {
+    /// This process's index into `hosts`.
+    pub process: usize,
+    /// `host:port` of every process, in process order.
+    pub hosts: Vec<String>,
+}
+
+impl Cluster {
+    /// Reads a host file (one `host:port` per line, in process order; blank lines and `#`
+    /// comments ignored) for process `process`.
+    pub fn from_file(path: &std::path::Path, process: usize) -> Result<Cluster, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("host file {}: {e}", path.display()))?;
+        let hosts: Vec<String> = text
+            .lines()
+            .map(|l| l.split('#').next().unwrap_or("").trim())
+            .filter(|l| !l.is_empty())
+            .map(str::to_string)
+            .collect();
+        if let Some(bad) = hosts.iter().find(|h| !h.contains(':')) {
+            return Err(format!(
+                "host file {}: `{bad}` is not host:port",
+                path.display()
+            ));
+        }
+        if process >= hosts.len() {
+            return Err(format!(
+                "process {process} is not in host file {} ({} processes, numbered from 0)",
+                path.display(),
+                hosts.len()
+            ));
+        }
+        Ok(Cluster { process, hosts })
+    }
+
+    /// Whether this process merges the workers' output and writes the sinks.
+    pub fn is_leader(&self) -> bool {
+        self.process == 0
+    }
 }
 
 /// What a running worker shows the outside (health checks, the HTTP server, tests): counters
@@ -330,7 +387,9 @@ impl PartState {
     }
 }
 
-/// What a worker sends to the merging thread.
+/// What a worker sends to the merging thread. Reports travel through the dataflow to worker 0,
+/// whose process merges them, so they cross process boundaries in a cluster.
+#[derive(Clone, Debug, Serialize, Deserialize)]
 struct Report {
     worker: usize,
     /// The dataflow's closed frontier as this worker sees it; `None` once it finished.
@@ -899,10 +958,26 @@ pub fn run(
     mut on_closed: impl FnMut(Closed, &Dictionary),
 ) -> Result<(), StreamError> {
     let workers = opts.workers.max(1);
+    let (config, peers) = match &opts.cluster {
+        None => (timely::Config::process(workers), workers),
+        Some(c) => (
+            timely::Config {
+                communication: timely::CommunicationConfig::Cluster {
+                    threads: workers,
+                    process: c.process,
+                    addresses: c.hosts.clone(),
+                    report: false,
+                    zerocopy: false,
+                },
+                worker: timely::WorkerConfig::default(),
+            },
+            workers * c.hosts.len(),
+        ),
+    };
     let (tx, rx) = mpsc::sync_channel::<Result<Report, String>>(64);
     let cfg2 = cfg.clone();
     let opts2 = opts.clone();
-    let guards = timely::execute(timely::Config::process(workers), move |worker| {
+    let guards = timely::execute(config, move |worker| {
         let tx = tx.clone();
         if let Err(e) = work(worker, &cfg2, &opts2, &tx) {
             // Tell the merger, and stop the other workers.
@@ -913,7 +988,7 @@ pub fn run(
     .map_err(StreamError::Worker)?;
 
     let _lag = spawn_lag_probe(cfg, opts);
-    let mut merger = Merger::new(workers);
+    let mut merger = Merger::new(peers);
     let mut failure = None;
     while let Ok(first) = rx.recv() {
         // Whatever queued while the sink was busy goes out as one advance: under load the
@@ -1074,7 +1149,7 @@ fn work(
     // they would queue behind fetch requests that wait up to fetch.wait.max.ms for data.
     let prober = self::consumer(cfg).map_err(|e| e.to_string())?;
     let assigned = assign(&consumer, cfg, index, peers).map_err(|e| e.to_string())?;
-    opts.progress.worker_assigned(peers);
+    opts.progress.worker_assigned(opts.workers.max(1));
     tracing::info!(
         worker = index,
         partitions = ?assigned.iter().map(|(p, _)| p.label()).collect::<Vec<_>>(),
@@ -1130,6 +1205,9 @@ fn work(
         handle
     });
 
+    let mut outbox = Outbox::new(worker, index, peers);
+    let follower = opts.cluster.as_ref().is_some_and(|c| !c.is_leader());
+
     let lateness = cfg.allowed_lateness_secs;
     let mut last_beacon: Option<Beacon> = None;
     let mut reported: Option<Option<Epoch>> = None;
@@ -1145,14 +1223,16 @@ fn work(
             break;
         }
         // Silence only counts while this worker listens: time spent blocked (output
-        // backpressure, a long dataflow step) is not a partition's silence.
+        // backpressure, a long dataflow step) is not a partition's silence, nor is time spent
+        // waiting for the dataflow to close what was already read.
         let gap = last_poll.elapsed();
-        if gap > LISTEN_GAP {
+        let full = feeder.snapshots.len() >= MAX_OPEN_ADVANCES;
+        if gap > LISTEN_GAP || full {
             feeder.not_listening(gap);
         }
         last_poll = Instant::now();
         let mut got = 0;
-        while !draining && got < POLL_BATCH {
+        while !draining && !full && got < POLL_BATCH {
             let wait = if got == 0 {
                 Duration::from_millis(2)
             } else {
@@ -1170,7 +1250,7 @@ fn work(
                 }
             }
         }
-        if !draining {
+        if !draining && !full {
             feeder.check_idle(&prober, idle_after, Instant::now());
         }
         if feeder.redelivered > redelivered_logged {
@@ -1231,6 +1311,7 @@ fn work(
         }
         feeder.input.flush();
         worker.step();
+        outbox.forward(tx)?;
         if all_draining {
             break;
         }
@@ -1238,7 +1319,13 @@ fn work(
         let due = reported != Some(frontier)
             || (!feeder.dead.is_empty() && last_report.elapsed() > Duration::from_millis(200));
         if due {
-            send(tx, report(index, frontier, &sink, &mut feeder))?;
+            if follower && reported != Some(frontier) {
+                // No sink here notes the advances: /healthz watches this process's own.
+                opts.progress
+                    .last_advance
+                    .store(chrono::Utc::now().timestamp(), Ordering::Relaxed);
+            }
+            outbox.send(report(index, frontier, &sink, &mut feeder));
             reported = Some(frontier);
             last_report = Instant::now();
         }
@@ -1248,19 +1335,106 @@ fn work(
     feeder.input.close();
     while !probe.done() {
         worker.step();
+        outbox.forward(tx)?;
         let frontier = probe.with_frontier(|f| f.first().copied());
         if reported != Some(frontier) {
-            send(tx, report(index, frontier, &sink, &mut feeder))?;
+            outbox.send(report(index, frontier, &sink, &mut feeder));
             reported = Some(frontier);
         }
     }
-    send(tx, report(index, None, &sink, &mut feeder))?;
-    Ok(())
+    outbox.send(report(index, None, &sink, &mut feeder));
+    outbox.finish(worker, tx)
 }
 
-fn send(tx: &mpsc::SyncSender<Result<Report, String>>, r: Report) -> Result<(), String> {
-    tx.send(Ok(r))
-        .map_err(|_| "the output thread stopped".to_string())
+/// Most advances a worker may have waiting for the dataflow to close them before it stops
+/// reading: while the sinks or a slower peer hold the closed frontier back, unread records wait
+/// in Kafka rather than in memory.
+const MAX_OPEN_ADVANCES: usize = 64;
+
+/// The channel of reports to worker 0, which hands them to its process's merging thread.
+struct Outbox {
+    /// `None` once this worker sent its final report.
+    input: Option<timely::dataflow::InputHandleVec<u64, Report>>,
+    probe: timely::dataflow::operators::probe::Handle<u64>,
+    /// Reports that arrived here (worker 0 only).
+    inbox: Rc<RefCell<Vec<Report>>>,
+    /// Workers whose final report was forwarded: all of them ends the run.
+    finished: HashSet<usize>,
+    peers: usize,
+    leader: bool,
+}
+
+impl Outbox {
+    fn new(worker: &mut timely::worker::Worker, index: usize, peers: usize) -> Self {
+        use timely::dataflow::channels::pact::Pipeline;
+        use timely::dataflow::operators::generic::operator::Operator;
+        use timely::dataflow::operators::{Exchange, Probe};
+
+        let inbox: Rc<RefCell<Vec<Report>>> = Rc::default();
+        let (input, probe) = worker.dataflow::<u64, _, _>(|scope| {
+            let (handle, stream) = scope.new_input::<Report>();
+            let (probe, stream) = stream.exchange(|_| 0).probe();
+            let inbox = Rc::clone(&inbox);
+            stream.sink(Pipeline, "Reports", move |(input, _)| {
+                input.for_each(|_, data| inbox.borrow_mut().append(data));
+            });
+            (handle, probe)
+        });
+        Outbox {
+            input: Some(input),
+            probe,
+            inbox,
+            finished: HashSet::new(),
+            peers,
+            leader: index == 0,
+        }
+    }
+
+    fn send(&mut self, report: Report) {
+        if let Some(input) = &mut self.input {
+            input.send(report);
+            // Closing the round pushes the report out (the exchange holds back data sent
+            // within an open round).
+            let next = *input.time() + 1;
+            input.advance_to(next);
+        }
+    }
+
+    /// Hands what arrived to the merging thread (a bounded channel: a slow sink blocks worker 0,
+    /// which holds the closed frontier of the whole cluster back).
+    fn forward(&mut self, tx: &mpsc::SyncSender<Result<Report, String>>) -> Result<(), String> {
+        let arrived = std::mem::take(&mut *self.inbox.borrow_mut());
+        for r in arrived {
+            if r.frontier.is_none() {
+                self.finished.insert(r.worker);
+            }
+            tx.send(Ok(r))
+                .map_err(|_| "the output thread stopped".to_string())?;
+        }
+        Ok(())
+    }
+
+    /// Closes this worker's side and steps until every report reached worker 0 (which waits
+    /// for the final report of every worker).
+    fn finish(
+        mut self,
+        worker: &mut timely::worker::Worker,
+        tx: &mpsc::SyncSender<Result<Report, String>>,
+    ) -> Result<(), String> {
+        self.input = None;
+        loop {
+            self.forward(tx)?;
+            let done = if self.leader {
+                self.finished.len() >= self.peers
+            } else {
+                self.probe.done()
+            };
+            if done {
+                return Ok(());
+            }
+            worker.step();
+        }
+    }
 }
 
 fn report(

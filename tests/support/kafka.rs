@@ -42,9 +42,27 @@ pub fn config(test: &str, period: &str) -> Resolved {
     cfg.resolve(Path::new("<test>")).unwrap()
 }
 
+/// Writes `cfg`'s Kafka settings and topics, then `extra` (more TOML), into `dir/stockcast.toml`
+/// for a worker started as a process.
+pub fn config_file(cfg: &Resolved, dir: &Path, extra: &str) -> std::path::PathBuf {
+    let file = dir.join("stockcast.toml");
+    let t = &cfg.kafka.topics;
+    std::fs::write(
+        &file,
+        format!(
+            "[kafka]\nbrokers = \"{}\"\ngroup_id = \"{}\"\nidle_timeout_secs = {}\n[kafka.topics]\nsales = \"{}\"\nstock = \"{}\"\ncatalog = \"{}\"\nstores = \"{}\"\npromotions = \"{}\"\nforecasts = \"{}\"\nepochs = \"{}\"\ndead_letters = \"{}\"\n{extra}",
+            cfg.kafka.brokers, cfg.kafka.group_id, cfg.kafka.idle_timeout_secs, t.sales, t.stock,
+            t.catalog, t.stores, t.promotions, t.forecasts, t.epochs, t.dead_letters
+        ),
+    )
+    .unwrap();
+    file
+}
+
 /// Options of a worker run that drains and exits once every partition is idle.
 pub fn options(workers: usize) -> stream::StreamOptions {
     stream::StreamOptions {
+        cluster: None,
         progress: Default::default(),
         workers,
         exit_when_idle: true,

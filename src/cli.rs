@@ -298,20 +298,64 @@ pub enum Command {
     },
 }
 
-/// Installs the tracing subscriber (stderr; `RUST_LOG` filters). Colours only on a terminal,
-/// so log files and collectors get plain text.
-pub fn init_tracing(json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
-        .with_writer(std::io::stderr);
-    if json {
-        builder.json().init();
-    } else {
-        builder.init();
+/// `run` once its config is resolved: joins the cluster if asked, serves HTTP, runs the worker.
+fn worker_command(
+    cfg: &Resolved,
+    hosts: Option<PathBuf>,
+    process: Option<usize>,
+    workers: usize,
+    exit_when_idle: bool,
+    listen: Option<String>,
+) -> anyhow::Result<()> {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    crate::signals::stop_on_signals(stop.clone()).context("installing signal handlers")?;
+    let cluster = match (hosts, process) {
+        (Some(file), Some(process)) => Some(
+            crate::kafka::stream::Cluster::from_file(&file, process).map_err(anyhow::Error::msg)?,
+        ),
+        _ => None,
+    };
+    if let Some(c) = &cluster {
+        tracing::info!(
+            process = c.process,
+            processes = c.hosts.len(),
+            workers_per_process = workers,
+            "joining the timely cluster"
+        );
     }
+    let opts = crate::kafka::stream::StreamOptions {
+        cluster,
+        progress: Default::default(),
+        workers,
+        exit_when_idle,
+        stop,
+        wall_clock: crate::kafka::stream::system_clock(),
+    };
+    let listen = listen.unwrap_or_else(|| cfg.http.listen.clone());
+    let _server = if listen.is_empty() {
+        None
+    } else {
+        let server = crate::http::serve(
+            &listen,
+            std::sync::Arc::clone(&opts.progress),
+            cfg.http.stall_secs,
+        )
+        .with_context(|| format!("serving HTTP on {listen}"))?;
+        Some(server)
+    };
+    let r = crate::kafka::run_worker(cfg, &opts)?;
+    let s = &r.stats;
+    tracing::info!(
+        epochs = s.epochs,
+        forecasts = s.forecasts,
+        consumed = ?s.consumed,
+        late = s.late,
+        dead_letters = ?s.dead_letters,
+        last_epoch_end = s.last_epoch_end.as_deref().unwrap_or("-"),
+        secs = format!("{:.2}", r.secs),
+        "worker stopped"
+    );
+    Ok(())
 }
 
 /// The config file (or the defaults) with the environment's overrides.
@@ -552,55 +596,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             if model.is_some() {
                 cfg.model.dir = model;
             }
-            let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-            crate::signals::stop_on_signals(stop.clone()).context("installing signal handlers")?;
-            let cluster = match (hosts, process) {
-                (Some(file), Some(process)) => Some(
-                    crate::kafka::stream::Cluster::from_file(&file, process)
-                        .map_err(anyhow::Error::msg)?,
-                ),
-                _ => None,
-            };
-            if let Some(c) = &cluster {
-                tracing::info!(
-                    process = c.process,
-                    processes = c.hosts.len(),
-                    workers_per_process = run.workers,
-                    "joining the timely cluster"
-                );
-            }
-            let opts = crate::kafka::stream::StreamOptions {
-                cluster,
-                progress: Default::default(),
-                workers: run.workers,
-                exit_when_idle,
-                stop,
-                wall_clock: crate::kafka::stream::system_clock(),
-            };
-            let listen = listen.unwrap_or_else(|| cfg.http.listen.clone());
-            let _server = if listen.is_empty() {
-                None
-            } else {
-                let server = crate::http::serve(
-                    &listen,
-                    std::sync::Arc::clone(&opts.progress),
-                    cfg.http.stall_secs,
-                )
-                .with_context(|| format!("serving HTTP on {listen}"))?;
-                Some(server)
-            };
-            let r = crate::kafka::run_worker(&cfg, &opts)?;
-            let s = &r.stats;
-            tracing::info!(
-                epochs = s.epochs,
-                forecasts = s.forecasts,
-                consumed = ?s.consumed,
-                late = s.late,
-                dead_letters = ?s.dead_letters,
-                last_epoch_end = s.last_epoch_end.as_deref().unwrap_or("-"),
-                secs = format!("{:.2}", r.secs),
-                "worker stopped"
-            );
+            // Reports flush when this guard drops, after the worker's last words.
+            let _sentry = crate::telemetry::start_sentry(&cfg.sentry);
+            worker_command(&cfg, hosts, process, run.workers, exit_when_idle, listen)
+                .inspect_err(|e| tracing::error!(error = format!("{e:#}"), "the worker failed"))?;
         }
         Command::Load {
             data,
@@ -646,6 +645,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             config.resolve(&origin)?;
             config.postgres.url = config.postgres.masked();
             config.redis.url = crate::config::mask_password(&config.redis.url);
+            config.sentry.dsn = config.sentry.masked();
             print!("{}", toml::to_string_pretty(&config)?);
         }
     }

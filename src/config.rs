@@ -40,6 +40,34 @@ pub struct Config {
     /// The Redis lookup cache (a sink of `run`).
     #[serde(default)]
     pub redis: RedisConfig,
+    /// Error reporting to Sentry.
+    #[serde(default)]
+    pub sentry: SentryConfig,
+}
+
+/// `[sentry]`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SentryConfig {
+    /// The project's DSN (`https://KEY@HOST/PROJECT`); empty: no reporting.
+    #[serde(default)]
+    pub dsn: String,
+    /// The environment events are tagged with, e.g. "production"; empty: Sentry's default.
+    #[serde(default)]
+    pub environment: String,
+}
+
+impl SentryConfig {
+    /// The DSN with its key masked, for printing.
+    pub fn masked(&self) -> String {
+        match self.dsn.split_once("://") {
+            Some((scheme, rest)) => match rest.split_once('@') {
+                Some((_, host)) => format!("{scheme}://***@{host}"),
+                None => self.dsn.clone(),
+            },
+            None => self.dsn.clone(),
+        }
+    }
 }
 
 /// `[redis]`.
@@ -488,6 +516,8 @@ pub struct Resolved {
     pub postgres: PostgresConfig,
     /// The cache, if configured.
     pub redis: RedisConfig,
+    /// Error reporting, if configured (the DSN is valid).
+    pub sentry: SentryConfig,
 }
 
 impl Config {
@@ -639,6 +669,7 @@ impl Config {
             http: self.resolve_http(origin)?,
             postgres: self.resolve_postgres(origin)?,
             redis: self.resolve_redis(origin)?,
+            sentry: self.resolve_sentry(origin)?,
         })
     }
 }
@@ -660,6 +691,20 @@ impl Config {
             return Err(invalid("redis.ttl_secs", "must be at least 1".into()));
         }
         Ok(r.clone())
+    }
+
+    fn resolve_sentry(&self, origin: &Path) -> Result<SentryConfig, ConfigError> {
+        let dsn = &self.sentry.dsn;
+        if !dsn.is_empty() {
+            if let Err(e) = dsn.parse::<sentry::types::Dsn>() {
+                return Err(ConfigError::Invalid {
+                    file: origin.to_path_buf(),
+                    field: "sentry.dsn",
+                    message: format!("not a Sentry DSN (https://KEY@HOST/PROJECT): {e}"),
+                });
+            }
+        }
+        Ok(self.sentry.clone())
     }
 
     fn resolve_postgres(&self, origin: &Path) -> Result<PostgresConfig, ConfigError> {
@@ -907,6 +952,26 @@ mod tests {
         let msg = c.resolve(Path::new("p.toml")).unwrap_err().to_string();
         assert!(
             msg.contains("p.toml") && msg.contains("postgres.url"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn the_sentry_dsn_is_checked_and_masked() {
+        let c = Config::parse(
+            "[sentry]\ndsn = \"https://k3y@o1.ingest.sentry.io/7\"\n",
+            Path::new("s.toml"),
+        )
+        .unwrap();
+        assert_eq!(
+            c.resolve(Path::new("s.toml")).unwrap().sentry.dsn,
+            c.sentry.dsn
+        );
+        assert_eq!(c.sentry.masked(), "https://***@o1.ingest.sentry.io/7");
+        let c = Config::parse("[sentry]\ndsn = \"sentry.io\"\n", Path::new("s.toml")).unwrap();
+        let msg = c.resolve(Path::new("s.toml")).unwrap_err().to_string();
+        assert!(
+            msg.contains("s.toml") && msg.contains("sentry.dsn"),
             "{msg}"
         );
     }

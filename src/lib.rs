@@ -43,3 +43,4 @@ pub mod replenish;
 pub mod signals;
 pub mod simulate;
 pub mod source;
+pub mod telemetry;

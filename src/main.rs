@@ -2,7 +2,7 @@ use clap::Parser;
 
 fn main() -> std::process::ExitCode {
     let cli = stockcast::cli::Cli::parse();
-    stockcast::cli::init_tracing(cli.log_json);
+    stockcast::telemetry::init_tracing(cli.log_json);
     match stockcast::cli::run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

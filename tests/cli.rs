@@ -169,3 +169,81 @@ fn demo_runs_on_the_embedded_default() {
     );
     assert!(text.contains("late events 0"), "{text}");
 }
+
+/// A stand-in Sentry ingest endpoint on loopback: answers every request with 200 and keeps the
+/// request bodies (envelopes).
+fn sentry_receiver() -> (u16, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let bodies = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let kept = std::sync::Arc::clone(&bodies);
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut length = 0;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                if let Some((name, value)) = line.split_once(':') {
+                    if name.eq_ignore_ascii_case("content-length") {
+                        length = value.trim().parse().unwrap_or(0);
+                    }
+                }
+            }
+            let mut body = vec![0; length];
+            if reader.read_exact(&mut body).is_ok() {
+                kept.lock()
+                    .unwrap()
+                    .push(String::from_utf8_lossy(&body).into_owned());
+            }
+            let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}");
+        }
+    });
+    (port, bodies)
+}
+
+#[test]
+fn a_failing_worker_reports_its_error_to_sentry() {
+    let (port, bodies) = sentry_receiver();
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tmp.path().join("stockcast.toml");
+    std::fs::write(
+        &config,
+        format!("[http]\nlisten = \"\"\n[sentry]\ndsn = \"http://testkey@127.0.0.1:{port}/42\"\nenvironment = \"ci\"\n"),
+    )
+    .unwrap();
+    let hosts = tmp.path().join("hosts");
+    std::fs::write(&hosts, "127.0.0.1:1\n").unwrap();
+    // Process 3 of a one-process cluster: the worker fails at start.
+    let fail = || {
+        let out = stockcast()
+            .args(["run", "--process", "3", "--config"])
+            .arg(&config)
+            .arg("--hosts")
+            .arg(&hosts)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let err = fail();
+    assert!(err.contains("process 3 is not in host file"), "{err}");
+    // The guard flushed before exit: the event is already there.
+    let received = bodies.lock().unwrap().clone();
+    let event = received
+        .iter()
+        .find(|b| b.contains("process 3 is not in host file"))
+        .unwrap_or_else(|| panic!("no event with the error among {received:?}"));
+    assert!(event.contains("the worker failed"), "{event}");
+    assert!(event.contains("\"environment\":\"ci\""), "{event}");
+
+    // Without a DSN nothing is sent.
+    std::fs::write(&config, "[http]\nlisten = \"\"\n").unwrap();
+    fail();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert_eq!(bodies.lock().unwrap().len(), received.len());
+}

@@ -121,6 +121,9 @@ fn count_attempt(progress: &Progress, sink: &str, written: Option<u64>) {
     progress.sink_ok.store(written.is_some(), Ordering::Relaxed);
 }
 
+/// Failed attempts in a row (about 6 s) after which a sink's outage is logged as an error.
+const OUTAGE_ATTEMPTS: u32 = 5;
+
 /// Calls `write` until it succeeds, waiting 0.2 s doubling to 6.4 s between attempts, and
 /// counts every attempt of `sink` (`written` records on success); `false` if the run stopped
 /// first.
@@ -148,7 +151,12 @@ fn retry_until_written(
             .inc();
         *retries += 1;
         let wait = Duration::from_millis(200u64 << attempt.min(5));
-        tracing::warn!(sink, error = %e, retry_in_ms = wait.as_millis() as u64, "write failed");
+        if attempt == OUTAGE_ATTEMPTS {
+            // Once per outage: an error (a Sentry issue when configured), the rest warnings.
+            tracing::error!(sink, error = %e, attempts = attempt + 1, "sink unreachable; retrying until it returns, input offsets stay uncommitted");
+        } else {
+            tracing::warn!(sink, error = %e, retry_in_ms = wait.as_millis() as u64, "write failed");
+        }
         std::thread::sleep(wait);
         attempt += 1;
     }

@@ -1515,6 +1515,28 @@ mod tests {
     }
 
     #[test]
+    fn a_host_file_names_every_process() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("hosts");
+        std::fs::write(
+            &file,
+            "# the cluster\nhost-0:2101\n\nhost-1:2101  # second\n",
+        )
+        .unwrap();
+        let c = Cluster::from_file(&file, 1).unwrap();
+        assert_eq!(c.hosts, ["host-0:2101", "host-1:2101"]);
+        assert!(!c.is_leader());
+        let err = Cluster::from_file(&file, 2).unwrap_err();
+        assert!(
+            err.contains("process 2") && err.contains("2 processes"),
+            "{err}"
+        );
+        std::fs::write(&file, "host-0\n").unwrap();
+        let err = Cluster::from_file(&file, 0).unwrap_err();
+        assert!(err.contains("`host-0` is not host:port"), "{err}");
+    }
+
+    #[test]
     fn commit_metadata_round_trips() {
         assert_eq!(parse_commit_metadata(&commit_metadata(4242)), Some(4242));
         assert_eq!(parse_commit_metadata("other"), None);

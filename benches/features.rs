@@ -130,6 +130,7 @@ impl Fixture {
         let counter = changed.clone();
         let probe = worker.dataflow::<Epoch, _, _>(|scope| {
             dataflows::dataflow::features(scope, input.inputs_mut(), spec)
+                .0
                 .inspect_batch(move |_, batch| {
                     let n = batch.iter().filter(|u| u.2 > 0).count() as u64;
                     counter.set(counter.get() + n);

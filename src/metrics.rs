@@ -86,8 +86,10 @@ pub struct Metrics {
     pub model_info: IntGaugeVec,
     /// Series held in the worker's state.
     pub state_keys: IntGauge,
-    /// Feature vectors held for re-scoring and the read API.
+    /// Records held in the feature state.
     pub state_records: IntGauge,
+    /// Series the read API holds a latest forecast of.
+    pub api_series: IntGauge,
 }
 
 /// Powers of two from 1 to 2^20: counts of series per advance.
@@ -212,7 +214,11 @@ impl Metrics {
             )),
             state_records: reg!(IntGauge::new(
                 "stockcast_state_records",
-                "Latest forecast records held for the read API and re-scoring."
+                "Records in the feature state of this process's workers (per-series period totals, reference attributes, promotions, stock base)."
+            )),
+            api_series: reg!(IntGauge::new(
+                "stockcast_api_series",
+                "Series whose latest forecast record the read API serves."
             )),
             registry,
             declared,

@@ -877,6 +877,11 @@ fn the_http_api_and_every_metric_answer_from_a_running_worker() {
     assert_eq!(http_get(addr, "/healthz").0, 200);
     let run = worker.join().unwrap();
     assert!(run.stats.forecasts > 0);
+    // The state: 8 series, each with many records (one per period with sales, attributes...).
+    let m = &progress.metrics;
+    assert_eq!(m.state_keys.get(), 8);
+    assert!(m.state_records.get() > 8 * 10, "{}", m.state_records.get());
+    assert_eq!(m.api_series.get(), run.latest.len() as i64);
 
     // Every metric the registry declares is exported, with the traffic it saw.
     let (status, text) = http_get(addr, "/metrics");

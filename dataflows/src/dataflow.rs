@@ -18,7 +18,9 @@
 //! The output is a collection; at each epoch its updates are exactly a retraction of the old and
 //! an insertion of the new vector for each series whose features changed, and nothing else.
 
+use std::cell::Cell;
 use std::collections::HashMap;
+use std::rc::Rc;
 
 use differential_dataflow::difference::{IsZero, Semigroup};
 use differential_dataflow::hashable::Hashable;
@@ -32,12 +34,30 @@ use crate::input::Inputs;
 use crate::model::{Agg, FeatureVec, Key, Rec};
 use crate::time::{Epoch, Period};
 
-/// Builds the feature dataflow in `scope` over `inputs`; returns the feature collection.
+/// The size of one worker's feature state, as of the features operator's last run.
+#[derive(Clone, Debug, Default)]
+pub struct StateSize(Rc<Cell<(u64, u64)>>);
+
+impl StateSize {
+    /// Series held.
+    pub fn series(&self) -> u64 {
+        self.0.get().0
+    }
+
+    /// Records held over all series (period totals, reference attributes, promotions, the
+    /// stock base): the operator's stand-in for an arrangement's records.
+    pub fn records(&self) -> u64 {
+        self.0.get().1
+    }
+}
+
+/// Builds the feature dataflow in `scope` over `inputs`; returns the feature collection and a
+/// view of this worker's state size.
 pub fn features<'s>(
     scope: Scope<'s, Epoch>,
     inputs: &mut Inputs,
     spec: &FeatureSpec,
-) -> VecCollection<'s, Epoch, (Key, FeatureVec)> {
+) -> (VecCollection<'s, Epoch, (Key, FeatureVec)>, StateSize) {
     // Per-series records from the input stage, with their totals as differences.
     let series = inputs.series.to_collection(scope);
     // Calendar promotions keyed by SKU.
@@ -104,7 +124,9 @@ pub fn features<'s>(
         .concat(store_records)
         .explode(|rec| Some((rec, Agg::present(1))));
 
-    series_features(series.concat(reference_records), spec)
+    let size = StateSize::default();
+    let features = series_features(series.concat(reference_records), spec, &size);
+    (features, size)
 }
 
 /// Evaluates a series' features from its accumulated records (sorted by record), or `None`
@@ -193,8 +215,10 @@ type Update = ((Key, Rec), Epoch, Agg);
 pub fn series_features<'s>(
     records: VecCollection<'s, Epoch, (Key, Rec), Agg>,
     spec: &FeatureSpec,
+    size: &StateSize,
 ) -> VecCollection<'s, Epoch, (Key, FeatureVec)> {
     let spec = spec.clone();
+    let size = size.clone();
     let retention = spec.retention() as Period;
     let exchange = Exchange::new(|update: &Update| (update.0).0.hashed());
     records
@@ -206,6 +230,8 @@ pub fn series_features<'s>(
             let mut state: HashMap<Key, Vec<(Rec, Agg)>> = HashMap::new();
             let mut scratch = SeriesState::new(&spec);
             let mut ready: Vec<Update> = Vec::new();
+            // Records over all series, kept up to date as series change.
+            let mut held: u64 = 0;
             move |(input, frontier), output| {
                 input.for_each(|cap, data| {
                     // Inputs always send under a capability; an empty stamp would carry no time.
@@ -252,6 +278,7 @@ pub fn series_features<'s>(
                     while i < ready.len() {
                         let key = (ready[i].0).0;
                         let records = state.entry(key).or_default();
+                        let before = records.len() as u64;
                         let mut old = evaluate(&spec, &mut scratch, records);
                         while i < ready.len() && (ready[i].0).0 == key {
                             let time = ready[i].1;
@@ -273,10 +300,12 @@ pub fn series_features<'s>(
                                 old = new;
                             }
                         }
+                        held = held + records.len() as u64 - before;
                         if records.is_empty() {
                             state.remove(&key);
                         }
                     }
+                    size.0.set((state.len() as u64, held));
                 }
             }
         })

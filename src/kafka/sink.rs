@@ -384,7 +384,7 @@ impl KafkaSink {
         }
         self.stats.forecasts += keys_scored;
         if let Ok(latest) = self.progress.latest.read() {
-            m.state_records.set(latest.len() as i64);
+            m.api_series.set(latest.len() as i64);
         }
         if !advanced {
             return;

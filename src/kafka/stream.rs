@@ -427,9 +427,9 @@ struct Feeder {
 }
 
 impl Feeder {
-    /// Publishes this worker's read positions (for the lag probe) and its change of series
-    /// count since `shown`.
-    fn show(&self, shown: &mut i64) {
+    /// Publishes this worker's read positions (for the lag probe) and the change of its series
+    /// and state record counts since `shown`.
+    fn show(&self, shown: &mut (i64, i64), size: &dataflows::dataflow::StateSize) {
         if let Ok(mut positions) = self.progress.positions.lock() {
             for p in &self.parts {
                 positions.insert((p.part.topic.clone(), p.part.partition), p.next_offset);
@@ -439,9 +439,11 @@ impl Feeder {
                 lag.with_label_values(&[p.part.topic.as_str(), &label]);
             }
         }
-        let keys = self.input.key_count() as i64;
-        self.progress.metrics.state_keys.add(keys - *shown);
-        *shown = keys;
+        let now = (self.input.key_count() as i64, size.records() as i64);
+        let m = &self.progress.metrics;
+        m.state_keys.add(now.0 - shown.0);
+        m.state_records.add(now.1 - shown.1);
+        *shown = now;
     }
 
     fn dead_letter(
@@ -1193,7 +1195,7 @@ fn work(
         progress: Arc::clone(&opts.progress),
     };
 
-    let (probe, sink) = crate::pipeline::run::build(worker, &mut feeder.input, &cfg.spec);
+    let (probe, sink, size) = crate::pipeline::run::build(worker, &mut feeder.input, &cfg.spec);
     // The beacons: a broadcast stream that is never advanced; only its data matters.
     let board: Rc<RefCell<Vec<Option<Beacon>>>> = Rc::new(RefCell::new(vec![None; peers]));
     let mut beacons = worker.dataflow::<u64, _, _>(|scope| {
@@ -1216,7 +1218,7 @@ fn work(
     let mut redelivered_logged = 0;
     let mut last_poll = Instant::now();
     let mut last_shown = Instant::now();
-    let mut keys_shown = 0i64;
+    let mut shown = (0i64, 0i64);
     loop {
         let stopping = opts.stop.load(Ordering::SeqCst);
         if stopping {
@@ -1296,7 +1298,7 @@ fn work(
         }
         if last_shown.elapsed() >= SHOW_EVERY {
             last_shown = Instant::now();
-            feeder.show(&mut keys_shown);
+            feeder.show(&mut shown, &size);
         }
         match goal {
             Target::Hold => {}
@@ -1342,6 +1344,7 @@ fn work(
             reported = Some(frontier);
         }
     }
+    feeder.show(&mut shown, &size);
     outbox.send(report(index, None, &sink, &mut feeder));
     outbox.finish(worker, tx)
 }

@@ -19,6 +19,7 @@ use std::rc::Rc;
 use std::sync::mpsc;
 use std::sync::Arc;
 
+use dataflows::dataflow::StateSize;
 use dataflows::input::{FeatureInput, Rejection};
 use dataflows::{Clock, Epoch, Event, FeatureSpec, FeatureVec, Key};
 use differential_dataflow::VecCollection;
@@ -55,17 +56,18 @@ struct Report {
 /// Changed series collected from the dataflow on one worker, with the epoch they changed in.
 pub type Changes = Rc<RefCell<Vec<(Epoch, Key, FeatureVec)>>>;
 
-/// Builds the feature dataflow on `worker` from `input`'s sessions; returns its probe and the
-/// buffer its changed series (insertions only) are collected in.
+/// Builds the feature dataflow on `worker` from `input`'s sessions; returns its probe, the
+/// buffer its changed series (insertions only) are collected in, and its state size.
 pub fn build(
     worker: &mut timely::worker::Worker,
     input: &mut FeatureInput,
     spec: &FeatureSpec,
-) -> (Handle<Epoch>, Changes) {
+) -> (Handle<Epoch>, Changes, StateSize) {
     let sink: Changes = Rc::default();
+    let mut size = StateSize::default();
     let probe = worker.dataflow::<Epoch, _, _>(|scope| {
-        let features: VecCollection<'_, Epoch, (Key, FeatureVec)> =
-            dataflows::dataflow::features(scope, input.inputs_mut(), spec);
+        let features: VecCollection<'_, Epoch, (Key, FeatureVec)>;
+        (features, size) = dataflows::dataflow::features(scope, input.inputs_mut(), spec);
         let sink = Rc::clone(&sink);
         features
             .inspect_batch(move |_time, batch| {
@@ -79,7 +81,7 @@ pub fn build(
             .probe()
             .0
     });
-    (probe, sink)
+    (probe, sink, size)
 }
 
 /// Which worker owns an event.
@@ -115,7 +117,7 @@ pub fn run(
         let peers = worker.peers();
         let tx = tx.clone();
         let mut input = FeatureInput::new(clock, &spec, index);
-        let (probe, sink) = build(worker, &mut input, &spec);
+        let (probe, sink, _) = build(worker, &mut input, &spec);
         for (s, step) in plan.steps.iter().enumerate() {
             input.advance_to(step.epoch);
             let mut rejected = Vec::new();

@@ -287,9 +287,13 @@ pub enum Command {
         #[arg(long, default_value_t = 365)]
         days: u32,
         /// After the data, keep the cluster and the worker running (producers can connect to
-        /// the printed address) until Ctrl-C, then print the summary.
+        /// the printed address) and serve HTTP (metrics, health, the read API) until Ctrl-C,
+        /// then print the summary.
         #[arg(long)]
         serve: bool,
+        /// Address of the HTTP server with `--serve`.
+        #[arg(long, default_value = "127.0.0.1:9898")]
+        listen: String,
     },
     /// Validate a config file and print the effective configuration.
     CheckConfig {
@@ -631,9 +635,11 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             workers,
             days,
             serve,
+            listen,
         } => crate::demo::run(&crate::demo::DemoOptions {
             workers,
             serve,
+            listen,
             params: generate::Params {
                 days,
                 ..generate::Params::default()

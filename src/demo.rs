@@ -28,8 +28,11 @@ pub struct DemoOptions {
     pub params: Params,
     /// Wall-clock pause between two simulated days.
     pub day_pause: Duration,
-    /// Keep running after the data until SIGINT/SIGTERM.
+    /// Keep running after the data until SIGINT/SIGTERM, serving HTTP (metrics, health and the
+    /// read API) on `listen`.
     pub serve: bool,
+    /// Where `serve` listens.
+    pub listen: String,
 }
 
 impl Default for DemoOptions {
@@ -40,6 +43,7 @@ impl Default for DemoOptions {
             params: Params::default(),
             day_pause: Duration::from_millis(10),
             serve: false,
+            listen: crate::config::HttpConfig::default().listen,
         }
     }
 }
@@ -151,13 +155,20 @@ pub fn run(opts: &DemoOptions) -> anyhow::Result<()> {
     // close on it when every partition is idle, as they would on the wall clock in production.
     let sim_now = Arc::new(AtomicI64::new(p.start));
     let stop = Arc::new(AtomicBool::new(false));
-    if opts.serve {
+    let progress: Arc<stream::Progress> = Arc::default();
+    let _server = if opts.serve {
         crate::signals::stop_on_signals(Arc::clone(&stop)).context("installing signal handlers")?;
+        let server = crate::http::serve(&opts.listen, Arc::clone(&progress), cfg.http.stall_secs)
+            .with_context(|| format!("serving HTTP on {}", opts.listen))?;
         println!(
-            "serving: produce to {} (topics stockcast.*); Ctrl-C stops and prints the summary",
-            cfg.kafka.brokers
+            "serving: produce to {} (topics stockcast.*); http://{}/v1/recommendations?limit=10, \
+             /v1/forecasts/S000/SKU00014, /metrics; Ctrl-C stops and prints the summary",
+            cfg.kafka.brokers, server.addr
         );
-    }
+        Some(server)
+    } else {
+        None
+    };
     let started = Instant::now();
     let publisher = {
         let kafka = cfg.kafka.clone();
@@ -212,7 +223,7 @@ pub fn run(opts: &DemoOptions) -> anyhow::Result<()> {
         &cfg,
         &stream::StreamOptions {
             cluster: None,
-            progress: Default::default(),
+            progress,
             workers: opts.workers,
             exit_when_idle: !opts.serve,
             stop: Arc::clone(&stop),

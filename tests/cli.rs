@@ -3,6 +3,10 @@
 use std::path::Path;
 use std::process::Command;
 
+#[path = "support/http.rs"]
+mod http;
+use http::http_get;
+
 fn stockcast() -> Command {
     Command::new(env!("CARGO_BIN_EXE_stockcast"))
 }
@@ -246,4 +250,58 @@ fn a_failing_worker_reports_its_error_to_sentry() {
     fail();
     std::thread::sleep(std::time::Duration::from_millis(500));
     assert_eq!(bodies.lock().unwrap().len(), received.len());
+}
+
+#[test]
+fn the_serving_demo_answers_the_read_api_until_sigterm() {
+    use std::io::BufRead;
+    use std::time::{Duration, Instant};
+    let mut child = stockcast()
+        .args(["demo", "--days", "60", "--serve", "--listen", "127.0.0.1:0"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let serving = lines
+        .by_ref()
+        .map(Result::unwrap)
+        .find(|l| l.starts_with("serving:"))
+        .expect("the demo says where it serves");
+    let addr = serving
+        .split("http://")
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .unwrap()
+        .to_string();
+    // The recommendations fill in as the stream's epochs close.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let body = loop {
+        let (status, body) = http_get(&addr, "/v1/recommendations?limit=3");
+        if status == 200 && body.contains("order_qty") {
+            break body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no recommendations: {status} {body}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    let rows: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(!rows.as_array().unwrap().is_empty(), "{body}");
+    assert_eq!(http_get(&addr, "/healthz").0, 200);
+    assert_eq!(http_get(&addr, "/v1/forecasts/S999/nothing").0, 404);
+
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let rest: Vec<String> = lines.map(Result::unwrap).collect();
+    assert!(child.wait().unwrap().success());
+    assert!(
+        rest.iter()
+            .any(|l| l.contains("top series by forecast demand")),
+        "{rest:?}"
+    );
 }

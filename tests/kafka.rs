@@ -14,8 +14,11 @@ use stockcast::config::{KafkaConfig, Resolved};
 use stockcast::kafka::{self, admin, load, stream, wire};
 use stockcast::replay::{self, ForecastRecord, ReplayOptions};
 
+#[path = "support/http.rs"]
+mod http;
 #[path = "support/kafka.rs"]
 mod support;
+use http::http_get;
 use support::{brokers, config, config_file, load_dir, options};
 
 fn shared(name: &str) -> PathBuf {
@@ -827,30 +830,6 @@ fn a_new_model_version_rescores_every_series_once_then_only_changed_ones() {
     // Apart from those extra records, exactly what a replay publishes: changed series only.
     let expected = replay_forecasts(&cfg, &all);
     assert_eq!(records.len(), expected.len() + extra as usize);
-}
-
-/// `GET path` on `addr`: (status, body). A plain HTTP/1.1 client for the test only.
-fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).unwrap();
-    let status = raw
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = raw
-        .split_once("\r\n\r\n")
-        .map_or("", |(_, b)| b)
-        .to_string();
-    (status, body)
 }
 
 #[test]

@@ -614,6 +614,79 @@ fn sigterm_stops_the_worker_cleanly_with_everything_committed() {
     assert_eq!(committed(&cfg, &t.sales, 2), 19_130);
 }
 
+/// A two-process timely cluster of `stockcast run` (1 worker each) on `cfg`'s topics, with
+/// `args` added; its processes' log files are in `dir`.
+struct TwoProcesses {
+    children: Vec<std::process::Child>,
+    logs: Vec<PathBuf>,
+}
+
+impl TwoProcesses {
+    fn start(cfg: &Resolved, dir: &Path, args: &[&str]) -> TwoProcesses {
+        let file = config_file(cfg, dir, "[http]\nlisten = \"\"\n");
+        // Both listeners are held until both ports are known, so the two differ.
+        let listeners = [free_port(), free_port()];
+        let ports = listeners.map(|l| l.local_addr().unwrap().port());
+        let hosts = dir.join("hosts");
+        std::fs::write(
+            &hosts,
+            format!(
+                "# process 0 first\n127.0.0.1:{}\n127.0.0.1:{}\n",
+                ports[0], ports[1]
+            ),
+        )
+        .unwrap();
+        let logs: Vec<PathBuf> = (0..2)
+            .map(|p| dir.join(format!("process-{p}.log")))
+            .collect();
+        let children = (0..2)
+            .map(|p| {
+                std::process::Command::new(env!("CARGO_BIN_EXE_stockcast"))
+                    .args(["run", "--workers", "1", "--config"])
+                    .arg(&file)
+                    .arg("--hosts")
+                    .arg(&hosts)
+                    .args(["--process", &p.to_string()])
+                    .args(args)
+                    .stderr(std::fs::File::create(&logs[p]).unwrap())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        TwoProcesses { children, logs }
+    }
+
+    /// Waits up to `limit` for both to exit; asserts both succeeded; returns their logs.
+    fn wait_success(mut self, limit: Duration) -> Vec<String> {
+        let deadline = Instant::now() + limit;
+        let mut exits = vec![None; 2];
+        while exits.iter().any(Option::is_none) && Instant::now() < deadline {
+            for (c, e) in self.children.iter_mut().zip(&mut exits) {
+                if e.is_none() {
+                    *e = c.try_wait().unwrap();
+                }
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        for c in &mut self.children {
+            let _ = c.kill();
+        }
+        let log: Vec<String> = self
+            .logs
+            .iter()
+            .map(|l| std::fs::read_to_string(l).unwrap())
+            .collect();
+        for (p, e) in exits.iter().enumerate() {
+            assert!(
+                e.is_some_and(|e| e.success()),
+                "process {p} ended with {e:?} within {limit:?}:\n{}",
+                log[p]
+            );
+        }
+        log
+    }
+}
+
 /// Two `stockcast run` processes forming one timely cluster (1 worker each) over 4 partitions:
 /// each reads its own partitions, process 0 publishes, and the forecasts equal the replay's.
 #[test]
@@ -622,59 +695,8 @@ fn a_cluster_of_two_processes_publishes_what_replay_computes() {
     let data = shared("m5_mini");
     load_dir(&cfg.kafka, &data, 4);
     let tmp = tempfile::tempdir().unwrap();
-    let file = config_file(&cfg, tmp.path(), "[http]\nlisten = \"\"\n");
-    // Both listeners are held until both ports are known, so the two differ.
-    let listeners = [free_port(), free_port()];
-    let ports = listeners.map(|l| l.local_addr().unwrap().port());
-    let hosts = tmp.path().join("hosts");
-    std::fs::write(
-        &hosts,
-        format!(
-            "# process 0 first\n127.0.0.1:{}\n127.0.0.1:{}\n",
-            ports[0], ports[1]
-        ),
-    )
-    .unwrap();
-    let logs: Vec<PathBuf> = (0..2)
-        .map(|p| tmp.path().join(format!("process-{p}.log")))
-        .collect();
-    let mut children: Vec<std::process::Child> = (0..2)
-        .map(|p| {
-            std::process::Command::new(env!("CARGO_BIN_EXE_stockcast"))
-                .args(["run", "--workers", "1", "--exit-when-idle", "--config"])
-                .arg(&file)
-                .arg("--hosts")
-                .arg(&hosts)
-                .args(["--process", &p.to_string()])
-                .stderr(std::fs::File::create(&logs[p]).unwrap())
-                .spawn()
-                .unwrap()
-        })
-        .collect();
-    let deadline = Instant::now() + Duration::from_secs(240);
-    let mut exits = vec![None; 2];
-    while exits.iter().any(Option::is_none) && Instant::now() < deadline {
-        for (c, e) in children.iter_mut().zip(&mut exits) {
-            if e.is_none() {
-                *e = c.try_wait().unwrap();
-            }
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    for c in &mut children {
-        let _ = c.kill();
-    }
-    let log: Vec<String> = logs
-        .iter()
-        .map(|l| std::fs::read_to_string(l).unwrap())
-        .collect();
-    for (p, e) in exits.iter().enumerate() {
-        assert!(
-            e.is_some_and(|e| e.success()),
-            "process {p} ended with {e:?}:\n{}",
-            log[p]
-        );
-    }
+    let log = TwoProcesses::start(&cfg, tmp.path(), &["--exit-when-idle"])
+        .wait_success(Duration::from_secs(240));
     // Each process read two of the four sales partitions.
     for (p, text) in log.iter().enumerate() {
         let assigned = text.lines().find(|l| l.contains("assigned")).unwrap();
@@ -694,6 +716,34 @@ fn a_cluster_of_two_processes_publishes_what_replay_computes() {
     let published = format!("forecasts={}", expected.len());
     assert!(log[0].contains(&published), "{}", log[0]);
     assert!(log[1].contains("forecasts=0"), "{}", log[1]);
+    assert_eq!(committed(&cfg, &cfg.kafka.topics.sales, 4), 19_130);
+}
+
+/// SIGTERM to one process of a live cluster stops them all cleanly, everything committed.
+#[test]
+fn sigterm_to_one_process_stops_the_whole_cluster_cleanly() {
+    let cfg = config("cluster-stop", "day");
+    load_dir(&cfg.kafka, &shared("m5_mini"), 4);
+    let tmp = tempfile::tempdir().unwrap();
+    // Live mode: without a signal the cluster would run forever.
+    let cluster = TwoProcesses::start(&cfg, tmp.path(), &[]);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while committed(&cfg, &cfg.kafka.topics.sales, 4) < 19_130 {
+        assert!(
+            Instant::now() < deadline,
+            "the cluster committed too little"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &cluster.children[1].id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let log = cluster.wait_success(Duration::from_secs(30));
+    assert!(log[1].contains("SIGTERM"), "{}", log[1]);
+    assert!(log[0].contains("a peer is stopping"), "{}", log[0]);
+    assert!(log[0].contains("worker stopped"), "{}", log[0]);
     assert_eq!(committed(&cfg, &cfg.kafka.topics.sales, 4), 19_130);
 }
 

@@ -26,6 +26,9 @@
 //! by global worker index, so each process reads only its workers' share. Every worker sends its
 //! reports (changed series, committable offsets, counts, dead letters) through the dataflow to
 //! worker 0, whose process merges them and calls the sinks; the other processes only compute.
+//! A worker told to stop says so in its beacon, and every worker that sees it stops too: a
+//! signal to any process shuts the whole cluster down cleanly (outputs flushed, offsets
+//! committed by process 0).
 //! A worker stops reading while [`MAX_OPEN_ADVANCES`] of its advances wait to be closed, so a
 //! slow sink (which blocks worker 0, and with it the closed frontier) leaves the backlog in
 //! Kafka, not in memory.
@@ -301,6 +304,9 @@ struct Beacon {
     max_epoch: Option<Epoch>,
     /// The worker has applied everything and wants to stop (`exit_when_idle`).
     draining: bool,
+    /// The worker was told to stop (a signal to its process): every worker stops, so a cluster
+    /// shuts down cleanly when any of its processes does.
+    stopping: bool,
 }
 
 /// Where the global watermark puts the inputs.
@@ -1220,8 +1226,22 @@ fn work(
     let mut last_shown = Instant::now();
     let mut shown = (0i64, 0i64);
     loop {
-        let stopping = opts.stop.load(Ordering::SeqCst);
-        if stopping {
+        let peer_stopping = board
+            .borrow()
+            .iter()
+            .any(|b| b.is_some_and(|b| b.stopping && b.worker != index));
+        if opts.stop.load(Ordering::SeqCst) || peer_stopping {
+            if peer_stopping && !opts.stop.load(Ordering::SeqCst) {
+                tracing::info!(worker = index, "a peer is stopping; stopping too");
+            }
+            // Tell the peers (closing the beacons below sends it).
+            beacons.send(Beacon {
+                worker: index,
+                mark: last_beacon.map_or(Mark::Holding, |b| b.mark),
+                max_epoch: feeder.max_epoch,
+                draining,
+                stopping: true,
+            });
             break;
         }
         // Silence only counts while this worker listens: time spent blocked (output
@@ -1272,6 +1292,7 @@ fn work(
             },
             max_epoch: feeder.max_epoch,
             draining,
+            stopping: false,
         };
         if last_beacon != Some(beacon) {
             tracing::debug!(worker = index, mark = ?beacon.mark, max_epoch = ?beacon.max_epoch, draining, "beacon");
@@ -1478,6 +1499,7 @@ mod tests {
             mark,
             max_epoch,
             draining: false,
+            stopping: false,
         })
     }
 

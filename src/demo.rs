@@ -249,7 +249,7 @@ pub fn run(opts: &DemoOptions) -> anyhow::Result<()> {
         "epochs closed {} (last ends {}), progress records {}, forecast records {}",
         s.epochs,
         s.last_epoch_end.as_deref().unwrap_or("-"),
-        s.advances,
+        s.progress_records,
         s.forecasts
     );
     println!("late events {}, dead letters {:?}", s.late, s.dead_letters);

@@ -122,12 +122,12 @@ impl Mart {
         Ok(self.client.as_ref().expect("set above"))
     }
 
-    /// Writes one advance, its forecast `records` (in epoch order) and its progress record, in
-    /// one transaction. Idempotent.
+    /// Writes one advance, its forecast `records` (in epoch order) and its progress records
+    /// (one per epoch), in one transaction. Idempotent.
     pub fn write(
         &mut self,
         records: &[ForecastRecord],
-        progress: &EpochRecord,
+        progress: &[EpochRecord],
     ) -> Result<(), MartError> {
         let result = self.try_write(records, progress);
         if result.is_err() {
@@ -140,7 +140,7 @@ impl Mart {
     fn try_write(
         &mut self,
         records: &[ForecastRecord],
-        progress: &EpochRecord,
+        progress: &[EpochRecord],
     ) -> Result<(), MartError> {
         let history = Columns::of(records.iter());
         // The newest record of each series (an advance may hold several epochs of one).
@@ -150,7 +150,14 @@ impl Mart {
             newest.insert((r.store_id.as_str(), r.sku_id.as_str()), r);
         }
         let current = Columns::of(newest.into_values());
-        let progress_json = serde_json::to_string(progress).unwrap_or_default();
+        let epoch_ends: Vec<&str> = progress.iter().map(|p| p.epoch_end.as_str()).collect();
+        let frontiers: Vec<i64> = progress.iter().map(|p| p.frontier as i64).collect();
+        let changed: Vec<i64> = progress.iter().map(|p| p.keys_changed as i64).collect();
+        let scored: Vec<i64> = progress.iter().map(|p| p.keys_scored as i64).collect();
+        let progress_json: Vec<String> = progress
+            .iter()
+            .map(|p| serde_json::to_string(p).unwrap_or_default())
+            .collect();
         self.client()?;
         let Mart {
             runtime, client, ..
@@ -201,15 +208,11 @@ impl Mart {
             tx.execute(
                 "INSERT INTO stockcast_epochs (epoch_end, frontier, keys_changed, keys_scored,
                      record)
-                 VALUES ($1::text::timestamptz, $2, $3, $4, $5::text::jsonb)
+                 SELECT e::timestamptz, f, c, s, r::jsonb
+                 FROM UNNEST($1::text[], $2::int8[], $3::int8[], $4::int8[], $5::text[])
+                     AS u(e, f, c, s, r)
                  ON CONFLICT DO NOTHING",
-                &[
-                    &progress.epoch_end,
-                    &(progress.frontier as i64),
-                    &(progress.keys_changed as i64),
-                    &(progress.keys_scored as i64),
-                    &progress_json,
-                ],
+                &[&epoch_ends, &frontiers, &changed, &scored, &progress_json],
             )
             .await?;
             tx.commit().await

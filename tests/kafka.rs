@@ -1,6 +1,7 @@
 //! The worker against a real Kafka-protocol broker (tansu, started by `scripts/kafka-broker.sh`,
 //! which the test command runs). Each test uses its own topics and consumer group.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -194,21 +195,46 @@ fn m5_mini_through_kafka_equals_replay_with_4_partitions_and_2_workers() {
             r
         })
         .collect();
+    let mut per_epoch: BTreeMap<String, u64> = BTreeMap::new();
+    for f in &expected {
+        *per_epoch.entry(f.epoch_end.clone()).or_default() += 1;
+    }
     assert_same_forecasts(sorted_forecasts(got), sorted_forecasts(expected));
 
-    // The progress records end at the last epoch, and every input offset was committed.
-    let epochs = consume(
+    // One progress record per epoch that consumed or changed anything (and the last): each
+    // counts its own epoch's forecasts and events, and the last holds every input offset.
+    let mut epochs: Vec<wire::EpochRecord> = consume_json(
         &cfg.kafka,
         &cfg.kafka.topics.epochs,
-        run.stats.advances as usize,
+        run.stats.progress_records as usize,
     );
-    assert_eq!(epochs.len() as u64, run.stats.advances);
-    let last: wire::EpochRecord = epochs
+    assert!(run.stats.progress_records > run.stats.advances);
+    assert_eq!(epochs.len() as u64, run.stats.progress_records);
+    epochs.sort_by_key(|r| r.frontier);
+    let mut previous = None;
+    for r in &epochs {
+        assert!(previous < Some(r.frontier), "two records for one epoch");
+        let span = r.frontier - previous.unwrap_or(r.frontier - 1);
+        assert_eq!(r.epochs_closed, span, "{r:?}");
+        previous = Some(r.frontier);
+        let want = per_epoch.remove(&r.epoch_end).unwrap_or(0);
+        assert_eq!((r.keys_changed, r.keys_scored), (want, want), "{r:?}");
+    }
+    assert!(
+        per_epoch.is_empty(),
+        "epochs without a record: {per_epoch:?}"
+    );
+    let sales: u64 = epochs.iter().filter_map(|r| r.consumed.get("sales")).sum();
+    assert_eq!(sales, 19_130);
+    let last = epochs.last().unwrap();
+    assert_eq!(Some(&last.epoch_end), run.stats.last_epoch_end.as_ref());
+    let offsets: i64 = last
+        .offsets
         .iter()
-        .map(|(_, v, _)| serde_json::from_slice::<wire::EpochRecord>(v).unwrap())
-        .max_by(|a, b| a.epoch_end.cmp(&b.epoch_end))
-        .unwrap();
-    assert_eq!(Some(last.epoch_end), run.stats.last_epoch_end);
+        .filter(|(p, _)| p.starts_with(cfg.kafka.topics.sales.as_str()))
+        .map(|(_, o)| o)
+        .sum();
+    assert_eq!(offsets, 19_130);
     assert_eq!(committed(&cfg, &cfg.kafka.topics.sales, 4), 19_130);
 }
 
@@ -854,7 +880,7 @@ fn a_new_model_version_rescores_every_series_once_then_only_changed_ones() {
     let progress: Vec<wire::EpochRecord> = consume_json(
         &cfg.kafka,
         &cfg.kafka.topics.epochs,
-        run.stats.advances as usize,
+        run.stats.progress_records as usize,
     );
     let switched: Vec<&wire::EpochRecord> = progress
         .iter()

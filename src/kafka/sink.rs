@@ -1,5 +1,5 @@
 //! The Kafka sink: per advance of the closed frontier, dead letters and forecasts, then the
-//! progress record, then the offset commit, each step only after the previous was acknowledged.
+//! progress records (one per closed epoch that did anything), then the offset commit, each step only after the previous was acknowledged.
 //!
 //! # Error handling
 //! A batch that is not fully acknowledged (broker down, timeouts) is produced again after a
@@ -47,8 +47,11 @@ struct Out {
 /// What the sink has done so far.
 #[derive(Debug, Default, Clone)]
 pub struct SinkStats {
-    /// Progress records written.
+    /// Advances of the closed frontier.
     pub advances: u64,
+    /// Progress records written (one per closed epoch with input or output, and one for the
+    /// last epoch of each advance).
+    pub progress_records: u64,
     /// Epochs closed.
     pub epochs: u64,
     /// Forecast records written.
@@ -83,6 +86,8 @@ pub struct KafkaSink {
     committer: BaseConsumer,
     /// Outputs of epochs before this were acknowledged by an earlier run.
     resume_from: Option<Epoch>,
+    /// Dead letters written since the last progress record.
+    dead_unrecorded: u64,
     stop: Arc<AtomicBool>,
     stats: SinkStats,
     /// The process's live state: metrics, latest forecasts, readiness.
@@ -196,6 +201,7 @@ impl KafkaSink {
             producer: producer(cfg)?,
             committer,
             resume_from,
+            dead_unrecorded: 0,
             stop,
             stats: SinkStats::default(),
             progress,
@@ -315,8 +321,9 @@ impl KafkaSink {
         }
         let resume_from = self.resume_from;
         let suppressed = |e: Epoch| resume_from.is_some_and(|r| e < r);
-        let mut keys_changed = 0u64;
-        let mut keys_scored = 0u64;
+        // Forecast records per epoch, and the series re-scored after a model change.
+        let mut changed_in: BTreeMap<Epoch, u64> = BTreeMap::new();
+        let mut rescored: Option<(Epoch, u64)> = None;
         let mut scoring_secs = 0.0;
         let mut scored_now: HashSet<Key> = HashSet::new();
         for (epoch, changed) in &closed.changed {
@@ -338,14 +345,10 @@ impl KafkaSink {
                 if rescore {
                     scored_now.insert(*key);
                 }
-                keys_changed += 1;
             }
+            changed_in.insert(*epoch, changed.len() as u64);
         }
-        keys_scored += keys_changed;
-        let newest = closed
-            .frontier
-            .and_then(|f| f.checked_sub(1))
-            .or_else(|| closed.changed.last().map(|(e, _)| *e));
+        let newest = closed.epochs.last().map(|t| t.epoch);
         if let Some(e) = newest.filter(|e| rescore && !suppressed(*e)) {
             // A new model version: every other series once, at the newest closed epoch.
             let end = rfc3339(self.clock.epoch_end(e));
@@ -362,8 +365,8 @@ impl KafkaSink {
             for ((key, vec), forecast) in rest.iter().zip(&forecasts) {
                 let rec = self.record(&end, dict, key, vec, forecast);
                 self.push_forecast(&mut batch, &topics, rec);
-                keys_scored += 1;
             }
+            rescored = Some((e, rest.len() as u64));
         }
         for (kind, n) in &closed.consumed {
             *self
@@ -382,7 +385,9 @@ impl KafkaSink {
         for d in &closed.dead {
             m.dead_letters.with_label_values(&[d.reason]).inc();
         }
-        self.stats.forecasts += keys_scored;
+        self.dead_unrecorded += closed.dead.len() as u64;
+        let keys_changed: u64 = changed_in.values().sum();
+        self.stats.forecasts += keys_changed + rescored.map_or(0, |r| r.1);
         if let Ok(latest) = self.progress.latest.read() {
             m.api_series.set(latest.len() as i64);
         }
@@ -390,16 +395,10 @@ impl KafkaSink {
             return;
         }
         m.epochs_closed.inc_by(closed.epochs_closed);
-        m.keys_changed.observe(keys_changed as f64);
-        m.keys_scored.observe(keys_scored as f64);
         m.scoring_seconds.observe(scoring_secs);
         self.stats.advances += 1;
         self.stats.epochs += closed.epochs_closed;
-        let last_closed = match closed.frontier {
-            Some(f) => f.checked_sub(1),
-            None => closed.changed.last().map(|(e, _)| *e),
-        };
-        if let Some(e) = last_closed {
+        if let Some(e) = newest {
             self.stats.last_epoch_end = Some(rfc3339(self.clock.epoch_end(e)));
             self.progress
                 .last_epoch_end
@@ -410,45 +409,62 @@ impl KafkaSink {
             .store(chrono::Utc::now().timestamp(), Ordering::Relaxed);
         let frontier = closed
             .frontier
-            .or_else(|| last_closed.map(|e| e + 1))
+            .or_else(|| newest.map(|e| e + 1))
             .unwrap_or(0);
         // Nothing to record or commit while a restart is still rebuilding what was committed.
         if self.resume_from.is_some_and(|r| frontier < r) {
             return;
         }
-        let record = EpochRecord {
-            frontier,
-            epoch_end: self.stats.last_epoch_end.clone().unwrap_or_default(),
-            epochs_closed: closed.epochs_closed,
-            consumed: closed
-                .consumed
-                .iter()
-                .map(|(k, n)| (k.name().to_string(), *n))
-                .collect(),
-            late: closed.late,
-            dead_letters: closed.dead.len() as u64,
-            keys_changed,
-            keys_scored,
-            offsets: closed
-                .offsets
-                .iter()
-                .map(|(p, o)| (p.label(), *o))
-                .collect(),
-            latency_ms: closed
-                .closed_at
-                .map_or(0, |t| t.elapsed().as_millis() as u64),
-        };
-        let progress = Out {
-            topic: topics.epochs.clone(),
-            key: record.epoch_end.clone(),
-            value: serde_json::to_vec(&record).unwrap_or_default(),
-            original: None,
-        };
-        if !self.write_stores(&record) {
+        let latency_ms = closed
+            .closed_at
+            .map_or(0, |t| t.elapsed().as_millis() as u64);
+        let mut records: Vec<EpochRecord> = Vec::with_capacity(closed.epochs.len());
+        for tally in closed.epochs.iter().filter(|t| !suppressed(t.epoch + 1)) {
+            let keys_changed = changed_in.get(&tally.epoch).copied().unwrap_or(0);
+            let keys_scored = keys_changed
+                + rescored
+                    .filter(|(e, _)| *e == tally.epoch)
+                    .map_or(0, |r| r.1);
+            m.keys_changed.observe(keys_changed as f64);
+            m.keys_scored.observe(keys_scored as f64);
+            records.push(EpochRecord {
+                epoch_end: rfc3339(self.clock.epoch_end(tally.epoch)),
+                frontier: tally.epoch + 1,
+                epochs_closed: tally.epochs_closed,
+                consumed: tally
+                    .consumed
+                    .iter()
+                    .map(|(k, n)| (k.name().to_string(), *n))
+                    .collect(),
+                late: tally.late,
+                dead_letters: 0,
+                keys_changed,
+                keys_scored,
+                offsets: tally.offsets.iter().map(|(p, o)| (p.label(), *o)).collect(),
+                latency_ms,
+            });
+        }
+        if let Some(last) = records.last_mut() {
+            last.dead_letters = self.dead_unrecorded;
+        }
+        if !self.write_stores(&records) {
             return;
         }
-        if !self.deliver(std::slice::from_ref(&progress)) {
+        let outs: Vec<Out> = records
+            .iter()
+            .map(|record| Out {
+                topic: topics.epochs.clone(),
+                key: record.epoch_end.clone(),
+                value: serde_json::to_vec(record).unwrap_or_default(),
+                original: None,
+            })
+            .collect();
+        if !self.deliver(&outs) {
             return;
+        }
+        self.stats.progress_records += records.len() as u64;
+        if !records.is_empty() {
+            self.dead_unrecorded = 0;
         }
         self.commit(&closed, frontier);
         if let Some(t) = closed.closed_at {
@@ -457,10 +473,10 @@ impl KafkaSink {
         }
     }
 
-    /// Writes the advance's records (and progress record) into the mart and the cache, those
+    /// Writes the advance's records (and progress records) into the mart and the cache, those
     /// configured, each retried with backoff until it succeeds; `false` if the run stopped
     /// first. The records are kept until both succeeded.
-    fn write_stores(&mut self, progress: &EpochRecord) -> bool {
+    fn write_stores(&mut self, progress: &[EpochRecord]) -> bool {
         let KafkaSink {
             mart,
             cache,
@@ -471,7 +487,7 @@ impl KafkaSink {
             ..
         } = self;
         if let Some(mart) = mart {
-            let n = unwritten.len() as u64 + 1;
+            let n = (unwritten.len() + progress.len()) as u64;
             let write = || mart.write(unwritten, progress).map_err(|e| e.to_string());
             if !retry_until_written(live, stop, &mut stats.retries, "postgres", n, write) {
                 return false;

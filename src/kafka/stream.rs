@@ -118,14 +118,34 @@ pub struct Closed {
     pub changed: Vec<(Epoch, Vec<(Key, FeatureVec)>)>,
     /// Per partition, the offset below which every record is reflected in closed epochs.
     pub offsets: Vec<(Partition, i64)>,
-    /// Records consumed per input kind since the previous advance.
+    /// Records consumed per input kind in the epochs this advance closed (the sum of `epochs`).
     pub consumed: BTreeMap<FileKind, u64>,
-    /// Late events since the previous advance.
+    /// Late events applied in those epochs.
     pub late: u64,
     /// Records that could not be used, since the previous advance.
     pub dead: Vec<DeadRecord>,
     /// When the dataflow closed these epochs.
     pub closed_at: Option<Instant>,
+    /// One tally per closed epoch that consumed, changed or applied anything, plus the last
+    /// closed epoch, in epoch order: each becomes a progress record.
+    pub epochs: Vec<EpochTally>,
+}
+
+/// What one closed epoch did, for its progress record.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct EpochTally {
+    /// The epoch.
+    pub epoch: Epoch,
+    /// Epochs closed since the previous tally, this one included (the ones between had no
+    /// input and no output).
+    pub epochs_closed: u64,
+    /// Records that took effect in this epoch, per input kind: events of this epoch (or
+    /// applied late in it), reference records and dead letters read while it was open.
+    pub consumed: BTreeMap<FileKind, u64>,
+    /// Events applied in this epoch after their own had closed.
+    pub late: u64,
+    /// Per partition, the offset below which every record is in this or earlier epochs.
+    pub offsets: Vec<(Partition, i64)>,
 }
 
 /// How a run goes.
@@ -404,8 +424,10 @@ struct Report {
     names: Vec<(Key, String, String)>,
     /// (snapshot epoch, partition, offset): committable once the global frontier reaches it.
     offsets: Vec<(Epoch, Partition, i64)>,
-    consumed: BTreeMap<FileKind, u64>,
-    late: u64,
+    /// Records consumed, by the epoch they took effect in and their input kind.
+    consumed: BTreeMap<(Epoch, FileKind), u64>,
+    /// Late events, by the (open) epoch they were applied in.
+    late: BTreeMap<Epoch, u64>,
     dead: Vec<DeadRecord>,
 }
 
@@ -423,8 +445,11 @@ struct Feeder {
     snapshots: VecDeque<(Epoch, Vec<i64>)>,
     // Since the last report:
     names: Vec<(Key, String, String)>,
-    consumed: BTreeMap<FileKind, u64>,
-    late: u64,
+    /// Records consumed, by the epoch they take effect in (their own, or the open epoch when
+    /// applied at once or dead-lettered) and their input kind.
+    consumed: BTreeMap<(Epoch, FileKind), u64>,
+    /// Late events by the epoch they were applied in.
+    late: BTreeMap<Epoch, u64>,
     dead: Vec<DeadRecord>,
     /// Records delivered again by the client and skipped.
     redelivered: u64,
@@ -459,6 +484,7 @@ impl Feeder {
         reason: &'static str,
         detail: String,
     ) {
+        self.count(p, self.input.epoch());
         let part = &self.parts[p];
         if msg.offset() < part.committed {
             return;
@@ -478,6 +504,12 @@ impl Feeder {
             reason,
             detail,
         });
+    }
+
+    /// Counts a record of partition `p` as consumed in `epoch`.
+    fn count(&mut self, p: usize, epoch: Epoch) {
+        let kind = self.parts[p].part.kind;
+        *self.consumed.entry((epoch, kind)).or_default() += 1;
     }
 
     /// Takes one record.
@@ -505,7 +537,6 @@ impl Feeder {
             part.consumed_metric.inc();
             part.part.kind
         };
-        *self.consumed.entry(kind).or_default() += 1;
         let record = match msg.payload() {
             // A null value is a tombstone on the compacted reference topics; the key names
             // what is deleted.
@@ -579,21 +610,24 @@ impl Feeder {
         self.max_epoch = self.max_epoch.max(Some(epoch));
         if epoch > self.input.epoch() {
             part.held.insert(msg.offset());
+            self.count(p, epoch);
             self.pending
                 .entry(epoch)
                 .or_default()
                 .push((p, msg.offset(), event));
         } else {
             if epoch < self.input.epoch() {
-                self.late += 1;
+                *self.late.entry(self.input.epoch()).or_default() += 1;
             }
             self.apply_now(p, msg, &event);
         }
     }
 
     fn apply_now(&mut self, p: usize, msg: &BorrowedMessage<'_>, event: &Event) {
-        if let Err(why) = self.input.apply(event) {
-            self.dead_letter(p, msg, why.reason(), format!("{why:?}"));
+        match self.input.apply(event) {
+            Ok(()) => self.count(p, self.input.epoch()),
+            // Counted as consumed there.
+            Err(why) => self.dead_letter(p, msg, why.reason(), format!("{why:?}")),
         }
     }
 
@@ -686,23 +720,26 @@ impl Feeder {
         }
     }
 
-    /// Offsets committable once the frontier reached `frontier`.
+    /// Offsets noted before every advance the frontier `frontier` passed, as (advance,
+    /// partition, offset), oldest first: each is committable once the frontier reaches its
+    /// advance.
     fn committable(&mut self, frontier: Option<Epoch>) -> Vec<(Epoch, Partition, i64)> {
-        let mut last = None;
+        let mut out = Vec::new();
         while let Some((epoch, _)) = self.snapshots.front() {
             if frontier.is_some_and(|f| *epoch > f) {
                 break;
             }
-            last = self.snapshots.pop_front();
+            let Some((epoch, offsets)) = self.snapshots.pop_front() else {
+                break;
+            };
+            out.extend(
+                self.parts
+                    .iter()
+                    .zip(offsets)
+                    .map(|(p, o)| (epoch, p.part.clone(), o)),
+            );
         }
-        let Some((epoch, offsets)) = last else {
-            return Vec::new();
-        };
-        self.parts
-            .iter()
-            .zip(offsets)
-            .map(|(p, o)| (epoch, p.part.clone(), o))
-            .collect()
+        out
     }
 }
 
@@ -1034,15 +1071,28 @@ struct Merger {
     emitted: Option<Option<Epoch>>,
     changed: BTreeMap<Epoch, Vec<(Key, FeatureVec)>>,
     offsets: Vec<(Epoch, Partition, i64)>,
-    consumed: BTreeMap<FileKind, u64>,
-    late: u64,
+    consumed: BTreeMap<Epoch, BTreeMap<FileKind, u64>>,
+    late: BTreeMap<Epoch, u64>,
     dead: Vec<DeadRecord>,
+    /// Per partition, the latest committable offset released so far.
+    committable: BTreeMap<Partition, i64>,
+    /// The frontier of the last tally: the first epoch the next one covers.
+    tallied: Option<Epoch>,
     dict: Dictionary,
 }
 
 /// A frontier as a number to compare: `None` (finished) is later than every epoch.
 fn rank(frontier: Option<Epoch>) -> Epoch {
     frontier.unwrap_or(Epoch::MAX)
+}
+
+/// Takes the entries of `map` below `frontier` (all of them once the run finished).
+fn split_closed<V>(map: &mut BTreeMap<Epoch, V>, frontier: Option<Epoch>) -> BTreeMap<Epoch, V> {
+    let keep = match frontier {
+        Some(f) => map.split_off(&f),
+        None => BTreeMap::new(),
+    };
+    std::mem::replace(map, keep)
 }
 
 impl Merger {
@@ -1053,8 +1103,10 @@ impl Merger {
             changed: BTreeMap::new(),
             offsets: Vec::new(),
             consumed: BTreeMap::new(),
-            late: 0,
+            late: BTreeMap::new(),
             dead: Vec::new(),
+            committable: BTreeMap::new(),
+            tallied: None,
             dict: Dictionary::default(),
         }
     }
@@ -1070,10 +1122,20 @@ impl Merger {
             let _ = self.dict.key(store, sku);
         }
         self.offsets.extend(r.offsets);
-        for (k, n) in r.consumed {
-            *self.consumed.entry(k).or_default() += n;
+        // A worker's counts belong to epochs its input has not left, which no tally covered
+        // yet; should one arrive for a tallied epoch it goes to the next tally.
+        let open = |epoch: Epoch| epoch.max(self.tallied.unwrap_or(0));
+        for ((epoch, kind), n) in r.consumed {
+            *self
+                .consumed
+                .entry(open(epoch))
+                .or_default()
+                .entry(kind)
+                .or_default() += n;
         }
-        self.late += r.late;
+        for (epoch, n) in r.late {
+            *self.late.entry(open(epoch)).or_default() += n;
+        }
         self.dead.extend(r.dead);
     }
 
@@ -1091,54 +1153,77 @@ impl Merger {
         if !advanced && self.dead.is_empty() {
             return None;
         }
-        // Epochs are counted from the first that produced anything.
-        let first_change = self.changed.keys().next().copied();
-        let prev = match self.emitted.flatten() {
-            Some(p) if p > 0 => Some(p),
-            _ => first_change,
-        };
         let mut closed = Closed {
             frontier: global,
+            dead: std::mem::take(&mut self.dead),
             ..Closed::default()
         };
-        if advanced {
-            self.emitted = Some(global);
-            let keep = match global {
-                Some(g) => self.changed.split_off(&g),
-                None => BTreeMap::new(),
-            };
-            let done = std::mem::replace(&mut self.changed, keep);
-            let end = global.or_else(|| done.keys().next_back().map(|e| e + 1));
-            closed.epochs_closed = match (prev, end) {
-                (Some(p), Some(e)) => e.saturating_sub(p),
-                _ => 0,
-            };
-            closed.changed = done
-                .into_iter()
-                .map(|(e, mut v)| {
-                    v.sort_unstable_by_key(|c| c.0);
-                    (e, v)
-                })
-                .collect();
-            let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.offsets)
-                .into_iter()
-                .partition(|(e, _, _)| global.is_none_or(|g| *e <= g));
-            self.offsets = waiting;
-            let mut latest: BTreeMap<Partition, (Epoch, i64)> = BTreeMap::new();
-            for (e, p, o) in ready {
-                let slot = latest.entry(p).or_insert((e, o));
-                if e >= slot.0 {
-                    *slot = (e, o);
-                }
-            }
-            closed.offsets = latest.into_iter().map(|(p, (_, o))| (p, o)).collect();
-            closed.consumed = std::mem::take(&mut self.consumed);
-            closed.late = std::mem::take(&mut self.late);
-            closed.closed_at = Some(Instant::now());
-        } else {
+        if !advanced {
             closed.frontier = self.emitted.flatten();
+            return Some(closed);
         }
-        closed.dead = std::mem::take(&mut self.dead);
+        self.emitted = Some(global);
+        let changed = split_closed(&mut self.changed, global);
+        let mut consumed = split_closed(&mut self.consumed, global);
+        let mut late = split_closed(&mut self.late, global);
+        // A tally for every closed epoch that consumed, changed or applied anything, and one
+        // for the last closed epoch, so the frontier always shows.
+        let mut epochs: BTreeSet<Epoch> = changed.keys().copied().collect();
+        epochs.extend(consumed.keys().copied());
+        epochs.extend(late.keys().copied());
+        if let Some(last) = global.and_then(|g| g.checked_sub(1)) {
+            if self.tallied.is_none_or(|t| last >= t) {
+                epochs.insert(last);
+            }
+        }
+        let (mut ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.offsets)
+            .into_iter()
+            .partition(|(e, _, _)| global.is_none_or(|g| *e <= g));
+        self.offsets = waiting;
+        ready.sort_by_key(|(e, _, _)| *e);
+        let mut ready = ready.into_iter().peekable();
+        for epoch in epochs {
+            // Offsets noted before an advance to `epoch + 1` or earlier are all in closed
+            // epochs once `epoch` closed.
+            while let Some((_, p, o)) = ready.next_if(|(e, _, _)| *e <= epoch + 1) {
+                self.committable.insert(p, o);
+            }
+            let since = self.tallied.unwrap_or(epoch);
+            self.tallied = Some(epoch + 1);
+            let tally = EpochTally {
+                epoch,
+                epochs_closed: (epoch + 1).saturating_sub(since),
+                consumed: consumed.remove(&epoch).unwrap_or_default(),
+                late: late.remove(&epoch).unwrap_or_default(),
+                offsets: self
+                    .committable
+                    .iter()
+                    .map(|(p, o)| (p.clone(), *o))
+                    .collect(),
+            };
+            closed.epochs_closed += tally.epochs_closed;
+            for (kind, n) in &tally.consumed {
+                *closed.consumed.entry(*kind).or_default() += n;
+            }
+            closed.late += tally.late;
+            closed.epochs.push(tally);
+        }
+        for (_, p, o) in ready {
+            self.committable.insert(p, o);
+        }
+        closed.offsets = self
+            .committable
+            .iter()
+            .map(|(p, o)| (p.clone(), *o))
+            .collect();
+        closed.changed = changed
+            .into_iter()
+            .map(|(e, mut v)| {
+                v.sort_unstable_by_key(|c| c.0);
+                (e, v)
+            })
+            .collect();
+        closed.closed_at = Some(Instant::now());
         Some(closed)
     }
 }
@@ -1195,7 +1280,7 @@ fn work(
         snapshots: VecDeque::new(),
         names: Vec::new(),
         consumed: BTreeMap::new(),
-        late: 0,
+        late: BTreeMap::new(),
         dead: Vec::new(),
         redelivered: 0,
         progress: Arc::clone(&opts.progress),
@@ -1565,5 +1650,83 @@ mod tests {
     fn commit_metadata_round_trips() {
         assert_eq!(parse_commit_metadata(&commit_metadata(4242)), Some(4242));
         assert_eq!(parse_commit_metadata("other"), None);
+    }
+    #[test]
+    fn an_advance_tallies_each_epoch_that_did_anything() {
+        let sales = |partition| Partition {
+            kind: FileKind::Sales,
+            topic: "sales".into(),
+            partition,
+        };
+        let key = Key { store: 1, sku: 2 };
+        let report = |worker, frontier, changed: Vec<Epoch>, consumed: Vec<(Epoch, u64)>| Report {
+            worker,
+            frontier,
+            changed: changed
+                .into_iter()
+                .map(|e| (e, key, FeatureVec(vec![e as i64])))
+                .collect(),
+            names: Vec::new(),
+            offsets: vec![
+                (4, sales(worker as i32), 10),
+                (11, sales(worker as i32), 30),
+            ],
+            consumed: consumed
+                .into_iter()
+                .map(|(e, n)| ((e, FileKind::Sales), n))
+                .collect(),
+            late: BTreeMap::from([(9, 1)]),
+            dead: Vec::new(),
+        };
+        let mut merger = Merger::new(2);
+        merger.absorb(report(
+            0,
+            Some(12),
+            vec![3, 10],
+            vec![(3, 5), (10, 2), (12, 4)],
+        ));
+        // Worker 1 is behind: nothing closes until it reports.
+        assert!(merger.closed().is_none());
+        merger.absorb(report(1, Some(10), vec![3], vec![(3, 1)]));
+        let closed = merger.closed().unwrap();
+        assert_eq!(closed.frontier, Some(10));
+        let tallies: Vec<(Epoch, u64, u64, u64)> = closed
+            .epochs
+            .iter()
+            .map(|t| {
+                let n = t.consumed.get(&FileKind::Sales).copied().unwrap_or(0);
+                (t.epoch, t.epochs_closed, n, t.late)
+            })
+            .collect();
+        // Epoch 3 (consumed, changed), epoch 9 (late event; the last closed), nothing between.
+        assert_eq!(tallies, vec![(3, 1, 6, 0), (9, 6, 0, 2)]);
+        assert_eq!(closed.epochs_closed, 7);
+        assert_eq!(closed.changed.len(), 1);
+        assert_eq!(closed.changed[0].1.len(), 2);
+        // Offsets noted before the advance to 4 hold from epoch 3 on; those of 11 not yet.
+        assert_eq!(
+            closed.epochs[0].offsets,
+            vec![(sales(0), 10), (sales(1), 10)]
+        );
+        assert_eq!(closed.offsets, vec![(sales(0), 10), (sales(1), 10)]);
+
+        // Worker 1 finishes: the rest closes, epoch 10 and 12 each with a tally.
+        merger.absorb(report(1, None, vec![], vec![]));
+        merger.frontiers[0] = Some(None);
+        let closed = merger.closed().unwrap();
+        assert_eq!(closed.frontier, None);
+        let epochs: Vec<(Epoch, u64)> = closed
+            .epochs
+            .iter()
+            .map(|t| (t.epoch, t.epochs_closed))
+            .collect();
+        // Worker 1's repeated late count of epoch 9 (closed already) went to the next tally.
+        assert_eq!(epochs, vec![(10, 1), (12, 2)]);
+        assert_eq!(closed.epochs[0].late, 1);
+        assert_eq!(
+            closed.epochs[0].offsets,
+            vec![(sales(0), 30), (sales(1), 30)]
+        );
+        assert_eq!(closed.consumed.get(&FileKind::Sales), Some(&6));
     }
 }

@@ -102,30 +102,37 @@ pub fn record_value(record: &Record) -> Value {
     Value::Object(m)
 }
 
-/// One record on `stockcast.epochs`: the closed-epoch frontier moved. Written after every
-/// forecast of the epochs it covers was acknowledged.
+/// One record on `stockcast.epochs`: an epoch closed. There is one per closed epoch that
+/// consumed, changed or applied anything, and one for the last epoch of every advance of the
+/// closed frontier (so in live mode, where epochs close one by one on the wall clock, one per
+/// epoch); the empty epochs between two records are counted by the later one's
+/// `epochs_closed`. Written after every forecast of the epochs it covers was acknowledged.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct EpochRecord {
-    /// End of the last epoch now closed (RFC 3339); forecasts up to it are complete.
+    /// End of the epoch (RFC 3339); forecasts up to it are complete.
     pub epoch_end: String,
-    /// The first epoch still open, as an index of `epoch_secs` since 1970 (what a restart
+    /// The first epoch after it, as an index of `epoch_secs` since 1970 (what a restart
     /// resumes output at).
     pub frontier: u64,
-    /// Epochs closed by this advance (several when the watermark jumped).
+    /// Epochs closed since the previous record, this one included.
     pub epochs_closed: u64,
-    /// Records consumed per input topic since the previous progress record.
+    /// Records that took effect in this epoch, per input topic: events of the epoch (or applied
+    /// late in it), and reference records and dead letters read while it was open.
     pub consumed: BTreeMap<String, u64>,
-    /// Events applied after their epoch had closed, since the previous record.
+    /// Events applied in this epoch after their own epoch had closed.
     pub late: u64,
     /// Dead letters written since the previous record.
     pub dead_letters: u64,
-    /// Forecast records (changed series) in the epochs covered.
+    /// Forecast records (changed series) of this epoch.
     pub keys_changed: u64,
-    /// Series scored in the epochs covered.
+    /// Series scored at this epoch: the changed ones, plus every other series once at the
+    /// newest epoch after a model change.
     pub keys_scored: u64,
-    /// Per input partition (`topic/partition`), the offset committed with this record.
+    /// Per input partition (`topic/partition`), the offset below which every record is in this
+    /// or an earlier epoch. The worker commits the offsets of an advance's last record.
     pub offsets: BTreeMap<String, i64>,
-    /// Milliseconds from the frontier's advance in the dataflow to this record's acknowledgement.
+    /// Milliseconds from the frontier's advance in the dataflow to the acknowledgement of the
+    /// advance's records.
     pub latency_ms: u64,
 }
 

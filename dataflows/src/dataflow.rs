@@ -31,7 +31,7 @@ use timely::dataflow::Scope;
 
 use crate::features::{compute, FeatureSpec, SeriesState};
 use crate::input::Inputs;
-use crate::model::{Agg, FeatureVec, Key, Rec};
+use crate::model::{Agg, FeatureVec, IdHash, Key, Rec};
 use crate::time::{Epoch, Period};
 
 /// The size of one worker's feature state, as of the features operator's last run.
@@ -203,13 +203,24 @@ fn fold_expired(records: &mut Vec<(Rec, Agg)>, oldest: Period) {
 /// One update of a series' records.
 type Update = ((Key, Rec), Epoch, Agg);
 
+/// What the features operator holds per series.
+#[derive(Default)]
+struct Series {
+    /// Accumulated records, sorted by record.
+    records: Vec<(Rec, Agg)>,
+    /// The features last emitted, which are those of `records`; `None` before the series was
+    /// registered.
+    features: Option<FeatureVec>,
+}
+
 /// The features of every series whose records changed, as a collection of `(key, features)`.
 ///
 /// Epochs are totally ordered, so this operator keeps each series' accumulated records itself
 /// (it is their only reader) instead of arranging them and replaying history as `reduce` does;
 /// profiles showed that replay, then the trace walks, dominating the epoch cost. Once an epoch
-/// is complete it applies that epoch's updates series by series, evaluates the features before
-/// and after, and emits a retraction and an insertion only where they differ. It also folds
+/// is complete it applies that epoch's updates series by series, evaluates the features, and
+/// emits a retraction of the features it last emitted (kept with the records, so they are not
+/// evaluated again) and an insertion of the new ones only where they differ. It also folds
 /// periods that left the retention window into the series' base, so state stays bounded without
 /// any retraction travelling through the dataflow.
 pub fn series_features<'s>(
@@ -226,8 +237,8 @@ pub fn series_features<'s>(
         .unary_frontier(exchange, "SeriesFeatures", move |_, _| {
             // Updates waiting for their epoch to complete, by the capability they arrived with.
             let mut pending: Vec<(Capability<Epoch>, Vec<Update>)> = Vec::new();
-            // Every series' accumulated records, sorted by record.
-            let mut state: HashMap<Key, Vec<(Rec, Agg)>> = HashMap::new();
+            // Every series' records and last features.
+            let mut state: HashMap<Key, Series, IdHash> = HashMap::default();
             let mut scratch = SeriesState::new(&spec);
             let mut ready: Vec<Update> = Vec::new();
             // Records over all series, kept up to date as series change.
@@ -277,9 +288,10 @@ pub fn series_features<'s>(
                     let mut i = 0;
                     while i < ready.len() {
                         let key = (ready[i].0).0;
-                        let records = state.entry(key).or_default();
+                        let series = state.entry(key).or_default();
+                        let records = &mut series.records;
                         let before = records.len() as u64;
-                        let mut old = evaluate(&spec, &mut scratch, records);
+                        let mut old = series.features.take();
                         while i < ready.len() && (ready[i].0).0 == key {
                             let time = ready[i].1;
                             while i < ready.len() && (ready[i].0).0 == key && ready[i].1 == time {
@@ -303,6 +315,8 @@ pub fn series_features<'s>(
                         held = held + records.len() as u64 - before;
                         if records.is_empty() {
                             state.remove(&key);
+                        } else {
+                            series.features = old;
                         }
                     }
                     size.0.set((state.len() as u64, held));

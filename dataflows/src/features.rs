@@ -267,7 +267,7 @@ pub fn mean_std(xs: impl Iterator<Item = i64>, n: u32) -> (i64, i64) {
 
 /// One series' state as of period `now`, in the form [`compute`] reads. Reused between series:
 /// [`SeriesState::clear`] resets only what [`SeriesState::add`] touched.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct SeriesState {
     /// Totals by age (`now - period`) for ages below the retention.
     pub by_age: Vec<Agg>,
@@ -283,6 +283,8 @@ pub struct SeriesState {
     touched: Vec<usize>,
     /// Scratch for prefix sums of demand by age.
     cumulative: Vec<i64>,
+    /// Features in the spec's schema: the capacity of a vector.
+    width: usize,
 }
 
 impl SeriesState {
@@ -297,6 +299,7 @@ impl SeriesState {
             store_open: true,
             touched: Vec::new(),
             cumulative: vec![0; r + 1],
+            width: spec.schema().features.len(),
         }
     }
 
@@ -336,7 +339,7 @@ pub fn compute(spec: &FeatureSpec, now: Period, st: &mut SeriesState) -> Feature
     let st = &*st;
     let qty = |a: usize| st.by_age.get(a).map_or(0, |g| g.qty);
     let window_sum = |w: usize| st.cumulative[w.min(r)];
-    let mut out = Vec::with_capacity(64);
+    let mut out = Vec::with_capacity(st.width);
     for k in 0..=spec.lags as usize {
         out.push(qty(k));
     }

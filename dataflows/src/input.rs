@@ -23,7 +23,7 @@ use std::collections::{HashMap, HashSet};
 use differential_dataflow::input::InputSession;
 
 use crate::features::FeatureSpec;
-use crate::model::{Agg, Event, Id, ItemAttrs, Key, Promotion, Rec};
+use crate::model::{Agg, Event, Id, IdHash, ItemAttrs, Key, Promotion, Rec};
 use crate::time::{Clock, Epoch, Period};
 
 /// The differential inputs one worker feeds.
@@ -94,7 +94,7 @@ pub struct FeatureInput {
     /// The current period; `None` before the first `advance_to`.
     now: Option<Period>,
     /// Series this worker has registered; their clocks move at every rollover.
-    keys: HashSet<Key>,
+    keys: HashSet<Key, IdHash>,
     /// Current calendar promotions by id, for upserts.
     promos: HashMap<Id, Promotion>,
     /// Current catalog attributes by SKU, for upserts.
@@ -137,7 +137,7 @@ impl FeatureInput {
             inputs: Inputs::default(),
             epoch: 0,
             now: None,
-            keys: HashSet::new(),
+            keys: HashSet::default(),
             promos: HashMap::new(),
             items: HashMap::new(),
             stores: HashMap::new(),

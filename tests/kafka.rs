@@ -199,6 +199,7 @@ fn m5_mini_through_kafka_equals_replay_with_4_partitions_and_2_workers() {
     for f in &expected {
         *per_epoch.entry(f.epoch_end.clone()).or_default() += 1;
     }
+    let expected_first = per_epoch.keys().next().unwrap().clone();
     assert_same_forecasts(sorted_forecasts(got), sorted_forecasts(expected));
 
     // One progress record per epoch that consumed or changed anything (and the last): each
@@ -223,6 +224,20 @@ fn m5_mini_through_kafka_equals_replay_with_4_partitions_and_2_workers() {
     assert!(
         per_epoch.is_empty(),
         "epochs without a record: {per_epoch:?}"
+    );
+    // The first record is the first epoch with forecasts: the reference data read before the
+    // first event counts there, and no empty epoch before it counts as closed.
+    assert_eq!(epochs[0].epoch_end, expected_first);
+    assert_eq!(epochs[0].epochs_closed, 1);
+    assert_eq!(
+        epochs[0].consumed.get("catalog"),
+        loaded.published.get(&cfg.kafka.topics.catalog)
+    );
+    let closed: u64 = epochs.iter().map(|r| r.epochs_closed).sum();
+    assert_eq!(closed, run.stats.epochs);
+    assert_eq!(
+        closed,
+        epochs.last().unwrap().frontier - epochs[0].frontier + 1
     );
     let sales: u64 = epochs.iter().filter_map(|r| r.consumed.get("sales")).sum();
     assert_eq!(sales, 19_130);

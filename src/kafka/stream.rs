@@ -1166,6 +1166,28 @@ impl Merger {
         let changed = split_closed(&mut self.changed, global);
         let mut consumed = split_closed(&mut self.consumed, global);
         let mut late = split_closed(&mut self.late, global);
+        if self.tallied.is_none() {
+            // Until their first advance the inputs sit at epoch 0, so reference records read
+            // before any event would date from 1970: count them in the first epoch that
+            // produced anything, and the empty decades before it as no closed epochs.
+            let first = changed
+                .keys()
+                .next()
+                .copied()
+                .or_else(|| global.and_then(|g| g.checked_sub(1)));
+            if let Some(first) = first {
+                let early = consumed.split_off(&first);
+                for (_, kinds) in std::mem::replace(&mut consumed, early) {
+                    for (kind, n) in kinds {
+                        *consumed.entry(first).or_default().entry(kind).or_default() += n;
+                    }
+                }
+                let early = late.split_off(&first);
+                for (_, n) in std::mem::replace(&mut late, early) {
+                    *late.entry(first).or_default() += n;
+                }
+            }
+        }
         // A tally for every closed epoch that consumed, changed or applied anything, and one
         // for the last closed epoch, so the frontier always shows.
         let mut epochs: BTreeSet<Epoch> = changed.keys().copied().collect();
@@ -1679,11 +1701,12 @@ mod tests {
             dead: Vec::new(),
         };
         let mut merger = Merger::new(2);
+        // Worker 0 read reference data before its first advance, at epoch 0.
         merger.absorb(report(
             0,
             Some(12),
             vec![3, 10],
-            vec![(3, 5), (10, 2), (12, 4)],
+            vec![(0, 2), (3, 5), (10, 2), (12, 4)],
         ));
         // Worker 1 is behind: nothing closes until it reports.
         assert!(merger.closed().is_none());
@@ -1698,8 +1721,9 @@ mod tests {
                 (t.epoch, t.epochs_closed, n, t.late)
             })
             .collect();
-        // Epoch 3 (consumed, changed), epoch 9 (late event; the last closed), nothing between.
-        assert_eq!(tallies, vec![(3, 1, 6, 0), (9, 6, 0, 2)]);
+        // Epoch 3 (consumed, changed; with what was read at epoch 0, and the epochs before it
+        // not counted), epoch 9 (late event; the last closed), nothing between.
+        assert_eq!(tallies, vec![(3, 1, 8, 0), (9, 6, 0, 2)]);
         assert_eq!(closed.epochs_closed, 7);
         assert_eq!(closed.changed.len(), 1);
         assert_eq!(closed.changed[0].1.len(), 2);

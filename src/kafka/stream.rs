@@ -214,7 +214,7 @@ impl Cluster {
 /// What a running worker shows the outside (health checks, the HTTP server, tests): counters
 /// updated as the closed frontier advances, the metrics, the latest forecasts and readiness.
 pub struct Progress {
-    /// Input records consumed (all topics).
+    /// Input records consumed (all topics, all workers), as the workers report them.
     pub consumed: std::sync::atomic::AtomicU64,
     /// The first open epoch (0 before the first advance).
     pub frontier: std::sync::atomic::AtomicU64,
@@ -1040,7 +1040,12 @@ pub fn run(
         // sink writes fewer, larger batches instead of falling further behind.
         for report in std::iter::once(first).chain(rx.try_iter()) {
             match report {
-                Ok(report) => merger.absorb(report),
+                Ok(report) => {
+                    // Counted as read, whether or not their epochs closed yet.
+                    let read: u64 = report.consumed.values().sum();
+                    opts.progress.consumed.fetch_add(read, Ordering::SeqCst);
+                    merger.absorb(report);
+                }
                 Err(e) => {
                     failure.get_or_insert(e);
                 }
@@ -1048,8 +1053,6 @@ pub fn run(
         }
         if let Some(closed) = merger.closed() {
             let p = &opts.progress;
-            let consumed: u64 = closed.consumed.values().sum();
-            p.consumed.fetch_add(consumed, Ordering::SeqCst);
             if let Some(f) = closed.frontier {
                 p.frontier.fetch_max(f, Ordering::SeqCst);
             }

@@ -102,8 +102,8 @@ fn main() {
     // The last second of quiet is the idle timeout, not work.
     let busy = (wall - cfg.kafka.idle_timeout_secs as f64).max(1e-9);
     println!(
-        "worker: {consumed} records consumed, {} forecast records and {} progress records written, {} epochs",
-        run.stats.forecasts, run.stats.advances, run.stats.epochs
+        "worker: {consumed} records consumed, {} forecast records and {} progress records written in {} advances, {} epochs",
+        run.stats.forecasts, run.stats.progress_records, run.stats.advances, run.stats.epochs
     );
     println!(
         "  wall {wall:.2} s (of which {} s idle timeout), CPU {cpu:.2} s",

@@ -1,5 +1,5 @@
 //! Criterion micro-benchmarks of the pure hot paths: decoding a sale row, and evaluating one
-//! series' features (done twice per changed series per epoch).
+//! series' features (done once per changed series per epoch).
 
 use std::collections::HashMap;
 

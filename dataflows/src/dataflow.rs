@@ -129,14 +129,14 @@ pub fn features<'s>(
     (features, size)
 }
 
-/// Evaluates a series' features from its accumulated records (sorted by record), or `None`
-/// when no worker has registered the series.
+/// Evaluates the features, as of period `now`, of a series with these accumulated records
+/// (sorted by record).
 fn evaluate(
     spec: &FeatureSpec,
     scratch: &mut SeriesState,
+    now: Period,
     records: &[(Rec, Agg)],
-) -> Option<FeatureVec> {
-    let now = current_period(records)?;
+) -> FeatureVec {
     scratch.clear();
     for (rec, agg) in records {
         match *rec {
@@ -153,18 +153,23 @@ fn evaluate(
             Rec::StoreInactive => scratch.store_open = false,
         }
     }
-    Some(compute(spec, now, scratch))
+    compute(spec, now, scratch)
 }
 
 /// The latest clock any worker set for a series; `None` before one registered it.
+///
+/// Clocks sort after periods and promotions and before the catalog records, so the scan
+/// starts from the end and stops at the first record that sorts before them.
 fn current_period(records: &[(Rec, Agg)]) -> Option<Period> {
-    records
-        .iter()
-        .filter_map(|(rec, agg)| match rec {
-            Rec::Clock(_) if agg.n > 0 => Some((agg.n - 1) as Period),
-            _ => None,
-        })
-        .max()
+    let mut now = None;
+    for (rec, agg) in records.iter().rev() {
+        match rec {
+            Rec::Clock(_) if agg.n > 0 => now = now.max(Some((agg.n - 1) as Period)),
+            Rec::Base | Rec::Period(_) | Rec::Promo { .. } => break,
+            _ => {}
+        }
+    }
+    now
 }
 
 /// Adds `diff` to the record `rec` in a list sorted by record, dropping it when it cancels out.
@@ -186,15 +191,21 @@ fn accumulate(records: &mut Vec<(Rec, Agg)>, rec: Rec, diff: &Agg) {
 
 /// Folds the totals of periods older than `oldest` into the series' `Base` record: no feature
 /// reads their sales any more, only their effect on the stock position.
+///
+/// Periods sort right after the base, oldest first, so the expired ones are a run at the front.
 fn fold_expired(records: &mut Vec<(Rec, Agg)>, oldest: Period) {
+    let first = usize::from(matches!(records.first(), Some((Rec::Base, _))));
+    let expired = records[first..]
+        .iter()
+        .take_while(|(rec, _)| matches!(rec, Rec::Period(p) if *p < oldest))
+        .count();
+    if expired == 0 {
+        return;
+    }
     let mut stock = Agg::default();
-    records.retain(|(rec, agg)| match rec {
-        Rec::Period(p) if *p < oldest => {
-            stock.plus_equals(&agg.stock_part());
-            false
-        }
-        _ => true,
-    });
+    for (_, agg) in records.drain(first..first + expired) {
+        stock.plus_equals(&agg.stock_part());
+    }
     if !stock.is_zero() {
         accumulate(records, Rec::Base, &stock);
     }
@@ -235,8 +246,12 @@ pub fn series_features<'s>(
     records
         .inner
         .unary_frontier(exchange, "SeriesFeatures", move |_, _| {
-            // Updates waiting for their epoch to complete, by the capability they arrived with.
-            let mut pending: Vec<(Capability<Epoch>, Vec<Update>)> = Vec::new();
+            // Updates waiting for their epoch to complete, and a capability for the earliest
+            // of their times. Both buffers keep their capacity from epoch to epoch: a rollover
+            // brings an update for every series, and regrowing buffers that large each time
+            // costs fresh pages from the kernel.
+            let mut stash: Vec<Update> = Vec::new();
+            let mut hold: Option<Capability<Epoch>> = None;
             // Every series' records and last features.
             let mut state: HashMap<Key, Series, IdHash> = HashMap::default();
             let mut scratch = SeriesState::new(&spec);
@@ -250,23 +265,18 @@ pub fn series_features<'s>(
                         debug_assert!(data.is_empty(), "updates without a capability");
                         return;
                     };
-                    match pending.iter_mut().find(|(c, _)| c.time() == cap.time()) {
-                        Some((_, stash)) => stash.append(data),
-                        None => pending.push((cap, std::mem::take(data))),
+                    // Epochs are totally ordered: the least capability covers every time held.
+                    if hold.as_ref().is_none_or(|h| cap.time() < h.time()) {
+                        hold = Some(cap);
                     }
+                    stash.append(data);
                 });
                 // Every update of every completed time goes in one pass, ordered by (series,
                 // time): a message may carry updates of several times, and a series must see
                 // its times in order even when they arrived in different messages.
-                ready.clear();
-                let mut earliest: Option<Capability<Epoch>> = None;
-                let mut waiting: Vec<(Capability<Epoch>, Vec<Update>)> = Vec::new();
-                for (cap, mut updates) in pending.drain(..) {
-                    if frontier.less_equal(cap.time()) {
-                        waiting.push((cap, updates));
-                        continue;
-                    }
-                    updates.retain(|u| {
+                if let Some(cap) = hold.take_if(|h| !frontier.less_equal(h.time())) {
+                    ready.clear();
+                    stash.retain(|u| {
                         if frontier.less_equal(&u.1) {
                             true
                         } else {
@@ -274,15 +284,9 @@ pub fn series_features<'s>(
                             false
                         }
                     });
-                    if let Some(later) = updates.iter().map(|u| u.1).min() {
-                        waiting.push((cap.delayed(&later), updates));
+                    if let Some(later) = stash.iter().map(|u| u.1).min() {
+                        hold = Some(cap.delayed(&later));
                     }
-                    if earliest.as_ref().is_none_or(|e| cap.time() < e.time()) {
-                        earliest = Some(cap);
-                    }
-                }
-                pending = waiting;
-                if let Some(cap) = earliest {
                     ready.sort_unstable_by_key(|u| ((u.0).0, u.1));
                     let mut session = output.session(&cap);
                     let mut i = 0;
@@ -298,10 +302,11 @@ pub fn series_features<'s>(
                                 accumulate(records, (ready[i].0).1, &ready[i].2);
                                 i += 1;
                             }
-                            if let Some(now) = current_period(records) {
+                            let now = current_period(records);
+                            if let Some(now) = now {
                                 fold_expired(records, now - retention + 1);
                             }
-                            let new = evaluate(&spec, &mut scratch, records);
+                            let new = now.map(|now| evaluate(&spec, &mut scratch, now, records));
                             if new != old {
                                 if let Some(o) = old.take() {
                                     session.give(((key, o), time, -1));

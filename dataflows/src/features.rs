@@ -267,11 +267,12 @@ pub fn mean_std(xs: impl Iterator<Item = i64>, n: u32) -> (i64, i64) {
 
 /// One series' state as of period `now`, in the form [`compute`] reads. Reused between series:
 /// [`SeriesState::clear`] resets only what [`SeriesState::add`] touched.
+///
+/// Per-period totals are kept field by field in arrays indexed by age (`now - period`), so
+/// each feature's loop reads one contiguous array rather than striding over whole totals.
 #[derive(Clone, Debug)]
 pub struct SeriesState {
-    /// Totals by age (`now - period`) for ages below the retention.
-    pub by_age: Vec<Agg>,
-    /// Stock totals of every period not in `by_age`.
+    /// Stock totals of every period older than the retention.
     pub base: Agg,
     /// Calendar promotions `(start, end)` covering the series.
     pub promos: Vec<(Period, Period)>,
@@ -279,10 +280,25 @@ pub struct SeriesState {
     pub item: ItemAttrs,
     /// Whether the store is open (true without a store record).
     pub store_open: bool,
+    /// Net units sold by age.
+    qty: Vec<i64>,
+    /// Change of on-hand stock by age.
+    on_hand: Vec<i64>,
+    /// Sum of unit prices by age.
+    price_sum: Vec<i64>,
+    /// Priced sales by age.
+    price_n: Vec<i64>,
+    /// Sales on promotion by age.
+    promo_n: Vec<i32>,
+    /// Stock movements by age.
+    stock_n: Vec<i32>,
+    /// Stock totals of the ages below the retention.
+    window_stock: Agg,
     /// Ages written since the last clear.
     touched: Vec<usize>,
-    /// Scratch for prefix sums of demand by age.
-    cumulative: Vec<i64>,
+    /// Scratch: whether a calendar promotion covers `now + offset`, for offsets from
+    /// `1 - stats_window` to `horizon`.
+    calendar: Vec<bool>,
     /// Features in the spec's schema: the capacity of a vector.
     width: usize,
 }
@@ -292,13 +308,19 @@ impl SeriesState {
     pub fn new(spec: &FeatureSpec) -> Self {
         let r = spec.retention() as usize;
         SeriesState {
-            by_age: vec![Agg::default(); r],
             base: Agg::default(),
             promos: Vec::new(),
             item: ItemAttrs::default(),
             store_open: true,
+            qty: vec![0; r],
+            on_hand: vec![0; r],
+            price_sum: vec![0; r],
+            price_n: vec![0; r],
+            promo_n: vec![0; r],
+            stock_n: vec![0; r],
+            window_stock: Agg::default(),
             touched: Vec::new(),
-            cumulative: vec![0; r + 1],
+            calendar: vec![false; (spec.stats_window + spec.horizon) as usize],
             width: spec.schema().features.len(),
         }
     }
@@ -307,9 +329,17 @@ impl SeriesState {
     pub fn add(&mut self, now: Period, p: Period, agg: &Agg) {
         use differential_dataflow::difference::Semigroup;
         let age = i64::from(now) - i64::from(p);
-        match usize::try_from(age).ok().filter(|a| *a < self.by_age.len()) {
+        match usize::try_from(age).ok().filter(|a| *a < self.qty.len()) {
             Some(a) => {
-                self.by_age[a].plus_equals(agg);
+                self.qty[a] += agg.qty;
+                self.on_hand[a] += agg.on_hand;
+                self.price_sum[a] += agg.price_sum;
+                self.price_n[a] += i64::from(agg.price_n);
+                self.promo_n[a] += agg.promo_n;
+                self.stock_n[a] += agg.stock_n;
+                self.window_stock.on_hand += agg.on_hand;
+                self.window_stock.on_order += agg.on_order;
+                self.window_stock.stock_n += agg.stock_n;
                 self.touched.push(a);
             }
             None => self.base.plus_equals(&agg.stock_part()),
@@ -319,49 +349,66 @@ impl SeriesState {
     /// Empties the state for the next series.
     pub fn clear(&mut self) {
         for a in self.touched.drain(..) {
-            self.by_age[a] = Agg::default();
+            self.qty[a] = 0;
+            self.on_hand[a] = 0;
+            self.price_sum[a] = 0;
+            self.price_n[a] = 0;
+            self.promo_n[a] = 0;
+            self.stock_n[a] = 0;
         }
+        self.window_stock = Agg::default();
         self.base = Agg::default();
         self.promos.clear();
         self.item = ItemAttrs::default();
         self.store_open = true;
     }
+
+    /// Fills `calendar` for the periods `now + 1 - stats_window ..= now + horizon`.
+    fn mark_calendar(&mut self, spec: &FeatureSpec, now: Period) {
+        self.calendar.fill(false);
+        let first = i64::from(now) + 1 - i64::from(spec.stats_window);
+        let last = first + self.calendar.len() as i64 - 1;
+        for &(start, end) in &self.promos {
+            let from = i64::from(start).max(first);
+            let to = i64::from(end).min(last);
+            if from <= to {
+                self.calendar[(from - first) as usize..=(to - first) as usize].fill(true);
+            }
+        }
+    }
 }
 
 /// Evaluates every feature of `spec` for a series as of period `now`.
 pub fn compute(spec: &FeatureSpec, now: Period, st: &mut SeriesState) -> FeatureVec {
-    let r = st.by_age.len();
-    // cumulative[a] = demand of the `a` most recent periods.
-    st.cumulative.resize(r + 1, 0);
-    for a in 0..r {
-        st.cumulative[a + 1] = st.cumulative[a] + st.by_age[a].qty;
-    }
+    use differential_dataflow::difference::Semigroup;
+    st.mark_calendar(spec, now);
     let st = &*st;
-    let qty = |a: usize| st.by_age.get(a).map_or(0, |g| g.qty);
-    let window_sum = |w: usize| st.cumulative[w.min(r)];
+    let r = st.qty.len();
+    let s = spec.stats_window as usize;
+    let qty = |a: usize| st.qty.get(a).copied().unwrap_or(0);
+    // Whether a calendar promotion covers `now - age` (age may be negative: ahead of now).
+    let calendar_at = |age: i64| st.calendar[(s as i64 - 1 - age) as usize];
     let mut out = Vec::with_capacity(st.width);
     for k in 0..=spec.lags as usize {
         out.push(qty(k));
     }
     for w in &spec.windows {
-        out.push(window_sum(*w as usize));
+        out.push(st.qty[..(*w as usize).min(r)].iter().sum());
     }
-    let s = spec.stats_window as usize;
     let (mean, std) = mean_std((0..s).map(qty), spec.stats_window);
     out.push(mean);
     out.push(std);
     match spec.period {
         PeriodKind::Day => {
             let days = 7 * spec.profile_weeks as usize;
-            let mut sums = [0i128; 7];
-            let mut weekday = weekday_of_day(now);
-            for a in 0..days {
-                sums[weekday] += i128::from(qty(a));
-                weekday = if weekday == 0 { 6 } else { weekday - 1 };
+            let today = weekday_of_day(now);
+            let mut profile = [0i64; 7];
+            // Ages a, a + 7, a + 14, ... share the weekday `today - a`.
+            for a in 0..7.min(days) {
+                let total: i128 = (a..days).step_by(7).map(|x| i128::from(qty(x))).sum();
+                profile[(today + 7 - a) % 7] = div_round(total, i128::from(spec.profile_weeks));
             }
-            for sum in sums {
-                out.push(div_round(sum, i128::from(spec.profile_weeks)));
-            }
+            out.extend_from_slice(&profile);
         }
         PeriodKind::Week => {
             for h in 0..=spec.horizon as usize {
@@ -369,15 +416,12 @@ pub fn compute(spec: &FeatureSpec, now: Period, st: &mut SeriesState) -> Feature
             }
         }
     }
-    out.push((0..r).find(|a| qty(*a) > 0).unwrap_or(r) as i64);
+    out.push(st.qty.iter().position(|q| *q > 0).unwrap_or(r) as i64);
     out.push((0..s).filter(|a| qty(*a) <= 0).count() as i64);
 
     // Stock position: the base plus every retained period.
     let mut total = st.base;
-    for g in &st.by_age {
-        use differential_dataflow::difference::Semigroup;
-        total.plus_equals(&g.stock_part());
-    }
+    total.plus_equals(&st.window_stock);
     let tracked = total.stock_n > 0;
     if tracked {
         // Ages of periods whose end is covered by stock data: all of them if stock data left
@@ -385,59 +429,47 @@ pub fn compute(spec: &FeatureSpec, now: Period, st: &mut SeriesState) -> Feature
         let oldest_tracked = if st.base.stock_n > 0 {
             usize::MAX
         } else {
-            (0..r)
-                .rev()
-                .find(|a| st.by_age[*a].stock_n > 0)
-                .unwrap_or(0)
+            st.stock_n.iter().rposition(|n| *n > 0).unwrap_or(0)
         };
-        let mut on_hand_end = total.on_hand - st.by_age.first().map_or(0, |g| g.on_hand);
+        let on_hand = |a: usize| st.on_hand.get(a).copied().unwrap_or(0);
+        let mut on_hand_end = total.on_hand - on_hand(0);
         let mut stockouts = 0;
         for a in 1..=s {
             if a <= oldest_tracked && on_hand_end <= 0 {
                 stockouts += 1;
             }
-            on_hand_end -= st.by_age.get(a).map_or(0, |g| g.on_hand);
+            on_hand_end -= on_hand(a);
         }
         out.push(stockouts);
     } else {
         out.push(MISSING);
     }
-    let calendar_promo = |p: Period| st.promos.iter().any(|(a, b)| *a <= p && p <= *b);
     out.push(
         (0..s)
-            .filter(|a| {
-                st.by_age.get(*a).is_some_and(|g| g.promo_n > 0)
-                    || calendar_promo(now - *a as Period)
-            })
+            .filter(|a| st.promo_n.get(*a).is_some_and(|n| *n > 0) || calendar_at(*a as i64))
             .count() as i64,
     );
 
     let last_price = st
-        .by_age
+        .price_n
         .iter()
-        .find(|g| g.price_n > 0)
-        .map(|g| div_round(i128::from(g.price_sum), i128::from(g.price_n)));
+        .position(|n| *n > 0)
+        .map(|a| div_round(i128::from(st.price_sum[a]), i128::from(st.price_n[a])));
     out.push(last_price.unwrap_or(MISSING));
-    let window = &st.by_age[..(spec.price_window as usize).min(r)];
-    let (psum, pn) = window.iter().fold((0i128, 0i128), |(s, n), g| {
-        (s + i128::from(g.price_sum), n + i128::from(g.price_n))
-    });
+    let pw = (spec.price_window as usize).min(r);
+    let psum: i128 = st.price_sum[..pw].iter().map(|v| i128::from(*v)).sum();
+    let pn: i128 = st.price_n[..pw].iter().map(|v| i128::from(*v)).sum();
     let rel = match last_price {
         Some(last) if pn > 0 && psum > 0 => div_round(i128::from(last) * 1000 * pn, psum),
         _ => MISSING,
     };
     out.push(rel);
 
-    let promo_now = calendar_promo(now) || st.by_age.first().is_some_and(|g| g.promo_n > 0);
+    let promo_now = calendar_at(0) || st.promo_n.first().is_some_and(|n| *n > 0);
     out.push(i64::from(promo_now));
-    out.push(
-        (1..=spec.horizon as Period)
-            .filter(|h| calendar_promo(now + h))
-            .count() as i64,
-    );
-    for h in 1..=spec.horizon as Period {
-        out.push(i64::from(calendar_promo(now + h)));
-    }
+    let ahead = &st.calendar[s..];
+    out.push(ahead.iter().filter(|p| **p).count() as i64);
+    out.extend(ahead.iter().map(|p| i64::from(*p)));
     if tracked {
         out.push(total.on_hand);
         out.push(total.on_order.max(0));
@@ -451,6 +483,7 @@ pub fn compute(spec: &FeatureSpec, now: Period, st: &mut SeriesState) -> Feature
     out.push(item.min_order_qty.unwrap_or(MISSING));
     out.push(i64::from(item.active && st.store_open));
     out.push(item.category.map_or(MISSING, |c| c as i64));
+    debug_assert_eq!(out.len(), st.width);
     FeatureVec(out)
 }
 

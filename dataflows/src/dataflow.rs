@@ -247,9 +247,9 @@ pub fn series_features<'s>(
         .inner
         .unary_frontier(exchange, "SeriesFeatures", move |_, _| {
             // Updates waiting for their epoch to complete, and a capability for the earliest
-            // of their times. Both buffers keep their capacity from epoch to epoch: a rollover
-            // brings an update for every series, and regrowing buffers that large each time
-            // costs fresh pages from the kernel.
+            // of their times. The stash, like `ready`, keeps its capacity from epoch to epoch:
+            // a rollover brings an update for every series, and regrowing a buffer that large
+            // each time costs fresh pages from the kernel.
             let mut stash: Vec<Update> = Vec::new();
             let mut hold: Option<Capability<Epoch>> = None;
             // Every series' records and last features.

@@ -287,7 +287,7 @@ pub struct SeriesState {
     /// Sum of unit prices by age.
     price_sum: Vec<i64>,
     /// Priced sales by age.
-    price_n: Vec<i64>,
+    price_n: Vec<i32>,
     /// Sales on promotion by age.
     promo_n: Vec<i32>,
     /// Stock movements by age.
@@ -334,12 +334,10 @@ impl SeriesState {
                 self.qty[a] += agg.qty;
                 self.on_hand[a] += agg.on_hand;
                 self.price_sum[a] += agg.price_sum;
-                self.price_n[a] += i64::from(agg.price_n);
+                self.price_n[a] += agg.price_n;
                 self.promo_n[a] += agg.promo_n;
                 self.stock_n[a] += agg.stock_n;
-                self.window_stock.on_hand += agg.on_hand;
-                self.window_stock.on_order += agg.on_order;
-                self.window_stock.stock_n += agg.stock_n;
+                self.window_stock.plus_equals(&agg.stock_part());
                 self.touched.push(a);
             }
             None => self.base.plus_equals(&agg.stock_part()),

@@ -1,7 +1,7 @@
 //! The feature dataflow: from the input stage's collections to per-series feature vectors.
 //!
 //! ```text
-//! series  (key, Base|Period|Clock): Agg ─────────────────────────────┐
+//! series  (key, Period|Clock): Agg ──────────────────────────────────┐
 //! promos  (sku, promotion)  ── in one store ── (key, Promo) ─────────┤ concat -> exchange by key
 //!                           └─ all stores ── join keys by sku ───────┘           │
 //! keys    (sku, store) ── distinct ─┘                                            │
@@ -29,7 +29,7 @@ use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::{Capability, Operator};
 use timely::dataflow::Scope;
 
-use crate::features::{compute, FeatureSpec, SeriesState};
+use crate::features::{compute, FeatureSpec, PeriodRing, SeriesState};
 use crate::input::Inputs;
 use crate::model::{Agg, FeatureVec, IdHash, Key, Rec};
 use crate::time::{Epoch, Period};
@@ -44,8 +44,8 @@ impl StateSize {
         self.0.get().0
     }
 
-    /// Records held over all series (period totals, reference attributes, promotions, the
-    /// stock base): the operator's stand-in for an arrangement's records.
+    /// Records held over all series (periods with data in the window, reference attributes,
+    /// promotions, clocks): the operator's stand-in for an arrangement's records.
     pub fn records(&self) -> u64 {
         self.0.get().1
     }
@@ -129,31 +129,101 @@ pub fn features<'s>(
     (features, size)
 }
 
-/// Evaluates the features, as of period `now`, of a series with these accumulated records
-/// (sorted by record).
-fn evaluate(
-    spec: &FeatureSpec,
-    scratch: &mut SeriesState,
-    now: Period,
-    records: &[(Rec, Agg)],
-) -> FeatureVec {
-    scratch.clear();
-    for (rec, agg) in records {
-        match *rec {
-            Rec::Base => scratch.base.plus_equals(&agg.stock_part()),
-            Rec::Period(p) => scratch.add(now, p, agg),
-            Rec::Promo { start, end } if agg.n > 0 => scratch.promos.push((start, end)),
-            Rec::Promo { .. } | Rec::Clock(_) => {}
-            _ if agg.n <= 0 => {}
-            Rec::Category(id) => scratch.item.category = Some(id),
-            Rec::LeadTime(days) => scratch.item.lead_time_days = Some(days),
-            Rec::PackSize(milli) => scratch.item.pack_size = Some(milli),
-            Rec::MinOrder(milli) => scratch.item.min_order_qty = Some(milli),
-            Rec::ItemInactive => scratch.item.active = false,
-            Rec::StoreInactive => scratch.store_open = false,
+/// One update of a series' records.
+type Update = ((Key, Rec), Epoch, Agg);
+
+/// What the features operator holds per series.
+#[derive(Default)]
+struct Series {
+    /// Totals of the periods inside the retention window, from the first time the series has
+    /// a clock and a period in its window.
+    window: Option<PeriodRing>,
+    /// Stock totals of every period the series ever had: its stock position. Periods that
+    /// leave the window keep only this contribution.
+    stock: Agg,
+    /// Every other record, sorted by record: periods ahead of the window (or all of them
+    /// while the series has no clock), promotions, clocks and reference attributes.
+    others: Vec<(Rec, Agg)>,
+    /// The features last emitted, which are those of the records; `None` before the series
+    /// was registered.
+    features: Option<FeatureVec>,
+}
+
+impl Series {
+    /// Adds one update's difference to the series.
+    fn update(&mut self, rec: Rec, diff: &Agg) {
+        if let Rec::Period(p) = rec {
+            self.stock.plus_equals(&diff.stock_part());
+            match &mut self.window {
+                // A period older than the window adds to the stock position only.
+                Some(w) if p <= w.now() => {
+                    w.add(p, diff);
+                }
+                _ => accumulate(&mut self.others, rec, diff),
+            }
+        } else {
+            accumulate(&mut self.others, rec, diff);
         }
     }
-    compute(spec, now, scratch)
+
+    /// Moves the window to end with period `now`, taking over the periods it now covers from
+    /// the other records.
+    fn advance(&mut self, retention: u32, now: Period) {
+        let window = self
+            .window
+            .get_or_insert_with(|| PeriodRing::new(retention, now));
+        window.advance(now);
+        // Periods sort first among the other records, oldest first.
+        let due = self
+            .others
+            .iter()
+            .take_while(|(rec, _)| matches!(rec, Rec::Period(p) if *p <= now))
+            .count();
+        for (rec, agg) in self.others.drain(..due) {
+            if let Rec::Period(p) = rec {
+                window.add(p, &agg);
+            }
+        }
+    }
+
+    /// Records held: periods with data in the window, and the others.
+    fn records(&self) -> u64 {
+        let periods = self.window.as_ref().map_or(0, PeriodRing::occupied);
+        u64::from(periods) + self.others.len() as u64
+    }
+
+    /// Whether nothing is left of the series.
+    fn is_empty(&self) -> bool {
+        self.others.is_empty() && self.stock.is_zero() && self.window.is_none()
+    }
+
+    /// Evaluates the features as of period `now`, after [`Series::advance`] to it.
+    fn evaluate(&self, spec: &FeatureSpec, scratch: &mut SeriesState, now: Period) -> FeatureVec {
+        match &self.window {
+            Some(w) => {
+                scratch.clear_context();
+                scratch.load(now, w);
+            }
+            None => scratch.clear(),
+        }
+        scratch.stock = self.stock;
+        for (rec, agg) in &self.others {
+            match *rec {
+                // Periods ahead of the window count towards the stock position only.
+                Rec::Period(_) | Rec::Clock(_) => {}
+                Rec::Promo { start, end } if agg.n > 0 => scratch.promos.push((start, end)),
+                Rec::Promo { .. } => {}
+                _ if agg.n <= 0 => {}
+                Rec::Category(id) => scratch.item.category = Some(id),
+                Rec::LeadTime(days) => scratch.item.lead_time_days = Some(days),
+                Rec::PackSize(milli) => scratch.item.pack_size = Some(milli),
+                Rec::MinOrder(milli) => scratch.item.min_order_qty = Some(milli),
+                Rec::ItemInactive => scratch.item.active = false,
+                Rec::StoreInactive => scratch.store_open = false,
+            }
+        }
+        compute(spec, now, scratch)
+    }
 }
 
 /// The latest clock any worker set for a series; `None` before one registered it.
@@ -165,7 +235,7 @@ fn current_period(records: &[(Rec, Agg)]) -> Option<Period> {
     for (rec, agg) in records.iter().rev() {
         match rec {
             Rec::Clock(_) if agg.n > 0 => now = now.max(Some((agg.n - 1) as Period)),
-            Rec::Base | Rec::Period(_) | Rec::Promo { .. } => break,
+            Rec::Period(_) | Rec::Promo { .. } => break,
             _ => {}
         }
     }
@@ -189,41 +259,6 @@ fn accumulate(records: &mut Vec<(Rec, Agg)>, rec: Rec, diff: &Agg) {
     }
 }
 
-/// Folds the totals of periods older than `oldest` into the series' `Base` record: no feature
-/// reads their sales any more, only their effect on the stock position.
-///
-/// Periods sort right after the base, oldest first, so the expired ones are a run at the front.
-fn fold_expired(records: &mut Vec<(Rec, Agg)>, oldest: Period) {
-    let first = usize::from(matches!(records.first(), Some((Rec::Base, _))));
-    let expired = records[first..]
-        .iter()
-        .take_while(|(rec, _)| matches!(rec, Rec::Period(p) if *p < oldest))
-        .count();
-    if expired == 0 {
-        return;
-    }
-    let mut stock = Agg::default();
-    for (_, agg) in records.drain(first..first + expired) {
-        stock.plus_equals(&agg.stock_part());
-    }
-    if !stock.is_zero() {
-        accumulate(records, Rec::Base, &stock);
-    }
-}
-
-/// One update of a series' records.
-type Update = ((Key, Rec), Epoch, Agg);
-
-/// What the features operator holds per series.
-#[derive(Default)]
-struct Series {
-    /// Accumulated records, sorted by record.
-    records: Vec<(Rec, Agg)>,
-    /// The features last emitted, which are those of `records`; `None` before the series was
-    /// registered.
-    features: Option<FeatureVec>,
-}
-
 /// The features of every series whose records changed, as a collection of `(key, features)`.
 ///
 /// Epochs are totally ordered, so this operator keeps each series' accumulated records itself
@@ -231,9 +266,10 @@ struct Series {
 /// profiles showed that replay, then the trace walks, dominating the epoch cost. Once an epoch
 /// is complete it applies that epoch's updates series by series, evaluates the features, and
 /// emits a retraction of the features it last emitted (kept with the records, so they are not
-/// evaluated again) and an insertion of the new ones only where they differ. It also folds
-/// periods that left the retention window into the series' base, so state stays bounded without
-/// any retraction travelling through the dataflow.
+/// evaluated again) and an insertion of the new ones only where they differ. Period totals live
+/// in a fixed window per series ([`PeriodRing`]); a period that leaves it keeps only its share
+/// of the stock position, so state stays bounded without any retraction travelling through the
+/// dataflow.
 pub fn series_features<'s>(
     records: VecCollection<'s, Epoch, (Key, Rec), Agg>,
     spec: &FeatureSpec,
@@ -241,7 +277,7 @@ pub fn series_features<'s>(
 ) -> VecCollection<'s, Epoch, (Key, FeatureVec)> {
     let spec = spec.clone();
     let size = size.clone();
-    let retention = spec.retention() as Period;
+    let retention = spec.retention();
     let exchange = Exchange::new(|update: &Update| (update.0).0.hashed());
     records
         .inner
@@ -293,20 +329,18 @@ pub fn series_features<'s>(
                     while i < ready.len() {
                         let key = (ready[i].0).0;
                         let series = state.entry(key).or_default();
-                        let records = &mut series.records;
-                        let before = records.len() as u64;
+                        let before = series.records();
                         let mut old = series.features.take();
                         while i < ready.len() && (ready[i].0).0 == key {
                             let time = ready[i].1;
                             while i < ready.len() && (ready[i].0).0 == key && ready[i].1 == time {
-                                accumulate(records, (ready[i].0).1, &ready[i].2);
+                                series.update((ready[i].0).1, &ready[i].2);
                                 i += 1;
                             }
-                            let now = current_period(records);
-                            if let Some(now) = now {
-                                fold_expired(records, now - retention + 1);
-                            }
-                            let new = now.map(|now| evaluate(&spec, &mut scratch, now, records));
+                            let new = current_period(&series.others).map(|now| {
+                                series.advance(retention, now);
+                                series.evaluate(&spec, &mut scratch, now)
+                            });
                             if new != old {
                                 if let Some(o) = old.take() {
                                     session.give(((key, o), time, -1));
@@ -317,8 +351,8 @@ pub fn series_features<'s>(
                                 old = new;
                             }
                         }
-                        held = held + records.len() as u64 - before;
-                        if records.is_empty() {
+                        held = held + series.records() - before;
+                        if series.is_empty() {
                             state.remove(&key);
                         } else {
                             series.features = old;

@@ -1,9 +1,9 @@
 //! The feature schema and the computation of one series' feature vector.
 //!
 //! A series' state is a handful of per-period totals ([`Agg`]) inside a retention window of
-//! [`FeatureSpec::retention`] periods, the stock totals of periods that left it (`Base`), the
-//! calendar promotions that apply to it, and the current period (`Clock`). Every feature is a pure
-//! function of that state; [`compute`] evaluates them all in schema order.
+//! [`FeatureSpec::retention`] periods ([`PeriodRing`]), its stock position over all periods, the
+//! calendar promotions that apply to it, and the current period (`Clock`). Every feature is a
+//! pure function of that state; [`compute`] evaluates them all in schema order.
 
 use serde::{Deserialize, Serialize};
 
@@ -265,15 +265,186 @@ pub fn mean_std(xs: impl Iterator<Item = i64>, n: u32) -> (i64, i64) {
     (div_round(sum, n), std)
 }
 
+/// The per-period totals of one series inside its retention window, stored densely: field by
+/// field, one slot per period, with a bit per slot saying whether it holds anything. Applying an
+/// event is an index instead of a search; loading a busy series' window for [`compute`] is a
+/// copy instead of a walk over sparse records, and a quiet series costs only its few slots.
+///
+/// Slots run backwards in time: the period of age `a` (`now - a`) lives in slot
+/// `(head + a) % R`, so the window in age order is two contiguous runs, and a rollover reuses
+/// the slot of the period that leaves the window for the one that enters it.
+#[derive(Clone, Debug)]
+pub struct PeriodRing {
+    /// The period of age 0.
+    now: Period,
+    /// The slot of age 0.
+    head: usize,
+    /// Net units sold, change of on-hand stock and sum of unit prices: `R` slots each.
+    wide: Box<[i64]>,
+    /// Priced sales, sales on promotion and stock movements: `R` slots each.
+    narrow: Box<[i32]>,
+    /// Bit `s % 64` of word `s / 64` is set when slot `s` holds a non-zero total.
+    used: Box<[u64]>,
+}
+
+/// Rows of [`PeriodRing::wide`] and [`PeriodRing::narrow`].
+const QTY: usize = 0;
+const ON_HAND: usize = 1;
+const PRICE_SUM: usize = 2;
+const PRICE_N: usize = 0;
+const PROMO_N: usize = 1;
+const STOCK_N: usize = 2;
+
+impl PeriodRing {
+    /// An empty window of `retention` periods ending with `now`.
+    pub fn new(retention: u32, now: Period) -> Self {
+        let r = retention.max(1) as usize;
+        PeriodRing {
+            now,
+            head: 0,
+            wide: vec![0; 3 * r].into_boxed_slice(),
+            narrow: vec![0; 3 * r].into_boxed_slice(),
+            used: vec![0; r.div_ceil(64)].into_boxed_slice(),
+        }
+    }
+
+    /// Periods in the window.
+    pub fn len(&self) -> usize {
+        self.narrow.len() / 3
+    }
+
+    /// Never true: a window holds at least one period.
+    pub fn is_empty(&self) -> bool {
+        self.narrow.is_empty()
+    }
+
+    /// The newest period in the window.
+    pub fn now(&self) -> Period {
+        self.now
+    }
+
+    /// Periods of the window that hold a non-zero total.
+    pub fn occupied(&self) -> u32 {
+        self.used.iter().map(|w| w.count_ones()).sum()
+    }
+
+    fn is_used(&self, s: usize) -> bool {
+        self.used[s / 64] & (1 << (s % 64)) != 0
+    }
+
+    /// The slot of period `p`, if it lies inside the window.
+    fn slot(&self, p: Period) -> Option<usize> {
+        let r = self.len();
+        let age = usize::try_from(i64::from(self.now) - i64::from(p))
+            .ok()
+            .filter(|a| *a < r)?;
+        let s = self.head + age;
+        Some(if s >= r { s - r } else { s })
+    }
+
+    /// Adds `agg` to the totals of period `p`; returns false, changing nothing, when `p` lies
+    /// outside the window. The stock position's `on_order` is not kept per period.
+    pub fn add(&mut self, p: Period, agg: &Agg) -> bool {
+        let Some(s) = self.slot(p) else {
+            return false;
+        };
+        let r = self.len();
+        let (wide, narrow) = (&mut self.wide, &mut self.narrow);
+        wide[QTY * r + s] += agg.qty;
+        wide[ON_HAND * r + s] += agg.on_hand;
+        wide[PRICE_SUM * r + s] += agg.price_sum;
+        narrow[PRICE_N * r + s] += agg.price_n;
+        narrow[PROMO_N * r + s] += agg.promo_n;
+        narrow[STOCK_N * r + s] += agg.stock_n;
+        let any = (0..3).any(|row| wide[row * r + s] != 0 || narrow[row * r + s] != 0);
+        let bit = 1 << (s % 64);
+        if any {
+            self.used[s / 64] |= bit;
+        } else {
+            self.used[s / 64] &= !bit;
+        }
+        true
+    }
+
+    /// Moves the window forward to end with `now`, emptying the slots of the periods that
+    /// leave it. A `now` before the window's changes nothing.
+    pub fn advance(&mut self, now: Period) {
+        let Ok(shift) = usize::try_from(i64::from(now) - i64::from(self.now)) else {
+            return;
+        };
+        let r = self.len();
+        if shift >= r {
+            self.wide.fill(0);
+            self.narrow.fill(0);
+            self.used.fill(0);
+            self.head = 0;
+        } else {
+            // The periods leaving are the oldest `shift`, in the slots just before the head;
+            // the periods entering take those slots over.
+            for _ in 0..shift {
+                self.head = if self.head == 0 { r - 1 } else { self.head - 1 };
+                let s = self.head;
+                if self.is_used(s) {
+                    for row in 0..3 {
+                        self.wide[row * r + s] = 0;
+                        self.narrow[row * r + s] = 0;
+                    }
+                    self.used[s / 64] &= !(1 << (s % 64));
+                }
+            }
+        }
+        self.now = now;
+    }
+
+    /// Whether so few slots are used that visiting them beats copying whole rows.
+    fn is_sparse(&self) -> bool {
+        self.occupied() as usize * 8 <= self.len()
+    }
+
+    /// Row `row` of `rows` in age order, into `dst`.
+    fn copy_by_age<T: Copy>(&self, rows: &[T], row: usize, dst: &mut [T]) {
+        let (r, h) = (self.len(), self.head);
+        let src = &rows[row * r..(row + 1) * r];
+        dst[..r - h].copy_from_slice(&src[h..]);
+        dst[r - h..].copy_from_slice(&src[..h]);
+    }
+
+    /// The periods holding a non-zero total, with their totals (`on_order` and `n` left zero).
+    fn used_periods(&self) -> impl Iterator<Item = (Period, Agg)> + '_ {
+        let r = self.len();
+        self.used.iter().enumerate().flat_map(move |(w, word)| {
+            let mut bits = *word;
+            std::iter::from_fn(move || {
+                if bits == 0 {
+                    return None;
+                }
+                let s = w * 64 + bits.trailing_zeros() as usize;
+                bits &= bits - 1;
+                let age = (s + r - self.head) % r;
+                let agg = Agg {
+                    qty: self.wide[QTY * r + s],
+                    on_hand: self.wide[ON_HAND * r + s],
+                    price_sum: self.wide[PRICE_SUM * r + s],
+                    price_n: self.narrow[PRICE_N * r + s],
+                    promo_n: self.narrow[PROMO_N * r + s],
+                    stock_n: self.narrow[STOCK_N * r + s],
+                    ..Agg::default()
+                };
+                Some((self.now - age as Period, agg))
+            })
+        })
+    }
+}
+
 /// One series' state as of period `now`, in the form [`compute`] reads. Reused between series:
-/// [`SeriesState::clear`] resets only what [`SeriesState::add`] touched.
+/// [`SeriesState::clear`] resets only what was written since.
 ///
 /// Per-period totals are kept field by field in arrays indexed by age (`now - period`), so
 /// each feature's loop reads one contiguous array rather than striding over whole totals.
 #[derive(Clone, Debug)]
 pub struct SeriesState {
-    /// Stock totals of every period older than the retention.
-    pub base: Agg,
+    /// Stock totals of every period, inside the window or not: the stock position.
+    pub stock: Agg,
     /// Calendar promotions `(start, end)` covering the series.
     pub promos: Vec<(Period, Period)>,
     /// The SKU's catalog attributes (all absent and active without a catalog entry).
@@ -292,10 +463,10 @@ pub struct SeriesState {
     promo_n: Vec<i32>,
     /// Stock movements by age.
     stock_n: Vec<i32>,
-    /// Stock totals of the ages below the retention.
-    window_stock: Agg,
-    /// Ages written since the last clear.
+    /// Ages written by [`SeriesState::add`] since the last clear.
     touched: Vec<usize>,
+    /// Whether [`SeriesState::load`] wrote every age since the last clear.
+    loaded: bool,
     /// Scratch: whether a calendar promotion covers `now + offset`, for offsets from
     /// `1 - stats_window` to `horizon`.
     calendar: Vec<bool>,
@@ -308,7 +479,7 @@ impl SeriesState {
     pub fn new(spec: &FeatureSpec) -> Self {
         let r = spec.retention() as usize;
         SeriesState {
-            base: Agg::default(),
+            stock: Agg::default(),
             promos: Vec::new(),
             item: ItemAttrs::default(),
             store_open: true,
@@ -318,8 +489,8 @@ impl SeriesState {
             price_n: vec![0; r],
             promo_n: vec![0; r],
             stock_n: vec![0; r],
-            window_stock: Agg::default(),
             touched: Vec::new(),
+            loaded: false,
             calendar: vec![false; (spec.stats_window + spec.horizon) as usize],
             width: spec.schema().features.len(),
         }
@@ -328,24 +499,57 @@ impl SeriesState {
     /// Adds the totals of period `p`; periods outside the window only count towards stock.
     pub fn add(&mut self, now: Period, p: Period, agg: &Agg) {
         use differential_dataflow::difference::Semigroup;
+        self.stock.plus_equals(&agg.stock_part());
+        self.add_to_window(now, p, agg);
+    }
+
+    /// Adds the non-stock-position totals of period `p` to its age, if inside the window.
+    fn add_to_window(&mut self, now: Period, p: Period, agg: &Agg) {
         let age = i64::from(now) - i64::from(p);
-        match usize::try_from(age).ok().filter(|a| *a < self.qty.len()) {
-            Some(a) => {
-                self.qty[a] += agg.qty;
-                self.on_hand[a] += agg.on_hand;
-                self.price_sum[a] += agg.price_sum;
-                self.price_n[a] += agg.price_n;
-                self.promo_n[a] += agg.promo_n;
-                self.stock_n[a] += agg.stock_n;
-                self.window_stock.plus_equals(&agg.stock_part());
-                self.touched.push(a);
-            }
-            None => self.base.plus_equals(&agg.stock_part()),
+        if let Some(a) = usize::try_from(age).ok().filter(|a| *a < self.qty.len()) {
+            self.qty[a] += agg.qty;
+            self.on_hand[a] += agg.on_hand;
+            self.price_sum[a] += agg.price_sum;
+            self.price_n[a] += agg.price_n;
+            self.promo_n[a] += agg.promo_n;
+            self.stock_n[a] += agg.stock_n;
+            self.touched.push(a);
         }
     }
 
-    /// Empties the state for the next series.
-    pub fn clear(&mut self) {
+    /// Sets the window, as of period `now`, to a series' period totals. The stock position is
+    /// not touched: it covers periods outside the window too, so the caller keeps it.
+    pub fn load(&mut self, now: Period, ring: &PeriodRing) {
+        debug_assert_eq!(ring.len(), self.qty.len(), "a ring of another retention");
+        if ring.now() == now && ring.len() == self.qty.len() && !ring.is_sparse() {
+            self.touched.clear();
+            ring.copy_by_age(&ring.wide, QTY, &mut self.qty);
+            ring.copy_by_age(&ring.wide, ON_HAND, &mut self.on_hand);
+            ring.copy_by_age(&ring.wide, PRICE_SUM, &mut self.price_sum);
+            ring.copy_by_age(&ring.narrow, PRICE_N, &mut self.price_n);
+            ring.copy_by_age(&ring.narrow, PROMO_N, &mut self.promo_n);
+            ring.copy_by_age(&ring.narrow, STOCK_N, &mut self.stock_n);
+            self.loaded = true;
+        } else {
+            // Few periods, or a window that ends elsewhere: place the periods one by one.
+            self.clear_window();
+            for (p, agg) in ring.used_periods() {
+                self.add_to_window(now, p, &agg);
+            }
+        }
+    }
+
+    /// Zeroes the window arrays.
+    fn clear_window(&mut self) {
+        if std::mem::take(&mut self.loaded) {
+            self.touched.clear();
+            self.qty.fill(0);
+            self.on_hand.fill(0);
+            self.price_sum.fill(0);
+            self.price_n.fill(0);
+            self.promo_n.fill(0);
+            self.stock_n.fill(0);
+        }
         for a in self.touched.drain(..) {
             self.qty[a] = 0;
             self.on_hand[a] = 0;
@@ -354,11 +558,20 @@ impl SeriesState {
             self.promo_n[a] = 0;
             self.stock_n[a] = 0;
         }
-        self.window_stock = Agg::default();
-        self.base = Agg::default();
+    }
+
+    /// Resets everything but the window, which [`SeriesState::load`] overwrites.
+    pub fn clear_context(&mut self) {
+        self.stock = Agg::default();
         self.promos.clear();
         self.item = ItemAttrs::default();
         self.store_open = true;
+    }
+
+    /// Empties the state for the next series.
+    pub fn clear(&mut self) {
+        self.clear_window();
+        self.clear_context();
     }
 
     /// Fills `calendar` for the periods `now + 1 - stats_window ..= now + horizon`.
@@ -378,7 +591,6 @@ impl SeriesState {
 
 /// Evaluates every feature of `spec` for a series as of period `now`.
 pub fn compute(spec: &FeatureSpec, now: Period, st: &mut SeriesState) -> FeatureVec {
-    use differential_dataflow::difference::Semigroup;
     st.mark_calendar(spec, now);
     let st = &*st;
     let r = st.qty.len();
@@ -417,14 +629,14 @@ pub fn compute(spec: &FeatureSpec, now: Period, st: &mut SeriesState) -> Feature
     out.push(st.qty.iter().position(|q| *q > 0).unwrap_or(r) as i64);
     out.push((0..s).filter(|a| qty(*a) <= 0).count() as i64);
 
-    // Stock position: the base plus every retained period.
-    let mut total = st.base;
-    total.plus_equals(&st.window_stock);
+    // Stock position over every period, inside the window or not.
+    let total = st.stock;
     let tracked = total.stock_n > 0;
     if tracked {
-        // Ages of periods whose end is covered by stock data: all of them if stock data left
-        // the window, else those no older than the first period with a stock movement.
-        let oldest_tracked = if st.base.stock_n > 0 {
+        // Ages of periods whose end is covered by stock data: all of them if stock data lies
+        // outside the window, else those no older than the first period with a stock movement.
+        let in_window: i64 = st.stock_n.iter().map(|n| i64::from(*n)).sum();
+        let oldest_tracked = if i64::from(total.stock_n) > in_window {
             usize::MAX
         } else {
             st.stock_n.iter().rposition(|n| *n > 0).unwrap_or(0)
@@ -536,5 +748,90 @@ mod tests {
         assert_eq!(get("periods_since_sale"), Some(0));
         assert_eq!(get("on_hand"), None);
         assert_eq!(get("price_last"), None);
+    }
+
+    #[test]
+    fn ring_window_slides_and_loads_like_added_periods() {
+        use differential_dataflow::difference::Semigroup;
+        let spec = FeatureSpec::daily();
+        let r = spec.retention();
+        let agg = |p: Period| Agg {
+            n: 1,
+            qty: i64::from(p) * 10,
+            on_hand: -i64::from(p),
+            price_sum: 1990,
+            price_n: 1,
+            promo_n: p % 2,
+            stock_n: i32::from(p % 3 == 0),
+            on_order: 0,
+        };
+        let mut ring = PeriodRing::new(r, 100);
+        for p in [100, 95, 60, 44] {
+            assert_eq!(ring.add(p, &agg(p)), p > 100 - r as Period, "period {p}");
+        }
+        assert!(!ring.add(101, &agg(101)), "ahead of the window");
+        assert_eq!(ring.occupied(), 3);
+        ring.advance(99);
+        assert_eq!((ring.now(), ring.occupied()), (100, 3), "never moves back");
+        // Period 60 leaves when the window ends with 116.
+        ring.advance(115);
+        assert_eq!(ring.occupied(), 3);
+        ring.advance(116);
+        assert_eq!(ring.occupied(), 2);
+        assert!(ring.add(116, &agg(116)));
+        assert_eq!(ring.occupied(), 3);
+
+        let mut stock = Agg::default();
+        for p in [100, 95, 60, 44, 116] {
+            stock.plus_equals(&agg(p).stock_part());
+        }
+        // The same state evaluated from the ring and from its periods added one by one, both
+        // as of the ring's end and as of a later period.
+        for now in [116, 118] {
+            let mut by_add = SeriesState::new(&spec);
+            by_add.stock = stock;
+            for p in [100, 95, 116] {
+                by_add.add_to_window(now, p, &agg(p));
+            }
+            let expected = compute(&spec, now, &mut by_add);
+            let mut by_ring = SeriesState::new(&spec);
+            by_ring.add(now, now, &agg(7));
+            by_ring.clear_context();
+            by_ring.stock = stock;
+            by_ring.load(now, &ring);
+            assert_eq!(compute(&spec, now, &mut by_ring), expected, "as of {now}");
+            // A cleared state evaluates like a fresh one.
+            by_ring.clear();
+            assert_eq!(
+                compute(&spec, now, &mut by_ring),
+                compute(&spec, now, &mut SeriesState::new(&spec))
+            );
+        }
+        ring.advance(116 + r as Period);
+        assert_eq!(ring.occupied(), 0);
+
+        // A busy series: every period holds sales, so loading copies whole rows.
+        let mut ring = PeriodRing::new(r, 200);
+        let mut stock = Agg::default();
+        for p in 140..=200 {
+            ring.add(p, &agg(p));
+            stock.plus_equals(&agg(p).stock_part());
+        }
+        ring.advance(203);
+        ring.add(202, &agg(202));
+        stock.plus_equals(&agg(202).stock_part());
+        assert_eq!(ring.occupied(), 54);
+        for now in [203, 205] {
+            let mut by_add = SeriesState::new(&spec);
+            by_add.stock = stock;
+            for p in (148..=200).chain([202]) {
+                by_add.add_to_window(now, p, &agg(p));
+            }
+            let expected = compute(&spec, now, &mut by_add);
+            let mut by_ring = SeriesState::new(&spec);
+            by_ring.stock = stock;
+            by_ring.load(now, &ring);
+            assert_eq!(compute(&spec, now, &mut by_ring), expected, "as of {now}");
+        }
     }
 }

@@ -9,8 +9,8 @@
 //! ```
 //!
 //! Windows slide because every series' clock moves at the epoch where a period rolls over; the
-//! features operator then re-evaluates each series and folds the periods that left the
-//! retention window into the series' stock base. Nothing is scheduled at future times
+//! features operator then moves each series' window of period totals, keeping of the periods
+//! that left it only their share of the stock position, and re-evaluates it. Nothing is scheduled at future times
 //! (future-timed retractions make every epoch re-merge all pending updates, see PERF-NOTES).
 //!
 //! # Error handling
@@ -28,7 +28,7 @@ use crate::time::{Clock, Epoch, Period};
 
 /// The differential inputs one worker feeds.
 pub struct Inputs {
-    /// Per-series records: period totals, stock base, clocks.
+    /// Per-series records: period totals and clocks.
     pub series: InputSession<Epoch, (Key, Rec), Agg>,
     /// Calendar promotions by SKU.
     pub promos: InputSession<Epoch, (Id, Promotion), isize>,

@@ -334,8 +334,6 @@ impl Multiply<isize> for Agg {
 /// What a record in a series' input stands for; its totals travel as the difference.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum Rec {
-    /// Stock totals of every period that has left the retention window.
-    Base,
     /// Totals of one period inside the retention window.
     Period(Period),
     /// A calendar promotion covering periods `start..=end`.

@@ -29,7 +29,7 @@ use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::{Capability, Operator};
 use timely::dataflow::Scope;
 
-use crate::features::{compute, FeatureSpec, PeriodRing, SeriesState};
+use crate::features::{compute, prefetch, FeatureSpec, PeriodRing, SeriesState};
 use crate::input::Inputs;
 use crate::model::{Agg, FeatureVec, IdHash, Key, Rec};
 use crate::time::{Epoch, Period};
@@ -129,6 +129,10 @@ pub fn features<'s>(
     (features, size)
 }
 
+/// How many updates ahead the features operator prefetches a series' state (4 to 32 measured
+/// alike; 64 was slower).
+const PREFETCH_AHEAD: usize = 16;
+
 /// One update of a series' records.
 type Update = ((Key, Rec), Epoch, Agg);
 
@@ -183,6 +187,17 @@ impl Series {
             if let Rec::Period(p) = rec {
                 window.add(p, &agg);
             }
+        }
+    }
+
+    /// Asks the processor to fetch what the next evaluation will read.
+    fn prefetch(&self) {
+        if let Some(f) = &self.features {
+            prefetch(f.0.as_ptr());
+        }
+        prefetch(self.others.as_ptr());
+        if let Some(w) = &self.window {
+            w.prefetch();
         }
     }
 
@@ -328,6 +343,13 @@ pub fn series_features<'s>(
                     let mut i = 0;
                     while i < ready.len() {
                         let key = (ready[i].0).0;
+                        // Series are visited in key order, scattered over memory: ask for the
+                        // state of one a few updates ahead while this one is evaluated.
+                        if let Some(ahead) = ready.get(i + PREFETCH_AHEAD) {
+                            if let Some(s) = state.get(&(ahead.0).0) {
+                                s.prefetch();
+                            }
+                        }
                         let series = state.entry(key).or_default();
                         let before = series.records();
                         let mut old = series.features.take();

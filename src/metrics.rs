@@ -214,7 +214,7 @@ impl Metrics {
             )),
             state_records: reg!(IntGauge::new(
                 "stockcast_state_records",
-                "Records in the feature state of this process's workers (per-series period totals, reference attributes, promotions, stock base)."
+                "Records in the feature state of this process's workers (per-series periods with data in the window, reference attributes, promotions, clocks)."
             )),
             api_series: reg!(IntGauge::new(
                 "stockcast_api_series",

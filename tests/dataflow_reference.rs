@@ -149,7 +149,7 @@ fn feeding_many_epochs_before_stepping_changes_nothing_per_epoch() {
     .unwrap();
 
     let batched = timely::execute_directly(move |worker| {
-        let mut input = dataflows::input::FeatureInput::new(clock, &spec, 0);
+        let mut input = dataflows::input::FeatureInput::new(clock, &spec);
         let (probe, sink, _) = pipeline::run::build(worker, &mut input, &spec);
         // Each chunk of 20 steps goes in before the dataflow runs at all.
         for chunk in plan.steps.chunks(20) {

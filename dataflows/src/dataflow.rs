@@ -1,15 +1,18 @@
 //! The feature dataflow: from the input stage's collections to per-series feature vectors.
 //!
 //! ```text
-//! series  (key, Period|Clock): Agg ──────────────────────────────────┐
+//! series  (key, Period|Registered): Agg ─────────────────────────────┐
 //! promos  (sku, promotion)  ── in one store ── (key, Promo) ─────────┤ concat -> exchange by key
 //!                           └─ all stores ── join keys by sku ───────┘           │
 //! keys    (sku, store) ── distinct ─┘                                            │
 //! items   (sku, attributes) ── join keys by sku ── (key, Category|LeadTime|..) ──┤
 //! stores  (store, open) ── closed ── join keys by store ── (key, StoreInactive) ─┤
 //!                                                                                v
-//!                                    series_features (per changed series) -> (key, FeatureVec)
+//! ticks   period ── broadcast to every worker ──────────────> series_features -> (key, FeatureVec)
 //! ```
+//!
+//! A tick says a period began at its epoch. The features operator then moves every series it
+//! holds to the new period, so windows slide without a record per series.
 //!
 //! Reference data reaches exactly the series it concerns: a catalog change of a SKU changes the
 //! records (and so, where a value changed, the features) of that SKU's series in every store,
@@ -25,7 +28,8 @@ use std::rc::Rc;
 use differential_dataflow::difference::{IsZero, Semigroup};
 use differential_dataflow::hashable::Hashable;
 use differential_dataflow::{AsCollection, VecCollection};
-use timely::dataflow::channels::pact::Exchange;
+use timely::dataflow::channels::pact::{Exchange, Pipeline};
+use timely::dataflow::operators::vec::Broadcast;
 use timely::dataflow::operators::{Capability, Operator};
 use timely::dataflow::Scope;
 
@@ -45,7 +49,7 @@ impl StateSize {
     }
 
     /// Records held over all series (periods with data in the window, reference attributes,
-    /// promotions, clocks): the operator's stand-in for an arrangement's records.
+    /// promotions, registrations): the operator's stand-in for an arrangement's records.
     pub fn records(&self) -> u64 {
         self.0.get().1
     }
@@ -124,8 +128,11 @@ pub fn features<'s>(
         .concat(store_records)
         .explode(|rec| Some((rec, Agg::present(1))));
 
+    // The period each epoch belongs to, from every worker's input stage.
+    let ticks = inputs.ticks.to_collection(scope);
+
     let size = StateSize::default();
-    let features = series_features(series.concat(reference_records), spec, &size);
+    let features = series_features(series.concat(reference_records), ticks, spec, &size);
     (features, size)
 }
 
@@ -133,24 +140,35 @@ pub fn features<'s>(
 /// alike; 64 was slower).
 const PREFETCH_AHEAD: usize = 16;
 
+/// How many series ahead a rollover's pass over every series prefetches their state.
+const PREFETCH_AHEAD_SCAN: usize = 8;
+
 /// One update of a series' records.
 type Update = ((Key, Rec), Epoch, Agg);
+
+/// One tick: a period, the epoch it began at, and a count.
+type Tick = (Period, Epoch, isize);
 
 /// What the features operator holds per series.
 #[derive(Default)]
 struct Series {
-    /// Totals of the periods inside the retention window, from the first time the series has
-    /// a clock and a period in its window.
+    /// Totals of the periods inside the retention window, from the first evaluation on.
     window: Option<PeriodRing>,
     /// Stock totals of every period the series ever had: its stock position. Periods that
     /// leave the window keep only this contribution.
     stock: Agg,
     /// Every other record, sorted by record: periods ahead of the window (or all of them
-    /// while the series has no clock), promotions, clocks and reference attributes.
+    /// before the first evaluation), promotions and reference attributes.
     others: Vec<(Rec, Agg)>,
     /// The features last emitted, which are those of the records; `None` before the series
     /// was registered.
     features: Option<FeatureVec>,
+    /// Workers that registered the series (its `Registered` record, kept apart from the
+    /// others because every evaluation asks for it).
+    registrations: i32,
+    /// The last batch of completed epochs in which the series had updates, so that a
+    /// rollover's pass over all series skips those already evaluated.
+    batch: u64,
 }
 
 impl Series {
@@ -165,6 +183,8 @@ impl Series {
                 }
                 _ => accumulate(&mut self.others, rec, diff),
             }
+        } else if rec == Rec::Registered {
+            self.registrations += diff.n;
         } else {
             accumulate(&mut self.others, rec, diff);
         }
@@ -201,15 +221,36 @@ impl Series {
         }
     }
 
+    /// Whether a worker registered the series: only then has it features.
+    fn registered(&self) -> bool {
+        self.registrations > 0
+    }
+
+    /// The features as of period `now` (`None` before the series was registered or any
+    /// period began), after moving the window to it.
+    fn features_at(
+        &mut self,
+        spec: &FeatureSpec,
+        scratch: &mut SeriesState,
+        now: Option<Period>,
+    ) -> Option<FeatureVec> {
+        let now = now.filter(|_| self.registered())?;
+        self.advance(spec.retention(), now);
+        Some(self.evaluate(spec, scratch, now))
+    }
+
     /// Records held: periods with data in the window, and the others.
     fn records(&self) -> u64 {
         let periods = self.window.as_ref().map_or(0, PeriodRing::occupied);
-        u64::from(periods) + self.others.len() as u64
+        u64::from(periods) + self.others.len() as u64 + u64::from(self.registrations != 0)
     }
 
     /// Whether nothing is left of the series.
     fn is_empty(&self) -> bool {
-        self.others.is_empty() && self.stock.is_zero() && self.window.is_none()
+        self.others.is_empty()
+            && self.stock.is_zero()
+            && self.window.is_none()
+            && self.registrations == 0
     }
 
     /// Evaluates the features as of period `now`, after [`Series::advance`] to it.
@@ -224,8 +265,9 @@ impl Series {
         scratch.stock = self.stock;
         for (rec, agg) in &self.others {
             match *rec {
-                // Periods ahead of the window count towards the stock position only.
-                Rec::Period(_) | Rec::Clock(_) => {}
+                // Periods ahead of the window count towards the stock position only; the
+                // registration is not kept here.
+                Rec::Period(_) | Rec::Registered => {}
                 Rec::Promo { start, end } if agg.n > 0 => scratch.promos.push((start, end)),
                 Rec::Promo { .. } => {}
                 _ if agg.n <= 0 => {}
@@ -239,22 +281,6 @@ impl Series {
         }
         compute(spec, now, scratch)
     }
-}
-
-/// The latest clock any worker set for a series; `None` before one registered it.
-///
-/// Clocks sort after periods and promotions and before the catalog records, so the scan
-/// starts from the end and stops at the first record that sorts before them.
-fn current_period(records: &[(Rec, Agg)]) -> Option<Period> {
-    let mut now = None;
-    for (rec, agg) in records.iter().rev() {
-        match rec {
-            Rec::Clock(_) if agg.n > 0 => now = now.max(Some((agg.n - 1) as Period)),
-            Rec::Period(_) | Rec::Promo { .. } => break,
-            _ => {}
-        }
-    }
-    now
 }
 
 /// Adds `diff` to the record `rec` in a list sorted by record, dropping it when it cancels out.
@@ -274,6 +300,28 @@ fn accumulate(records: &mut Vec<(Rec, Agg)>, rec: Rec, diff: &Agg) {
     }
 }
 
+/// Emits the change from `old` to `new` features of `key` at `time`, if any; leaves `new` in
+/// `old`.
+fn emit<CB>(
+    session: &mut CB,
+    key: Key,
+    time: Epoch,
+    old: &mut Option<FeatureVec>,
+    new: Option<FeatureVec>,
+) where
+    CB: FnMut(((Key, FeatureVec), Epoch, isize)),
+{
+    if new != *old {
+        if let Some(o) = old.take() {
+            session(((key, o), time, -1));
+        }
+        if let Some(n) = &new {
+            session(((key, n.clone()), time, 1));
+        }
+        *old = new;
+    }
+}
+
 /// The features of every series whose records changed, as a collection of `(key, features)`.
 ///
 /// Epochs are totally ordered, so this operator keeps each series' accumulated records itself
@@ -281,107 +329,174 @@ fn accumulate(records: &mut Vec<(Rec, Agg)>, rec: Rec, diff: &Agg) {
 /// profiles showed that replay, then the trace walks, dominating the epoch cost. Once an epoch
 /// is complete it applies that epoch's updates series by series, evaluates the features, and
 /// emits a retraction of the features it last emitted (kept with the records, so they are not
-/// evaluated again) and an insertion of the new ones only where they differ. Period totals live
-/// in a fixed window per series ([`PeriodRing`]); a period that leaves it keeps only its share
-/// of the stock position, so state stays bounded without any retraction travelling through the
-/// dataflow.
+/// evaluated again) and an insertion of the new ones only where they differ. At an epoch where
+/// `ticks` say a period began, it does the same for every series it holds, with or without
+/// updates: that is how windows slide. Period totals live in a fixed window per series
+/// ([`PeriodRing`]); a period that leaves it keeps only its share of the stock position, so
+/// state stays bounded without any retraction travelling through the dataflow.
 pub fn series_features<'s>(
     records: VecCollection<'s, Epoch, (Key, Rec), Agg>,
+    ticks: VecCollection<'s, Epoch, Period>,
     spec: &FeatureSpec,
     size: &StateSize,
 ) -> VecCollection<'s, Epoch, (Key, FeatureVec)> {
     let spec = spec.clone();
     let size = size.clone();
-    let retention = spec.retention();
     let exchange = Exchange::new(|update: &Update| (update.0).0.hashed());
+    // Every worker needs every tick: its series follow the same clock.
+    let ticks = ticks.inner.broadcast();
     records
         .inner
-        .unary_frontier(exchange, "SeriesFeatures", move |_, _| {
-            // Updates waiting for their epoch to complete, and a capability for the earliest
-            // of their times. The stash, like `ready`, keeps its capacity from epoch to epoch:
-            // a rollover brings an update for every series, and regrowing a buffer that large
-            // each time costs fresh pages from the kernel.
+        .binary_frontier(ticks, exchange, Pipeline, "SeriesFeatures", move |_, _| {
+            // Updates and ticks waiting for their epoch to complete, and a capability for the
+            // earliest of their times. The stash, like `ready`, keeps its capacity from epoch
+            // to epoch: regrowing a buffer that large each time costs fresh pages from the
+            // kernel.
             let mut stash: Vec<Update> = Vec::new();
+            let mut tick_stash: Vec<Tick> = Vec::new();
             let mut hold: Option<Capability<Epoch>> = None;
             // Every series' records and last features.
             let mut state: HashMap<Key, Series, IdHash> = HashMap::default();
             let mut scratch = SeriesState::new(&spec);
             let mut ready: Vec<Update> = Vec::new();
+            // The current period as of the completed epochs; `None` before the first tick.
+            let mut now: Option<Period> = None;
+            // The epochs of a batch at which a period began, with the period, in time order.
+            let mut rolls: Vec<(Epoch, Period)> = Vec::new();
+            // Batches of completed epochs processed so far.
+            let mut batch: u64 = 0;
             // Records over all series, kept up to date as series change.
             let mut held: u64 = 0;
-            move |(input, frontier), output| {
+            move |(input, frontier), (tick_input, tick_frontier), output| {
+                let mut keep = |cap: Capability<Epoch>| {
+                    // Epochs are totally ordered: the least capability covers every time held.
+                    if hold.as_ref().is_none_or(|h| cap.time() < h.time()) {
+                        hold = Some(cap);
+                    }
+                };
                 input.for_each(|cap, data| {
                     // Inputs always send under a capability; an empty stamp would carry no time.
                     let Some(cap) = cap.retain_least(0) else {
                         debug_assert!(data.is_empty(), "updates without a capability");
                         return;
                     };
-                    // Epochs are totally ordered: the least capability covers every time held.
-                    if hold.as_ref().is_none_or(|h| cap.time() < h.time()) {
-                        hold = Some(cap);
-                    }
+                    keep(cap);
                     stash.append(data);
                 });
+                tick_input.for_each(|cap, data| {
+                    let Some(cap) = cap.retain_least(0) else {
+                        return;
+                    };
+                    keep(cap);
+                    tick_stash.append(data);
+                });
+                let complete = |t: &Epoch| !frontier.less_equal(t) && !tick_frontier.less_equal(t);
+                let Some(cap) = hold.take_if(|h| complete(h.time())) else {
+                    return;
+                };
                 // Every update of every completed time goes in one pass, ordered by (series,
                 // time): a message may carry updates of several times, and a series must see
                 // its times in order even when they arrived in different messages.
-                if let Some(cap) = hold.take_if(|h| !frontier.less_equal(h.time())) {
-                    ready.clear();
-                    stash.retain(|u| {
-                        if frontier.less_equal(&u.1) {
-                            true
-                        } else {
-                            ready.push(*u);
-                            false
-                        }
-                    });
-                    if let Some(later) = stash.iter().map(|u| u.1).min() {
-                        hold = Some(cap.delayed(&later));
+                ready.clear();
+                stash.retain(|u| {
+                    if complete(&u.1) {
+                        ready.push(*u);
+                        false
+                    } else {
+                        true
                     }
-                    ready.sort_unstable_by_key(|u| ((u.0).0, u.1));
-                    let mut session = output.session(&cap);
-                    let mut i = 0;
-                    while i < ready.len() {
-                        let key = (ready[i].0).0;
-                        // Series are visited in key order, scattered over memory: ask for the
-                        // state of one a few updates ahead while this one is evaluated.
-                        if let Some(ahead) = ready.get(i + PREFETCH_AHEAD) {
-                            if let Some(s) = state.get(&(ahead.0).0) {
-                                s.prefetch();
-                            }
+                });
+                // Periods that begin in the batch: each worker sends the same ticks, and a
+                // worker that joined late repeats the current period.
+                tick_stash.sort_unstable_by_key(|t| (t.1, t.0));
+                let done = tick_stash.partition_point(|t| complete(&t.1));
+                rolls.clear();
+                for (period, time, _) in tick_stash.drain(..done) {
+                    if rolls.last().map_or(now, |r| Some(r.1)) < Some(period) {
+                        match rolls.last_mut() {
+                            Some(last) if last.0 == time => last.1 = period,
+                            _ => rolls.push((time, period)),
                         }
-                        let series = state.entry(key).or_default();
+                    }
+                }
+                let later = stash
+                    .iter()
+                    .map(|u| u.1)
+                    .chain(tick_stash.iter().map(|t| t.1));
+                if let Some(later) = later.min() {
+                    hold = Some(cap.delayed(&later));
+                }
+                ready.sort_unstable_by_key(|u| ((u.0).0, u.1));
+                batch += 1;
+                let mut session = output.session(&cap);
+                let mut give = |update| session.give(update);
+                // The period in force at `time`, given the rolls before index `r`.
+                let period_at = |r: usize| if r == 0 { now } else { Some(rolls[r - 1].1) };
+
+                // Series with updates, each at every epoch where it had updates or a period
+                // began.
+                let mut i = 0;
+                while i < ready.len() {
+                    let key = (ready[i].0).0;
+                    // Series are visited in key order, scattered over memory: ask for the
+                    // state of one a few updates ahead while this one is evaluated.
+                    if let Some(ahead) = ready.get(i + PREFETCH_AHEAD) {
+                        if let Some(s) = state.get(&(ahead.0).0) {
+                            s.prefetch();
+                        }
+                    }
+                    let series = state.entry(key).or_default();
+                    series.batch = batch;
+                    let before = series.records();
+                    let mut old = series.features.take();
+                    let mut r = 0;
+                    loop {
+                        let update = ready.get(i).filter(|u| (u.0).0 == key).map(|u| u.1);
+                        let roll = rolls.get(r).map(|r| r.0);
+                        let Some(time) = update.into_iter().chain(roll).min() else {
+                            break;
+                        };
+                        while i < ready.len() && (ready[i].0).0 == key && ready[i].1 == time {
+                            series.update((ready[i].0).1, &ready[i].2);
+                            i += 1;
+                        }
+                        while rolls.get(r).is_some_and(|r| r.0 <= time) {
+                            r += 1;
+                        }
+                        let new = series.features_at(&spec, &mut scratch, period_at(r));
+                        emit(&mut give, key, time, &mut old, new);
+                    }
+                    held = held + series.records() - before;
+                    if series.is_empty() {
+                        state.remove(&key);
+                    } else {
+                        series.features = old;
+                    }
+                }
+
+                // Every other series, at each epoch where a period began. They are visited
+                // in the table's order, so the entries come sequentially; their windows and
+                // vectors are fetched a few series ahead.
+                if !rolls.is_empty() {
+                    let mut others: Vec<(&Key, &mut Series)> =
+                        state.iter_mut().filter(|(_, s)| s.batch != batch).collect();
+                    for j in 0..others.len() {
+                        if let Some((_, ahead)) = others.get(j + PREFETCH_AHEAD_SCAN) {
+                            ahead.prefetch();
+                        }
+                        let (key, series) = &mut others[j];
                         let before = series.records();
                         let mut old = series.features.take();
-                        while i < ready.len() && (ready[i].0).0 == key {
-                            let time = ready[i].1;
-                            while i < ready.len() && (ready[i].0).0 == key && ready[i].1 == time {
-                                series.update((ready[i].0).1, &ready[i].2);
-                                i += 1;
-                            }
-                            let new = current_period(&series.others).map(|now| {
-                                series.advance(retention, now);
-                                series.evaluate(&spec, &mut scratch, now)
-                            });
-                            if new != old {
-                                if let Some(o) = old.take() {
-                                    session.give(((key, o), time, -1));
-                                }
-                                if let Some(n) = &new {
-                                    session.give(((key, n.clone()), time, 1));
-                                }
-                                old = new;
-                            }
+                        for (r, (time, _)) in rolls.iter().enumerate() {
+                            let new = series.features_at(&spec, &mut scratch, period_at(r + 1));
+                            emit(&mut give, **key, *time, &mut old, new);
                         }
+                        series.features = old;
                         held = held + series.records() - before;
-                        if series.is_empty() {
-                            state.remove(&key);
-                        } else {
-                            series.features = old;
-                        }
                     }
-                    size.0.set((state.len() as u64, held));
                 }
+                now = period_at(rolls.len());
+                size.0.set((state.len() as u64, held));
             }
         })
         .as_collection()

@@ -497,6 +497,9 @@ pub struct SeriesState {
     calendar: Vec<bool>,
     /// Features in the spec's schema: the capacity of a vector.
     width: usize,
+    /// The largest demand whose square, summed over the statistics window, stays inside
+    /// 64 bits.
+    square_limit: u64,
 }
 
 impl SeriesState {
@@ -518,6 +521,7 @@ impl SeriesState {
             loaded: false,
             calendar: vec![false; (spec.stats_window + spec.horizon) as usize],
             width: spec.schema().features.len(),
+            square_limit: (i64::MAX / i64::from(spec.stats_window.max(1))).isqrt() as u64,
         }
     }
 
@@ -615,44 +619,92 @@ impl SeriesState {
 }
 
 /// Evaluates every feature of `spec` for a series as of period `now`.
+///
+/// Every age a feature reads lies inside the retention (see [`FeatureSpec::retention`]), so
+/// the loops index the per-age arrays directly, and each pass gathers every feature that reads
+/// the same ages: this runs once per changed series per epoch.
 pub fn compute(spec: &FeatureSpec, now: Period, st: &mut SeriesState) -> FeatureVec {
     st.mark_calendar(spec, now);
     let st = &*st;
     let r = st.qty.len();
     let s = spec.stats_window as usize;
-    let qty = |a: usize| st.qty.get(a).copied().unwrap_or(0);
-    // Whether a calendar promotion covers `now - age` (age may be negative: ahead of now).
-    let calendar_at = |age: i64| st.calendar[(s as i64 - 1 - age) as usize];
+    let qty = &st.qty[..r];
     let mut out = Vec::with_capacity(st.width);
-    for k in 0..=spec.lags as usize {
-        out.push(qty(k));
-    }
+    out.extend_from_slice(&qty[..=spec.lags as usize]);
     for w in &spec.windows {
-        out.push(st.qty[..(*w as usize).min(r)].iter().sum());
+        out.push(qty[..(*w as usize).min(r)].iter().sum());
     }
-    let (mean, std) = mean_std((0..s).map(qty), spec.stats_window);
-    out.push(mean);
-    out.push(std);
+
+    // The statistics window: demand mean and deviation, zero-demand and promotion periods.
+    let (stats, promo_n, past) = (&qty[..s], &st.promo_n[..s], &st.calendar[..s]);
+    let (mut sum, mut sumsq, mut zeros, mut promos) = (0i128, 0i128, 0i64, 0i64);
+    if stats.iter().all(|x| x.unsigned_abs() <= st.square_limit) {
+        // No sum of squares can overflow 64 bits: the usual case, and much cheaper.
+        let (mut sum64, mut sumsq64) = (0i64, 0i64);
+        for x in stats {
+            sum64 += x;
+            sumsq64 += x * x;
+        }
+        (sum, sumsq) = (i128::from(sum64), i128::from(sumsq64));
+    } else {
+        for x in stats {
+            sum += i128::from(*x);
+            sumsq += i128::from(*x) * i128::from(*x);
+        }
+    }
+    for a in 0..s {
+        zeros += i64::from(stats[a] <= 0);
+        // `past` runs from the oldest period of the window to now.
+        promos += i64::from(promo_n[a] > 0 || past[s - 1 - a]);
+    }
+    let n = i128::from(spec.stats_window);
+    let var_num = (n * sumsq - sum * sum).max(0);
+    out.push(div_round(sum, n));
+    out.push(((var_num as f64).sqrt() / n as f64).round() as i64);
+
     match spec.period {
         PeriodKind::Day => {
-            let days = 7 * spec.profile_weeks as usize;
+            let weeks = spec.profile_weeks as usize;
             let today = weekday_of_day(now);
-            let mut profile = [0i64; 7];
             // Ages a, a + 7, a + 14, ... share the weekday `today - a`.
-            for a in 0..7.min(days) {
-                let total: i128 = (a..days).step_by(7).map(|x| i128::from(qty(x))).sum();
-                profile[(today + 7 - a) % 7] = div_round(total, i128::from(spec.profile_weeks));
+            let days = &qty[..7 * weeks];
+            let mut totals = [0i128; 7];
+            if days
+                .iter()
+                .all(|x| x.unsigned_abs() <= i64::MAX as u64 / 1024)
+                && weeks <= 1024
+            {
+                // No total can overflow 64 bits.
+                let mut narrow = [0i64; 7];
+                for week in days.chunks_exact(7) {
+                    for (total, x) in narrow.iter_mut().zip(week) {
+                        *total += x;
+                    }
+                }
+                totals = narrow.map(i128::from);
+            } else {
+                for week in days.chunks_exact(7) {
+                    for (total, x) in totals.iter_mut().zip(week) {
+                        *total += i128::from(*x);
+                    }
+                }
+            }
+            let mut profile = [0i64; 7];
+            if weeks > 0 {
+                for (a, total) in totals.iter().enumerate() {
+                    profile[(today + 7 - a) % 7] = div_round(*total, weeks as i128);
+                }
             }
             out.extend_from_slice(&profile);
         }
         PeriodKind::Week => {
             for h in 0..=spec.horizon as usize {
-                out.push(qty(WEEKS_PER_YEAR as usize - h));
+                out.push(qty[WEEKS_PER_YEAR as usize - h]);
             }
         }
     }
-    out.push(st.qty.iter().position(|q| *q > 0).unwrap_or(r) as i64);
-    out.push((0..s).filter(|a| qty(*a) <= 0).count() as i64);
+    out.push(qty.iter().position(|q| *q > 0).unwrap_or(r) as i64);
+    out.push(zeros);
 
     // Stock position over every period, inside the window or not.
     let total = st.stock;
@@ -660,30 +712,30 @@ pub fn compute(spec: &FeatureSpec, now: Period, st: &mut SeriesState) -> Feature
     if tracked {
         // Ages of periods whose end is covered by stock data: all of them if stock data lies
         // outside the window, else those no older than the first period with a stock movement.
-        let in_window: i64 = st.stock_n.iter().map(|n| i64::from(*n)).sum();
+        let (mut in_window, mut oldest) = (0i64, 0usize);
+        for (a, n) in st.stock_n.iter().enumerate() {
+            in_window += i64::from(*n);
+            if *n > 0 {
+                oldest = a;
+            }
+        }
         let oldest_tracked = if i64::from(total.stock_n) > in_window {
             usize::MAX
         } else {
-            st.stock_n.iter().rposition(|n| *n > 0).unwrap_or(0)
+            oldest
         };
-        let on_hand = |a: usize| st.on_hand.get(a).copied().unwrap_or(0);
-        let mut on_hand_end = total.on_hand - on_hand(0);
+        let on_hand = &st.on_hand[..=s];
+        let mut on_hand_end = total.on_hand - on_hand[0];
         let mut stockouts = 0;
-        for a in 1..=s {
-            if a <= oldest_tracked && on_hand_end <= 0 {
-                stockouts += 1;
-            }
-            on_hand_end -= on_hand(a);
+        for (a, change) in on_hand.iter().enumerate().skip(1) {
+            stockouts += i64::from(a <= oldest_tracked && on_hand_end <= 0);
+            on_hand_end -= change;
         }
         out.push(stockouts);
     } else {
         out.push(MISSING);
     }
-    out.push(
-        (0..s)
-            .filter(|a| st.promo_n.get(*a).is_some_and(|n| *n > 0) || calendar_at(*a as i64))
-            .count() as i64,
-    );
+    out.push(promos);
 
     let last_price = st
         .price_n
@@ -692,15 +744,20 @@ pub fn compute(spec: &FeatureSpec, now: Period, st: &mut SeriesState) -> Feature
         .map(|a| div_round(i128::from(st.price_sum[a]), i128::from(st.price_n[a])));
     out.push(last_price.unwrap_or(MISSING));
     let pw = (spec.price_window as usize).min(r);
-    let psum: i128 = st.price_sum[..pw].iter().map(|v| i128::from(*v)).sum();
-    let pn: i128 = st.price_n[..pw].iter().map(|v| i128::from(*v)).sum();
+    let (mut psum, mut pn) = (0i128, 0i64);
+    for (sum, n) in st.price_sum[..pw].iter().zip(&st.price_n[..pw]) {
+        psum += i128::from(*sum);
+        pn += i64::from(*n);
+    }
     let rel = match last_price {
-        Some(last) if pn > 0 && psum > 0 => div_round(i128::from(last) * 1000 * pn, psum),
+        Some(last) if pn > 0 && psum > 0 => {
+            div_round(i128::from(last) * 1000 * i128::from(pn), psum)
+        }
         _ => MISSING,
     };
     out.push(rel);
 
-    let promo_now = calendar_at(0) || st.promo_n.first().is_some_and(|n| *n > 0);
+    let promo_now = past[s - 1] || st.promo_n[0] > 0;
     out.push(i64::from(promo_now));
     let ahead = &st.calendar[s..];
     out.push(ahead.iter().filter(|p| **p).count() as i64);

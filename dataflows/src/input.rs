@@ -3,14 +3,16 @@
 //! ```text
 //! events (arrival order, already assigned an epoch by the runner)
 //!   -> FeatureInput::apply      per-period totals  -> series input   (key, Period(p)) += Agg
-//!   -> FeatureInput::advance_to period rollover     -> series input   (key, Clock(w))  += new - old
+//!   -> first event of a series                      -> series input   (key, Registered) += 1
+//!   -> FeatureInput::advance_to, a new period       -> ticks input    period            +1
 //!   -> promotion upserts                            -> promos input   (sku, promotion) +-1
 //!   -> catalog and store upserts                    -> items / stores (id, attributes) +-1
 //! ```
 //!
-//! Windows slide because every series' clock moves at the epoch where a period rolls over; the
-//! features operator then moves each series' window of period totals, keeping of the periods
-//! that left it only their share of the stock position, and re-evaluates it. Nothing is scheduled at future times
+//! Windows slide because every worker sends a tick at the epoch where a period begins: one
+//! record per worker, not one per series. The features operator then moves the window of
+//! period totals of every series it holds, keeping of the periods that left it only their share
+//! of the stock position, and re-evaluates it. Nothing is scheduled at future times
 //! (future-timed retractions make every epoch re-merge all pending updates, see PERF-NOTES).
 //!
 //! # Error handling
@@ -28,8 +30,11 @@ use crate::time::{Clock, Epoch, Period};
 
 /// The differential inputs one worker feeds.
 pub struct Inputs {
-    /// Per-series records: period totals and clocks.
+    /// Per-series records: period totals and registrations.
     pub series: InputSession<Epoch, (Key, Rec), Agg>,
+    /// The current period, sent by each worker at its first epoch and at every epoch that
+    /// begins a period: the clock every series of every worker follows.
+    pub ticks: InputSession<Epoch, Period, isize>,
     /// Calendar promotions by SKU.
     pub promos: InputSession<Epoch, (Id, Promotion), isize>,
     /// Series registered by this worker, as (sku, store).
@@ -44,6 +49,7 @@ impl Default for Inputs {
     fn default() -> Self {
         Inputs {
             series: InputSession::new(),
+            ticks: InputSession::new(),
             promos: InputSession::new(),
             keys: InputSession::new(),
             items: InputSession::new(),
@@ -89,11 +95,9 @@ pub struct FeatureInput {
     inputs: Inputs,
     /// The epoch the inputs are at; updates are applied at this time.
     epoch: Epoch,
-    /// This worker's index, naming its clock records.
-    worker: u32,
     /// The current period; `None` before the first `advance_to`.
     now: Option<Period>,
-    /// Series this worker has registered; their clocks move at every rollover.
+    /// Series this worker has registered.
     keys: HashSet<Key, IdHash>,
     /// Current calendar promotions by id, for upserts.
     promos: HashMap<Id, Promotion>,
@@ -128,10 +132,9 @@ fn upsert<V: Copy + PartialEq + Ord + std::fmt::Debug + 'static>(
 }
 
 impl FeatureInput {
-    /// The stage of worker `worker`, for `spec`, at epoch 0.
-    pub fn new(clock: Clock, spec: &FeatureSpec, worker: usize) -> Self {
+    /// The input stage of one worker, for `spec`, at epoch 0.
+    pub fn new(clock: Clock, spec: &FeatureSpec) -> Self {
         FeatureInput {
-            worker: worker as u32,
             clock,
             retention: spec.retention() as Period,
             inputs: Inputs::default(),
@@ -159,32 +162,22 @@ impl FeatureInput {
         self.keys.len()
     }
 
-    /// Moves the inputs to `epoch` (never backwards); when it starts a new period, every series'
-    /// clock moves to it.
+    /// Moves the inputs to `epoch` (never backwards); when that is the first epoch or starts a
+    /// new period, sends the period as a tick, which moves every series' window.
     pub fn advance_to(&mut self, epoch: Epoch) {
         let epoch = epoch.max(self.epoch);
         self.epoch = epoch;
         self.inputs.series.advance_to(epoch);
+        self.inputs.ticks.advance_to(epoch);
         self.inputs.promos.advance_to(epoch);
         self.inputs.keys.advance_to(epoch);
         self.inputs.items.advance_to(epoch);
         self.inputs.stores.advance_to(epoch);
         let period = self.clock.period_of_epoch(epoch);
-        match self.now {
-            Some(now) if period > now => self.roll_over(now, period),
-            Some(_) => {}
-            None => self.now = Some(period),
+        if self.now.is_none_or(|now| period > now) {
+            self.inputs.ticks.update(period, 1);
+            self.now = Some(period);
         }
-    }
-
-    fn roll_over(&mut self, old: Period, new: Period) {
-        let shift = Agg::present(new - old);
-        for key in &self.keys {
-            self.inputs
-                .series
-                .update((*key, Rec::Clock(self.worker)), shift);
-        }
-        self.now = Some(new);
     }
 
     /// Applies an event at the current epoch.
@@ -242,7 +235,7 @@ impl FeatureInput {
                 if self.keys.insert(*key) {
                     self.inputs
                         .series
-                        .update((*key, Rec::Clock(self.worker)), Agg::present(now + 1));
+                        .update((*key, Rec::Registered), Agg::present(1));
                     self.inputs.keys.update((key.sku, key.store), 1);
                 }
                 self.inputs.series.update((*key, Rec::Period(period)), agg);
@@ -261,6 +254,7 @@ impl FeatureInput {
     /// Sends buffered updates into the dataflow.
     pub fn flush(&mut self) {
         self.inputs.series.flush();
+        self.inputs.ticks.flush();
         self.inputs.promos.flush();
         self.inputs.keys.flush();
         self.inputs.items.flush();
@@ -277,7 +271,7 @@ mod tests {
     fn old_and_future_events_are_refused() {
         let spec = FeatureSpec::daily();
         let clock = Clock::new(900, PeriodKind::Day).unwrap();
-        let mut input = FeatureInput::new(clock, &spec, 0);
+        let mut input = FeatureInput::new(clock, &spec);
         let keys = [Key { store: 1, sku: 1 }, Key { store: 2, sku: 1 }];
         for day in 0..200i64 {
             let ts = 1_000 * DAY_SECS + day * DAY_SECS + 3600;

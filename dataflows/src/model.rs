@@ -343,9 +343,10 @@ pub enum Rec {
         /// Last period covered.
         end: Period,
     },
-    /// The current period as seen by one worker: its difference's `n` accumulates to the
-    /// period plus one, so a rollover is a single update of `new - old`.
-    Clock(u32),
+    /// The series was registered by a worker (`n` counts the workers that did): from then on
+    /// it has features. Its current period is not a record: it comes from the epoch (see
+    /// [`crate::input::Inputs::ticks`]).
+    Registered,
     /// The SKU's category id (catalog).
     Category(Id),
     /// The SKU's lead time in days (catalog).

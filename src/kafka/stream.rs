@@ -1277,7 +1277,7 @@ fn work(
     let idle_after = Duration::from_secs(cfg.kafka.idle_timeout_secs);
     let mut feeder = Feeder {
         clock: cfg.clock,
-        input: FeatureInput::new(cfg.clock, &cfg.spec, index),
+        input: FeatureInput::new(cfg.clock, &cfg.spec),
         parts: assigned
             .into_iter()
             .map(|(part, committed)| PartState {

@@ -116,7 +116,7 @@ pub fn run(
         let index = worker.index();
         let peers = worker.peers();
         let tx = tx.clone();
-        let mut input = FeatureInput::new(clock, &spec, index);
+        let mut input = FeatureInput::new(clock, &spec);
         let (probe, sink, _) = build(worker, &mut input, &spec);
         for (s, step) in plan.steps.iter().enumerate() {
             input.advance_to(step.epoch);

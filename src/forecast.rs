@@ -289,7 +289,7 @@ mod tests {
         v[schema.index("sales_lag_1d").unwrap()] = 9_000;
         v[schema.index("sales_lag_0d").unwrap()] = 5_000;
         v[schema.index("sales_std_28d").unwrap()] = 1_000;
-        let v = FeatureVec(v);
+        let v = FeatureVec::from(v);
         let ma = baseline(Baseline::MovingAverage, &schema, PeriodKind::Day, 3).unwrap();
         let f = &ma.forecast(&[&v])[0];
         assert_eq!(f.p50, vec![2.0; 3]);

@@ -506,7 +506,7 @@ mod tests {
         );
         let planner = Planner::new(&cfg, &schema, PeriodKind::Day);
         let f = flat(8.0, 10.0, 12.0, 28);
-        let a = planner.advise(&schema, &FeatureVec(v.clone()), &f);
+        let a = planner.advise(&schema, &FeatureVec::from(v.clone()), &f);
         assert_eq!(
             (
                 a.lead_time_days,
@@ -522,7 +522,7 @@ mod tests {
         assert_eq!(a.cover_periods, Some(0.5));
         // Without stock data, nothing that needs on hand is claimed.
         v[schema.index("on_hand").unwrap()] = dataflows::model::MISSING;
-        let a = planner.advise(&schema, &FeatureVec(v), &f);
+        let a = planner.advise(&schema, &FeatureVec::from(v), &f);
         assert_eq!(
             (a.order_qty, a.stockout_risk, a.cover_periods),
             (None, None, None)

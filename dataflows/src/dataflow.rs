@@ -22,7 +22,6 @@
 //! an insertion of the new vector for each series whose features changed, and nothing else.
 
 use std::cell::Cell;
-use std::collections::HashMap;
 use std::rc::Rc;
 
 use differential_dataflow::difference::{IsZero, Semigroup};
@@ -33,9 +32,10 @@ use timely::dataflow::operators::vec::Broadcast;
 use timely::dataflow::operators::{Capability, Operator};
 use timely::dataflow::Scope;
 
-use crate::features::{compute, prefetch, FeatureSpec, PeriodRing, SeriesState};
+use crate::features::{compute_ring, prefetch, FeatureSpec, PeriodRing, RingPlan, SeriesState};
 use crate::input::Inputs;
-use crate::model::{Agg, FeatureVec, IdHash, Key, Rec};
+use crate::model::{Agg, FeatureVec, Key, Rec};
+use crate::table::{self, SeriesTable};
 use crate::time::{Epoch, Period};
 
 /// The size of one worker's feature state, as of the features operator's last run.
@@ -171,15 +171,25 @@ struct Series {
     batch: u64,
 }
 
+/// What evaluating a series takes besides the series.
+struct Evaluator {
+    /// The features to compute.
+    spec: FeatureSpec,
+    /// What the windows keep running totals of, from `spec`.
+    plan: RingPlan,
+    /// The series' state other than its window, rebuilt at each evaluation.
+    scratch: SeriesState,
+}
+
 impl Series {
     /// Adds one update's difference to the series.
-    fn update(&mut self, rec: Rec, diff: &Agg) {
+    fn update(&mut self, plan: &RingPlan, rec: Rec, diff: &Agg) {
         if let Rec::Period(p) = rec {
             self.stock.plus_equals(&diff.stock_part());
             match &mut self.window {
                 // A period older than the window adds to the stock position only.
                 Some(w) if p <= w.now() => {
-                    w.add(p, diff);
+                    w.add(plan, p, diff);
                 }
                 _ => accumulate(&mut self.others, rec, diff),
             }
@@ -192,11 +202,11 @@ impl Series {
 
     /// Moves the window to end with period `now`, taking over the periods it now covers from
     /// the other records.
-    fn advance(&mut self, retention: u32, now: Period) {
+    fn advance(&mut self, plan: &RingPlan, now: Period) {
         let window = self
             .window
-            .get_or_insert_with(|| PeriodRing::new(retention, now));
-        window.advance(now);
+            .get_or_insert_with(|| PeriodRing::new(plan, now));
+        window.advance(plan, now);
         // Periods sort first among the other records, oldest first.
         let due = self
             .others
@@ -205,19 +215,22 @@ impl Series {
             .count();
         for (rec, agg) in self.others.drain(..due) {
             if let Rec::Period(p) = rec {
-                window.add(p, &agg);
+                window.add(plan, p, &agg);
             }
         }
     }
 
-    /// Asks the processor to fetch what the next evaluation will read.
-    fn prefetch(&self) {
+    /// Asks the processor to fetch what the next evaluation will read; with `rollover`, what
+    /// moving the window by a period reads too.
+    fn prefetch(&self, plan: &RingPlan, rollover: bool) {
         if let Some(f) = &self.features {
-            prefetch(f.0.as_ptr());
+            for line in f.0.chunks(8) {
+                prefetch(line.as_ptr());
+            }
         }
         prefetch(self.others.as_ptr());
         if let Some(w) = &self.window {
-            w.prefetch();
+            w.prefetch(plan, rollover);
         }
     }
 
@@ -228,15 +241,10 @@ impl Series {
 
     /// The features as of period `now` (`None` before the series was registered or any
     /// period began), after moving the window to it.
-    fn features_at(
-        &mut self,
-        spec: &FeatureSpec,
-        scratch: &mut SeriesState,
-        now: Option<Period>,
-    ) -> Option<FeatureVec> {
+    fn features_at(&mut self, ev: &mut Evaluator, now: Option<Period>) -> Option<FeatureVec> {
         let now = now.filter(|_| self.registered())?;
-        self.advance(spec.retention(), now);
-        Some(self.evaluate(spec, scratch, now))
+        self.advance(&ev.plan, now);
+        self.window.as_ref().map(|w| self.evaluate(ev, w))
     }
 
     /// Records held: periods with data in the window, and the others.
@@ -253,15 +261,10 @@ impl Series {
             && self.registrations == 0
     }
 
-    /// Evaluates the features as of period `now`, after [`Series::advance`] to it.
-    fn evaluate(&self, spec: &FeatureSpec, scratch: &mut SeriesState, now: Period) -> FeatureVec {
-        match &self.window {
-            Some(w) => {
-                scratch.clear_context();
-                scratch.load(now, w);
-            }
-            None => scratch.clear(),
-        }
+    /// Evaluates the features as of the end of `window`, the series' own.
+    fn evaluate(&self, ev: &mut Evaluator, window: &PeriodRing) -> FeatureVec {
+        let scratch = &mut ev.scratch;
+        scratch.clear_context();
         scratch.stock = self.stock;
         for (rec, agg) in &self.others {
             match *rec {
@@ -279,7 +282,15 @@ impl Series {
                 Rec::StoreInactive => scratch.store_open = false,
             }
         }
-        compute(spec, now, scratch)
+        let features = compute_ring(&ev.spec, &ev.plan, window, scratch);
+        // The running totals must give what a pass over the whole window gives.
+        #[cfg(debug_assertions)]
+        {
+            scratch.load(window.now(), window);
+            let full = crate::features::compute(&ev.spec, window.now(), scratch);
+            debug_assert_eq!(features, full, "running totals disagree with the window");
+        }
+        features
     }
 }
 
@@ -297,6 +308,14 @@ fn accumulate(records: &mut Vec<(Rec, Agg)>, rec: Rec, diff: &Agg) {
                 records.insert(i, (rec, *diff));
             }
         }
+    }
+}
+
+/// Asks the processor to fetch every cache line of `value`.
+fn prefetch_value<T>(value: &T) {
+    let start = value as *const T as *const u8;
+    for offset in (0..std::mem::size_of::<T>()).step_by(64) {
+        prefetch(start.wrapping_add(offset));
     }
 }
 
@@ -356,8 +375,12 @@ pub fn series_features<'s>(
             let mut tick_stash: Vec<Tick> = Vec::new();
             let mut hold: Option<Capability<Epoch>> = None;
             // Every series' records and last features.
-            let mut state: HashMap<Key, Series, IdHash> = HashMap::default();
-            let mut scratch = SeriesState::new(&spec);
+            let mut state: SeriesTable<Series> = SeriesTable::default();
+            let mut ev = Evaluator {
+                plan: RingPlan::new(&spec),
+                scratch: SeriesState::new(&spec),
+                spec: spec.clone(),
+            };
             let mut ready: Vec<Update> = Vec::new();
             // The current period as of the completed epochs; `None` before the first tick.
             let mut now: Option<Period> = None;
@@ -438,14 +461,24 @@ pub fn series_features<'s>(
                 let mut i = 0;
                 while i < ready.len() {
                     let key = (ready[i].0).0;
-                    // Series are visited in key order, scattered over memory: ask for the
-                    // state of one a few updates ahead while this one is evaluated.
-                    if let Some(ahead) = ready.get(i + PREFETCH_AHEAD) {
-                        if let Some(s) = state.get(&(ahead.0).0) {
-                            s.prefetch();
+                    // Series are visited in key order, scattered over memory: their state is
+                    // fetched in stages over the updates ahead (the index slot, then the
+                    // entry it points to, then the window and vector the entry points to).
+                    if let Some(u) = ready.get(i + 3 * PREFETCH_AHEAD) {
+                        state.prefetch_slot(table::hash(&(u.0).0));
+                    }
+                    if let Some(u) = ready.get(i + 2 * PREFETCH_AHEAD) {
+                        if let Some(pos) = state.candidate(table::hash(&(u.0).0)) {
+                            prefetch_value(state.entry(pos));
                         }
                     }
-                    let series = state.entry(key).or_default();
+                    if let Some(u) = ready.get(i + PREFETCH_AHEAD) {
+                        if let Some(pos) = state.candidate(table::hash(&(u.0).0)) {
+                            state.entry(pos).1.prefetch(&ev.plan, false);
+                        }
+                    }
+                    let pos = state.find_or_insert(key, table::hash(&key));
+                    let series = state.value_mut(pos);
                     series.batch = batch;
                     let before = series.records();
                     let mut old = series.features.take();
@@ -457,39 +490,41 @@ pub fn series_features<'s>(
                             break;
                         };
                         while i < ready.len() && (ready[i].0).0 == key && ready[i].1 == time {
-                            series.update((ready[i].0).1, &ready[i].2);
+                            series.update(&ev.plan, (ready[i].0).1, &ready[i].2);
                             i += 1;
                         }
                         while rolls.get(r).is_some_and(|r| r.0 <= time) {
                             r += 1;
                         }
-                        let new = series.features_at(&spec, &mut scratch, period_at(r));
+                        let new = series.features_at(&mut ev, period_at(r));
                         emit(&mut give, key, time, &mut old, new);
                     }
                     held = held + series.records() - before;
                     if series.is_empty() {
-                        state.remove(&key);
+                        state.remove(pos);
                     } else {
                         series.features = old;
                     }
                 }
 
-                // Every other series, at each epoch where a period began. They are visited
-                // in the table's order, so the entries come sequentially; their windows and
-                // vectors are fetched a few series ahead.
+                // Every other series, at each epoch where a period began. The entries are
+                // contiguous, so they come in order; their windows and vectors are fetched
+                // a few series ahead.
                 if !rolls.is_empty() {
-                    let mut others: Vec<(&Key, &mut Series)> =
-                        state.iter_mut().filter(|(_, s)| s.batch != batch).collect();
-                    for j in 0..others.len() {
-                        if let Some((_, ahead)) = others.get(j + PREFETCH_AHEAD_SCAN) {
-                            ahead.prefetch();
+                    let entries = state.entries_mut();
+                    for j in 0..entries.len() {
+                        if let Some((_, ahead)) = entries.get(j + PREFETCH_AHEAD_SCAN) {
+                            ahead.prefetch(&ev.plan, true);
                         }
-                        let (key, series) = &mut others[j];
+                        let (key, series) = &mut entries[j];
+                        if series.batch == batch {
+                            continue;
+                        }
                         let before = series.records();
                         let mut old = series.features.take();
                         for (r, (time, _)) in rolls.iter().enumerate() {
-                            let new = series.features_at(&spec, &mut scratch, period_at(r + 1));
-                            emit(&mut give, **key, *time, &mut old, new);
+                            let new = series.features_at(&mut ev, period_at(r + 1));
+                            emit(&mut give, *key, *time, &mut old, new);
                         }
                         series.features = old;
                         held = held + series.records() - before;

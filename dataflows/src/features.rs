@@ -265,26 +265,85 @@ pub fn mean_std(xs: impl Iterator<Item = i64>, n: u32) -> (i64, i64) {
     (div_round(sum, n), std)
 }
 
-/// The per-period totals of one series inside its retention window, stored densely: field by
-/// field, one slot per period, with a bit per slot saying whether it holds anything. Applying an
-/// event is an index instead of a search; loading a busy series' window for [`compute`] is a
-/// copy instead of a walk over sparse records, and a quiet series costs only its few slots.
+/// What a [`PeriodRing`] keeps running totals of: the ages each windowed feature reads, from a
+/// spec.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RingPlan {
+    /// Periods in the window ([`FeatureSpec::retention`]).
+    retention: usize,
+    /// The rolling-sum windows, in the spec's order.
+    windows: Vec<usize>,
+    /// The statistics window (mean, deviation, zero-demand, stock-out and promotion periods).
+    stats: usize,
+    /// The price window, at most the retention.
+    price: usize,
+    /// Daily mode: the days of the weekday profile; 0 in weekly mode.
+    profile_days: usize,
+    /// 64-bit words in one mask of ages or slots.
+    words: usize,
+}
+
+impl RingPlan {
+    /// The plan of a spec.
+    pub fn new(spec: &FeatureSpec) -> Self {
+        let retention = spec.retention() as usize;
+        RingPlan {
+            retention,
+            windows: spec
+                .windows
+                .iter()
+                .map(|w| (*w as usize).min(retention))
+                .collect(),
+            stats: spec.stats_window as usize,
+            price: (spec.price_window as usize).min(retention),
+            profile_days: match spec.period {
+                PeriodKind::Day => 7 * spec.profile_weeks as usize,
+                PeriodKind::Week => 0,
+            },
+            words: retention.div_ceil(64),
+        }
+    }
+}
+
+/// The per-period totals of one series inside its retention window, with running totals of
+/// what the windowed features read, so that evaluating a series reads a few values instead of
+/// its whole history.
 ///
-/// Slots run backwards in time: the period of age `a` (`now - a`) lives in slot
-/// `(head + a) % R`, so the window in age order is two contiguous runs, and a rollover reuses
-/// the slot of the period that leaves the window for the one that enters it.
+/// Period totals are stored densely, field by field, one slot per period. Slots run backwards
+/// in time: the period of age `a` (`now - a`) lives in slot `(head + a) % R`, and a rollover
+/// reuses the slot of the period that leaves the window for the one that enters it. Beside
+/// them: the units of each rolling window, the statistics window's units and squares, the
+/// weekday profile's units by weekday, the price window's prices, and masks by age of the
+/// periods with sales, promotion sales, prices and stock movements. Every change of a period
+/// total updates the running totals it falls in; every period that leaves a window is taken
+/// out of that window's totals when the window moves past it. [`compute_ring`] reads them.
 #[derive(Clone, Debug)]
 pub struct PeriodRing {
     /// The period of age 0.
     now: Period,
     /// The slot of age 0.
     head: usize,
-    /// Net units sold, change of on-hand stock and sum of unit prices: `R` slots each.
+    /// Net units sold, change of on-hand stock and sum of unit prices (`R` slots each), then
+    /// the net units of each rolling window, in the plan's order.
     wide: Box<[i64]>,
     /// Priced sales, sales on promotion and stock movements: `R` slots each.
     narrow: Box<[i32]>,
-    /// Bit `s % 64` of word `s / 64` is set when slot `s` holds a non-zero total.
-    used: Box<[u64]>,
+    /// Masks of `words` words each: slots holding a non-zero total (bit `s % 64` of word
+    /// `s / 64` for slot `s`), then ages with net units above zero, with sales on promotion,
+    /// with priced sales and with stock movements (bit `a` for age `a`).
+    bits: Box<[u64]>,
+    /// Net units over the statistics window.
+    stats_sum: i128,
+    /// Squares of each period's net units over the statistics window.
+    stats_sumsq: i128,
+    /// Daily mode: net units over the weekday profile's days, by weekday of the period.
+    weekdays: [i128; 7],
+    /// Sum of unit prices over the price window.
+    price_sum: i128,
+    /// Priced sales over the price window.
+    price_n: i64,
+    /// Stock movements over the whole window.
+    stock_n: i64,
 }
 
 /// Rows of [`PeriodRing::wide`] and [`PeriodRing::narrow`].
@@ -294,17 +353,79 @@ const PRICE_SUM: usize = 2;
 const PRICE_N: usize = 0;
 const PROMO_N: usize = 1;
 const STOCK_N: usize = 2;
+/// Masks of [`PeriodRing::bits`].
+const USED: usize = 0;
+const SOLD: usize = 1;
+const PROMOTED: usize = 2;
+const PRICED: usize = 3;
+const STOCKED: usize = 4;
+const MASKS: usize = 5;
+
+/// Whether bit `i` of a mask is set.
+fn bit(mask: &[u64], i: usize) -> bool {
+    mask[i / 64] & (1 << (i % 64)) != 0
+}
+
+/// Sets bit `i` of a mask to `on`.
+fn set_bit(mask: &mut [u64], i: usize, on: bool) {
+    let b = 1 << (i % 64);
+    if on {
+        mask[i / 64] |= b;
+    } else {
+        mask[i / 64] &= !b;
+    }
+}
+
+/// The lowest set bit of a mask.
+fn first_bit(mask: &[u64]) -> Option<usize> {
+    let w = mask.iter().position(|w| *w != 0)?;
+    Some(w * 64 + mask[w].trailing_zeros() as usize)
+}
+
+/// The highest set bit of a mask.
+fn last_bit(mask: &[u64]) -> Option<usize> {
+    let w = mask.iter().rposition(|w| *w != 0)?;
+    Some(w * 64 + 63 - mask[w].leading_zeros() as usize)
+}
+
+/// Set bits of a mask below bit `n`.
+fn count_below(mask: &[u64], n: usize) -> usize {
+    let (full, rest) = (n / 64, n % 64);
+    let mut count: u32 = mask[..full].iter().map(|w| w.count_ones()).sum();
+    if rest > 0 {
+        count += (mask[full] & ((1 << rest) - 1)).count_ones();
+    }
+    count as usize
+}
+
+/// Moves every bit of a mask one place up (age `a` becomes `a + 1`), dropping those that
+/// reach bit `len`.
+fn shift_up(mask: &mut [u64], len: usize) {
+    for w in (0..mask.len()).rev() {
+        let carry = if w > 0 { mask[w - 1] >> 63 } else { 0 };
+        mask[w] = (mask[w] << 1) | carry;
+    }
+    if !len.is_multiple_of(64) {
+        mask[len / 64] &= (1 << (len % 64)) - 1;
+    }
+}
 
 impl PeriodRing {
-    /// An empty window of `retention` periods ending with `now`.
-    pub fn new(retention: u32, now: Period) -> Self {
-        let r = retention.max(1) as usize;
+    /// An empty window of the plan's retention ending with `now`.
+    pub fn new(plan: &RingPlan, now: Period) -> Self {
+        let r = plan.retention.max(1);
         PeriodRing {
             now,
             head: 0,
-            wide: vec![0; 3 * r].into_boxed_slice(),
+            wide: vec![0; 3 * r + plan.windows.len()].into_boxed_slice(),
             narrow: vec![0; 3 * r].into_boxed_slice(),
-            used: vec![0; r.div_ceil(64)].into_boxed_slice(),
+            bits: vec![0; MASKS * plan.words.max(1)].into_boxed_slice(),
+            stats_sum: 0,
+            stats_sumsq: 0,
+            weekdays: [0; 7],
+            price_sum: 0,
+            price_n: 0,
+            stock_n: 0,
         }
     }
 
@@ -323,87 +444,190 @@ impl PeriodRing {
         self.now
     }
 
+    /// One of the masks.
+    fn mask(&self, m: usize) -> &[u64] {
+        let words = self.bits.len() / MASKS;
+        &self.bits[m * words..(m + 1) * words]
+    }
+
+    fn mask_mut(&mut self, m: usize) -> &mut [u64] {
+        let words = self.bits.len() / MASKS;
+        &mut self.bits[m * words..(m + 1) * words]
+    }
+
     /// Periods of the window that hold a non-zero total.
     pub fn occupied(&self) -> u32 {
-        self.used.iter().map(|w| w.count_ones()).sum()
+        self.mask(USED).iter().map(|w| w.count_ones()).sum()
     }
 
-    fn is_used(&self, s: usize) -> bool {
-        self.used[s / 64] & (1 << (s % 64)) != 0
+    /// The slot of the period of age `a` (below the retention).
+    fn slot_of_age(&self, a: usize) -> usize {
+        let s = self.head + a;
+        if s >= self.len() {
+            s - self.len()
+        } else {
+            s
+        }
     }
 
-    /// The slot of period `p`, if it lies inside the window.
-    fn slot(&self, p: Period) -> Option<usize> {
-        let r = self.len();
-        let age = usize::try_from(i64::from(self.now) - i64::from(p))
+    /// The age of period `p`, if it lies inside the window.
+    fn age(&self, p: Period) -> Option<usize> {
+        usize::try_from(i64::from(self.now) - i64::from(p))
             .ok()
-            .filter(|a| *a < r)?;
-        let s = self.head + age;
-        Some(if s >= r { s - r } else { s })
+            .filter(|a| *a < self.len())
     }
 
-    /// Adds `agg` to the totals of period `p`; returns false, changing nothing, when `p` lies
-    /// outside the window. The stock position's `on_order` is not kept per period.
-    pub fn add(&mut self, p: Period, agg: &Agg) -> bool {
-        let Some(s) = self.slot(p) else {
+    /// Entry `row` of `rows` for the period of age `a`.
+    fn at<T: Copy>(&self, rows: &[T], row: usize, a: usize) -> T {
+        rows[row * self.len() + self.slot_of_age(a)]
+    }
+
+    /// Entries `row` of `rows` for the periods of ages `0..n` (`n` at most the retention), in
+    /// age order: the row from the head on, then from its start.
+    fn by_age<'r, T: Copy>(
+        &self,
+        rows: &'r [T],
+        row: usize,
+        n: usize,
+    ) -> impl Iterator<Item = T> + 'r {
+        let (r, h) = (self.len(), self.head);
+        let src = &rows[row * r..(row + 1) * r];
+        let first = &src[h..(h + n).min(r)];
+        let wrapped = &src[..(h + n).saturating_sub(r)];
+        first.iter().chain(wrapped).copied()
+    }
+
+    /// Adds `agg` to the totals of period `p` and to the running totals it falls in; returns
+    /// false, changing nothing, when `p` lies outside the window. The stock position's
+    /// `on_order` is not kept per period.
+    pub fn add(&mut self, plan: &RingPlan, p: Period, agg: &Agg) -> bool {
+        let Some(age) = self.age(p) else {
             return false;
         };
-        let r = self.len();
-        let (wide, narrow) = (&mut self.wide, &mut self.narrow);
-        wide[QTY * r + s] += agg.qty;
+        let (r, s) = (self.len(), self.slot_of_age(age));
+        let old_qty = self.wide[QTY * r + s];
+        let qty = old_qty + agg.qty;
+        let wide = &mut self.wide;
+        wide[QTY * r + s] = qty;
         wide[ON_HAND * r + s] += agg.on_hand;
         wide[PRICE_SUM * r + s] += agg.price_sum;
+        let narrow = &mut self.narrow;
         narrow[PRICE_N * r + s] += agg.price_n;
         narrow[PROMO_N * r + s] += agg.promo_n;
         narrow[STOCK_N * r + s] += agg.stock_n;
-        let any = (0..3).any(|row| wide[row * r + s] != 0 || narrow[row * r + s] != 0);
-        let bit = 1 << (s % 64);
-        if any {
-            self.used[s / 64] |= bit;
-        } else {
-            self.used[s / 64] &= !bit;
+        let used = (0..3).any(|row| wide[row * r + s] != 0 || narrow[row * r + s] != 0);
+        let (priced, promoted, stocked) = (
+            narrow[PRICE_N * r + s] > 0,
+            narrow[PROMO_N * r + s] > 0,
+            narrow[STOCK_N * r + s] > 0,
+        );
+        for (i, w) in plan.windows.iter().enumerate() {
+            if age < *w {
+                wide[3 * r + i] += agg.qty;
+            }
         }
+        if age < plan.stats {
+            self.stats_sum += i128::from(agg.qty);
+            self.stats_sumsq += i128::from(qty) * i128::from(qty);
+            self.stats_sumsq -= i128::from(old_qty) * i128::from(old_qty);
+        }
+        if age < plan.profile_days {
+            self.weekdays[weekday_of_day(p)] += i128::from(agg.qty);
+        }
+        if age < plan.price {
+            self.price_sum += i128::from(agg.price_sum);
+            self.price_n += i64::from(agg.price_n);
+        }
+        self.stock_n += i64::from(agg.stock_n);
+        set_bit(self.mask_mut(USED), s, used);
+        set_bit(self.mask_mut(SOLD), age, qty > 0);
+        set_bit(self.mask_mut(PROMOTED), age, promoted);
+        set_bit(self.mask_mut(PRICED), age, priced);
+        set_bit(self.mask_mut(STOCKED), age, stocked);
         true
     }
 
-    /// Moves the window forward to end with `now`, emptying the slots of the periods that
-    /// leave it. A `now` before the window's changes nothing.
-    pub fn advance(&mut self, now: Period) {
+    /// Moves the window forward to end with `now`, taking the periods that leave each window
+    /// out of its running totals and emptying the slots of those that leave the retention. A
+    /// `now` before the window's changes nothing.
+    pub fn advance(&mut self, plan: &RingPlan, now: Period) {
         let Ok(shift) = usize::try_from(i64::from(now) - i64::from(self.now)) else {
             return;
         };
-        let r = self.len();
-        if shift >= r {
-            self.wide.fill(0);
-            self.narrow.fill(0);
-            self.used.fill(0);
-            self.head = 0;
-        } else {
-            // The periods leaving are the oldest `shift`, in the slots just before the head;
-            // the periods entering take those slots over.
-            for _ in 0..shift {
-                self.head = if self.head == 0 { r - 1 } else { self.head - 1 };
-                let s = self.head;
-                if self.is_used(s) {
-                    for row in 0..3 {
-                        self.wide[row * r + s] = 0;
-                        self.narrow[row * r + s] = 0;
-                    }
-                    self.used[s / 64] &= !(1 << (s % 64));
-                }
-            }
+        if shift >= self.len() {
+            // Every period leaves: nothing of the window remains.
+            *self = PeriodRing::new(plan, now);
+            return;
         }
-        self.now = now;
+        for _ in 0..shift {
+            self.step(plan);
+        }
     }
 
-    /// Asks the processor to fetch the rows a load will read.
-    pub fn prefetch(&self) {
-        prefetch(self.used.as_ptr());
-        for line in self.wide.chunks(8) {
-            prefetch(line.as_ptr());
+    /// Moves the window forward by one period.
+    fn step(&mut self, plan: &RingPlan) {
+        let r = self.len();
+        // The periods at the last age of each window leave it.
+        for (i, w) in plan.windows.iter().enumerate() {
+            let leaving = self.at(&self.wide, QTY, w - 1);
+            self.wide[3 * r + i] -= leaving;
         }
-        for line in self.narrow.chunks(16) {
-            prefetch(line.as_ptr());
+        if plan.stats > 0 {
+            let q = i128::from(self.at(&self.wide, QTY, plan.stats - 1));
+            self.stats_sum -= q;
+            self.stats_sumsq -= q * q;
+        }
+        if plan.profile_days > 0 {
+            let a = plan.profile_days - 1;
+            let q = self.at(&self.wide, QTY, a);
+            self.weekdays[weekday_of_day(self.now - a as Period)] -= i128::from(q);
+        }
+        if plan.price > 0 {
+            let a = plan.price - 1;
+            self.price_sum -= i128::from(self.at(&self.wide, PRICE_SUM, a));
+            self.price_n -= i64::from(self.at(&self.narrow, PRICE_N, a));
+        }
+        self.stock_n -= i64::from(self.at(&self.narrow, STOCK_N, r - 1));
+        for m in [SOLD, PROMOTED, PRICED, STOCKED] {
+            shift_up(self.mask_mut(m), r);
+        }
+        // The oldest period's slot becomes the new period's, empty.
+        self.head = if self.head == 0 { r - 1 } else { self.head - 1 };
+        let s = self.head;
+        if bit(self.mask(USED), s) {
+            for row in 0..3 {
+                self.wide[row * r + s] = 0;
+                self.narrow[row * r + s] = 0;
+            }
+            set_bit(self.mask_mut(USED), s, false);
+        }
+        self.now += 1;
+    }
+
+    /// Asks the processor to fetch what an evaluation reads: the masks, the newest periods'
+    /// units, stock changes and prices, and the running totals; with `rollover`, also the
+    /// periods a move by one period takes out of the windows.
+    pub fn prefetch(&self, plan: &RingPlan, rollover: bool) {
+        let r = self.len();
+        prefetch(self.bits.as_ptr());
+        prefetch(&self.wide[3 * r]);
+        for a in (0..=plan.stats.min(r - 1)).step_by(8) {
+            prefetch(&self.wide[ON_HAND * r + self.slot_of_age(a)]);
+        }
+        prefetch(&self.wide[QTY * r + self.head]);
+        prefetch(&self.narrow[PRICE_N * r + self.head]);
+        if rollover {
+            for w in &plan.windows {
+                prefetch(&self.wide[QTY * r + self.slot_of_age(w - 1)]);
+            }
+            for a in [plan.stats, plan.profile_days, plan.price] {
+                if a > 0 {
+                    prefetch(&self.wide[QTY * r + self.slot_of_age(a - 1)]);
+                }
+            }
+            let last = self.slot_of_age(r - 1);
+            prefetch(&self.wide[PRICE_SUM * r + last]);
+            prefetch(&self.narrow[STOCK_N * r + last]);
         }
     }
 
@@ -423,27 +647,30 @@ impl PeriodRing {
     /// The periods holding a non-zero total, with their totals (`on_order` and `n` left zero).
     fn used_periods(&self) -> impl Iterator<Item = (Period, Agg)> + '_ {
         let r = self.len();
-        self.used.iter().enumerate().flat_map(move |(w, word)| {
-            let mut bits = *word;
-            std::iter::from_fn(move || {
-                if bits == 0 {
-                    return None;
-                }
-                let s = w * 64 + bits.trailing_zeros() as usize;
-                bits &= bits - 1;
-                let age = (s + r - self.head) % r;
-                let agg = Agg {
-                    qty: self.wide[QTY * r + s],
-                    on_hand: self.wide[ON_HAND * r + s],
-                    price_sum: self.wide[PRICE_SUM * r + s],
-                    price_n: self.narrow[PRICE_N * r + s],
-                    promo_n: self.narrow[PROMO_N * r + s],
-                    stock_n: self.narrow[STOCK_N * r + s],
-                    ..Agg::default()
-                };
-                Some((self.now - age as Period, agg))
+        self.mask(USED)
+            .iter()
+            .enumerate()
+            .flat_map(move |(w, word)| {
+                let mut bits = *word;
+                std::iter::from_fn(move || {
+                    if bits == 0 {
+                        return None;
+                    }
+                    let s = w * 64 + bits.trailing_zeros() as usize;
+                    bits &= bits - 1;
+                    let age = (s + r - self.head) % r;
+                    let agg = Agg {
+                        qty: self.wide[QTY * r + s],
+                        on_hand: self.wide[ON_HAND * r + s],
+                        price_sum: self.wide[PRICE_SUM * r + s],
+                        price_n: self.narrow[PRICE_N * r + s],
+                        promo_n: self.narrow[PROMO_N * r + s],
+                        stock_n: self.narrow[STOCK_N * r + s],
+                        ..Agg::default()
+                    };
+                    Some((self.now - age as Period, agg))
+                })
             })
-        })
     }
 }
 
@@ -497,9 +724,13 @@ pub struct SeriesState {
     calendar: Vec<bool>,
     /// Features in the spec's schema: the capacity of a vector.
     width: usize,
+    /// Periods of the calendar ahead of now (the spec's horizon).
+    horizon: usize,
     /// The largest demand whose square, summed over the statistics window, stays inside
     /// 64 bits.
     square_limit: u64,
+    /// Scratch: the vector being evaluated, copied once into the shared vector returned.
+    out: Vec<i64>,
 }
 
 impl SeriesState {
@@ -521,7 +752,9 @@ impl SeriesState {
             loaded: false,
             calendar: vec![false; (spec.stats_window + spec.horizon) as usize],
             width: spec.schema().features.len(),
+            horizon: spec.horizon as usize,
             square_limit: (i64::MAX / i64::from(spec.stats_window.max(1))).isqrt() as u64,
+            out: Vec::new(),
         }
     }
 
@@ -759,12 +992,138 @@ pub fn compute(spec: &FeatureSpec, now: Period, st: &mut SeriesState) -> Feature
 
     let promo_now = past[s - 1] || st.promo_n[0] > 0;
     out.push(i64::from(promo_now));
-    let ahead = &st.calendar[s..];
-    out.push(ahead.iter().filter(|p| **p).count() as i64);
-    out.extend(ahead.iter().map(|p| i64::from(*p)));
+    push_tail(&mut out, st, tracked);
+    debug_assert_eq!(out.len(), st.width);
+    FeatureVec::from(out)
+}
+
+/// Evaluates every feature of `spec` for a series as of the end of its window, from the
+/// window's running totals ([`PeriodRing`]) and the rest of the series' state in `st` (its
+/// stock position, promotions and reference attributes; `st`'s own window is not read).
+/// Equal to [`compute`] over the same state, which tests check; it reads a few values of the
+/// window where `compute` reads all of them.
+pub fn compute_ring(
+    spec: &FeatureSpec,
+    plan: &RingPlan,
+    ring: &PeriodRing,
+    st: &mut SeriesState,
+) -> FeatureVec {
+    let now = ring.now;
+    st.mark_calendar(spec, now);
+    let mut out = std::mem::take(&mut st.out);
+    out.clear();
+    let features = ring_features(spec, plan, ring, st, &mut out);
+    st.out = out;
+    features
+}
+
+/// [`compute_ring`] once the calendar is marked, into the buffer `out`.
+fn ring_features(
+    spec: &FeatureSpec,
+    plan: &RingPlan,
+    ring: &PeriodRing,
+    st: &SeriesState,
+    out: &mut Vec<i64>,
+) -> FeatureVec {
+    let (r, s) = (plan.retention, plan.stats);
+    for a in 0..=spec.lags as usize {
+        out.push(ring.at(&ring.wide, QTY, a));
+    }
+    out.extend_from_slice(&ring.wide[3 * r..3 * r + plan.windows.len()]);
+    let n = i128::from(spec.stats_window);
+    let var_num = (n * ring.stats_sumsq - ring.stats_sum * ring.stats_sum).max(0);
+    out.push(div_round(ring.stats_sum, n));
+    out.push(((var_num as f64).sqrt() / n as f64).round() as i64);
+    match spec.period {
+        PeriodKind::Day => {
+            let weeks = i128::from(spec.profile_weeks);
+            for total in ring.weekdays {
+                out.push(if weeks > 0 {
+                    div_round(total, weeks)
+                } else {
+                    0
+                });
+            }
+        }
+        PeriodKind::Week => {
+            for h in 0..=spec.horizon as usize {
+                out.push(ring.at(&ring.wide, QTY, WEEKS_PER_YEAR as usize - h));
+            }
+        }
+    }
+    let sold = ring.mask(SOLD);
+    out.push(first_bit(sold).unwrap_or(r) as i64);
+    out.push((s - count_below(sold, s)) as i64);
+
+    // Stock position over every period, inside the window or not.
+    let total = st.stock;
+    let tracked = total.stock_n > 0;
     if tracked {
-        out.push(total.on_hand);
-        out.push(total.on_order.max(0));
+        // Ages of periods whose end is covered by stock data: all of them if stock data lies
+        // outside the window, else those no older than the first period with a stock movement.
+        let oldest_tracked = if i64::from(total.stock_n) > ring.stock_n {
+            usize::MAX
+        } else {
+            last_bit(ring.mask(STOCKED)).unwrap_or(0)
+        };
+        // On hand at the end of the period of age `a` is the total less the changes of the
+        // newer periods; only ages up to the oldest tracked one count.
+        let mut changes = ring.by_age(&ring.wide, ON_HAND, s.min(oldest_tracked) + 1);
+        let newest = changes.next().unwrap_or_default();
+        let (_, stockouts) = changes.fold((total.on_hand - newest, 0), |(end, n), change| {
+            (end - change, n + i64::from(end <= 0))
+        });
+        out.push(stockouts);
+    } else {
+        out.push(MISSING);
+    }
+    let (promoted, past) = (ring.mask(PROMOTED), &st.calendar[..s]);
+    out.push(if st.promos.is_empty() {
+        // No calendar promotion: only periods with sales on promotion count.
+        count_below(promoted, s) as i64
+    } else {
+        (0..s)
+            .filter(|a| bit(promoted, *a) || past[s - 1 - a])
+            .count() as i64
+    });
+
+    let last_price = first_bit(ring.mask(PRICED)).map(|a| {
+        let sum = ring.at(&ring.wide, PRICE_SUM, a);
+        div_round(
+            i128::from(sum),
+            i128::from(ring.at(&ring.narrow, PRICE_N, a)),
+        )
+    });
+    out.push(last_price.unwrap_or(MISSING));
+    let rel = match last_price {
+        Some(last) if ring.price_n > 0 && ring.price_sum > 0 => div_round(
+            i128::from(last) * 1000 * i128::from(ring.price_n),
+            ring.price_sum,
+        ),
+        _ => MISSING,
+    };
+    out.push(rel);
+    out.push(i64::from(past[s - 1] || bit(promoted, 0)));
+    push_tail(out, st, tracked);
+    debug_assert_eq!(out.len(), st.width);
+    FeatureVec::from(&out[..])
+}
+
+/// Pushes the features after the price ones, which both evaluations compute alike: the
+/// calendar ahead, the stock position and the reference attributes.
+fn push_tail(out: &mut Vec<i64>, st: &SeriesState, tracked: bool) {
+    let s = st.calendar.len() - st.horizon;
+    let ahead = &st.calendar[s..];
+    if st.promos.is_empty() {
+        // No calendar promotion: none ahead.
+        out.resize(out.len() + 1 + ahead.len(), 0);
+    } else {
+        out.push(ahead.iter().filter(|p| **p).count() as i64);
+        out.extend(ahead.iter().map(|p| i64::from(*p)));
+    }
+    if tracked {
+        out.push(st.stock.on_hand);
+        out.push(st.stock.on_order.max(0));
     } else {
         out.push(MISSING);
         out.push(MISSING);
@@ -775,8 +1134,6 @@ pub fn compute(spec: &FeatureSpec, now: Period, st: &mut SeriesState) -> Feature
     out.push(item.min_order_qty.unwrap_or(MISSING));
     out.push(i64::from(item.active && st.store_open));
     out.push(item.category.map_or(MISSING, |c| c as i64));
-    debug_assert_eq!(out.len(), st.width);
-    FeatureVec(out)
 }
 
 #[cfg(test)]
@@ -836,6 +1193,7 @@ mod tests {
     fn ring_window_slides_and_loads_like_added_periods() {
         use differential_dataflow::difference::Semigroup;
         let spec = FeatureSpec::daily();
+        let plan = RingPlan::new(&spec);
         let r = spec.retention();
         let agg = |p: Period| Agg {
             n: 1,
@@ -847,29 +1205,34 @@ mod tests {
             stock_n: i32::from(p % 3 == 0),
             on_order: 0,
         };
-        let mut ring = PeriodRing::new(r, 100);
+        let mut ring = PeriodRing::new(&plan, 100);
         for p in [100, 95, 60, 44] {
-            assert_eq!(ring.add(p, &agg(p)), p > 100 - r as Period, "period {p}");
+            assert_eq!(
+                ring.add(&plan, p, &agg(p)),
+                p > 100 - r as Period,
+                "period {p}"
+            );
         }
-        assert!(!ring.add(101, &agg(101)), "ahead of the window");
+        assert!(!ring.add(&plan, 101, &agg(101)), "ahead of the window");
         assert_eq!(ring.occupied(), 3);
-        ring.advance(99);
+        ring.advance(&plan, 99);
         assert_eq!((ring.now(), ring.occupied()), (100, 3), "never moves back");
         // Period 60 leaves when the window ends with 116.
-        ring.advance(115);
+        ring.advance(&plan, 115);
         assert_eq!(ring.occupied(), 3);
-        ring.advance(116);
+        ring.advance(&plan, 116);
         assert_eq!(ring.occupied(), 2);
-        assert!(ring.add(116, &agg(116)));
+        assert!(ring.add(&plan, 116, &agg(116)));
         assert_eq!(ring.occupied(), 3);
 
         let mut stock = Agg::default();
         for p in [100, 95, 60, 44, 116] {
             stock.plus_equals(&agg(p).stock_part());
         }
-        // The same state evaluated from the ring and from its periods added one by one, both
-        // as of the ring's end and as of a later period.
-        for now in [116, 118] {
+        // The same state evaluated from the ring (its running totals, and its rows loaded)
+        // and from its periods added one by one, as of the ring's end and as of later periods.
+        for now in [116, 118, 150] {
+            ring.advance(&plan, now);
             let mut by_add = SeriesState::new(&spec);
             by_add.stock = stock;
             for p in [100, 95, 116] {
@@ -880,6 +1243,7 @@ mod tests {
             by_ring.add(now, now, &agg(7));
             by_ring.clear_context();
             by_ring.stock = stock;
+            assert_eq!(compute_ring(&spec, &plan, &ring, &mut by_ring), expected);
             by_ring.load(now, &ring);
             assert_eq!(compute(&spec, now, &mut by_ring), expected, "as of {now}");
             // A cleared state evaluates like a fresh one.
@@ -889,31 +1253,83 @@ mod tests {
                 compute(&spec, now, &mut SeriesState::new(&spec))
             );
         }
-        ring.advance(116 + r as Period);
+        ring.advance(&plan, 116 + r as Period);
         assert_eq!(ring.occupied(), 0);
+    }
 
-        // A busy series: every period holds sales, so loading copies whole rows.
-        let mut ring = PeriodRing::new(r, 200);
-        let mut stock = Agg::default();
-        for p in 140..=200 {
-            ring.add(p, &agg(p));
-            stock.plus_equals(&agg(p).stock_part());
+    /// A tiny deterministic generator, so the dataflows crate needs no random-number crate.
+    struct Lcg(u64);
+
+    impl Lcg {
+        fn below(&mut self, n: u64) -> u64 {
+            self.0 = self
+                .0
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            (self.0 >> 33) % n
         }
-        ring.advance(203);
-        ring.add(202, &agg(202));
-        stock.plus_equals(&agg(202).stock_part());
-        assert_eq!(ring.occupied(), 54);
-        for now in [203, 205] {
-            let mut by_add = SeriesState::new(&spec);
-            by_add.stock = stock;
-            for p in (148..=200).chain([202]) {
-                by_add.add_to_window(now, p, &agg(p));
+    }
+
+    /// Random period totals (returns, late periods, stock and prices, quantities large enough
+    /// for the 128-bit paths) and window moves of every size: the running totals always give
+    /// what a pass over the loaded window gives, daily, weekly and with a window longer than
+    /// one 64-bit mask.
+    #[test]
+    fn running_totals_match_a_pass_over_the_window() {
+        use differential_dataflow::difference::Semigroup;
+        let mut long = FeatureSpec::daily();
+        long.windows = vec![3, 30, 100];
+        long.stats_window = 70;
+        long.price_window = 65;
+        long.profile_weeks = 10;
+        for (spec, seed) in [
+            (FeatureSpec::daily(), 1),
+            (FeatureSpec::weekly(), 2),
+            (long, 3),
+        ] {
+            spec.validate().unwrap();
+            let plan = RingPlan::new(&spec);
+            let r = spec.retention() as Period;
+            let mut rng = Lcg(seed);
+            let mut ring = PeriodRing::new(&plan, 1000);
+            let mut stock = Agg::default();
+            let mut st = SeriesState::new(&spec);
+            for step in 0..3000 {
+                match rng.below(20) {
+                    0..=13 => {
+                        let p = ring.now() - rng.below(r as u64 + 2) as Period;
+                        let big = rng.below(50) == 0;
+                        let qty = rng.below(9000) as i64 - 2000;
+                        let agg = Agg {
+                            n: 1,
+                            qty: if big { qty << 40 } else { qty },
+                            // Steps of 500, so that on hand often ends a period at exactly zero.
+                            on_hand: (rng.below(9) as i64 - 4) * 500,
+                            price_sum: rng.below(3) as i64 * 1990,
+                            price_n: rng.below(3) as i32 - 1,
+                            promo_n: rng.below(3) as i32 - 1,
+                            stock_n: rng.below(3) as i32 - 1,
+                            on_order: 0,
+                        };
+                        if !ring.add(&plan, p, &agg) {
+                            assert!(p <= ring.now() - r, "period {p} refused");
+                        }
+                        stock.plus_equals(&agg.stock_part());
+                    }
+                    14..=17 => ring.advance(&plan, ring.now() + 1),
+                    18 => ring.advance(&plan, ring.now() + rng.below(r as u64) as Period),
+                    _ => ring.advance(&plan, ring.now() + r + rng.below(3) as Period),
+                }
+                st.clear_context();
+                st.stock = stock;
+                if rng.below(4) == 0 {
+                    st.promos.push((ring.now() - 5, ring.now() + 3));
+                }
+                let fast = compute_ring(&spec, &plan, &ring, &mut st);
+                st.load(ring.now(), &ring);
+                let full = compute(&spec, ring.now(), &mut st);
+                assert_eq!(fast, full, "{:?} step {step}", spec.period);
             }
-            let expected = compute(&spec, now, &mut by_add);
-            let mut by_ring = SeriesState::new(&spec);
-            by_ring.stock = stock;
-            by_ring.load(now, &ring);
-            assert_eq!(compute(&spec, now, &mut by_ring), expected, "as of {now}");
         }
     }
 }

@@ -9,16 +9,18 @@
 //! - [`time`]: periods (UTC days or ISO weeks) and epochs.
 //! - [`model`]: keys, events, the per-period totals used as the dataflow's difference type.
 //! - [`features`]: the feature spec, its schema, and the evaluation of one series' features.
-//! - [`input`]: the per-worker input stage: turns events into per-period totals, moves every
-//!   series' clock at period rollovers, refuses events too old to matter, applies promotion
-//!   upserts.
+//! - [`input`]: the per-worker input stage: turns events into per-period totals, registers
+//!   series, sends a tick when a period begins, refuses events too old to matter, applies
+//!   promotion upserts.
 //! - [`dataflow`]: the differential dataflow from those inputs to changed feature vectors,
 //!   ending in the `series_features` operator that owns each series' state.
+//! - [`table`]: that operator's table of series, built for lookups prefetched in stages.
 
 pub mod dataflow;
 pub mod features;
 pub mod input;
 pub mod model;
+pub mod table;
 pub mod time;
 
 pub use features::{FeatureSpec, Schema};

@@ -365,8 +365,23 @@ pub enum Rec {
 pub const MISSING: i64 = i64::MIN;
 
 /// A feature vector in the schema's order, each value scaled by its feature's scale.
+///
+/// The values are shared: the features operator keeps the vector it emitted and sends the same
+/// one on, and a clone costs a reference count rather than a copy of every value.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct FeatureVec(pub Vec<i64>);
+pub struct FeatureVec(pub std::sync::Arc<[i64]>);
+
+impl From<Vec<i64>> for FeatureVec {
+    fn from(values: Vec<i64>) -> Self {
+        FeatureVec(values.into())
+    }
+}
+
+impl From<&[i64]> for FeatureVec {
+    fn from(values: &[i64]) -> Self {
+        FeatureVec(values.into())
+    }
+}
 
 impl FeatureVec {
     /// The raw scaled value of feature `i`, or `None` when missing.

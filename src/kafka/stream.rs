@@ -1689,7 +1689,7 @@ mod tests {
             frontier,
             changed: changed
                 .into_iter()
-                .map(|e| (e, key, FeatureVec(vec![e as i64])))
+                .map(|e| (e, key, FeatureVec::from(vec![e as i64])))
                 .collect(),
             names: Vec::new(),
             offsets: vec![

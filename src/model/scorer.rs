@@ -198,7 +198,7 @@ mod tests {
             .map(|n| {
                 let mut v = vec![0; schema.features.len()];
                 v[i] = n * 4000;
-                FeatureVec(v)
+                FeatureVec::from(v)
             })
             .collect();
         let refs: Vec<&FeatureVec> = vecs.iter().collect();

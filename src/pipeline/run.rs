@@ -8,7 +8,9 @@
 //!
 //! # Error handling
 //! Events the input stage refuses come back in [`EpochOutput::rejected`]; a worker panic (a bug)
-//! is reported as [`RunError::Worker`].
+//! is reported as [`RunError::Worker`]. The panicking worker raises a flag on its way out, and
+//! its peers, which would otherwise wait forever for progress it will never make, drop their
+//! dataflows and stop: the run ends with the panic instead of hanging.
 //!
 //! # Shutdown
 //! Workers stop after the last step: inputs are closed and the dataflow drains.
@@ -16,6 +18,7 @@
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 
@@ -51,6 +54,27 @@ struct Report {
     epoch: Epoch,
     changed: Vec<(Key, FeatureVec)>,
     rejected: Vec<(u32, Rejection)>,
+}
+
+/// Raised by a worker that panics; see the module docs.
+#[derive(Clone, Default)]
+struct Abort(Arc<AtomicBool>);
+
+impl Abort {
+    fn raised(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// Raises its flag when dropped by a panicking thread.
+struct RaiseOnPanic(Abort);
+
+impl Drop for RaiseOnPanic {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            (self.0).0.store(true, Ordering::SeqCst);
+        }
+    }
 }
 
 /// Changed series collected from the dataflow on one worker, with the epoch they changed in.
@@ -112,7 +136,9 @@ pub fn run(
     // Bounded so workers cannot run far ahead of a slow consumer.
     let (tx, rx) = mpsc::sync_channel::<Report>(256);
     let spec = spec.clone();
+    let abort = Abort::default();
     let guards = timely::execute(timely::Config::process(workers), move |worker| {
+        let _raise = RaiseOnPanic(abort.clone());
         let index = worker.index();
         let peers = worker.peers();
         let tx = tx.clone();
@@ -133,7 +159,14 @@ pub fn run(
             let next = plan.steps.get(s + 1).map_or(step.epoch + 1, |n| n.epoch);
             input.advance_to(next);
             input.flush();
-            worker.step_while(|| probe.less_than(&next));
+            worker.step_while(|| probe.less_than(&next) && !abort.raised());
+            if abort.raised() {
+                // A peer panicked: its share of the epoch will never come.
+                for dataflow in worker.installed_dataflows() {
+                    worker.drop_dataflow(dataflow);
+                }
+                break;
+            }
             let mut changed: Vec<(Key, FeatureVec)> = Vec::new();
             sink.borrow_mut().retain(|(time, key, vec)| {
                 if *time <= step.epoch {

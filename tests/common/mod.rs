@@ -81,17 +81,17 @@ pub fn reference(
                 .filter(|p| p.sku == key.sku && p.store.is_none_or(|s| s == key.store))
                 .map(|p| (p.start, p.end))
                 .collect();
-            let mut v = series(clock, spec, now, &evs, &promos);
+            let mut v = series(clock, spec, now, &evs, &promos).0.to_vec();
             let item = items.get(&key.sku).copied().unwrap_or_default();
             let open = stores.get(&key.store).copied().unwrap_or(true);
-            v.0.extend([
+            v.extend([
                 item.lead_time_days.unwrap_or(MISSING),
                 item.pack_size.unwrap_or(MISSING),
                 item.min_order_qty.unwrap_or(MISSING),
                 i64::from(item.active && open),
                 item.category.map_or(MISSING, |c| c as i64),
             ]);
-            (key, v)
+            (key, FeatureVec::from(v))
         })
         .collect();
     (table, too_late)
@@ -226,7 +226,7 @@ fn series(
         out.push(MISSING);
         out.push(MISSING);
     }
-    FeatureVec(out)
+    FeatureVec::from(out)
 }
 
 /// A small spec whose windows expire quickly, to exercise sliding and retention.

@@ -1,10 +1,12 @@
 //! Criterion micro-benchmarks of the pure hot paths: decoding a sale row, and evaluating one
-//! series' features (done once per changed series per epoch).
+//! series' features (done once per changed series per epoch), both with the full pass over
+//! the window (`compute`, the definition) and from a window's running totals (`compute_ring`,
+//! what the features operator runs).
 
 use std::collections::HashMap;
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
-use dataflows::features::{compute, SeriesState};
+use dataflows::features::{compute, compute_ring, PeriodRing, RingPlan, SeriesState};
 use dataflows::{Agg, FeatureSpec};
 use stockcast::decode::{self, CsvRow};
 
@@ -45,6 +47,20 @@ fn decode_sale(c: &mut Criterion) {
     });
 }
 
+/// The totals of the period of age `age` in a busy series: two priced sales and a stock
+/// movement every period.
+fn period_totals(age: i32) -> Agg {
+    Agg {
+        n: 2,
+        qty: 1000 + i64::from(age % 5) * 1000,
+        price_sum: 3980,
+        price_n: 2,
+        on_hand: -1000,
+        stock_n: 1,
+        ..Agg::default()
+    }
+}
+
 fn evaluate_features(c: &mut Criterion) {
     for spec in [FeatureSpec::daily(), FeatureSpec::weekly()] {
         let mut st = SeriesState::new(&spec);
@@ -54,15 +70,7 @@ fn evaluate_features(c: &mut Criterion) {
             b.iter(|| {
                 st.clear();
                 for age in 0..spec.retention() as i32 {
-                    let agg = Agg {
-                        n: 2,
-                        qty: 1000 + i64::from(age % 5) * 1000,
-                        price_sum: 3980,
-                        price_n: 2,
-                        on_hand: -1000,
-                        ..Agg::default()
-                    };
-                    st.add(now, now - age, &agg);
+                    st.add(now, now - age, &period_totals(age));
                 }
                 black_box(compute(&spec, now, &mut st))
             })
@@ -70,5 +78,29 @@ fn evaluate_features(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, decode_sale, evaluate_features);
+fn evaluate_from_running_totals(c: &mut Criterion) {
+    for spec in [FeatureSpec::daily(), FeatureSpec::weekly()] {
+        let plan = RingPlan::new(&spec);
+        let now = 20_000;
+        let mut ring = PeriodRing::new(&plan, now);
+        let mut st = SeriesState::new(&spec);
+        for age in 0..spec.retention() as i32 {
+            let agg = period_totals(age);
+            ring.add(&plan, now - age, &agg);
+            st.stock.on_hand += agg.on_hand;
+            st.stock.stock_n += agg.stock_n;
+        }
+        let name = format!("features/compute_ring_{:?}", spec.period).to_lowercase();
+        c.bench_function(&name, |b| {
+            b.iter(|| black_box(compute_ring(&spec, &plan, black_box(&ring), &mut st)))
+        });
+    }
+}
+
+criterion_group!(
+    benches,
+    decode_sale,
+    evaluate_features,
+    evaluate_from_running_totals
+);
 criterion_main!(benches);

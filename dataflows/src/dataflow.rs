@@ -22,6 +22,7 @@
 //! an insertion of the new vector for each series whose features changed, and nothing else.
 
 use std::cell::Cell;
+use std::hash::Hasher;
 use std::rc::Rc;
 
 use differential_dataflow::difference::{IsZero, Semigroup};
@@ -34,7 +35,7 @@ use timely::dataflow::Scope;
 
 use crate::features::{compute_ring, prefetch, FeatureSpec, PeriodRing, RingPlan, SeriesState};
 use crate::input::Inputs;
-use crate::model::{Agg, FeatureVec, Key, Rec};
+use crate::model::{Agg, FeatureVec, IdHasher, Key, Rec};
 use crate::table::{self, SeriesTable};
 use crate::time::{Epoch, Period};
 
@@ -162,13 +163,41 @@ struct Series {
     others: Vec<(Rec, Agg)>,
     /// The features last emitted, which are those of the records; `None` before the series
     /// was registered.
-    features: Option<FeatureVec>,
+    features: Option<Emitted>,
     /// Workers that registered the series (its `Registered` record, kept apart from the
     /// others because every evaluation asks for it).
     registrations: i32,
     /// The last batch of completed epochs in which the series had updates, so that a
     /// rollover's pass over all series skips those already evaluated.
     batch: u64,
+}
+
+/// A feature vector as emitted, with a fingerprint of its values. Vectors with different
+/// fingerprints differ, so telling whether a series' features changed rarely reads the values
+/// of the vector emitted before, which have usually left the cache by then.
+#[derive(Clone, Debug)]
+struct Emitted {
+    vec: FeatureVec,
+    fingerprint: u64,
+}
+
+impl Emitted {
+    fn new(vec: FeatureVec) -> Self {
+        let mut h = IdHasher::default();
+        for v in vec.0.iter() {
+            h.write_i64(*v);
+        }
+        Emitted {
+            fingerprint: h.finish(),
+            vec,
+        }
+    }
+}
+
+impl PartialEq for Emitted {
+    fn eq(&self, other: &Self) -> bool {
+        self.fingerprint == other.fingerprint && self.vec == other.vec
+    }
 }
 
 /// What evaluating a series takes besides the series.
@@ -224,9 +253,8 @@ impl Series {
     /// moving the window by a period reads too.
     fn prefetch(&self, plan: &RingPlan, rollover: bool) {
         if let Some(f) = &self.features {
-            for line in f.0.chunks(8) {
-                prefetch(line.as_ptr());
-            }
+            // Only its reference counts: the values are compared by fingerprint.
+            prefetch(f.vec.0.as_ptr());
         }
         prefetch(self.others.as_ptr());
         if let Some(w) = &self.window {
@@ -241,10 +269,12 @@ impl Series {
 
     /// The features as of period `now` (`None` before the series was registered or any
     /// period began), after moving the window to it.
-    fn features_at(&mut self, ev: &mut Evaluator, now: Option<Period>) -> Option<FeatureVec> {
+    fn features_at(&mut self, ev: &mut Evaluator, now: Option<Period>) -> Option<Emitted> {
         let now = now.filter(|_| self.registered())?;
         self.advance(&ev.plan, now);
-        self.window.as_ref().map(|w| self.evaluate(ev, w))
+        self.window
+            .as_ref()
+            .map(|w| Emitted::new(self.evaluate(ev, w)))
     }
 
     /// Records held: periods with data in the window, and the others.
@@ -325,17 +355,17 @@ fn emit<CB>(
     session: &mut CB,
     key: Key,
     time: Epoch,
-    old: &mut Option<FeatureVec>,
-    new: Option<FeatureVec>,
+    old: &mut Option<Emitted>,
+    new: Option<Emitted>,
 ) where
     CB: FnMut(((Key, FeatureVec), Epoch, isize)),
 {
     if new != *old {
         if let Some(o) = old.take() {
-            session(((key, o), time, -1));
+            session(((key, o.vec), time, -1));
         }
         if let Some(n) = &new {
-            session(((key, n.clone()), time, 1));
+            session(((key, n.vec.clone()), time, 1));
         }
         *old = new;
     }

@@ -2,8 +2,11 @@
 //!
 //! A series' state is a handful of per-period totals ([`Agg`]) inside a retention window of
 //! [`FeatureSpec::retention`] periods ([`PeriodRing`]), its stock position over all periods, the
-//! calendar promotions that apply to it, and the current period (`Clock`). Every feature is a
-//! pure function of that state; [`compute`] evaluates them all in schema order.
+//! calendar promotions that apply to it, and the current period. Every feature is a pure
+//! function of that state; [`compute`] evaluates them all in schema order with one pass over the
+//! window by age, and is the definition. [`compute_ring`] evaluates the same from the running
+//! totals a [`PeriodRing`] keeps (its [`RingPlan`] says which), reading a few values instead of
+//! the window; the features operator uses it, and debug builds check it against [`compute`].
 
 use serde::{Deserialize, Serialize};
 

@@ -22,7 +22,6 @@
 //! an insertion of the new vector for each series whose features changed, and nothing else.
 
 use std::cell::Cell;
-use std::hash::Hasher;
 use std::rc::Rc;
 
 use differential_dataflow::difference::{IsZero, Semigroup};
@@ -35,7 +34,7 @@ use timely::dataflow::Scope;
 
 use crate::features::{compute_ring, prefetch, FeatureSpec, PeriodRing, RingPlan, SeriesState};
 use crate::input::Inputs;
-use crate::model::{Agg, FeatureVec, IdHasher, Key, Rec};
+use crate::model::{Agg, FeatureVec, Key, Rec};
 use crate::table::{self, SeriesTable};
 use crate::time::{Epoch, Period};
 
@@ -183,15 +182,24 @@ struct Emitted {
 
 impl Emitted {
     fn new(vec: FeatureVec) -> Self {
-        let mut h = IdHasher::default();
-        for v in vec.0.iter() {
-            h.write_i64(*v);
-        }
         Emitted {
-            fingerprint: h.finish(),
+            fingerprint: fingerprint(&vec.0),
             vec,
         }
     }
+}
+
+/// A cheap fingerprint of feature values: their sum weighted by distinct odd numbers, so that
+/// a change of any single value changes it. The products are independent of each other, so
+/// the processor overlaps them (a hasher's chain of multiplications cannot be overlapped). A
+/// collision only costs a comparison of the values.
+fn fingerprint(values: &[i64]) -> u64 {
+    values
+        .iter()
+        .zip((1u64..).step_by(2))
+        .fold(0, |sum, (v, weight)| {
+            sum.wrapping_add((*v as u64).wrapping_mul(weight))
+        })
 }
 
 impl PartialEq for Emitted {
@@ -218,9 +226,17 @@ impl Series {
             match &mut self.window {
                 // A period older than the window adds to the stock position only.
                 Some(w) if p <= w.now() => {
-                    w.add(plan, p, diff);
+                    if !w.add(plan, p, diff) && diff.on_hand != 0 {
+                        w.stock_levels_moved();
+                    }
                 }
-                _ => accumulate(&mut self.others, rec, diff),
+                Some(w) => {
+                    if diff.on_hand != 0 {
+                        w.stock_levels_moved();
+                    }
+                    accumulate(&mut self.others, rec, diff)
+                }
+                None => accumulate(&mut self.others, rec, diff),
             }
         } else if rec == Rec::Registered {
             self.registrations += diff.n;
@@ -235,7 +251,7 @@ impl Series {
         let window = self
             .window
             .get_or_insert_with(|| PeriodRing::new(plan, now));
-        window.advance(plan, now);
+        window.advance(plan, now, self.stock.on_hand);
         // Periods sort first among the other records, oldest first.
         let due = self
             .others
@@ -245,8 +261,13 @@ impl Series {
         for (rec, agg) in self.others.drain(..due) {
             if let Rec::Period(p) = rec {
                 window.add(plan, p, &agg);
+                if agg.on_hand != 0 {
+                    // Its stock was in the total already.
+                    window.stock_levels_moved();
+                }
             }
         }
+        window.refresh_stock_levels(self.stock.on_hand);
     }
 
     /// Asks the processor to fetch what the next evaluation will read; with `rollover`, what

@@ -333,7 +333,8 @@ pub struct PeriodRing {
     narrow: Box<[i32]>,
     /// Masks of `words` words each: slots holding a non-zero total (bit `s % 64` of word
     /// `s / 64` for slot `s`), then ages with net units above zero, with sales on promotion,
-    /// with priced sales and with stock movements (bit `a` for age `a`).
+    /// with priced sales, with stock movements, and (ages from 1 on) whose period ended with
+    /// on hand at or below zero (bit `a` for age `a`).
     bits: Box<[u64]>,
     /// Net units over the statistics window.
     stats_sum: i128,
@@ -347,6 +348,11 @@ pub struct PeriodRing {
     price_n: i64,
     /// Stock movements over the whole window.
     stock_n: i64,
+    /// Whether the `LOW` mask holds the ages whose period ended with nothing on hand, given
+    /// the series' stock total. Changes of the newest period move the total and the levels
+    /// of that period alike, leaving the older periods' levels as they were; any other stock
+    /// change moves them all, and the mask is rebuilt before it is read again.
+    levels_known: bool,
 }
 
 /// Rows of [`PeriodRing::wide`] and [`PeriodRing::narrow`].
@@ -362,7 +368,8 @@ const SOLD: usize = 1;
 const PROMOTED: usize = 2;
 const PRICED: usize = 3;
 const STOCKED: usize = 4;
-const MASKS: usize = 5;
+const LOW: usize = 5;
+const MASKS: usize = 6;
 
 /// Whether bit `i` of a mask is set.
 fn bit(mask: &[u64], i: usize) -> bool {
@@ -429,6 +436,7 @@ impl PeriodRing {
             price_sum: 0,
             price_n: 0,
             stock_n: 0,
+            levels_known: false,
         }
     }
 
@@ -502,11 +510,16 @@ impl PeriodRing {
 
     /// Adds `agg` to the totals of period `p` and to the running totals it falls in; returns
     /// false, changing nothing, when `p` lies outside the window. The stock position's
-    /// `on_order` is not kept per period.
+    /// `on_order` is not kept per period. `agg` counts as new stock: the series' stock total
+    /// grows by it too (a period moved in from elsewhere calls for
+    /// [`PeriodRing::stock_levels_moved`]).
     pub fn add(&mut self, plan: &RingPlan, p: Period, agg: &Agg) -> bool {
         let Some(age) = self.age(p) else {
             return false;
         };
+        if age > 0 && agg.on_hand != 0 {
+            self.levels_known = false;
+        }
         let (r, s) = (self.len(), self.slot_of_age(age));
         let old_qty = self.wide[QTY * r + s];
         let qty = old_qty + agg.qty;
@@ -551,9 +564,10 @@ impl PeriodRing {
     }
 
     /// Moves the window forward to end with `now`, taking the periods that leave each window
-    /// out of its running totals and emptying the slots of those that leave the retention. A
-    /// `now` before the window's changes nothing.
-    pub fn advance(&mut self, plan: &RingPlan, now: Period) {
+    /// out of its running totals and emptying the slots of those that leave the retention;
+    /// `on_hand` is the series' stock total, which every period that begins ends with so far.
+    /// A `now` before the window's changes nothing.
+    pub fn advance(&mut self, plan: &RingPlan, now: Period, on_hand: i64) {
         let Ok(shift) = usize::try_from(i64::from(now) - i64::from(self.now)) else {
             return;
         };
@@ -563,12 +577,37 @@ impl PeriodRing {
             return;
         }
         for _ in 0..shift {
-            self.step(plan);
+            self.step(plan, on_hand);
         }
     }
 
-    /// Moves the window forward by one period.
-    fn step(&mut self, plan: &RingPlan) {
+    /// Notes that the stock total changed by a period outside the window (older than it,
+    /// ahead of it, or moved into it from elsewhere): the level every period ended with moves.
+    pub fn stock_levels_moved(&mut self) {
+        self.levels_known = false;
+    }
+
+    /// Rebuilds the mask of periods that ended with nothing on hand, if a stock change since
+    /// made it stale, from the series' stock total `on_hand`: a pass over the stock changes
+    /// of the whole window.
+    pub fn refresh_stock_levels(&mut self, on_hand: i64) {
+        if self.levels_known {
+            return;
+        }
+        let r = self.len();
+        self.mask_mut(LOW).fill(0);
+        let mut end = on_hand;
+        for a in 1..r {
+            end -= self.at(&self.wide, ON_HAND, a - 1);
+            if end <= 0 {
+                set_bit(self.mask_mut(LOW), a, true);
+            }
+        }
+        self.levels_known = true;
+    }
+
+    /// Moves the window forward by one period; the period of age 0 ended with `on_hand`.
+    fn step(&mut self, plan: &RingPlan, on_hand: i64) {
         let r = self.len();
         // The periods at the last age of each window leave it.
         for (i, w) in plan.windows.iter().enumerate() {
@@ -591,8 +630,11 @@ impl PeriodRing {
             self.price_n -= i64::from(self.at(&self.narrow, PRICE_N, a));
         }
         self.stock_n -= i64::from(self.at(&self.narrow, STOCK_N, r - 1));
-        for m in [SOLD, PROMOTED, PRICED, STOCKED] {
+        for m in [SOLD, PROMOTED, PRICED, STOCKED, LOW] {
             shift_up(self.mask_mut(m), r);
+        }
+        if r > 1 && on_hand <= 0 {
+            set_bit(self.mask_mut(LOW), 1, true);
         }
         // The oldest period's slot becomes the new period's, empty.
         self.head = if self.head == 0 { r - 1 } else { self.head - 1 };
@@ -614,8 +656,10 @@ impl PeriodRing {
         let r = self.len();
         prefetch(self.bits.as_ptr());
         prefetch(&self.wide[3 * r]);
-        for a in (0..=plan.stats.min(r - 1)).step_by(8) {
-            prefetch(&self.wide[ON_HAND * r + self.slot_of_age(a)]);
+        if !self.levels_known {
+            for a in (0..=plan.stats.min(r - 1)).step_by(8) {
+                prefetch(&self.wide[ON_HAND * r + self.slot_of_age(a)]);
+            }
         }
         prefetch(&self.wide[QTY * r + self.head]);
         prefetch(&self.narrow[PRICE_N * r + self.head]);
@@ -1070,12 +1114,18 @@ fn ring_features(
             last_bit(ring.mask(STOCKED)).unwrap_or(0)
         };
         // On hand at the end of the period of age `a` is the total less the changes of the
-        // newer periods; only ages up to the oldest tracked one count.
-        let mut changes = ring.by_age(&ring.wide, ON_HAND, s.min(oldest_tracked) + 1);
-        let newest = changes.next().unwrap_or_default();
-        let (_, stockouts) = changes.fold((total.on_hand - newest, 0), |(end, n), change| {
-            (end - change, n + i64::from(end <= 0))
-        });
+        // newer periods; only ages from 1 up to the oldest tracked one count.
+        let oldest = s.min(oldest_tracked);
+        let stockouts = if ring.levels_known {
+            count_below(ring.mask(LOW), oldest + 1) as i64
+        } else {
+            let mut changes = ring.by_age(&ring.wide, ON_HAND, oldest + 1);
+            let newest = changes.next().unwrap_or_default();
+            let (_, stockouts) = changes.fold((total.on_hand - newest, 0), |(end, n), change| {
+                (end - change, n + i64::from(end <= 0))
+            });
+            stockouts
+        };
         out.push(stockouts);
     } else {
         out.push(MISSING);
@@ -1218,12 +1268,12 @@ mod tests {
         }
         assert!(!ring.add(&plan, 101, &agg(101)), "ahead of the window");
         assert_eq!(ring.occupied(), 3);
-        ring.advance(&plan, 99);
+        ring.advance(&plan, 99, 0);
         assert_eq!((ring.now(), ring.occupied()), (100, 3), "never moves back");
         // Period 60 leaves when the window ends with 116.
-        ring.advance(&plan, 115);
+        ring.advance(&plan, 115, 0);
         assert_eq!(ring.occupied(), 3);
-        ring.advance(&plan, 116);
+        ring.advance(&plan, 116, 0);
         assert_eq!(ring.occupied(), 2);
         assert!(ring.add(&plan, 116, &agg(116)));
         assert_eq!(ring.occupied(), 3);
@@ -1235,7 +1285,7 @@ mod tests {
         // The same state evaluated from the ring (its running totals, and its rows loaded)
         // and from its periods added one by one, as of the ring's end and as of later periods.
         for now in [116, 118, 150] {
-            ring.advance(&plan, now);
+            ring.advance(&plan, now, stock.on_hand);
             let mut by_add = SeriesState::new(&spec);
             by_add.stock = stock;
             for p in [100, 95, 116] {
@@ -1256,7 +1306,7 @@ mod tests {
                 compute(&spec, now, &mut SeriesState::new(&spec))
             );
         }
-        ring.advance(&plan, 116 + r as Period);
+        ring.advance(&plan, 116 + r as Period, 0);
         assert_eq!(ring.occupied(), 0);
     }
 
@@ -1316,12 +1366,23 @@ mod tests {
                         };
                         if !ring.add(&plan, p, &agg) {
                             assert!(p <= ring.now() - r, "period {p} refused");
+                            ring.stock_levels_moved();
                         }
                         stock.plus_equals(&agg.stock_part());
                     }
-                    14..=17 => ring.advance(&plan, ring.now() + 1),
-                    18 => ring.advance(&plan, ring.now() + rng.below(r as u64) as Period),
-                    _ => ring.advance(&plan, ring.now() + r + rng.below(3) as Period),
+                    14..=17 => ring.advance(&plan, ring.now() + 1, stock.on_hand),
+                    18 => {
+                        let now = ring.now() + rng.below(r as u64) as Period;
+                        ring.advance(&plan, now, stock.on_hand)
+                    }
+                    _ => {
+                        let now = ring.now() + r + rng.below(3) as Period;
+                        ring.advance(&plan, now, stock.on_hand)
+                    }
+                }
+                // Mostly from the mask of stock-outs kept up to date, sometimes from a pass.
+                if rng.below(3) > 0 {
+                    ring.refresh_stock_levels(stock.on_hand);
                 }
                 st.clear_context();
                 st.stock = stock;

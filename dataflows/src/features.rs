@@ -312,9 +312,12 @@ impl RingPlan {
 /// what the windowed features read, so that evaluating a series reads a few values instead of
 /// its whole history.
 ///
-/// Period totals are stored densely, field by field, one slot per period. Slots run backwards
-/// in time: the period of age `a` (`now - a`) lives in slot `(head + a) % R`, and a rollover
-/// reuses the slot of the period that leaves the window for the one that enters it. Beside
+/// Period totals are stored densely, one slot per period: the net units in a row of their own
+/// (the lags and the rolling windows read several periods' units at once), the other totals
+/// of a slot together in half a cache line (a change of a period writes one line, not one per
+/// field). Slots run backwards in time: the period of age `a` (`now - a`) lives in slot
+/// `(head + a) % R`, and a rollover reuses the slot of the period that leaves the window for
+/// the one that enters it. Beside
 /// them: the units of each rolling window, the statistics window's units and squares, the
 /// weekday profile's units by weekday, the price window's prices, and masks by age of the
 /// periods with sales, promotion sales, prices and stock movements. Every change of a period
@@ -326,11 +329,11 @@ pub struct PeriodRing {
     now: Period,
     /// The slot of age 0.
     head: usize,
-    /// Net units sold, change of on-hand stock and sum of unit prices (`R` slots each), then
-    /// the net units of each rolling window, in the plan's order.
-    wide: Box<[i64]>,
-    /// Priced sales, sales on promotion and stock movements: `R` slots each.
-    narrow: Box<[i32]>,
+    /// Net units sold (`R` slots), then the net units of each rolling window, in the plan's
+    /// order.
+    qty: Box<[i64]>,
+    /// The other totals, `R` slots.
+    slots: Box<[Slot]>,
     /// Masks of `words` words each: slots holding a non-zero total (bit `s % 64` of word
     /// `s / 64` for slot `s`), then ages with net units above zero, with sales on promotion,
     /// with priced sales, with stock movements, and (ages from 1 on) whose period ended with
@@ -355,13 +358,22 @@ pub struct PeriodRing {
     levels_known: bool,
 }
 
-/// Rows of [`PeriodRing::wide`] and [`PeriodRing::narrow`].
-const QTY: usize = 0;
-const ON_HAND: usize = 1;
-const PRICE_SUM: usize = 2;
-const PRICE_N: usize = 0;
-const PROMO_N: usize = 1;
-const STOCK_N: usize = 2;
+/// The totals of one period of a [`PeriodRing`] other than its net units; aligned so that a
+/// slot never straddles two cache lines.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C, align(32))]
+struct Slot {
+    /// Change of on-hand stock, milli-units.
+    on_hand: i64,
+    /// Sum of unit prices over priced sales, milli-currency.
+    price_sum: i64,
+    /// Priced sales.
+    price_n: i32,
+    /// Sales on promotion.
+    promo_n: i32,
+    /// Stock movements.
+    stock_n: i32,
+}
 /// Masks of [`PeriodRing::bits`].
 const USED: usize = 0;
 const SOLD: usize = 1;
@@ -427,8 +439,8 @@ impl PeriodRing {
         PeriodRing {
             now,
             head: 0,
-            wide: vec![0; 3 * r + plan.windows.len()].into_boxed_slice(),
-            narrow: vec![0; 3 * r].into_boxed_slice(),
+            qty: vec![0; r + plan.windows.len()].into_boxed_slice(),
+            slots: vec![Slot::default(); r].into_boxed_slice(),
             bits: vec![0; MASKS * plan.words.max(1)].into_boxed_slice(),
             stats_sum: 0,
             stats_sumsq: 0,
@@ -442,12 +454,12 @@ impl PeriodRing {
 
     /// Periods in the window.
     pub fn len(&self) -> usize {
-        self.narrow.len() / 3
+        self.slots.len()
     }
 
     /// Never true: a window holds at least one period.
     pub fn is_empty(&self) -> bool {
-        self.narrow.is_empty()
+        self.slots.is_empty()
     }
 
     /// The newest period in the window.
@@ -488,24 +500,19 @@ impl PeriodRing {
             .filter(|a| *a < self.len())
     }
 
-    /// Entry `row` of `rows` for the period of age `a`.
-    fn at<T: Copy>(&self, rows: &[T], row: usize, a: usize) -> T {
-        rows[row * self.len() + self.slot_of_age(a)]
+    /// Net units of the period of age `a`.
+    fn qty_at(&self, a: usize) -> i64 {
+        self.qty[self.slot_of_age(a)]
     }
 
-    /// Entries `row` of `rows` for the periods of ages `0..n` (`n` at most the retention), in
-    /// age order: the row from the head on, then from its start.
-    fn by_age<'r, T: Copy>(
-        &self,
-        rows: &'r [T],
-        row: usize,
-        n: usize,
-    ) -> impl Iterator<Item = T> + 'r {
-        let (r, h) = (self.len(), self.head);
-        let src = &rows[row * r..(row + 1) * r];
-        let first = &src[h..(h + n).min(r)];
-        let wrapped = &src[..(h + n).saturating_sub(r)];
-        first.iter().chain(wrapped).copied()
+    /// The other totals of the period of age `a`.
+    fn slot_at(&self, a: usize) -> &Slot {
+        &self.slots[self.slot_of_age(a)]
+    }
+
+    /// The net units of each rolling window, in the plan's order.
+    fn window_sums(&self) -> &[i64] {
+        &self.qty[self.len()..]
     }
 
     /// Adds `agg` to the totals of period `p` and to the running totals it falls in; returns
@@ -521,25 +528,21 @@ impl PeriodRing {
             self.levels_known = false;
         }
         let (r, s) = (self.len(), self.slot_of_age(age));
-        let old_qty = self.wide[QTY * r + s];
+        let old_qty = self.qty[s];
         let qty = old_qty + agg.qty;
-        let wide = &mut self.wide;
-        wide[QTY * r + s] = qty;
-        wide[ON_HAND * r + s] += agg.on_hand;
-        wide[PRICE_SUM * r + s] += agg.price_sum;
-        let narrow = &mut self.narrow;
-        narrow[PRICE_N * r + s] += agg.price_n;
-        narrow[PROMO_N * r + s] += agg.promo_n;
-        narrow[STOCK_N * r + s] += agg.stock_n;
-        let used = (0..3).any(|row| wide[row * r + s] != 0 || narrow[row * r + s] != 0);
-        let (priced, promoted, stocked) = (
-            narrow[PRICE_N * r + s] > 0,
-            narrow[PROMO_N * r + s] > 0,
-            narrow[STOCK_N * r + s] > 0,
-        );
+        self.qty[s] = qty;
+        let slot = &mut self.slots[s];
+        slot.on_hand += agg.on_hand;
+        slot.price_sum += agg.price_sum;
+        slot.price_n += agg.price_n;
+        slot.promo_n += agg.promo_n;
+        slot.stock_n += agg.stock_n;
+        let slot = *slot;
+        let used = qty != 0 || slot != Slot::default();
+        let (priced, promoted, stocked) = (slot.price_n > 0, slot.promo_n > 0, slot.stock_n > 0);
         for (i, w) in plan.windows.iter().enumerate() {
             if age < *w {
-                wide[3 * r + i] += agg.qty;
+                self.qty[r + i] += agg.qty;
             }
         }
         if age < plan.stats {
@@ -598,7 +601,7 @@ impl PeriodRing {
         self.mask_mut(LOW).fill(0);
         let mut end = on_hand;
         for a in 1..r {
-            end -= self.at(&self.wide, ON_HAND, a - 1);
+            end -= self.slot_at(a - 1).on_hand;
             if end <= 0 {
                 set_bit(self.mask_mut(LOW), a, true);
             }
@@ -611,25 +614,26 @@ impl PeriodRing {
         let r = self.len();
         // The periods at the last age of each window leave it.
         for (i, w) in plan.windows.iter().enumerate() {
-            let leaving = self.at(&self.wide, QTY, w - 1);
-            self.wide[3 * r + i] -= leaving;
+            let leaving = self.qty_at(w - 1);
+            self.qty[r + i] -= leaving;
         }
         if plan.stats > 0 {
-            let q = i128::from(self.at(&self.wide, QTY, plan.stats - 1));
+            let q = i128::from(self.qty_at(plan.stats - 1));
             self.stats_sum -= q;
             self.stats_sumsq -= q * q;
         }
         if plan.profile_days > 0 {
             let a = plan.profile_days - 1;
-            let q = self.at(&self.wide, QTY, a);
+            let q = self.qty_at(a);
             self.weekdays[weekday_of_day(self.now - a as Period)] -= i128::from(q);
         }
         if plan.price > 0 {
             let a = plan.price - 1;
-            self.price_sum -= i128::from(self.at(&self.wide, PRICE_SUM, a));
-            self.price_n -= i64::from(self.at(&self.narrow, PRICE_N, a));
+            let leaving = *self.slot_at(a);
+            self.price_sum -= i128::from(leaving.price_sum);
+            self.price_n -= i64::from(leaving.price_n);
         }
-        self.stock_n -= i64::from(self.at(&self.narrow, STOCK_N, r - 1));
+        self.stock_n -= i64::from(self.slot_at(r - 1).stock_n);
         for m in [SOLD, PROMOTED, PRICED, STOCKED, LOW] {
             shift_up(self.mask_mut(m), r);
         }
@@ -640,10 +644,8 @@ impl PeriodRing {
         self.head = if self.head == 0 { r - 1 } else { self.head - 1 };
         let s = self.head;
         if bit(self.mask(USED), s) {
-            for row in 0..3 {
-                self.wide[row * r + s] = 0;
-                self.narrow[row * r + s] = 0;
-            }
+            self.qty[s] = 0;
+            self.slots[s] = Slot::default();
             set_bit(self.mask_mut(USED), s, false);
         }
         self.now += 1;
@@ -655,26 +657,27 @@ impl PeriodRing {
     pub fn prefetch(&self, plan: &RingPlan, rollover: bool) {
         let r = self.len();
         prefetch(self.bits.as_ptr());
-        prefetch(&self.wide[3 * r]);
+        prefetch(self.window_sums().as_ptr());
         if !self.levels_known {
-            for a in (0..=plan.stats.min(r - 1)).step_by(8) {
-                prefetch(&self.wide[ON_HAND * r + self.slot_of_age(a)]);
+            for a in (0..=plan.stats.min(r - 1)).step_by(2) {
+                prefetch(self.slot_at(a));
             }
         }
-        prefetch(&self.wide[QTY * r + self.head]);
-        prefetch(&self.narrow[PRICE_N * r + self.head]);
+        prefetch(&self.qty[self.head]);
+        prefetch(self.slot_at(0));
         if rollover {
             for w in &plan.windows {
-                prefetch(&self.wide[QTY * r + self.slot_of_age(w - 1)]);
+                prefetch(&self.qty[self.slot_of_age(w - 1)]);
             }
             for a in [plan.stats, plan.profile_days, plan.price] {
                 if a > 0 {
-                    prefetch(&self.wide[QTY * r + self.slot_of_age(a - 1)]);
+                    prefetch(&self.qty[self.slot_of_age(a - 1)]);
                 }
             }
-            let last = self.slot_of_age(r - 1);
-            prefetch(&self.wide[PRICE_SUM * r + last]);
-            prefetch(&self.narrow[STOCK_N * r + last]);
+            if plan.price > 0 {
+                prefetch(self.slot_at(plan.price - 1));
+            }
+            prefetch(self.slot_at(r - 1));
         }
     }
 
@@ -683,10 +686,10 @@ impl PeriodRing {
         self.occupied() as usize * 8 <= self.len()
     }
 
-    /// Row `row` of `rows` in age order, into `dst`.
-    fn copy_by_age<T: Copy>(&self, rows: &[T], row: usize, dst: &mut [T]) {
+    /// Net units in age order, into `dst`.
+    fn copy_qty_by_age(&self, dst: &mut [i64]) {
         let (r, h) = (self.len(), self.head);
-        let src = &rows[row * r..(row + 1) * r];
+        let src = &self.qty[..r];
         dst[..r - h].copy_from_slice(&src[h..]);
         dst[r - h..].copy_from_slice(&src[..h]);
     }
@@ -706,13 +709,14 @@ impl PeriodRing {
                     let s = w * 64 + bits.trailing_zeros() as usize;
                     bits &= bits - 1;
                     let age = (s + r - self.head) % r;
+                    let slot = &self.slots[s];
                     let agg = Agg {
-                        qty: self.wide[QTY * r + s],
-                        on_hand: self.wide[ON_HAND * r + s],
-                        price_sum: self.wide[PRICE_SUM * r + s],
-                        price_n: self.narrow[PRICE_N * r + s],
-                        promo_n: self.narrow[PROMO_N * r + s],
-                        stock_n: self.narrow[STOCK_N * r + s],
+                        qty: self.qty[s],
+                        on_hand: slot.on_hand,
+                        price_sum: slot.price_sum,
+                        price_n: slot.price_n,
+                        promo_n: slot.promo_n,
+                        stock_n: slot.stock_n,
                         ..Agg::default()
                     };
                     Some((self.now - age as Period, agg))
@@ -832,12 +836,15 @@ impl SeriesState {
         debug_assert_eq!(ring.len(), self.qty.len(), "a ring of another retention");
         if ring.now() == now && ring.len() == self.qty.len() && !ring.is_sparse() {
             self.touched.clear();
-            ring.copy_by_age(&ring.wide, QTY, &mut self.qty);
-            ring.copy_by_age(&ring.wide, ON_HAND, &mut self.on_hand);
-            ring.copy_by_age(&ring.wide, PRICE_SUM, &mut self.price_sum);
-            ring.copy_by_age(&ring.narrow, PRICE_N, &mut self.price_n);
-            ring.copy_by_age(&ring.narrow, PROMO_N, &mut self.promo_n);
-            ring.copy_by_age(&ring.narrow, STOCK_N, &mut self.stock_n);
+            ring.copy_qty_by_age(&mut self.qty);
+            for a in 0..ring.len() {
+                let slot = ring.slot_at(a);
+                self.on_hand[a] = slot.on_hand;
+                self.price_sum[a] = slot.price_sum;
+                self.price_n[a] = slot.price_n;
+                self.promo_n[a] = slot.promo_n;
+                self.stock_n[a] = slot.stock_n;
+            }
             self.loaded = true;
         } else {
             // Few periods, or a window that ends elsewhere: place the periods one by one.
@@ -1074,9 +1081,9 @@ fn ring_features(
 ) -> FeatureVec {
     let (r, s) = (plan.retention, plan.stats);
     for a in 0..=spec.lags as usize {
-        out.push(ring.at(&ring.wide, QTY, a));
+        out.push(ring.qty_at(a));
     }
-    out.extend_from_slice(&ring.wide[3 * r..3 * r + plan.windows.len()]);
+    out.extend_from_slice(ring.window_sums());
     let n = i128::from(spec.stats_window);
     let var_num = (n * ring.stats_sumsq - ring.stats_sum * ring.stats_sum).max(0);
     out.push(div_round(ring.stats_sum, n));
@@ -1094,7 +1101,7 @@ fn ring_features(
         }
         PeriodKind::Week => {
             for h in 0..=spec.horizon as usize {
-                out.push(ring.at(&ring.wide, QTY, WEEKS_PER_YEAR as usize - h));
+                out.push(ring.qty_at(WEEKS_PER_YEAR as usize - h));
             }
         }
     }
@@ -1119,7 +1126,7 @@ fn ring_features(
         let stockouts = if ring.levels_known {
             count_below(ring.mask(LOW), oldest + 1) as i64
         } else {
-            let mut changes = ring.by_age(&ring.wide, ON_HAND, oldest + 1);
+            let mut changes = (0..=oldest).map(|a| ring.slot_at(a).on_hand);
             let newest = changes.next().unwrap_or_default();
             let (_, stockouts) = changes.fold((total.on_hand - newest, 0), |(end, n), change| {
                 (end - change, n + i64::from(end <= 0))
@@ -1141,11 +1148,8 @@ fn ring_features(
     });
 
     let last_price = first_bit(ring.mask(PRICED)).map(|a| {
-        let sum = ring.at(&ring.wide, PRICE_SUM, a);
-        div_round(
-            i128::from(sum),
-            i128::from(ring.at(&ring.narrow, PRICE_N, a)),
-        )
+        let slot = ring.slot_at(a);
+        div_round(i128::from(slot.price_sum), i128::from(slot.price_n))
     });
     out.push(last_price.unwrap_or(MISSING));
     let rel = match last_price {

@@ -180,15 +180,6 @@ struct Emitted {
     fingerprint: u64,
 }
 
-impl Emitted {
-    fn new(vec: FeatureVec) -> Self {
-        Emitted {
-            fingerprint: fingerprint(&vec.0),
-            vec,
-        }
-    }
-}
-
 /// A cheap fingerprint of feature values: their sum weighted by distinct odd numbers, so that
 /// a change of any single value changes it. The products are independent of each other, so
 /// the processor overlaps them (a hasher's chain of multiplications cannot be overlapped). A
@@ -277,7 +268,12 @@ impl Series {
             // Only its reference counts: the values are compared by fingerprint.
             prefetch(f.vec.0.as_ptr());
         }
-        prefetch(self.others.as_ptr());
+        // Reference attributes and promotions: a few records, over several lines.
+        let others = self.others.as_ptr().cast::<u8>();
+        let bytes = std::mem::size_of_val(self.others.as_slice()).min(8 * 64);
+        for offset in (0..bytes.max(1)).step_by(64) {
+            prefetch(others.wrapping_add(offset));
+        }
         if let Some(w) = &self.window {
             w.prefetch(plan, rollover);
         }
@@ -293,9 +289,13 @@ impl Series {
     fn features_at(&mut self, ev: &mut Evaluator, now: Option<Period>) -> Option<Emitted> {
         let now = now.filter(|_| self.registered())?;
         self.advance(&ev.plan, now);
-        self.window
-            .as_ref()
-            .map(|w| Emitted::new(self.evaluate(ev, w)))
+        let w = self.window.as_ref()?;
+        let vec = self.evaluate(ev, w);
+        // Fingerprinted from the buffer the values were built in: reading the new vector
+        // would wait for its freshly allocated lines.
+        let fingerprint = fingerprint(ev.scratch.last_values());
+        debug_assert_eq!(fingerprint, self::fingerprint(&vec.0));
+        Some(Emitted { vec, fingerprint })
     }
 
     /// Records held: periods with data in the window, and the others.

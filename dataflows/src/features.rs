@@ -785,6 +785,12 @@ pub struct SeriesState {
 }
 
 impl SeriesState {
+    /// The values of the vector [`compute_ring`] built last, from the buffer they were built
+    /// in (still in cache, unlike the shared vector they were just copied into).
+    pub fn last_values(&self) -> &[i64] {
+        &self.out
+    }
+
     /// An empty state for a spec's retention.
     pub fn new(spec: &FeatureSpec) -> Self {
         let r = spec.retention() as usize;

@@ -1061,7 +1061,8 @@ pub fn compute(spec: &FeatureSpec, now: Period, st: &mut SeriesState) -> Feature
 /// window's running totals ([`PeriodRing`]) and the rest of the series' state in `st` (its
 /// stock position, promotions and reference attributes; `st`'s own window is not read).
 /// Equal to [`compute`] over the same state, which tests check; it reads a few values of the
-/// window where `compute` reads all of them.
+/// window where `compute` reads all of them. The window's stock levels must be current
+/// ([`PeriodRing::refresh_stock_levels`] with the stock total in `st`).
 pub fn compute_ring(
     spec: &FeatureSpec,
     plan: &RingPlan,
@@ -1126,20 +1127,11 @@ fn ring_features(
         } else {
             last_bit(ring.mask(STOCKED)).unwrap_or(0)
         };
-        // On hand at the end of the period of age `a` is the total less the changes of the
-        // newer periods; only ages from 1 up to the oldest tracked one count.
+        // Ages from 1 up to the oldest tracked one whose period ended with nothing on hand
+        // (the mask, see `PeriodRing::refresh_stock_levels`).
+        debug_assert!(ring.levels_known, "stock levels not refreshed");
         let oldest = s.min(oldest_tracked);
-        let stockouts = if ring.levels_known {
-            count_below(ring.mask(LOW), oldest + 1) as i64
-        } else {
-            let mut changes = (0..=oldest).map(|a| ring.slot_at(a).on_hand);
-            let newest = changes.next().unwrap_or_default();
-            let (_, stockouts) = changes.fold((total.on_hand - newest, 0), |(end, n), change| {
-                (end - change, n + i64::from(end <= 0))
-            });
-            stockouts
-        };
-        out.push(stockouts);
+        out.push(count_below(ring.mask(LOW), oldest + 1) as i64);
     } else {
         out.push(MISSING);
     }
@@ -1296,6 +1288,7 @@ mod tests {
         // and from its periods added one by one, as of the ring's end and as of later periods.
         for now in [116, 118, 150] {
             ring.advance(&plan, now, stock.on_hand);
+            ring.refresh_stock_levels(stock.on_hand);
             let mut by_add = SeriesState::new(&spec);
             by_add.stock = stock;
             for p in [100, 95, 116] {
@@ -1390,10 +1383,7 @@ mod tests {
                         ring.advance(&plan, now, stock.on_hand)
                     }
                 }
-                // Mostly from the mask of stock-outs kept up to date, sometimes from a pass.
-                if rng.below(3) > 0 {
-                    ring.refresh_stock_levels(stock.on_hand);
-                }
+                ring.refresh_stock_levels(stock.on_hand);
                 st.clear_context();
                 st.stock = stock;
                 if rng.below(4) == 0 {

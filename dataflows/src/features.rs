@@ -780,13 +780,13 @@ pub struct SeriesState {
     /// The largest demand whose square, summed over the statistics window, stays inside
     /// 64 bits.
     square_limit: u64,
-    /// Scratch: the vector being evaluated, copied once into the shared vector returned.
+    /// Scratch: the values being evaluated, copied into a shared vector only where kept.
     out: Vec<i64>,
 }
 
 impl SeriesState {
-    /// The values of the vector [`compute_ring`] built last, from the buffer they were built
-    /// in (still in cache, unlike the shared vector they were just copied into).
+    /// The values [`evaluate_ring`] (or [`compute_ring`]) computed last, from the buffer they
+    /// were built in.
     pub fn last_values(&self) -> &[i64] {
         &self.out
     }
@@ -1069,23 +1069,34 @@ pub fn compute_ring(
     ring: &PeriodRing,
     st: &mut SeriesState,
 ) -> FeatureVec {
-    let now = ring.now;
-    st.mark_calendar(spec, now);
-    let mut out = std::mem::take(&mut st.out);
-    out.clear();
-    let features = ring_features(spec, plan, ring, st, &mut out);
-    st.out = out;
-    features
+    FeatureVec::from(evaluate_ring(spec, plan, ring, st))
 }
 
-/// [`compute_ring`] once the calendar is marked, into the buffer `out`.
+/// [`compute_ring`] without building a vector: the values stay in `st`'s buffer (returned, and
+/// [`SeriesState::last_values`] until the next evaluation), so that a caller that finds them
+/// unchanged allocates nothing, and one that keeps them chooses where.
+pub fn evaluate_ring<'a>(
+    spec: &FeatureSpec,
+    plan: &RingPlan,
+    ring: &PeriodRing,
+    st: &'a mut SeriesState,
+) -> &'a [i64] {
+    st.mark_calendar(spec, ring.now);
+    let mut out = std::mem::take(&mut st.out);
+    out.clear();
+    ring_features(spec, plan, ring, st, &mut out);
+    st.out = out;
+    &st.out
+}
+
+/// [`evaluate_ring`] once the calendar is marked, into the buffer `out`.
 fn ring_features(
     spec: &FeatureSpec,
     plan: &RingPlan,
     ring: &PeriodRing,
     st: &SeriesState,
     out: &mut Vec<i64>,
-) -> FeatureVec {
+) {
     let (r, s) = (plan.retention, plan.stats);
     for a in 0..=spec.lags as usize {
         out.push(ring.qty_at(a));
@@ -1161,7 +1172,6 @@ fn ring_features(
     out.push(i64::from(past[s - 1] || bit(promoted, 0)));
     push_tail(out, st, tracked);
     debug_assert_eq!(out.len(), st.width);
-    FeatureVec::from(&out[..])
 }
 
 /// Pushes the features after the price ones, which both evaluations compute alike: the

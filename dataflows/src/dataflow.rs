@@ -258,10 +258,9 @@ impl VecPool {
             .checked_sub(SPARE_AHEAD + 1)
             .map(|i| &self.spare[i])
         {
+            // From the reference counts, just before the values, to the last value.
             let start = ahead.as_ptr().cast::<u8>().wrapping_sub(16);
-            for offset in (0..16 + std::mem::size_of_val(&**ahead)).step_by(64) {
-                prefetch(start.wrapping_add(offset));
-            }
+            prefetch_bytes(start, 16 + std::mem::size_of_val(&**ahead));
         }
         if let Some(mut vec) = self.spare.pop() {
             if let Some(slot) = Arc::get_mut(&mut vec).filter(|v| v.len() == values.len()) {
@@ -345,11 +344,8 @@ impl Series {
             prefetch(f.vec.0.as_ptr());
         }
         // Reference attributes and promotions: a few records, over several lines.
-        let others = self.others.as_ptr().cast::<u8>();
         let bytes = std::mem::size_of_val(self.others.as_slice()).min(8 * 64);
-        for offset in (0..bytes.max(1)).step_by(64) {
-            prefetch(others.wrapping_add(offset));
-        }
+        prefetch_bytes(self.others.as_ptr().cast(), bytes.max(1));
         if let Some(w) = &self.window {
             w.prefetch(plan, rollover);
         }
@@ -407,15 +403,17 @@ impl Series {
             }
         }
         evaluate_ring(&ev.spec, &ev.plan, window, scratch);
-        // The running totals must give what a pass over the whole window gives.
+        // The running totals must give what a pass over the whole window gives (neither
+        // loading the window nor `compute` touches the buffer the values are in).
         #[cfg(debug_assertions)]
         {
-            let fast = scratch.last_values().to_vec();
             scratch.load(window.now(), window);
             let full = crate::features::compute(&ev.spec, window.now(), scratch);
-            debug_assert_eq!(fast, *full.0, "running totals disagree with the window");
-            // Loading the window reused the buffer.
-            evaluate_ring(&ev.spec, &ev.plan, window, scratch);
+            debug_assert_eq!(
+                scratch.last_values(),
+                &*full.0,
+                "running totals disagree with the window"
+            );
         }
         scratch.last_values()
     }
@@ -440,8 +438,12 @@ fn accumulate(records: &mut Vec<(Rec, Agg)>, rec: Rec, diff: &Agg) {
 
 /// Asks the processor to fetch every cache line of `value`.
 fn prefetch_value<T>(value: &T) {
-    let start = value as *const T as *const u8;
-    for offset in (0..std::mem::size_of::<T>()).step_by(64) {
+    prefetch_bytes((value as *const T).cast(), std::mem::size_of::<T>());
+}
+
+/// Asks the processor to fetch the cache lines of the `bytes` bytes from `start`.
+fn prefetch_bytes(start: *const u8, bytes: usize) {
+    for offset in (0..bytes).step_by(64) {
         prefetch(start.wrapping_add(offset));
     }
 }

@@ -652,6 +652,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             config.postgres.url = config.postgres.masked();
             config.redis.url = crate::config::mask_password(&config.redis.url);
             config.sentry.dsn = config.sentry.masked();
+            config.kafka.client = config.kafka.masked_client();
             print!("{}", toml::to_string_pretty(&config)?);
         }
     }

@@ -277,6 +277,10 @@ pub struct TimeConfig {
     /// How far behind the newest event an event may arrive and still be on time.
     #[serde(default)]
     pub allowed_lateness_secs: u64,
+    /// How far after the wall clock an event may be dated; a later one is dead-lettered
+    /// `future_time` and never moves the clock. Default: one period (86,400 or 604,800).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_future_secs: Option<u64>,
 }
 
 fn default_period() -> PeriodKind {
@@ -293,6 +297,7 @@ impl Default for TimeConfig {
             period: default_period(),
             epoch_secs: default_epoch_secs(),
             allowed_lateness_secs: 0,
+            max_future_secs: None,
         }
     }
 }
@@ -331,8 +336,8 @@ pub struct ForecastConfig {
     pub scoring_batch: Option<usize>,
 }
 
-/// `[kafka]`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+/// `[kafka]`. Its `Debug` masks secret client properties.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KafkaConfig {
     /// `bootstrap.servers`: comma-separated host:port list.
@@ -354,6 +359,61 @@ pub struct KafkaConfig {
     /// Extra librdkafka properties for every client (e.g. `security.protocol`).
     #[serde(default)]
     pub client: std::collections::BTreeMap<String, String>,
+}
+
+/// Whether a librdkafka property holds a secret (a password, a private key, a token): such
+/// values are masked wherever the config is printed or logged.
+pub fn is_secret_property(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    [
+        "password",
+        "secret",
+        "token",
+        "ssl.key.pem",
+        "sasl.oauthbearer.config",
+    ]
+    .iter()
+    .any(|s| name.contains(s))
+}
+
+impl KafkaConfig {
+    /// `[kafka.client]` with every secret value replaced by `***`.
+    pub fn masked_client(&self) -> std::collections::BTreeMap<String, String> {
+        self.client
+            .iter()
+            .map(|(k, v)| {
+                let v = if is_secret_property(k) { "***" } else { v };
+                (k.clone(), v.to_string())
+            })
+            .collect()
+    }
+}
+
+impl KafkaConfig {
+    /// `text` (typically a client error, which librdkafka words with the offending property's
+    /// value) with every secret client value replaced by `***`.
+    pub fn scrub(&self, text: impl std::fmt::Display) -> String {
+        let mut text = text.to_string();
+        for (k, v) in &self.client {
+            if is_secret_property(k) && !v.is_empty() {
+                text = text.replace(v.as_str(), "***");
+            }
+        }
+        text
+    }
+}
+
+impl std::fmt::Debug for KafkaConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaConfig")
+            .field("brokers", &self.brokers)
+            .field("group_id", &self.group_id)
+            .field("partition_offset", &self.partition_offset)
+            .field("idle_timeout_secs", &self.idle_timeout_secs)
+            .field("topics", &self.topics)
+            .field("client", &self.masked_client())
+            .finish()
+    }
 }
 
 fn default_brokers() -> String {
@@ -502,6 +562,8 @@ pub struct Resolved {
     pub spec: FeatureSpec,
     /// Allowed lateness in seconds.
     pub allowed_lateness_secs: i64,
+    /// Events dated more than this after the wall clock are refused (`future_time`).
+    pub max_future_secs: i64,
     /// Baseline forecaster.
     pub baseline: Baseline,
     /// Model and scoring threads.
@@ -663,6 +725,7 @@ impl Config {
             clock,
             spec,
             allowed_lateness_secs: self.time.allowed_lateness_secs.min(i64::MAX as u64) as i64,
+            max_future_secs: self.resolve_max_future(origin)?,
             baseline: self.forecast.baseline,
             kafka: self.resolve_kafka(origin)?,
             replenish: self.resolve_replenish(origin)?,
@@ -674,7 +737,38 @@ impl Config {
     }
 }
 
+/// One hostile config file: parsed, resolved, and overridden by a variable taken from its last
+/// line (`STOCKCAST_<SECTION>_<FIELD>=value`). Only errors may come of it; the fuzz target and
+/// the hostile-input tests call it.
+pub fn exercise(bytes: &[u8]) {
+    let text = String::from_utf8_lossy(bytes);
+    let path = Path::new("fuzz.toml");
+    let Ok(config) = Config::parse(&text, path) else {
+        return;
+    };
+    let _ = config.resolve(path);
+    if let Some((name, value)) = text.lines().last().and_then(|l| l.split_once('=')) {
+        if let Ok((config, _)) = config.with_env([(name.to_string(), value.to_string())]) {
+            let _ = config.resolve(path);
+        }
+    }
+}
+
 impl Config {
+    fn resolve_max_future(&self, origin: &Path) -> Result<i64, ConfigError> {
+        let one_period = self.time.period.period_start(1) - self.time.period.period_start(0);
+        match self.time.max_future_secs {
+            None => Ok(one_period),
+            // Ten years: far enough for any real plan, small enough to add to a timestamp.
+            Some(s) if s > 315_360_000 => Err(ConfigError::Invalid {
+                file: origin.to_path_buf(),
+                field: "time.max_future_secs",
+                message: format!("{s} is more than ten years (315360000)"),
+            }),
+            Some(s) => Ok(s as i64),
+        }
+    }
+
     fn resolve_redis(&self, origin: &Path) -> Result<RedisConfig, ConfigError> {
         let r = &self.redis;
         let invalid = |field, message: String| ConfigError::Invalid {
@@ -954,6 +1048,27 @@ mod tests {
             msg.contains("p.toml") && msg.contains("postgres.url"),
             "{msg}"
         );
+    }
+
+    #[test]
+    fn secret_client_properties_are_masked() {
+        let mut k = KafkaConfig::default();
+        for (name, value) in [
+            ("sasl.password", "pw1"),
+            ("ssl.key.password", "pw2"),
+            ("ssl.keystore.password", "pw3"),
+            ("ssl.key.pem", "-----BEGIN PRIVATE KEY-----"),
+            ("sasl.oauthbearer.client.secret", "pw4"),
+            ("sasl.username", "app"),
+            ("security.protocol", "sasl_ssl"),
+        ] {
+            k.client.insert(name.into(), value.into());
+        }
+        let shown = format!("{k:?} {:?}", k.masked_client());
+        for secret in ["pw1", "pw2", "pw3", "PRIVATE KEY", "pw4"] {
+            assert!(!shown.contains(secret), "{secret} shows in {shown}");
+        }
+        assert!(shown.contains("sasl_ssl") && shown.contains("\"app\""));
     }
 
     #[test]

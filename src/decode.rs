@@ -55,6 +55,23 @@ pub enum DecodeError {
         /// What it held.
         value: String,
     },
+    /// An id (store, SKU, event, promotion, category, region) that is not a non-empty string
+    /// (or integer) of at most [`MAX_ID_BYTES`] bytes without control characters.
+    #[error("field `{field}`: {message}")]
+    BadId {
+        /// The field.
+        field: &'static str,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// An event dated more than `time.max_future_secs` after the wall clock.
+    #[error("event time {} is after {}, the latest accepted (time.max_future_secs past the wall clock)", show_ts(*.ts), show_ts(*.limit))]
+    FutureTime {
+        /// The event time.
+        ts: i64,
+        /// The latest event time accepted when it arrived.
+        limit: i64,
+    },
     /// A value that parses but cannot be right (a negative pack size, end before start).
     #[error("field `{field}`: {message}")]
     Invalid {
@@ -76,8 +93,26 @@ impl DecodeError {
             DecodeError::BadTime { .. } => "bad_time",
             DecodeError::UnknownKind(_) => "unknown_kind",
             DecodeError::BadBool { .. } => "bad_bool",
+            DecodeError::BadId { .. } => "bad_id",
+            DecodeError::FutureTime { .. } => "future_time",
             DecodeError::Invalid { .. } => "invalid_value",
         }
+    }
+}
+
+/// An instant as RFC 3339 text (seconds since 1970 where out of chrono's range).
+fn show_ts(ts: i64) -> String {
+    DateTime::from_timestamp(ts, 0)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+        .unwrap_or_else(|| ts.to_string())
+}
+
+/// `Err` when an event time `ts` lies after `limit` (the wall clock plus
+/// `time.max_future_secs`): such an event must not move the clock.
+pub fn check_not_future(ts: Option<i64>, limit: i64) -> Result<(), DecodeError> {
+    match ts {
+        Some(ts) if ts > limit => Err(DecodeError::FutureTime { ts, limit }),
+        _ => Ok(()),
     }
 }
 
@@ -177,10 +212,68 @@ pub enum Record {
     Promotion(PromotionRec),
 }
 
+impl Record {
+    /// The event time of a sale or movement; `None` for reference data.
+    pub fn ts(&self) -> Option<i64> {
+        match self {
+            Record::Sale(s) => Some(s.ts),
+            Record::Movement(m) => Some(m.ts),
+            _ => None,
+        }
+    }
+}
+
 /// Field access over one input row, whatever its encoding.
 pub trait Row {
     /// The text of the first of `names` present and non-empty.
     fn get(&self, names: &[&str]) -> Option<Cow<'_, str>>;
+
+    /// Like [`Row::get`], for an id: `Err` says why a value present is not one (a JSON value of
+    /// the wrong type). The text still has to pass [`check_id`].
+    fn get_id(&self, names: &[&str]) -> Result<Option<Cow<'_, str>>, String> {
+        Ok(self.get(names))
+    }
+}
+
+/// Longest id accepted, in bytes of UTF-8.
+pub const MAX_ID_BYTES: usize = 256;
+
+/// Longest part of an offending value an error repeats, in bytes.
+pub const MAX_SHOWN_BYTES: usize = 120;
+
+/// `text`, cut to at most [`MAX_SHOWN_BYTES`] (at a character boundary) with the full length
+/// noted: errors quote what they refuse without copying a huge value.
+pub fn shown(text: &str) -> String {
+    if text.len() <= MAX_SHOWN_BYTES {
+        return text.to_string();
+    }
+    let mut end = MAX_SHOWN_BYTES;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}... ({} bytes)", &text[..end], text.len())
+}
+
+/// Checks an id's text: non-empty, at most [`MAX_ID_BYTES`] bytes, no control characters.
+pub fn check_id(field: &'static str, text: &str) -> Result<(), DecodeError> {
+    let bad = |message: String| Err(DecodeError::BadId { field, message });
+    if text.is_empty() {
+        return bad("is empty".into());
+    }
+    if text.len() > MAX_ID_BYTES {
+        return bad(format!(
+            "is {} bytes long; ids are at most {MAX_ID_BYTES}",
+            text.len()
+        ));
+    }
+    if let Some(c) = text.chars().find(|c| c.is_control()) {
+        return bad(format!(
+            "`{}` holds the control character U+{:04X}",
+            shown(text),
+            c as u32
+        ));
+    }
+    Ok(())
 }
 
 /// A CSV row with its header.
@@ -216,6 +309,25 @@ impl Row for JsonRow<'_> {
             other => Some(Cow::Owned(other.to_string())),
         })
     }
+
+    fn get_id(&self, names: &[&str]) -> Result<Option<Cow<'_, str>>, String> {
+        use serde_json::Value;
+        for n in names {
+            match self.0.get(*n) {
+                None | Some(Value::Null) => continue,
+                Some(Value::String(s)) if s.trim().is_empty() => continue,
+                Some(Value::String(s)) => return Ok(Some(Cow::Borrowed(s.trim()))),
+                Some(Value::Number(x)) if x.is_i64() || x.is_u64() => {
+                    return Ok(Some(Cow::Owned(x.to_string())))
+                }
+                Some(Value::Number(_)) => return Err("is a number but not an integer".into()),
+                Some(Value::Bool(_)) => return Err("is a boolean, not a string".into()),
+                Some(Value::Array(_)) => return Err("is an array, not a string".into()),
+                Some(Value::Object(_)) => return Err("is an object, not a string".into()),
+            }
+        }
+        Ok(None)
+    }
 }
 
 /// Largest magnitude accepted, in milli-units (a billion units or currency units): far above any
@@ -227,11 +339,11 @@ pub const MAX_ABS_MILLI: i64 = 1_000_000_000_000;
 pub fn parse_milli(field: &'static str, text: &str) -> Result<i64, DecodeError> {
     let bad = || DecodeError::BadNumber {
         field,
-        value: text.to_string(),
+        value: shown(text),
     };
     let non_finite = || DecodeError::NonFinite {
         field,
-        value: text.to_string(),
+        value: shown(text),
     };
     let lower = text.to_ascii_lowercase();
     if lower.contains("nan") || lower.contains("inf") {
@@ -293,7 +405,7 @@ pub fn parse_time(field: &'static str, text: &str) -> Result<i64, DecodeError> {
     }
     Err(DecodeError::BadTime {
         field,
-        value: text.to_string(),
+        value: shown(text),
     })
 }
 
@@ -303,7 +415,7 @@ fn parse_bool(field: &'static str, text: &str) -> Result<bool, DecodeError> {
         "0" | "false" | "f" | "no" | "n" => Ok(false),
         _ => Err(DecodeError::BadBool {
             field,
-            value: text.to_string(),
+            value: shown(text),
         }),
     }
 }
@@ -314,6 +426,29 @@ fn required<'r>(
     aliases: &[&str],
 ) -> Result<Cow<'r, str>, DecodeError> {
     row.get(aliases).ok_or(DecodeError::MissingField(field))
+}
+
+/// An optional id: absent, or a valid id.
+fn optional_id(
+    row: &dyn Row,
+    field: &'static str,
+    aliases: &[&str],
+) -> Result<Option<String>, DecodeError> {
+    let text = row
+        .get_id(aliases)
+        .map_err(|message| DecodeError::BadId { field, message })?;
+    match text {
+        Some(t) => {
+            check_id(field, &t)?;
+            Ok(Some(t.into_owned()))
+        }
+        None => Ok(None),
+    }
+}
+
+/// A required id.
+fn required_id(row: &dyn Row, field: &'static str) -> Result<String, DecodeError> {
+    optional_id(row, field, &[field])?.ok_or(DecodeError::MissingField(field))
 }
 
 fn optional_milli(
@@ -338,10 +473,10 @@ pub fn sale(row: &dyn Row) -> Result<Sale, DecodeError> {
         });
     }
     Ok(Sale {
-        event_id: row.get(&["event_id"]).map(Cow::into_owned),
+        event_id: optional_id(row, "event_id", &["event_id"])?,
         ts,
-        store_id: required(row, "store_id", &["store_id"])?.into_owned(),
-        sku_id: required(row, "sku_id", &["sku_id"])?.into_owned(),
+        store_id: required_id(row, "store_id")?,
+        sku_id: required_id(row, "sku_id")?,
         qty: parse_milli("qty", &required(row, "qty", &["qty"])?)?,
         unit_price,
         promo: row
@@ -361,7 +496,7 @@ pub fn movement(row: &dyn Row) -> Result<Movement, DecodeError> {
         "order" => StockKind::Order,
         "receipt" => StockKind::Receipt,
         "adjustment" => StockKind::Adjustment,
-        _ => return Err(DecodeError::UnknownKind(kind_text.into_owned())),
+        _ => return Err(DecodeError::UnknownKind(shown(&kind_text))),
     };
     let qty = parse_milli("qty", &required(row, "qty", &["qty"])?)?;
     if qty < 0 && kind != StockKind::Adjustment {
@@ -371,10 +506,10 @@ pub fn movement(row: &dyn Row) -> Result<Movement, DecodeError> {
         });
     }
     Ok(Movement {
-        event_id: row.get(&["event_id"]).map(Cow::into_owned),
+        event_id: optional_id(row, "event_id", &["event_id"])?,
         ts,
-        store_id: required(row, "store_id", &["store_id"])?.into_owned(),
-        sku_id: required(row, "sku_id", &["sku_id"])?.into_owned(),
+        store_id: required_id(row, "store_id")?,
+        sku_id: required_id(row, "sku_id")?,
         kind,
         qty,
     })
@@ -395,8 +530,8 @@ fn non_negative(field: &'static str, v: Option<i64>) -> Result<Option<i64>, Deco
 pub fn catalog_item(row: &dyn Row) -> Result<CatalogItem, DecodeError> {
     let lead = optional_milli(row, "lead_time_days", &["lead_time_days"])?;
     Ok(CatalogItem {
-        sku_id: required(row, "sku_id", &["sku_id"])?.into_owned(),
-        category: row.get(&["category", "cat_id"]).map(Cow::into_owned),
+        sku_id: required_id(row, "sku_id")?,
+        category: optional_id(row, "category", &["category", "cat_id"])?,
         pack_size: non_negative(
             "pack_size",
             optional_milli(row, "pack_size", &["pack_size"])?,
@@ -417,8 +552,8 @@ pub fn catalog_item(row: &dyn Row) -> Result<CatalogItem, DecodeError> {
 /// Decodes a store. Columns: `store_id`, optional `region` (or `state_id`), `active`.
 pub fn store(row: &dyn Row) -> Result<Store, DecodeError> {
     Ok(Store {
-        store_id: required(row, "store_id", &["store_id"])?.into_owned(),
-        region: row.get(&["region", "state_id"]).map(Cow::into_owned),
+        store_id: required_id(row, "store_id")?,
+        region: optional_id(row, "region", &["region", "state_id"])?,
         active: row
             .get(&["active"])
             .map(|v| parse_bool("active", &v))
@@ -439,12 +574,9 @@ pub fn promotion(row: &dyn Row) -> Result<PromotionRec, DecodeError> {
         });
     }
     Ok(PromotionRec {
-        promo_id: required(row, "promo_id", &["promo_id"])?.into_owned(),
-        store_id: row
-            .get(&["store_id"])
-            .filter(|s| s != "*")
-            .map(Cow::into_owned),
-        sku_id: required(row, "sku_id", &["sku_id"])?.into_owned(),
+        promo_id: required_id(row, "promo_id")?,
+        store_id: optional_id(row, "store_id", &["store_id"])?.filter(|s| s != "*"),
+        sku_id: required_id(row, "sku_id")?,
         start,
         end,
         discount_pct: optional_milli(row, "discount_pct", &["discount_pct"])?,
@@ -530,6 +662,51 @@ mod tests {
         let adj =
             json(r#"{"ts":"2024-01-01","store_id":"S","sku_id":"A","kind":"Adjustment","qty":-1}"#);
         assert_eq!(movement(&JsonRow(&adj)).unwrap().qty, -1000);
+    }
+
+    #[test]
+    fn ids_are_strings_or_integers_short_and_printable() {
+        let sale_with = |field: &str, value: &str| {
+            let mut m = json(r#"{"ts":"2024-01-01","store_id":"S1","sku_id":"A","qty":1}"#);
+            m.insert(field.into(), serde_json::from_str(value).unwrap());
+            sale(&JsonRow(&m))
+        };
+        for (field, value) in [
+            ("store_id", r#"{"x":1}"#),
+            ("sku_id", "[1,2]"),
+            ("event_id", "true"),
+            ("store_id", "1.5"),
+            ("sku_id", r#""A\u0000B""#),
+            ("store_id", &format!("\"{}\"", "x".repeat(MAX_ID_BYTES + 1))),
+        ] {
+            let err = sale_with(field, value).unwrap_err();
+            assert_eq!(err.reason(), "bad_id", "{field} = {value}: {err}");
+            assert!(err.to_string().len() < 300, "the error stays short: {err}");
+        }
+        assert_eq!(sale_with("store_id", "17").unwrap().store_id, "17");
+        let longest = format!("\"{}\"", "é".repeat(MAX_ID_BYTES / 2));
+        assert!(sale_with("sku_id", &longest).is_ok());
+        // An id that is only blanks is absent.
+        assert_eq!(
+            sale_with("store_id", r#""  ""#).unwrap_err(),
+            DecodeError::MissingField("store_id")
+        );
+        assert_eq!(
+            store(&JsonRow(&json(r#"{"store_id":"S","region":{"a":1}}"#)))
+                .unwrap_err()
+                .reason(),
+            "bad_id"
+        );
+    }
+
+    #[test]
+    fn errors_quote_a_prefix_of_huge_values() {
+        let huge = "9".repeat(1 << 20);
+        let err = parse_milli("qty", &format!("{huge}x")).unwrap_err();
+        assert!(err.to_string().len() < 300, "{}", err.to_string().len());
+        assert!(err.to_string().contains("1048577 bytes"));
+        let err = parse_time("ts", &huge).unwrap_err();
+        assert!(err.to_string().len() < 300);
     }
 
     #[test]

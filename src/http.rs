@@ -2,7 +2,7 @@
 //!
 //! - `GET /metrics`: every metric of [`crate::metrics::Metrics`] in the Prometheus text format;
 //! - `GET /healthz`: 200 while the process runs and epochs advance (503 once no epoch closed for
-//!   `stall_secs` after the first one did);
+//!   `stall_secs`, counted from the start until the first one closes);
 //! - `GET /readyz`: 200 once partitions are assigned, a forecaster is loaded and the sink's last
 //!   write succeeded, else 503 naming what is missing;
 //! - `GET /v1/forecasts/{store}/{sku}`: the latest forecast record of a series (404 if unknown);
@@ -107,13 +107,14 @@ async fn metrics(State(app): State<App>) -> Response {
 }
 
 async fn healthz(State(app): State<App>) -> Response {
-    let last = app.progress.last_advance.load(Ordering::Relaxed);
-    let silent = now() - last;
-    if last > 0 && silent > app.stall_secs {
-        let msg = format!(
-            "no epoch closed for {silent} s (limit {} s)\n",
-            app.stall_secs
-        );
+    let silent = app.progress.stalled_for(now());
+    if silent > app.stall_secs {
+        let what = if app.progress.last_advance.load(Ordering::Relaxed) > 0 {
+            "no epoch closed"
+        } else {
+            "no epoch closed since the start"
+        };
+        let msg = format!("{what} for {silent} s (limit {} s)\n", app.stall_secs);
         return (StatusCode::SERVICE_UNAVAILABLE, msg).into_response();
     }
     (StatusCode::OK, "ok\n").into_response()

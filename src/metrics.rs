@@ -11,7 +11,7 @@ use prometheus::{
 
 /// Every reason a record can be dead-lettered for: decoding (see
 /// [`crate::decode::DecodeError::reason`]), naming, and the input stage's refusals.
-pub const DEAD_LETTER_REASONS: [&str; 13] = [
+pub const DEAD_LETTER_REASONS: [&str; 15] = [
     "malformed",
     "missing_field",
     "bad_number",
@@ -20,11 +20,13 @@ pub const DEAD_LETTER_REASONS: [&str; 13] = [
     "unknown_kind",
     "bad_bool",
     "invalid_value",
+    "bad_id",
     "missing_key",
     "id_collision",
     "too_late",
     "before_epoch_zero",
-    "after_current_epoch",
+    "future_time",
+    "undeliverable",
 ];
 
 /// A dead-letter reason: one of [`DEAD_LETTER_REASONS`].
@@ -56,8 +58,16 @@ pub struct Metrics {
     pub events_consumed: IntCounterVec,
     /// Records that could not be decoded or validated, by reason.
     pub decode_failures: IntCounterVec,
-    /// Records written to the dead-letter topic, by reason.
+    /// Records refused and sent towards the dead-letter topic, by reason (counted when the
+    /// worker decides, before the topic acknowledges).
     pub dead_letters: IntCounterVec,
+    /// Dead letters acknowledged by the dead-letter topic, by reason.
+    pub dead_letters_written: IntCounterVec,
+    /// Dead letters decided and not yet acknowledged by the dead-letter topic.
+    pub dead_letters_pending: IntGauge,
+    /// Output records a sink refused for good (too large, not allowed), by sink and record kind;
+    /// each is replaced by a small `undeliverable` dead letter.
+    pub undeliverable: IntCounterVec,
     /// Events applied after their epoch had closed.
     pub late_events: IntCounter,
     /// Records between the position read and the partition's end, by topic and partition.
@@ -140,8 +150,22 @@ impl Metrics {
             )),
             dead_letters: reg!(counter_vec(
                 "stockcast_dead_letters_total",
-                "Records written to the dead-letter topic, by reason.",
+                "Input records refused and sent to the dead-letter topic, by reason (counted when decided).",
                 &["reason"]
+            )),
+            dead_letters_written: reg!(counter_vec(
+                "stockcast_dead_letters_written_total",
+                "Dead letters acknowledged by the dead-letter topic, by reason.",
+                &["reason"]
+            )),
+            dead_letters_pending: reg!(IntGauge::new(
+                "stockcast_dead_letters_pending",
+                "Dead letters decided and not yet acknowledged by the dead-letter topic."
+            )),
+            undeliverable: reg!(counter_vec(
+                "stockcast_undeliverable_total",
+                "Output records a sink refused for good (too large, not authorized), by sink and record kind; each becomes an `undeliverable` dead letter.",
+                &["sink", "record"]
             )),
             late_events: reg!(IntCounter::new(
                 "stockcast_late_events_total",
@@ -231,9 +255,13 @@ impl Metrics {
     fn touch(self) -> Self {
         for reason in DEAD_LETTER_REASONS {
             self.dead_letters.with_label_values(&[reason]);
-            if reason != "too_late" {
+            self.dead_letters_written.with_label_values(&[reason]);
+            if reason != "too_late" && reason != "undeliverable" {
                 self.decode_failures.with_label_values(&[reason]);
             }
+        }
+        for record in ["forecast", "dead_letter", "progress"] {
+            self.undeliverable.with_label_values(&["kafka", record]);
         }
         for sink in SINKS {
             self.sink_writes.with_label_values(&[sink]);

@@ -82,9 +82,22 @@ pub fn prepare(cfg: &Resolved, data: Dataset, as_of: Option<i64>) -> Prepared {
     let mut reference: Vec<(Event, Origin)> = Vec::new();
     let mut timed: Vec<(Event, Origin)> = Vec::new();
     let period = cfg.clock.period_kind();
+    let future_limit = chrono::Utc::now()
+        .timestamp()
+        .saturating_add(cfg.max_future_secs);
     for (record, origin) in &data.records {
         let kind = files::FileKind::of(record).name();
         *counts.entry(kind).or_default() += 1;
+        if let Err(e) = crate::decode::check_not_future(record.ts(), future_limit) {
+            dead_letters.push(DeadLetter {
+                file: data.file_name(*origin).to_string(),
+                line: origin.line,
+                reason: e.reason().into(),
+                detail: e.to_string(),
+                record: record_text(record),
+            });
+            continue;
+        }
         let event = dict.event(record, period);
         match event {
             Ok(e) if e.ts().is_some() => {
@@ -288,6 +301,8 @@ pub struct Summary {
     pub files: Vec<files::FileReport>,
     /// Files present but not used.
     pub ignored_files: Vec<String>,
+    /// Input files of the layout that hold no row (each also logged as a warning).
+    pub empty_files: Vec<String>,
 }
 
 fn write_err(path: &Path) -> impl Fn(std::io::Error) -> ReplayError + '_ {
@@ -341,6 +356,7 @@ pub fn replay(cfg: &Resolved, opts: &ReplayOptions) -> Result<Summary, ReplayErr
     let data = files::load(&opts.data)?;
     let file_reports = data.files.clone();
     let ignored = data.ignored.clone();
+    let empty = data.empty.clone();
     let mut prepared = prepare(cfg, data, None);
     let events = Arc::new(std::mem::take(&mut prepared.events));
     let schema = cfg.spec.schema();
@@ -447,6 +463,7 @@ pub fn replay(cfg: &Resolved, opts: &ReplayOptions) -> Result<Summary, ReplayErr
         events_per_sec: read as f64 / wall.max(1e-9),
         files: file_reports,
         ignored_files: ignored,
+        empty_files: empty,
     };
     let summary_path = opts.out.join("summary.json");
     let mut w = create(&summary_path)?;

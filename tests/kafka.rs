@@ -7,159 +7,21 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Headers, Message};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
-use stockcast::config::{KafkaConfig, Resolved};
+use rdkafka::ClientConfig;
+use stockcast::config::Resolved;
 use stockcast::kafka::{self, admin, load, stream, wire};
-use stockcast::replay::{self, ForecastRecord, ReplayOptions};
+use stockcast::replay::ForecastRecord;
 
 #[path = "support/http.rs"]
 mod http;
 #[path = "support/kafka.rs"]
 mod support;
 use http::http_get;
-use support::{brokers, config, config_file, load_dir, options};
-
-fn shared(name: &str) -> PathBuf {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/data")
-        .join(name);
-    assert!(dir.exists(), "{} is missing", dir.display());
-    dir
-}
-
-/// Every record of `topic` (all partitions) once `expect` have arrived.
-fn consume(
-    kafka: &KafkaConfig,
-    topic: &str,
-    expect: usize,
-) -> Vec<(String, Vec<u8>, Option<Vec<u8>>)> {
-    consume_within(kafka, topic, expect, Duration::from_secs(60))
-}
-
-/// Every value of `topic` decoded from JSON, once `expect` have arrived.
-fn consume_json<T: serde::de::DeserializeOwned>(
-    kafka: &KafkaConfig,
-    topic: &str,
-    expect: usize,
-) -> Vec<T> {
-    consume(kafka, topic, expect)
-        .into_iter()
-        .map(|(_, v, _)| serde_json::from_slice(&v).unwrap())
-        .collect()
-}
-
-/// Every record of `topic` once `expect` have arrived, or what arrived within `wait`.
-fn consume_within(
-    kafka: &KafkaConfig,
-    topic: &str,
-    expect: usize,
-    wait: Duration,
-) -> Vec<(String, Vec<u8>, Option<Vec<u8>>)> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &kafka.brokers)
-        .set("group.id", "stockcast-test-reader")
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    let md = consumer
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
-        .unwrap();
-    let mut tpl = TopicPartitionList::new();
-    for p in md.topics()[0].partitions() {
-        tpl.add_partition_offset(topic, p.id(), Offset::Beginning)
-            .unwrap();
-    }
-    consumer.assign(&tpl).unwrap();
-    let mut out = Vec::new();
-    let deadline = Instant::now() + wait;
-    while out.len() < expect && Instant::now() < deadline {
-        if let Some(m) = consumer.poll(Duration::from_millis(100)) {
-            let m = m.unwrap();
-            let original = m.headers().and_then(|h| {
-                h.iter()
-                    .find(|h| h.key == wire::ORIGINAL_VALUE_HEADER)
-                    .and_then(|h| h.value.map(<[u8]>::to_vec))
-            });
-            out.push((
-                String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned(),
-                m.payload().unwrap_or_default().to_vec(),
-                original,
-            ));
-        }
-    }
-    // Anything beyond what was expected would be a duplicate: wait a moment for it.
-    let quiet = Instant::now() + Duration::from_millis(500);
-    while Instant::now() < quiet {
-        if let Some(m) = consumer.poll(Duration::from_millis(50)) {
-            let m = m.unwrap();
-            out.push((
-                String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned(),
-                m.payload().unwrap_or_default().to_vec(),
-                None,
-            ));
-        }
-    }
-    out
-}
-
-fn sorted_forecasts(records: impl IntoIterator<Item = ForecastRecord>) -> Vec<String> {
-    let mut v: Vec<String> = records
-        .into_iter()
-        .map(|r| serde_json::to_string(&r).unwrap())
-        .collect();
-    v.sort();
-    v
-}
-
-/// Asserts two sorted forecast lists are equal, showing the first difference only.
-fn assert_same_forecasts(got: Vec<String>, want: Vec<String>) {
-    if let Some(i) = (0..got.len().min(want.len())).find(|&i| got[i] != want[i]) {
-        panic!("forecast {i} differs:\n got  {}\n want {}", got[i], want[i]);
-    }
-    assert_eq!(got.len(), want.len(), "forecast counts differ");
-}
-
-fn replay_forecasts(cfg: &Resolved, data: &Path) -> Vec<ForecastRecord> {
-    let tmp = tempfile::tempdir().unwrap();
-    replay::replay(
-        cfg,
-        &ReplayOptions {
-            data: data.to_path_buf(),
-            out: tmp.path().to_path_buf(),
-            workers: 1,
-            progress: false,
-        },
-    )
-    .unwrap();
-    std::fs::read_to_string(tmp.path().join("forecasts.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
-fn committed(cfg: &Resolved, topic: &str, partitions: i32) -> i64 {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &cfg.kafka.brokers)
-        .set("group.id", &cfg.kafka.group_id)
-        .create()
-        .unwrap();
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..partitions {
-        tpl.add_partition(topic, p);
-    }
-    let c = consumer
-        .committed_offsets(tpl, Duration::from_secs(10))
-        .unwrap();
-    c.elements()
-        .iter()
-        .filter_map(|e| e.offset().to_raw())
-        .filter(|o| *o >= 0)
-        .sum()
-}
+use support::{
+    assert_same_forecasts, broker_behind_proxy, committed, config, config_file, consume,
+    consume_json, free_port, load_dir, options, replay_forecasts, shared, sorted_forecasts,
+};
 
 #[test]
 fn m5_mini_through_kafka_equals_replay_with_4_partitions_and_2_workers() {
@@ -395,103 +257,14 @@ fn a_restart_resumes_at_the_committed_frontier_without_double_counting() {
     assert_eq!(committed(&cfg, &cfg.kafka.topics.sales, 3), 19_130);
 }
 
-/// A TCP proxy in front of a broker that the test can cut: while cut, open connections are
-/// shut and new ones are closed at once, as when a network path goes down.
-struct Proxy {
-    cut: Arc<AtomicBool>,
-    conns: Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
-}
-
-impl Proxy {
-    fn start(listener: std::net::TcpListener, target: u16) -> Proxy {
-        let cut = Arc::new(AtomicBool::new(false));
-        let conns: Arc<std::sync::Mutex<Vec<std::net::TcpStream>>> = Arc::default();
-        let (c, k) = (Arc::clone(&cut), Arc::clone(&conns));
-        std::thread::spawn(move || {
-            for client in listener.incoming() {
-                let Ok(client) = client else { continue };
-                if c.load(Ordering::SeqCst) {
-                    continue;
-                }
-                let Ok(server) = std::net::TcpStream::connect(("127.0.0.1", target)) else {
-                    continue;
-                };
-                let pipe = |mut from: std::net::TcpStream, mut to: std::net::TcpStream| {
-                    std::thread::spawn(move || {
-                        let _ = std::io::copy(&mut from, &mut to);
-                        let _ = to.shutdown(std::net::Shutdown::Both);
-                    });
-                };
-                let mut all = k.lock().unwrap();
-                all.push(client.try_clone().unwrap());
-                all.push(server.try_clone().unwrap());
-                pipe(client.try_clone().unwrap(), server.try_clone().unwrap());
-                pipe(server, client);
-            }
-        });
-        Proxy { cut, conns }
-    }
-
-    fn set_cut(&self, cut: bool) {
-        self.cut.store(cut, Ordering::SeqCst);
-        if cut {
-            for s in self.conns.lock().unwrap().drain(..) {
-                let _ = s.shutdown(std::net::Shutdown::Both);
-            }
-        }
-    }
-}
-
-/// A tansu broker of this test's own, advertised at a proxy's port; stopped on drop.
-struct OwnBroker {
-    env: Vec<(&'static str, String)>,
-}
-
-impl OwnBroker {
-    fn start(dir: &Path, port: u16, advertised: u16) -> OwnBroker {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let env = vec![
-            ("STOCKCAST_KAFKA_PORT", port.to_string()),
-            ("STOCKCAST_KAFKA_ADVERTISED_PORT", advertised.to_string()),
-            ("STOCKCAST_BROKER_DIR", dir.display().to_string()),
-        ];
-        let status = std::process::Command::new(root.join("scripts/kafka-broker.sh"))
-            .arg("start")
-            .envs(env.iter().map(|(k, v)| (k, v)))
-            .status()
-            .unwrap();
-        assert!(status.success(), "scripts/kafka-broker.sh start failed");
-        OwnBroker { env }
-    }
-}
-
-impl Drop for OwnBroker {
-    fn drop(&mut self) {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let _ = std::process::Command::new(root.join("scripts/kafka-broker.sh"))
-            .arg("stop")
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .status();
-    }
-}
-
-fn free_port() -> std::net::TcpListener {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap()
-}
-
 #[test]
 fn a_30_second_broker_outage_loses_and_double_counts_nothing() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_test_writer()
         .try_init();
-    brokers();
     let tmp = tempfile::tempdir().unwrap();
-    let broker_port = free_port().local_addr().unwrap().port();
-    let proxy_listener = free_port();
-    let proxy_port = proxy_listener.local_addr().unwrap().port();
-    let _broker = OwnBroker::start(&tmp.path().join("broker"), broker_port, proxy_port);
-    let proxy = Proxy::start(proxy_listener, broker_port);
+    let (_broker, proxy, _, proxy_port) = broker_behind_proxy(&tmp.path().join("broker"));
 
     let mut cfg = config("outage", "day");
     cfg.kafka.brokers = format!("127.0.0.1:{proxy_port}");

@@ -79,7 +79,7 @@ impl Rejection {
     pub fn reason(&self) -> &'static str {
         match self {
             Rejection::TooLate { .. } => "too_late",
-            Rejection::AfterCurrentEpoch => "after_current_epoch",
+            Rejection::AfterCurrentEpoch => "future_time",
             Rejection::BeforeEpochZero => "before_epoch_zero",
         }
     }

@@ -47,7 +47,7 @@ pub fn ensure_topics(kafka: &KafkaConfig, partitions: i32) -> Result<(), AdminEr
     let admin: AdminClient<DefaultClientContext> =
         client_config(kafka).create().map_err(|e| AdminError {
             topic: "*".into(),
-            message: e.to_string(),
+            message: kafka.scrub(e),
         })?;
     let topics = all_topics(kafka);
     let new: Vec<NewTopic<'_>> = topics

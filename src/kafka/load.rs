@@ -85,7 +85,7 @@ pub fn producer(kafka: &KafkaConfig) -> Result<BaseProducer<Acks>, LoadError> {
         .set("batch.num.messages", "10000")
         .set("queue.buffering.max.messages", "500000");
     BaseProducer::from_config_and_context(&c, Acks::default())
-        .map_err(|e| LoadError::Kafka(format!("producer: {e}")))
+        .map_err(|e| LoadError::Kafka(format!("producer: {}", kafka.scrub(e))))
 }
 
 /// Produces one record, waiting while the local queue is full.

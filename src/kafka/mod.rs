@@ -190,6 +190,9 @@ pub fn run_worker(
         Arc::clone(&opts.progress),
     )?;
     stream::run(cfg, opts, |closed, dict| sink.on_closed(closed, dict))?;
+    if let Some(why) = sink.failure() {
+        return Err(sink::SinkError::Halted(why.to_string()).into());
+    }
     Ok(WorkerRun {
         stats: sink.stats().clone(),
         latest: sink.latest(),

@@ -2,11 +2,22 @@
 //! progress records (one per closed epoch that did anything), then the offset commit, each step only after the previous was acknowledged.
 //!
 //! # Error handling
-//! A batch that is not fully acknowledged (broker down, timeouts) is produced again after a
-//! backoff, until it is or the run is stopped; the offsets are committed only after it was.
-//! When the idempotent producer hits a fatal error (e.g. the broker forgot its producer id),
-//! it is replaced by a new one before the retry. Records may therefore appear twice on the
-//! output topics, never zero times (see the delivery guarantee in [`super`]).
+//! - **Transient failures** (broker down, timeouts): the records not acknowledged (and any
+//!   later record of the same key) are produced again after a backoff, until they are or the
+//!   run is stopped; the offsets are committed only after they were. When the idempotent
+//!   producer hits a fatal error (e.g. the broker forgot its producer id), it is replaced by a
+//!   new one before the retry. Records may therefore appear twice on the output topics, never
+//!   zero times (see the delivery guarantee in [`super`]).
+//! - **Permanent refusals of one record** (too large, invalid, not authorized): the record is
+//!   replaced by a small `undeliverable` dead letter naming the topic, key, size and error, with
+//!   the record's first bytes; it is counted (`stockcast_undeliverable_total`) and logged as an
+//!   error. Should that dead letter be refused for good too, the dead-letter topic itself is
+//!   unusable: the run stops with an error, and nothing after the batch is committed.
+//! - **Halting**: once a batch was not delivered (the run stopped, or the error above), the sink
+//!   writes and commits nothing more in this run, so offsets and progress records never pass
+//!   undelivered output; the next run re-reads from the committed offsets and delivers it.
+//! - **Stopping**: a signal cuts the wait for acknowledgements to [`STOP_GRACE`]; then the
+//!   batch counts as not delivered (above). The process exits within about 30 s of the signal.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,8 +28,9 @@ use dataflows::{Clock, Epoch, FeatureVec, Key, Schema};
 use rdkafka::config::FromClientConfigAndContext;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::ClientContext;
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::config::{Resolved, TopicsConfig};
@@ -27,21 +39,142 @@ use crate::ids::Dictionary;
 use crate::model::scorer::{ModelWatch, Scorer};
 use crate::replay::{rfc3339, ForecastRecord};
 
+use super::client_config;
 use super::stream::{commit_metadata, Closed, Progress};
-use super::wire::{DeadLetterRecord, EpochRecord, ORIGINAL_VALUE_HEADER};
-use super::{client_config, Acks};
+use super::wire::{DeadLetterRecord, EpochRecord, ORIGINAL_LENGTH_HEADER, ORIGINAL_VALUE_HEADER};
 
 /// Failed delivery attempts in a row after which the producer is replaced.
 const REPLACE_AFTER_ATTEMPTS: u32 = 3;
 /// How long one delivery attempt may wait for acknowledgements.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long, once the run is told to stop, a delivery attempt may still wait for
+/// acknowledgements before its batch counts as not delivered.
+pub const STOP_GRACE: Duration = Duration::from_secs(10);
+/// Bytes of a refused record an `undeliverable` dead letter repeats.
+const UNDELIVERABLE_PREFIX_BYTES: usize = 1024;
+
+/// What an output record is: its metrics, and what a permanent refusal leads to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum OutKind {
+    Forecast,
+    /// A dead letter, with its reason.
+    DeadLetter(crate::metrics::Reason),
+    Progress,
+}
+
+impl OutKind {
+    fn name(self) -> &'static str {
+        match self {
+            OutKind::Forecast => "forecast",
+            OutKind::DeadLetter(_) => "dead_letter",
+            OutKind::Progress => "progress",
+        }
+    }
+}
 
 /// A record ready to produce.
 struct Out {
     topic: String,
     key: String,
     value: Vec<u8>,
-    original: Option<Vec<u8>>,
+    /// The refused record's bytes (a dead letter's header), and its full length.
+    original: Option<(Vec<u8>, usize)>,
+    kind: OutKind,
+}
+
+/// Why a batch was not delivered.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Halt {
+    /// The run was told to stop first.
+    Stopped,
+    /// The dead-letter topic refused a record for good: nothing can be accounted for.
+    Fatal(String),
+}
+
+/// The broker's answers to one delivery attempt, by index into its batch.
+#[derive(Default)]
+struct Answers {
+    /// Which attempt the answers belong to (answers to an earlier one are ignored).
+    generation: u32,
+    answers: Vec<Option<Result<(), rdkafka::error::KafkaError>>>,
+    outstanding: usize,
+}
+
+/// The sink producer's context: records every delivery report of the current attempt.
+#[derive(Default)]
+pub struct SinkAcks(std::sync::Mutex<Answers>);
+
+impl SinkAcks {
+    /// Starts attempt `todo` of a batch of `len`; returns the attempt's generation.
+    fn start(&self, len: usize, todo: &[usize]) -> u32 {
+        let mut a = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        a.generation = a.generation.wrapping_add(1);
+        a.answers = vec![Some(Ok(())); len];
+        for &i in todo {
+            a.answers[i] = None;
+        }
+        a.outstanding = todo.len();
+        a.generation
+    }
+
+    /// Records an answer given at once by `send`.
+    fn answer(&self, index: usize, result: Result<(), rdkafka::error::KafkaError>) {
+        let mut a = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(slot @ None) = a.answers.get_mut(index) {
+            *slot = Some(result);
+            a.outstanding -= 1;
+        }
+    }
+
+    fn outstanding(&self) -> usize {
+        self.0.lock().map(|a| a.outstanding).unwrap_or(0)
+    }
+
+    /// The answer to each of `todo` (`None`: none yet).
+    fn take(&self, todo: &[usize]) -> Vec<(usize, Option<Result<(), rdkafka::error::KafkaError>>)> {
+        let mut a = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        todo.iter()
+            .map(|&i| (i, a.answers.get_mut(i).and_then(Option::take)))
+            .collect()
+    }
+}
+
+impl ClientContext for SinkAcks {}
+
+impl ProducerContext for SinkAcks {
+    type DeliveryOpaque = usize;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, opaque: usize) {
+        let (generation, index) = ((opaque >> 32) as u32, opaque & 0xffff_ffff);
+        let mut a = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if a.generation != generation {
+            return;
+        }
+        let answer = result.as_ref().map(|_| ()).map_err(|(e, _)| e.clone());
+        if let Some(slot @ None) = a.answers.get_mut(index) {
+            *slot = Some(answer);
+            a.outstanding -= 1;
+        }
+    }
+}
+
+/// Whether a broker or client error refuses this one record for good: producing it again
+/// cannot succeed (too large, invalid, not authorized). Everything else is retried.
+fn refused_for_good(e: &rdkafka::error::KafkaError) -> bool {
+    use RDKafkaErrorCode as C;
+    matches!(
+        e.rdkafka_error_code(),
+        Some(
+            C::MessageSizeTooLarge
+                | C::InvalidMessageSize
+                | C::MessageBatchTooLarge
+                | C::InvalidRecord
+                | C::InvalidTopic
+                | C::TopicAuthorizationFailed
+                | C::ClusterAuthorizationFailed
+                | C::PolicyViolation
+        )
+    )
 }
 
 /// What the sink has done so far.
@@ -82,8 +215,8 @@ pub struct KafkaSink {
     /// model version can re-score them all.
     watch: Option<ModelWatch>,
     features: HashMap<Key, FeatureVec>,
-    producer: BaseProducer<Acks>,
-    committer: BaseConsumer,
+    producer: BaseProducer<SinkAcks>,
+    committer: Committer,
     /// Outputs of epochs before this were acknowledged by an earlier run.
     resume_from: Option<Epoch>,
     /// Dead letters written since the last progress record.
@@ -98,21 +231,32 @@ pub struct KafkaSink {
     cache: Option<crate::cache::Cache>,
     /// Forecast records produced and not yet in the mart and the cache.
     unwritten: Vec<ForecastRecord>,
+    /// Set once a batch was not delivered: nothing more is written or committed in this run.
+    halted: Option<Halt>,
+    /// When the sink first saw the run told to stop.
+    stop_seen: Option<Instant>,
 }
 
-/// Why the sink could not start.
+/// Why the sink could not start, or stopped the run.
 #[derive(Debug, thiserror::Error)]
-#[error("kafka sink: {0}")]
-pub struct SinkError(String);
+pub enum SinkError {
+    /// A client or store could not be set up.
+    #[error("kafka sink: {0}")]
+    Start(String),
+    /// Output was refused for good where nothing could account for it; nothing after it was
+    /// committed.
+    #[error("kafka sink halted: {0}")]
+    Halted(String),
+}
 
-fn producer(cfg: &Resolved) -> Result<BaseProducer<Acks>, SinkError> {
+fn producer(cfg: &Resolved) -> Result<BaseProducer<SinkAcks>, SinkError> {
     let mut c = client_config(&cfg.kafka);
     c.set("enable.idempotence", "true")
         .set("acks", "all")
         .set("linger.ms", "5")
         .set("message.timeout.ms", "20000");
-    BaseProducer::from_config_and_context(&c, Acks::default())
-        .map_err(|e| SinkError(format!("producer: {e}")))
+    BaseProducer::from_config_and_context(&c, SinkAcks::default())
+        .map_err(|e| SinkError::Start(format!("producer: {}", cfg.kafka.scrub(e))))
 }
 
 /// Counts one write attempt of `sink`: `written` records on success, else a failure; the
@@ -162,8 +306,20 @@ fn retry_until_written(
         } else {
             tracing::warn!(sink, error = %e, retry_in_ms = wait.as_millis() as u64, "write failed");
         }
-        std::thread::sleep(wait);
+        sleep_unless_stopped(stop, wait);
         attempt += 1;
+    }
+}
+
+/// Sleeps `wait`, or less once `stop` is set.
+fn sleep_unless_stopped(stop: &AtomicBool, wait: Duration) {
+    let until = Instant::now() + wait;
+    while !stop.load(Ordering::SeqCst) {
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return;
+        }
+        std::thread::sleep(left.min(Duration::from_millis(100)));
     }
 }
 
@@ -181,11 +337,13 @@ impl KafkaSink {
         let model = scorer.model();
         progress.metrics.set_model(model.name(), model.version());
         progress.model_loaded.store(true, Ordering::SeqCst);
-        let committer = client_config(&cfg.kafka)
+        let committer: BaseConsumer = client_config(&cfg.kafka)
             .set("group.id", &cfg.kafka.group_id)
             .set("enable.auto.commit", "false")
             .create()
-            .map_err(|e| SinkError(format!("committer: {e}")))?;
+            .map_err(|e| SinkError::Start(format!("committer: {}", cfg.kafka.scrub(e))))?;
+        let committer = Committer::start(committer)
+            .map_err(|e| SinkError::Start(format!("committer thread: {e}")))?;
         Ok(KafkaSink {
             cfg: cfg.clone(),
             clock: cfg.clock,
@@ -209,7 +367,7 @@ impl KafkaSink {
                 None
             } else {
                 let mart = crate::mart::Mart::new(&cfg.postgres.url)
-                    .map_err(|e| SinkError(e.to_string()))?;
+                    .map_err(|e| SinkError::Start(e.to_string()))?;
                 Some(mart)
             },
             cache: if cfg.redis.url.is_empty() {
@@ -217,11 +375,44 @@ impl KafkaSink {
             } else {
                 let r = &cfg.redis;
                 let cache = crate::cache::Cache::new(&r.url, &r.key_prefix, r.ttl_secs)
-                    .map_err(|e| SinkError(e.to_string()))?;
+                    .map_err(|e| SinkError::Start(e.to_string()))?;
                 Some(cache)
             },
             unwritten: Vec::new(),
+            halted: None,
+            stop_seen: None,
         })
+    }
+
+    /// Why the sink stopped writing for good, if the dead-letter topic refused a record: the
+    /// run failed.
+    pub fn failure(&self) -> Option<&str> {
+        match &self.halted {
+            Some(Halt::Fatal(why)) => Some(why),
+            _ => None,
+        }
+    }
+
+    /// Notes that a batch was not delivered: nothing more is written or committed.
+    fn halt(&mut self, why: Halt) {
+        match &why {
+            Halt::Stopped => tracing::warn!(
+                "stopping with an advance not delivered: nothing later is written or committed; the next run delivers it"
+            ),
+            Halt::Fatal(e) => {
+                tracing::error!(error = %e, "the dead-letter topic refused a record for good; stopping without committing");
+                self.stop.store(true, Ordering::SeqCst);
+            }
+        }
+        self.halted.get_or_insert(why);
+    }
+
+    /// Whether the run was told to stop more than [`STOP_GRACE`] ago.
+    fn past_grace(&mut self) -> bool {
+        if !self.stop.load(Ordering::SeqCst) {
+            return false;
+        }
+        self.stop_seen.get_or_insert_with(Instant::now).elapsed() >= STOP_GRACE
     }
 
     fn record(
@@ -249,6 +440,7 @@ impl KafkaSink {
             key: format!("{}:{}", rec.store_id, rec.sku_id),
             value: serde_json::to_vec(&rec).unwrap_or_default(),
             original: None,
+            kind: OutKind::Forecast,
         });
         if self.mart.is_some() || self.cache.is_some() {
             self.unwritten.push(rec.clone());
@@ -274,6 +466,10 @@ impl KafkaSink {
 
     /// Writes one advance; returns once it is acknowledged and committed (or the run stops).
     pub fn on_closed(&mut self, closed: Closed, dict: &Dictionary) {
+        if self.halted.is_some() {
+            // An earlier batch was not delivered: writing this one could commit past it.
+            return;
+        }
         let topics = self.cfg.kafka.topics.clone();
         let mut batch: Vec<Out> = Vec::new();
         for d in &closed.dead {
@@ -291,6 +487,8 @@ impl KafkaSink {
                     .value
                     .as_deref()
                     .map(|v| String::from_utf8_lossy(v).into_owned()),
+                value_bytes: d.original_len,
+                value_truncated: d.value.as_ref().is_some_and(|v| v.len() < d.original_len),
             };
             *self
                 .stats
@@ -301,7 +499,8 @@ impl KafkaSink {
                 topic: topics.dead_letters.clone(),
                 key: format!("{}/{}@{}", letter.topic, letter.partition, letter.offset),
                 value: serde_json::to_vec(&letter).unwrap_or_default(),
-                original: d.value.clone(),
+                original: d.value.clone().map(|v| (v, d.original_len)),
+                kind: OutKind::DeadLetter(d.reason),
             });
         }
         let advanced = closed.closed_at.is_some();
@@ -378,13 +577,15 @@ impl KafkaSink {
         self.stats.late += closed.late;
         let m = &self.progress.metrics;
         m.late_events.inc_by(closed.late);
-        if !self.deliver(&batch) {
+        if let Err(halt) = self.deliver(batch) {
+            self.halt(halt);
             return;
         }
         let m = &self.progress.metrics;
         for d in &closed.dead {
-            m.dead_letters.with_label_values(&[d.reason]).inc();
+            m.dead_letters_written.with_label_values(&[d.reason]).inc();
         }
+        m.dead_letters_pending.sub(closed.dead.len() as i64);
         self.dead_unrecorded += closed.dead.len() as u64;
         let keys_changed: u64 = changed_in.values().sum();
         self.stats.forecasts += keys_changed + rescored.map_or(0, |r| r.1);
@@ -448,6 +649,7 @@ impl KafkaSink {
             last.dead_letters = self.dead_unrecorded;
         }
         if !self.write_stores(&records) {
+            self.halt(Halt::Stopped);
             return;
         }
         let outs: Vec<Out> = records
@@ -457,9 +659,11 @@ impl KafkaSink {
                 key: record.epoch_end.clone(),
                 value: serde_json::to_vec(record).unwrap_or_default(),
                 original: None,
+                kind: OutKind::Progress,
             })
             .collect();
-        if !self.deliver(&outs) {
+        if let Err(halt) = self.deliver(outs) {
+            self.halt(halt);
             return;
         }
         self.stats.progress_records += records.len() as u64;
@@ -504,61 +708,152 @@ impl KafkaSink {
         true
     }
 
-    /// Produces `batch` until every record is acknowledged; `false` if the run stopped first.
-    fn deliver(&mut self, batch: &[Out]) -> bool {
-        if batch.is_empty() {
-            return true;
-        }
+    /// Produces `batch` until every record is acknowledged, or replaced by an `undeliverable`
+    /// dead letter that is (see the module docs).
+    fn deliver(&mut self, mut batch: Vec<Out>) -> Result<(), Halt> {
+        let mut todo: Vec<usize> = (0..batch.len()).collect();
         let mut attempt = 0u32;
-        loop {
-            let result = self.attempt(batch);
-            let written = batch.len() as u64;
-            count_attempt(&self.progress, "kafka", result.is_ok().then_some(written));
-            match result {
-                Ok(()) => return true,
-                Err(why) => {
-                    if self.stop.load(Ordering::SeqCst) {
-                        tracing::warn!(%why, "stopping with an unacknowledged batch; its offsets stay uncommitted");
-                        return false;
+        while !todo.is_empty() {
+            let failures = self.attempt(&batch, &todo)?;
+            let written = (todo.len() - failures.len()) as u64;
+            count_attempt(
+                &self.progress,
+                "kafka",
+                failures.is_empty().then_some(written),
+            );
+            if failures.is_empty() {
+                return Ok(());
+            }
+            let mut retry: Vec<usize> = Vec::new();
+            let mut transient: Option<String> = None;
+            for (i, error, permanent) in failures {
+                if !permanent {
+                    transient.get_or_insert(error);
+                    retry.push(i);
+                    continue;
+                }
+                let notice = self.undeliverable(&batch[i], &error)?;
+                batch.push(notice);
+                retry.push(batch.len() - 1);
+            }
+            // Per-key order: a later record of a key whose earlier one failed goes again too.
+            if let Some(first) = retry.first().copied() {
+                let keys: HashSet<&str> = retry.iter().map(|&i| batch[i].key.as_str()).collect();
+                let after: Vec<usize> = todo
+                    .iter()
+                    .copied()
+                    .filter(|&j| j > first && keys.contains(batch[j].key.as_str()))
+                    .collect();
+                retry.extend(after);
+            }
+            retry.sort_unstable();
+            retry.dedup();
+            todo = retry;
+            let Some(why) = transient else { continue };
+            if self.stop.load(Ordering::SeqCst) {
+                tracing::warn!(%why, "stopping with an unacknowledged batch; its offsets stay uncommitted");
+                return Err(Halt::Stopped);
+            }
+            self.stats.retries += 1;
+            let retries = &self.progress.metrics.sink_retries;
+            retries.with_label_values(&["kafka"]).inc();
+            let wait = Duration::from_millis(200u64 << attempt.min(5));
+            tracing::warn!(%why, records = todo.len(), retry_in_ms = wait.as_millis() as u64, "kafka delivery failed");
+            sleep_unless_stopped(&self.stop, wait);
+            attempt += 1;
+            let fatal = self.producer.client().fatal_error();
+            // A broker that lost the producer's state (or rejects its sequence numbers after a
+            // reconnect) can leave it failing without a fatal error: after a few failed
+            // attempts in a row, start a new producer too.
+            if fatal.is_some() || attempt.is_multiple_of(REPLACE_AFTER_ATTEMPTS) {
+                tracing::warn!(?fatal, attempts = attempt, "replacing the producer");
+                match producer(&self.cfg) {
+                    Ok(p) => {
+                        self.producer = p;
+                        self.stats.producers_replaced += 1;
                     }
-                    self.stats.retries += 1;
-                    let retries = &self.progress.metrics.sink_retries;
-                    retries.with_label_values(&["kafka"]).inc();
-                    let wait = Duration::from_millis(200u64 << attempt.min(5));
-                    tracing::warn!(%why, records = batch.len(), retry_in_ms = wait.as_millis() as u64, "kafka delivery failed");
-                    std::thread::sleep(wait);
-                    attempt += 1;
-                    let fatal = self.producer.client().fatal_error();
-                    // A broker that lost the producer's state (or rejects its sequence numbers
-                    // after a reconnect) can leave it failing without a fatal error: after a few
-                    // failed attempts in a row, start a new producer too.
-                    if fatal.is_some() || attempt.is_multiple_of(REPLACE_AFTER_ATTEMPTS) {
-                        tracing::warn!(?fatal, attempts = attempt, "replacing the producer");
-                        match producer(&self.cfg) {
-                            Ok(p) => {
-                                self.producer = p;
-                                self.stats.producers_replaced += 1;
-                            }
-                            Err(e) => tracing::error!(%e, "cannot create a producer"),
-                        }
-                    }
+                    Err(e) => tracing::error!(%e, "cannot create a producer"),
                 }
             }
         }
+        Ok(())
     }
 
-    fn attempt(&self, batch: &[Out]) -> Result<(), String> {
-        let acks = self.producer.context();
-        acks.reset();
-        for out in batch {
-            let mut record = BaseRecord::to(&out.topic)
+    /// The small dead letter that stands for `out`, which the broker refused for good; counts
+    /// and logs it. `Err` when `out` is such a dead letter already, or a dead letter without
+    /// its original bytes: the dead-letter topic itself refuses.
+    fn undeliverable(&mut self, out: &Out, error: &str) -> Result<Out, Halt> {
+        if out.kind == OutKind::DeadLetter("undeliverable") {
+            return Err(Halt::Fatal(format!(
+                "topic `{}` refused an undeliverable notice: {error}",
+                out.topic
+            )));
+        }
+        let kind = out.kind.name();
+        self.progress
+            .metrics
+            .undeliverable
+            .with_label_values(&["kafka", kind])
+            .inc();
+        tracing::error!(topic = %out.topic, key = %crate::decode::shown(&out.key), bytes = out.value.len(), record = kind, %error, "a record was refused for good; an undeliverable dead letter replaces it");
+        let prefix = &out.value[..out.value.len().min(UNDELIVERABLE_PREFIX_BYTES)];
+        let letter = DeadLetterRecord {
+            topic: out.topic.clone(),
+            partition: -1,
+            offset: -1,
+            reason: "undeliverable".into(),
+            detail: format!("the {kind} record was refused for good: {error}"),
+            key: Some(crate::decode::shown(&out.key)),
+            value: Some(String::from_utf8_lossy(prefix).into_owned()),
+            value_bytes: out.value.len(),
+            value_truncated: prefix.len() < out.value.len(),
+        };
+        *self
+            .stats
+            .dead_letters
+            .entry("undeliverable".into())
+            .or_default() += 1;
+        self.progress
+            .metrics
+            .dead_letters
+            .with_label_values(&["undeliverable"])
+            .inc();
+        Ok(Out {
+            topic: self.cfg.kafka.topics.dead_letters.clone(),
+            key: format!("undeliverable/{}", out.topic),
+            value: serde_json::to_vec(&letter).unwrap_or_default(),
+            original: None,
+            kind: OutKind::DeadLetter("undeliverable"),
+        })
+    }
+
+    /// Produces the records `todo` of `batch` once and waits for their answers; returns the
+    /// ones that failed with the error and whether it is permanent.
+    fn attempt(
+        &mut self,
+        batch: &[Out],
+        todo: &[usize],
+    ) -> Result<Vec<(usize, String, bool)>, Halt> {
+        let generation = self.producer.context().start(batch.len(), todo);
+        for &i in todo {
+            let out = &batch[i];
+            let opaque = ((generation as usize) << 32) | i;
+            let mut record = BaseRecord::with_opaque_to(&out.topic, opaque)
                 .key(out.key.as_bytes())
                 .payload(&out.value);
-            if let Some(original) = &out.original {
-                record = record.headers(OwnedHeaders::new().insert(Header {
+            if let Some((original, len)) = &out.original {
+                let mut headers = OwnedHeaders::new().insert(Header {
                     key: ORIGINAL_VALUE_HEADER,
                     value: Some(original.as_slice()),
-                }));
+                });
+                if original.len() < *len {
+                    let len = len.to_string();
+                    headers = headers.insert(Header {
+                        key: ORIGINAL_LENGTH_HEADER,
+                        value: Some(len.as_bytes()),
+                    });
+                }
+                record = record.headers(headers);
             }
             loop {
                 match self.producer.send(record) {
@@ -567,7 +862,11 @@ impl KafkaSink {
                         let full =
                             matches!(e.rdkafka_error_code(), Some(RDKafkaErrorCode::QueueFull));
                         if !full {
-                            return Err(format!("produce to {}: {e}", out.topic));
+                            self.producer.context().answer(i, Err(e));
+                            break;
+                        }
+                        if self.past_grace() {
+                            return Err(Halt::Stopped);
                         }
                         record = back;
                         self.producer.poll(Duration::from_millis(10));
@@ -575,10 +874,33 @@ impl KafkaSink {
                 }
             }
         }
-        self.producer
-            .flush(FLUSH_TIMEOUT)
-            .map_err(|e| format!("flush: {e}"))?;
-        acks.check()
+        let started = Instant::now();
+        while self.producer.context().outstanding() > 0 && started.elapsed() < FLUSH_TIMEOUT {
+            // Short slices, so a stop is seen while the broker does not answer.
+            let _ = self.producer.flush(Duration::from_millis(200));
+            if self.past_grace() {
+                return Err(Halt::Stopped);
+            }
+        }
+        let mut failures = Vec::new();
+        for (i, answer) in self.producer.context().take(todo) {
+            let topic = &batch[i].topic;
+            match answer {
+                Some(Ok(())) => {}
+                Some(Err(e)) => {
+                    failures.push((i, format!("produce to {topic}: {e}"), refused_for_good(&e)))
+                }
+                None => failures.push((
+                    i,
+                    format!(
+                        "produce to {topic}: no acknowledgement within {} s",
+                        FLUSH_TIMEOUT.as_secs()
+                    ),
+                    false,
+                )),
+            }
+        }
+        Ok(failures)
     }
 
     /// Commits the advance's offsets with the frontier in the metadata, retrying until done.
@@ -596,16 +918,99 @@ impl KafkaSink {
         }
         let mut attempt = 0u32;
         let started = Instant::now();
-        while let Err(e) = self.committer.commit(&tpl, CommitMode::Sync) {
+        while let Err(e) = self.commit_once(&tpl) {
             if self.stop.load(Ordering::SeqCst) {
                 tracing::warn!(error = %e, "stopping with uncommitted offsets");
+                self.halt(Halt::Stopped);
                 return;
             }
             self.stats.retries += 1;
             let wait = Duration::from_millis(200u64 << attempt.min(5));
             tracing::warn!(error = %e, waited_s = started.elapsed().as_secs(), "offset commit failed; retrying");
-            std::thread::sleep(wait);
+            sleep_unless_stopped(&self.stop, wait);
             attempt += 1;
+        }
+    }
+
+    /// One commit, waited for until it is answered or, once the run is stopping, for at most
+    /// [`STOP_GRACE`].
+    fn commit_once(&mut self, tpl: &TopicPartitionList) -> Result<(), String> {
+        let seq = self.committer.send(tpl.clone())?;
+        let started = Instant::now();
+        let mut warned = Duration::ZERO;
+        loop {
+            if let Some(result) = self.committer.answer(seq, Duration::from_millis(100))? {
+                return result;
+            }
+            if self.past_grace() {
+                return Err("stopping before the commit was answered".into());
+            }
+            if started.elapsed() >= warned + FLUSH_TIMEOUT {
+                warned = started.elapsed();
+                tracing::warn!(
+                    waited_s = warned.as_secs(),
+                    "the offset commit is not answered yet (group coordinator unreachable?)"
+                );
+            }
+        }
+    }
+}
+
+/// A thread that commits offsets: librdkafka's synchronous commit waits for the group
+/// coordinator for ever, so the sink waits for its answer here, where a stop can cut the wait.
+struct Committer {
+    requests: std::sync::mpsc::Sender<(u64, TopicPartitionList)>,
+    answers: std::sync::mpsc::Receiver<(u64, Result<(), String>)>,
+    next: u64,
+}
+
+impl Committer {
+    fn start(consumer: BaseConsumer) -> std::io::Result<Committer> {
+        let (requests, rx) = std::sync::mpsc::channel::<(u64, TopicPartitionList)>();
+        let (tx, answers) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("stockcast-commit".into())
+            .spawn(move || {
+                for (seq, tpl) in rx {
+                    let result = consumer
+                        .commit(&tpl, CommitMode::Sync)
+                        .map_err(|e| e.to_string());
+                    if tx.send((seq, result)).is_err() {
+                        return;
+                    }
+                }
+            })?;
+        Ok(Committer {
+            requests,
+            answers,
+            next: 0,
+        })
+    }
+
+    /// Queues a commit; returns its number.
+    fn send(&mut self, tpl: TopicPartitionList) -> Result<u64, String> {
+        self.next += 1;
+        self.requests
+            .send((self.next, tpl))
+            .map_err(|_| "the committer thread stopped".to_string())?;
+        Ok(self.next)
+    }
+
+    /// The answer to commit `seq`, if it comes within `wait` (answers to earlier commits that
+    /// were given up on are skipped).
+    fn answer(&self, seq: u64, wait: Duration) -> Result<Option<Result<(), String>>, String> {
+        use std::sync::mpsc::RecvTimeoutError;
+        let until = Instant::now() + wait;
+        loop {
+            let left = until.saturating_duration_since(Instant::now());
+            match self.answers.recv_timeout(left) {
+                Ok((n, result)) if n == seq => return Ok(Some(result)),
+                Ok(_) => continue,
+                Err(RecvTimeoutError::Timeout) => return Ok(None),
+                Err(RecvTimeoutError::Disconnected) => {
+                    return Err("the committer thread stopped".into())
+                }
+            }
         }
     }
 }

@@ -89,6 +89,17 @@ impl Partition {
     }
 }
 
+/// Most bytes of a refused record's value a dead letter carries (the rest is cut, and the
+/// dead letter says how long the original was).
+pub const MAX_DEAD_VALUE_BYTES: usize = 64 * 1024;
+/// Most bytes of a refused record's key a dead letter carries.
+pub const MAX_DEAD_KEY_BYTES: usize = 1024;
+
+/// The first `max` bytes of `bytes`.
+fn bounded_copy(bytes: &[u8], max: usize) -> Vec<u8> {
+    bytes[..bytes.len().min(max)].to_vec()
+}
+
 /// A record that could not be used.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct DeadRecord {
@@ -96,10 +107,12 @@ pub struct DeadRecord {
     pub partition: Partition,
     /// Its offset.
     pub offset: i64,
-    /// Its key bytes.
+    /// Its key bytes, at most [`MAX_DEAD_KEY_BYTES`].
     pub key: Option<Vec<u8>>,
-    /// Its value bytes, verbatim.
+    /// Its value bytes, verbatim up to [`MAX_DEAD_VALUE_BYTES`].
     pub value: Option<Vec<u8>>,
+    /// The length of the original value in bytes (more than `value` holds when it was cut).
+    pub original_len: usize,
     /// Stable reason code.
     #[serde(deserialize_with = "crate::metrics::dead_letter_reason")]
     pub reason: crate::metrics::Reason,
@@ -224,6 +237,9 @@ pub struct Progress {
     pub latest: std::sync::RwLock<HashMap<(String, String), crate::replay::ForecastRecord>>,
     /// Wall-clock Unix seconds of the last advance of the closed epochs (0 before).
     pub last_advance: AtomicI64,
+    /// Wall-clock Unix seconds when this process's worker state was created: stall detection
+    /// counts from here until the first advance.
+    pub started_at: i64,
     /// Event-time end of the last closed epoch, Unix seconds (`i64::MIN` before).
     pub last_epoch_end: AtomicI64,
     /// The global watermark, event-time Unix seconds (`i64::MIN` while unknown).
@@ -248,6 +264,7 @@ impl Default for Progress {
             metrics: crate::metrics::Metrics::new(),
             latest: Default::default(),
             last_advance: AtomicI64::new(0),
+            started_at: chrono::Utc::now().timestamp(),
             last_epoch_end: AtomicI64::new(i64::MIN),
             watermark: AtomicI64::new(i64::MIN),
             assigned: AtomicBool::new(false),
@@ -269,14 +286,30 @@ impl std::fmt::Debug for Progress {
 }
 
 impl Progress {
-    /// Sets the lag gauges against the wall clock `now` (Unix seconds).
+    /// Sets the lag gauges against the wall clock `now` (Unix seconds). A lag is never negative:
+    /// event time ahead of the wall clock (up to `time.max_future_secs`) reads as 0.
     pub fn refresh_lags(&self, now: i64) {
-        let lag = |t: i64| if t == i64::MIN { 0.0 } else { (now - t) as f64 };
+        let lag = |t: i64| {
+            if t == i64::MIN {
+                0.0
+            } else {
+                now.saturating_sub(t).max(0) as f64
+            }
+        };
         let m = &self.metrics;
         m.watermark_lag_seconds
             .set(lag(self.watermark.load(Ordering::Relaxed)));
         m.epoch_lag_seconds
             .set(lag(self.last_epoch_end.load(Ordering::Relaxed)));
+    }
+
+    /// Seconds since the last advance of the closed epochs, or since the start before the first.
+    pub fn stalled_for(&self, now: i64) -> i64 {
+        let last = self
+            .last_advance
+            .load(Ordering::Relaxed)
+            .max(self.started_at);
+        now.saturating_sub(last)
     }
 
     /// Notes that one of `workers` has its partitions.
@@ -453,6 +486,9 @@ struct Feeder {
     dead: Vec<DeadRecord>,
     /// Records delivered again by the client and skipped.
     redelivered: u64,
+    /// The latest event time accepted: the wall clock plus `time.max_future_secs`, refreshed
+    /// before every poll.
+    future_limit: i64,
     /// The process's live state, for metrics.
     progress: Arc<Progress>,
 }
@@ -489,20 +525,19 @@ impl Feeder {
         if msg.offset() < part.committed {
             return;
         }
+        let m = &self.progress.metrics;
         if reason != "too_late" {
-            self.progress
-                .metrics
-                .decode_failures
-                .with_label_values(&[reason])
-                .inc();
+            m.decode_failures.with_label_values(&[reason]).inc();
         }
+        m.dead_letters.with_label_values(&[reason]).inc();
         self.dead.push(DeadRecord {
             partition: part.part.clone(),
             offset: msg.offset(),
-            key: msg.key().map(<[u8]>::to_vec),
-            value: msg.payload().map(<[u8]>::to_vec),
+            key: msg.key().map(|k| bounded_copy(k, MAX_DEAD_KEY_BYTES)),
+            value: msg.payload().map(|v| bounded_copy(v, MAX_DEAD_VALUE_BYTES)),
+            original_len: msg.payload().map_or(0, <[u8]>::len),
             reason,
-            detail,
+            detail: crate::decode::shown(&detail),
         });
     }
 
@@ -550,6 +585,10 @@ impl Feeder {
                     );
                     return;
                 };
+                if let Err(e) = crate::decode::check_id("key", key) {
+                    self.dead_letter(p, msg, e.reason(), e.to_string());
+                    return;
+                }
                 let event = match kind {
                     FileKind::Promotions => Event::Promotion {
                         promo_id: ids::promo_id(key),
@@ -579,6 +618,11 @@ impl Feeder {
                 }
             },
         };
+        // An event from the future never moves the clock (see the module docs).
+        if let Err(e) = crate::decode::check_not_future(record.ts(), self.future_limit) {
+            self.dead_letter(p, msg, e.reason(), e.to_string());
+            return;
+        }
         let event = match self.dict.event(&record, self.clock.period_kind()) {
             Ok(e) => e,
             Err(e) => {
@@ -814,7 +858,7 @@ fn consumer(cfg: &Resolved) -> Result<BaseConsumer, StreamError> {
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
         .create()
-        .map_err(|e| StreamError::Kafka(format!("consumer: {e}")))
+        .map_err(|e| StreamError::Kafka(format!("consumer: {}", cfg.kafka.scrub(e))))
 }
 
 /// The epoch stored with committed offsets: outputs of epochs before it were acknowledged.
@@ -1044,6 +1088,8 @@ pub fn run(
                     // Counted as read, whether or not their epochs closed yet.
                     let read: u64 = report.consumed.values().sum();
                     opts.progress.consumed.fetch_add(read, Ordering::SeqCst);
+                    let pending = &opts.progress.metrics.dead_letters_pending;
+                    pending.add(report.dead.len() as i64);
                     merger.absorb(report);
                 }
                 Err(e) => {
@@ -1308,8 +1354,10 @@ fn work(
         late: BTreeMap::new(),
         dead: Vec::new(),
         redelivered: 0,
+        future_limit: i64::MAX,
         progress: Arc::clone(&opts.progress),
     };
+    let max_future = cfg.max_future_secs;
 
     let (probe, sink, size) = crate::pipeline::run::build(worker, &mut feeder.input, &cfg.spec);
     // The beacons: a broadcast stream that is never advanced; only its data matters.
@@ -1363,6 +1411,7 @@ fn work(
             feeder.not_listening(gap);
         }
         last_poll = Instant::now();
+        feeder.future_limit = chrono::Utc::now().timestamp().saturating_add(max_future);
         let mut got = 0;
         while !draining && !full && got < POLL_BATCH {
             let wait = if got == 0 {

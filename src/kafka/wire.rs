@@ -136,8 +136,12 @@ pub struct EpochRecord {
     pub latency_ms: u64,
 }
 
-/// Header of a dead-letter record that carries the original value's bytes verbatim.
+/// Header of a dead-letter record that carries the original value's bytes verbatim (its first
+/// [`crate::kafka::stream::MAX_DEAD_VALUE_BYTES`] bytes when it was longer).
 pub const ORIGINAL_VALUE_HEADER: &str = "stockcast.original-value";
+
+/// Header present when the original value was cut: its full length in bytes, as decimal text.
+pub const ORIGINAL_LENGTH_HEADER: &str = "stockcast.original-length";
 
 /// One record on `stockcast.dead-letters`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -155,6 +159,13 @@ pub struct DeadLetterRecord {
     /// The record's key, as text where it is UTF-8 (else lossily).
     pub key: Option<String>,
     /// The record's value, as text where it is UTF-8 (else lossily). The exact original bytes
-    /// travel beside it in the Kafka header [`ORIGINAL_VALUE_HEADER`].
+    /// travel beside it in the Kafka header [`ORIGINAL_VALUE_HEADER`]. At most
+    /// [`crate::kafka::stream::MAX_DEAD_VALUE_BYTES`] of the original: see `value_bytes`.
     pub value: Option<String>,
+    /// The original value's length in bytes.
+    #[serde(default)]
+    pub value_bytes: usize,
+    /// Whether `value` (and the header) hold only the start of the original value.
+    #[serde(default)]
+    pub value_truncated: bool,
 }

@@ -150,18 +150,20 @@ pub struct Dataset {
     pub files: Vec<FileReport>,
     /// Files present but not part of the layout.
     pub ignored: Vec<String>,
+    /// Files of the layout that hold no row (empty, or a header only).
+    pub empty: Vec<String>,
 }
 
 /// Why a dataset could not be read at all.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     /// The directory or a file could not be read.
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}: {cause}")]
     Io {
         /// The path.
         path: PathBuf,
-        /// The cause.
-        source: std::io::Error,
+        /// The cause (shown in the message, so not chained as a source a second time).
+        cause: std::io::Error,
     },
     /// A CSV file whose header row cannot be read.
     #[error("{path}: bad CSV header: {message}")]
@@ -174,6 +176,9 @@ pub enum LoadError {
     /// Neither sales nor stock files.
     #[error("{0}: no sales.csv, sales.jsonl, stock.csv or stock.jsonl")]
     NoEvents(PathBuf),
+    /// The dataset directory does not exist or is not a directory.
+    #[error("dataset directory {0} does not exist or is not a directory")]
+    NoDirectory(PathBuf),
 }
 
 impl Dataset {
@@ -185,9 +190,12 @@ impl Dataset {
 
 /// Reads every known file of `dir`, in a fixed order (reference data first).
 pub fn load(dir: &Path) -> Result<Dataset, LoadError> {
+    if !dir.is_dir() {
+        return Err(LoadError::NoDirectory(dir.to_path_buf()));
+    }
     let io = |path: &Path| {
         let path = path.to_path_buf();
-        move |source| LoadError::Io { path, source }
+        move |cause| LoadError::Io { path, cause }
     };
     let mut found: Vec<(FileKind, PathBuf)> = Vec::new();
     let mut ignored = Vec::new();
@@ -237,6 +245,68 @@ fn read_file(data: &mut Dataset, kind: FileKind, path: &Path) -> Result<(), Load
         .file_name()
         .map(|n| n.to_string_lossy().to_string())
         .unwrap_or_default();
+    let file = File::open(path).map_err(|cause| LoadError::Io {
+        path: path.to_path_buf(),
+        cause,
+    })?;
+    let is_csv = path.extension().is_some_and(|e| e == "csv");
+    read_rows(data, kind, &name, path, is_csv, file)
+}
+
+/// Decodes the bytes of one input file of `kind` (CSV with a header, or JSON lines) as
+/// [`load`] reads a file: the fuzz targets and tests drive the decoders through it.
+pub fn decode_bytes(kind: FileKind, csv: bool, bytes: &[u8]) -> Result<Dataset, LoadError> {
+    let mut data = Dataset::default();
+    let name = format!("{}.{}", kind.name(), if csv { "csv" } else { "jsonl" });
+    read_rows(&mut data, kind, &name, Path::new(&name), csv, bytes)?;
+    Ok(data)
+}
+
+/// One hostile input through every decoder of a record kind: `pick` chooses the kind, `bytes`
+/// are a Kafka record value and a whole file. Panics only if a decoder breaks its contract
+/// (an error quoting more than a bounded part of its input). The fuzz targets and the
+/// hostile-input tests call it.
+pub fn exercise(pick: u8, csv: bool, bytes: &[u8]) {
+    const KINDS: [FileKind; 5] = [
+        FileKind::Sales,
+        FileKind::Stock,
+        FileKind::Catalog,
+        FileKind::Stores,
+        FileKind::Promotions,
+    ];
+    let kind = KINDS[usize::from(pick) % KINDS.len()];
+    let bounded = |e: &DecodeError| {
+        let text = e.to_string();
+        assert!(
+            text.len() <= 1024,
+            "{} bytes of error: {text:.200}",
+            text.len()
+        );
+    };
+    if !csv {
+        if let Err(e) = kind.decode_json(bytes) {
+            bounded(&e);
+        }
+    }
+    if let Ok(data) = decode_bytes(kind, csv, bytes) {
+        for record in &data.records {
+            let _ = decode::check_not_future(record.0.ts(), 0);
+        }
+        for d in &data.dead_letters {
+            assert!(d.detail.len() <= 1024, "{} bytes of detail", d.detail.len());
+        }
+    }
+}
+
+fn read_rows(
+    data: &mut Dataset,
+    kind: FileKind,
+    name: &str,
+    path: &Path,
+    is_csv: bool,
+    file: impl std::io::Read,
+) -> Result<(), LoadError> {
+    let name = name.to_string();
     let file_index = data.files.len() as u32;
     let mut report = FileReport {
         name: name.clone(),
@@ -244,10 +314,6 @@ fn read_file(data: &mut Dataset, kind: FileKind, path: &Path) -> Result<(), Load
         rows: 0,
         rejected: 0,
     };
-    let file = File::open(path).map_err(|source| LoadError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
     let mut push =
         |result: Result<Record, DecodeError>, line: u64, text: &dyn Fn() -> String| match result {
             Ok(record) => {
@@ -271,7 +337,6 @@ fn read_file(data: &mut Dataset, kind: FileKind, path: &Path) -> Result<(), Load
                 });
             }
         };
-    let is_csv = path.extension().is_some_and(|e| e == "csv");
     if is_csv {
         let mut reader = csv::ReaderBuilder::new()
             .flexible(true)
@@ -286,28 +351,46 @@ fn read_file(data: &mut Dataset, kind: FileKind, path: &Path) -> Result<(), Load
             .enumerate()
             .map(|(i, h)| (h.trim().to_string(), i))
             .collect();
-        let mut record = csv::StringRecord::new();
+        let mut bytes = csv::ByteRecord::new();
         loop {
-            let line = reader.position().line() + 1;
-            match reader.read_record(&mut record) {
+            match reader.read_byte_record(&mut bytes) {
                 Ok(false) => break,
                 Ok(true) => {
-                    let line = record.position().map_or(line, |p| p.line());
-                    let row = CsvRow {
-                        header: &header,
-                        record: &record,
+                    let line = bytes.position().map_or(0, |p| p.line());
+                    let lossy = |b: &csv::ByteRecord| {
+                        b.iter()
+                            .map(String::from_utf8_lossy)
+                            .collect::<Vec<_>>()
+                            .join(",")
                     };
-                    push(kind.decode(&row), line, &|| {
-                        record.iter().collect::<Vec<_>>().join(",")
-                    });
+                    // Checked in place; the record's buffer is reused for the next row.
+                    match csv::StringRecord::from_byte_record(std::mem::take(&mut bytes)) {
+                        Ok(record) => {
+                            let row = CsvRow {
+                                header: &header,
+                                record: &record,
+                            };
+                            push(kind.decode(&row), line, &|| lossy(record.as_byte_record()));
+                            bytes = record.into_byte_record();
+                        }
+                        Err(e) => {
+                            let field = e.utf8_error().field() + 1;
+                            let why = format!("field {field} is not valid UTF-8");
+                            bytes = e.into_byte_record();
+                            push(Err(DecodeError::Malformed(why)), line, &|| lossy(&bytes));
+                        }
+                    }
                 }
                 Err(e) => {
-                    if let csv::ErrorKind::Io(source) = e.kind() {
+                    if let csv::ErrorKind::Io(cause) = e.kind() {
                         return Err(LoadError::Io {
                             path: path.to_path_buf(),
-                            source: std::io::Error::new(source.kind(), source.to_string()),
+                            cause: std::io::Error::new(cause.kind(), cause.to_string()),
                         });
                     }
+                    let line = e
+                        .position()
+                        .map_or_else(|| reader.position().line(), |p| p.line());
                     push(
                         Err(DecodeError::Malformed(e.to_string())),
                         line,
@@ -317,19 +400,99 @@ fn read_file(data: &mut Dataset, kind: FileKind, path: &Path) -> Result<(), Load
             }
         }
     } else {
-        let reader = BufReader::with_capacity(1 << 20, file);
-        for (i, line) in reader.lines().enumerate() {
-            let text = line.map_err(|source| LoadError::Io {
-                path: path.to_path_buf(),
-                source,
-            })?;
-            if text.trim().is_empty() {
+        let mut reader = BufReader::with_capacity(1 << 20, file);
+        let mut bytes = Vec::new();
+        let mut line = 0u64;
+        loop {
+            bytes.clear();
+            let n = reader
+                .read_until(b'\n', &mut bytes)
+                .map_err(|cause| LoadError::Io {
+                    path: path.to_path_buf(),
+                    cause,
+                })?;
+            if n == 0 {
+                break;
+            }
+            line += 1;
+            let text = bytes.trim_ascii();
+            if text.is_empty() {
                 continue;
             }
-            let result = kind.decode_json(text.as_bytes());
-            push(result, i as u64 + 1, &|| text.clone());
+            // Bytes that are not UTF-8 fail to decode (`malformed`); the dead letter shows them
+            // lossily.
+            let result = kind.decode_json(text);
+            push(result, line, &|| String::from_utf8_lossy(text).into_owned());
         }
+    }
+    if report.rows == 0 && report.rejected == 0 {
+        tracing::warn!(file = %path.display(), "input file holds no rows");
+        data.empty.push(name.clone());
     }
     data.files.push(report);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bytes_that_are_not_utf8_are_dead_letters_with_their_line_and_text() {
+        let dir = tempfile::tempdir().unwrap();
+        // Line 3 holds "café" in Windows-1252 (0xE9), line 5 in a JSON-lines file likewise.
+        let mut csv = b"ts,store_id,sku_id,qty\n2024-01-01,S1,A,1\n2024-01-01,S1,caf".to_vec();
+        csv.extend_from_slice(b"\xe9,2\n2024-01-02,S1,A,3\n");
+        std::fs::write(dir.path().join("sales.csv"), &csv).unwrap();
+        let mut jsonl =
+            br#"{"ts":"2024-01-01","store_id":"S1","sku_id":"A","kind":"receipt","qty":1}"#
+                .to_vec();
+        jsonl.extend_from_slice(b"\n\n\n\n{\"sku_id\":\"caf\xe9\"}\n");
+        std::fs::write(dir.path().join("stock.jsonl"), &jsonl).unwrap();
+        let data = load(dir.path()).unwrap();
+        assert_eq!(data.records.len(), 3);
+        let dl: Vec<(&str, u64, &str, &str)> = data
+            .dead_letters
+            .iter()
+            .map(|d| {
+                (
+                    d.file.as_str(),
+                    d.line,
+                    d.reason.as_str(),
+                    d.record.as_str(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            dl,
+            vec![
+                (
+                    "stock.jsonl",
+                    5,
+                    "malformed",
+                    "{\"sku_id\":\"caf\u{FFFD}\"}"
+                ),
+                ("sales.csv", 3, "malformed", "2024-01-01,S1,caf\u{FFFD},2"),
+            ]
+        );
+        assert!(data.empty.is_empty());
+    }
+
+    #[test]
+    fn empty_files_are_listed_and_a_missing_directory_is_one_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("sales.csv"), "ts,store_id,sku_id,qty\n").unwrap();
+        std::fs::write(dir.path().join("stock.jsonl"), "").unwrap();
+        let data = load(dir.path()).unwrap();
+        assert_eq!(data.empty, vec!["stock.jsonl", "sales.csv"]);
+        let missing = dir.path().join("nope");
+        let err = load(&missing).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            format!(
+                "dataset directory {} does not exist or is not a directory",
+                missing.display()
+            )
+        );
+    }
 }

@@ -244,10 +244,15 @@ pub const MAX_SHOWN_BYTES: usize = 120;
 /// `text`, cut to at most [`MAX_SHOWN_BYTES`] (at a character boundary) with the full length
 /// noted: errors quote what they refuse without copying a huge value.
 pub fn shown(text: &str) -> String {
-    if text.len() <= MAX_SHOWN_BYTES {
+    cut(text, MAX_SHOWN_BYTES)
+}
+
+/// `text`, cut to at most `max` bytes (at a character boundary) with the full length noted.
+pub fn cut(text: &str, max: usize) -> String {
+    if text.len() <= max {
         return text.to_string();
     }
-    let mut end = MAX_SHOWN_BYTES;
+    let mut end = max;
     while !text.is_char_boundary(end) {
         end -= 1;
     }

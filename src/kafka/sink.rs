@@ -715,21 +715,20 @@ impl KafkaSink {
         let mut attempt = 0u32;
         while !todo.is_empty() {
             let failures = self.attempt(&batch, &todo)?;
+            // What was acknowledged counts, even when other records of the attempt failed.
             let written = (todo.len() - failures.len()) as u64;
-            count_attempt(
-                &self.progress,
-                "kafka",
-                failures.is_empty().then_some(written),
-            );
+            count_attempt(&self.progress, "kafka", Some(written));
             if failures.is_empty() {
                 return Ok(());
             }
+            count_attempt(&self.progress, "kafka", None);
             let mut retry: Vec<usize> = Vec::new();
             let mut transient: Option<String> = None;
+            let mut failed: Vec<usize> = Vec::new();
             for (i, error, permanent) in failures {
                 if !permanent {
                     transient.get_or_insert(error);
-                    retry.push(i);
+                    failed.push(i);
                     continue;
                 }
                 let notice = self.undeliverable(&batch[i], &error)?;
@@ -737,15 +736,15 @@ impl KafkaSink {
                 retry.push(batch.len() - 1);
             }
             // Per-key order: a later record of a key whose earlier one failed goes again too.
-            if let Some(first) = retry.first().copied() {
-                let keys: HashSet<&str> = retry.iter().map(|&i| batch[i].key.as_str()).collect();
-                let after: Vec<usize> = todo
-                    .iter()
-                    .copied()
-                    .filter(|&j| j > first && keys.contains(batch[j].key.as_str()))
-                    .collect();
-                retry.extend(after);
+            if let Some(&first) = failed.iter().min() {
+                let keys: HashSet<&str> = failed.iter().map(|&i| batch[i].key.as_str()).collect();
+                retry.extend(
+                    todo.iter()
+                        .copied()
+                        .filter(|&j| j > first && keys.contains(batch[j].key.as_str())),
+                );
             }
+            retry.extend(failed);
             retry.sort_unstable();
             retry.dedup();
             todo = retry;
@@ -1012,5 +1011,45 @@ impl Committer {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rdkafka::error::KafkaError;
+
+    #[test]
+    fn only_refusals_of_the_record_itself_are_permanent() {
+        let produce = |code| KafkaError::MessageProduction(code);
+        for code in [
+            RDKafkaErrorCode::MessageSizeTooLarge,
+            RDKafkaErrorCode::InvalidRecord,
+            RDKafkaErrorCode::TopicAuthorizationFailed,
+        ] {
+            assert!(refused_for_good(&produce(code)), "{code:?}");
+        }
+        for code in [
+            RDKafkaErrorCode::MessageTimedOut,
+            RDKafkaErrorCode::AllBrokersDown,
+            RDKafkaErrorCode::NotEnoughReplicas,
+            RDKafkaErrorCode::UnknownTopicOrPartition,
+        ] {
+            assert!(!refused_for_good(&produce(code)), "{code:?}");
+        }
+    }
+
+    #[test]
+    fn answers_of_an_earlier_attempt_are_ignored() {
+        let acks = SinkAcks::default();
+        let first = acks.start(3, &[0, 1, 2]);
+        acks.answer(1, Ok(()));
+        let second = acks.start(3, &[0, 2]);
+        assert_ne!(first, second);
+        assert_eq!(acks.outstanding(), 2);
+        acks.answer(2, Err(KafkaError::Canceled));
+        let answers = acks.take(&[0, 2]);
+        assert!(answers[0].1.is_none(), "no answer yet");
+        assert!(matches!(answers[1].1, Some(Err(_))));
     }
 }

@@ -14,6 +14,9 @@
 //!   `exit_when_idle`, the workers apply everything they hold and stop (backfills, tests, demo).
 //! - An event whose epoch is already closed on this worker is applied in the open epoch and
 //!   counted late; one older than the retention is dead-lettered `too_late`.
+//! - An event dated more than `time.max_future_secs` after the wall clock is dead-lettered
+//!   `future_time` before it reaches a watermark: one wrong date cannot move the clock (see
+//!   docs/reliability.md for the live and backfill cases).
 //!
 //! # Offsets
 //! Before each advance a worker notes, per partition, the lowest offset not yet applied (the
@@ -537,7 +540,7 @@ impl Feeder {
             value: msg.payload().map(|v| bounded_copy(v, MAX_DEAD_VALUE_BYTES)),
             original_len: msg.payload().map_or(0, <[u8]>::len),
             reason,
-            detail: crate::decode::shown(&detail),
+            detail: crate::decode::cut(&detail, 1024),
         });
     }
 
@@ -1718,6 +1721,18 @@ mod tests {
         std::fs::write(&file, "host-0\n").unwrap();
         let err = Cluster::from_file(&file, 0).unwrap_err();
         assert!(err.contains("`host-0` is not host:port"), "{err}");
+    }
+
+    #[test]
+    fn stall_counts_from_the_start_until_the_first_advance() {
+        let p = Progress::default();
+        let start = p.started_at;
+        assert_eq!(p.stalled_for(start + 100), 100);
+        p.last_advance.store(start + 60, Ordering::Relaxed);
+        assert_eq!(p.stalled_for(start + 100), 40);
+        p.last_epoch_end.store(start + 5_000, Ordering::Relaxed);
+        p.refresh_lags(start);
+        assert_eq!(p.metrics.epoch_lag_seconds.get(), 0.0, "never negative");
     }
 
     #[test]

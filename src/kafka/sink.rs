@@ -719,7 +719,7 @@ impl KafkaSink {
             let written = (todo.len() - failures.len()) as u64;
             count_attempt(&self.progress, "kafka", Some(written));
             if failures.is_empty() {
-                return Ok(());
+                break;
             }
             count_attempt(&self.progress, "kafka", None);
             let mut retry: Vec<usize> = Vec::new();
@@ -775,6 +775,19 @@ impl KafkaSink {
                 }
             }
         }
+        // The undeliverable dead letters that stood in for refused records are written now.
+        let notices = batch
+            .iter()
+            .filter(|o| o.kind == OutKind::DeadLetter("undeliverable"))
+            .count() as u64;
+        if notices > 0 {
+            let m = &self.progress.metrics;
+            let written = &m.dead_letters_written;
+            written
+                .with_label_values(&["undeliverable"])
+                .inc_by(notices);
+            m.dead_letters_pending.sub(notices as i64);
+        }
         Ok(())
     }
 
@@ -817,6 +830,7 @@ impl KafkaSink {
             .dead_letters
             .with_label_values(&["undeliverable"])
             .inc();
+        self.progress.metrics.dead_letters_pending.inc();
         Ok(Out {
             topic: self.cfg.kafka.topics.dead_letters.clone(),
             key: format!("undeliverable/{}", out.topic),

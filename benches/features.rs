@@ -16,6 +16,12 @@
 //!   rollover epoch.
 //! - memory: streams `days` generated days through the dataflow in a child process and reports
 //!   its peak RSS per series.
+//! - checkpoint: builds the state of `keys` series over `days` days, then times what a
+//!   checkpoint costs (each worker's export, the stall; encoding and writing its part, synced)
+//!   and what a restart from it costs (reading, checking and decoding the parts, feeding them
+//!   into a new dataflow until it caught up) against rebuilding the same state by feeding every
+//!   event again. The rebuild here is the dataflow's share only: a rebuild from the topics adds
+//!   fetching and decoding every record (the `kafka` bench measures that path).
 
 mod common;
 
@@ -401,6 +407,169 @@ fn memory(keys: u32, days: u32, workers: usize) {
     );
 }
 
+/// See the module docs.
+fn checkpoint(keys: u32, days: u32, workers: usize) {
+    use stockcast::checkpoint::{self as ck, DirStore, Part, Settings, Store};
+    let spec = FeatureSpec::daily();
+    let clock = Clock::new(900, PeriodKind::Day).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<DirStore> = Arc::new(DirStore::new(dir.path()));
+    let settings = Settings {
+        period: "day".into(),
+        epoch_secs: 900,
+        retention_periods: spec.retention(),
+        schema_hash: spec.schema().hash,
+        key_partitioning: "bench".into(),
+    };
+    let barrier = Arc::new(Barrier::new(workers));
+    let results = Arc::new(Mutex::new(Vec::new()));
+    let (r, st, set, b) = (
+        results.clone(),
+        store.clone(),
+        settings.clone(),
+        barrier.clone(),
+    );
+    timely::execute(timely::Config::process(workers), move |worker| {
+        let params = worker_params(keys, days, worker.index(), worker.peers());
+        let mut sink = sink_for(&params, worker.index() as u32);
+        let mut g = Generator::new(&params);
+        sink.reference(g.items(), g.promos(), &params);
+        while g.next_day(&mut sink) {}
+        let build = |worker: &mut timely::worker::Worker| {
+            let mut input = FeatureInput::new(clock, &spec);
+            let (probe, view) = worker.dataflow::<Epoch, _, _>(|scope| {
+                let (features, view) =
+                    dataflows::dataflow::features(scope, input.inputs_mut(), &spec);
+                (features.probe().0, view)
+            });
+            (input, probe, view)
+        };
+        // The rebuild: every event through a new dataflow, epoch by epoch.
+        let (mut input, probe, view) = build(worker);
+        b.wait();
+        let t0 = Instant::now();
+        input.advance_to(clock.epoch_of(params.start).unwrap_or(0));
+        for p in &sink.promos {
+            let _ = input.apply(p);
+        }
+        for ev in &sink.events {
+            let e = clock.epoch_of(ev.ts().unwrap_or(0)).unwrap_or(0);
+            if e > input.epoch() {
+                let mut p = clock.period_of_epoch(input.epoch()) + 1;
+                while clock.first_epoch_of_period(p) < e {
+                    let first = clock.first_epoch_of_period(p);
+                    input.advance_to(first);
+                    input.flush();
+                    worker.step_while(|| probe.less_than(&first));
+                    p += 1;
+                }
+                input.advance_to(e);
+                input.flush();
+                worker.step_while(|| probe.less_than(&e));
+            }
+            let _ = input.apply(ev);
+        }
+        let cut = input.epoch() + 1;
+        input.advance_to(cut);
+        input.flush();
+        worker.step_while(|| probe.less_than(&cut));
+        let rebuild = t0.elapsed();
+        b.wait();
+        // The checkpoint: the export (on the worker's thread), then encoding and writing.
+        let t1 = Instant::now();
+        let mut series = Vec::with_capacity(view.records() as usize);
+        view.export(|k, r, a| series.push((k, r, a)));
+        let export = t1.elapsed();
+        let part = Part {
+            epoch: cut,
+            worker: worker.index(),
+            peers: worker.peers(),
+            reference: vec![],
+            series,
+            ..Part::default()
+        };
+        let t2 = Instant::now();
+        let bytes = ck::encode(&set, &part);
+        let name = format!("bench/{}", ck::part_name(worker.index()));
+        st.put(&name, &bytes).unwrap();
+        let write = t2.elapsed();
+        let records = part.series.len();
+        drop(part);
+        b.wait();
+        // The restart: read and check every part, keep this worker's series, restore.
+        let t3 = Instant::now();
+        let mut mine = Vec::new();
+        for w in 0..worker.peers() {
+            let file = format!("bench/{}", ck::part_name(w));
+            let (_, part): (Settings, Part) = ck::decode(&file, &st.get(&file).unwrap()).unwrap();
+            use differential_dataflow::hashable::Hashable;
+            mine.extend(part.series.into_iter().filter(|(k, _, _)| {
+                (k.hashed() % worker.peers() as u64) as usize == worker.index()
+            }));
+        }
+        let read = t3.elapsed();
+        let (mut input2, probe2, view2) = build(worker);
+        input2.restore(cut - 1, &input.reference(), mine);
+        input2.advance_to(cut);
+        input2.flush();
+        worker.step_while(|| probe2.less_than(&cut));
+        let restore = t3.elapsed();
+        r.lock().unwrap().push(CheckpointRun {
+            events: sink.events.len() as u64,
+            series: view.series(),
+            restored: view2.series(),
+            records,
+            bytes: bytes.len(),
+            rebuild,
+            export,
+            write,
+            read,
+            restore,
+        });
+    })
+    .unwrap();
+    let r = results.lock().unwrap();
+    let sum = |f: fn(&CheckpointRun) -> f64| -> f64 { r.iter().map(f).sum() };
+    let max = |f: fn(&CheckpointRun) -> Duration| -> f64 {
+        r.iter().map(f).max().unwrap_or_default().as_secs_f64()
+    };
+    let series = sum(|x| x.series as f64);
+    let restored = sum(|x| x.restored as f64);
+    assert_eq!(series, restored, "the restore holds every series");
+    let bytes = sum(|x| x.bytes as f64);
+    let rebuild = max(|x| x.rebuild);
+    let restore = max(|x| x.restore);
+    println!(
+        "checkpoint: {series} series, {days} days, {} events, {workers} workers: {} records, \
+         {:.0} MB ({:.0} bytes per series); export (stall) {:.2} s, encode+write+fsync {:.2} s; \
+         restart: read+check+decode {:.2} s, restored and caught up in {restore:.2} s; \
+         rebuild from the events (dataflow only) {rebuild:.2} s = {:.1}x the restart [load {}]",
+        sum(|x| x.events as f64),
+        sum(|x| x.records as f64),
+        bytes / 1e6,
+        bytes / series.max(1.0),
+        max(|x| x.export),
+        max(|x| x.write),
+        max(|x| x.read),
+        rebuild / restore.max(1e-9),
+        load()
+    );
+}
+
+/// One worker's figures in the checkpoint scenario.
+struct CheckpointRun {
+    events: u64,
+    series: u64,
+    restored: u64,
+    records: usize,
+    bytes: usize,
+    rebuild: Duration,
+    export: Duration,
+    write: Duration,
+    read: Duration,
+    restore: Duration,
+}
+
 fn main() {
     let args: Vec<String> = std::env::args()
         .skip(1)
@@ -414,7 +583,7 @@ fn main() {
     };
     let workers = flag("--workers", 2) as usize;
     let wanted = |s: &str| args.iter().any(|a| a == s);
-    let all = !["throughput", "latency", "memory"]
+    let all = !["throughput", "latency", "memory", "checkpoint"]
         .iter()
         .any(|s| wanted(s));
     if wanted("throughput") || all {
@@ -435,6 +604,13 @@ fn main() {
             let keys = flag("--keys", 100_000);
             let changes = flag("--changes", keys / 100);
             latency(keys, changes, workers, flag("--rounds", 30) as usize);
+        }
+    }
+    if wanted("checkpoint") || all {
+        if all {
+            checkpoint(100_000, 28, workers);
+        } else {
+            checkpoint(flag("--keys", 100_000), flag("--days", 28), workers);
         }
     }
     if wanted("memory") || all {

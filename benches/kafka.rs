@@ -93,6 +93,7 @@ fn main() {
             exit_when_idle: true,
             stop: Arc::new(AtomicBool::new(false)),
             wall_clock: stream::system_clock(),
+            from_scratch: false,
         },
     )
     .expect("worker");

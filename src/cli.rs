@@ -132,6 +132,10 @@ pub enum Command {
         /// on the wall clock.
         #[arg(long)]
         exit_when_idle: bool,
+        /// Ignore the checkpoints in `[checkpoint] dir` and rebuild the state from the topics
+        /// (new checkpoints are still written there).
+        #[arg(long)]
+        from_scratch: bool,
         /// Baseline forecaster, overriding the config's `forecast.baseline`.
         #[arg(long, value_enum)]
         forecaster: Option<Baseline>,
@@ -295,11 +299,149 @@ pub enum Command {
         #[arg(long, default_value = "127.0.0.1:9898")]
         listen: String,
     },
+    /// Show the checkpoints of a checkpoint directory (`[checkpoint] dir`).
+    Checkpoint {
+        /// What to show.
+        #[command(subcommand)]
+        what: CheckpointCommand,
+    },
     /// Validate a config file and print the effective configuration.
     CheckConfig {
         /// The file.
         file: PathBuf,
     },
+}
+
+/// `stockcast checkpoint ...`.
+#[derive(Debug, Subcommand)]
+pub enum CheckpointCommand {
+    /// Every checkpoint, newest first: status, epoch, series, size, when written.
+    List {
+        /// The checkpoint directory.
+        dir: PathBuf,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One checkpoint in detail (the newest complete one unless named): its settings, offsets
+    /// per partition, parts.
+    Inspect {
+        /// The checkpoint directory.
+        dir: PathBuf,
+        /// The checkpoint's name (as `list` shows it).
+        #[arg(long)]
+        name: Option<String>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn checkpoint_command(what: CheckpointCommand) -> anyhow::Result<()> {
+    use crate::checkpoint::{list, DirStore};
+    match what {
+        CheckpointCommand::List { dir, json } => {
+            anyhow::ensure!(
+                dir.is_dir(),
+                "checkpoint directory {} does not exist",
+                dir.display()
+            );
+            let all = list(&DirStore::new(&dir))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&all)?);
+                return Ok(());
+            }
+            println!(
+                "{:<30} {:<10} {:>12} {:<20} {:>10} {:>12} {:>8}  written",
+                "name", "status", "epoch", "epoch start", "series", "bytes", "workers"
+            );
+            for l in &all {
+                let m = l.manifest.as_ref();
+                println!(
+                    "{:<30} {:<10} {:>12} {:<20} {:>10} {:>12} {:>8}  {}",
+                    l.name,
+                    l.status,
+                    m.map(|m| m.epoch)
+                        .or(l.epoch)
+                        .map_or("-".into(), |e| e.to_string()),
+                    m.map_or("-", |m| m.epoch_start.as_str()),
+                    m.map_or("-".into(), |m| m.series().to_string()),
+                    l.bytes,
+                    m.map_or("-".into(), |m| m.workers.to_string()),
+                    m.map_or_else(
+                        || l.problem.clone().unwrap_or_default(),
+                        |m| format!("{} ({})", m.created_at, m.reason)
+                    ),
+                );
+            }
+        }
+        CheckpointCommand::Inspect { dir, name, json } => {
+            anyhow::ensure!(
+                dir.is_dir(),
+                "checkpoint directory {} does not exist",
+                dir.display()
+            );
+            let all = list(&DirStore::new(&dir))?;
+            let chosen = match &name {
+                Some(n) => all.iter().find(|l| &l.name == n),
+                None => all.iter().find(|l| l.status == "complete"),
+            };
+            let Some(l) = chosen else {
+                anyhow::bail!(
+                    "{} in {}",
+                    name.map_or("no complete checkpoint".to_string(), |n| format!(
+                        "no checkpoint `{n}`"
+                    )),
+                    dir.display()
+                );
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(l)?);
+                return Ok(());
+            }
+            println!("checkpoint {} ({})", l.name, l.status);
+            if let Some(p) = &l.problem {
+                println!("problem: {p}");
+            }
+            let Some(m) = &l.manifest else {
+                return Ok(());
+            };
+            println!(
+                "epoch {} (starts {}), reason {}",
+                m.epoch, m.epoch_start, m.reason
+            );
+            println!(
+                "written {}, {} bytes, {} series",
+                m.created_at,
+                m.bytes(),
+                m.series()
+            );
+            println!(
+                "taken by {} workers in {} processes",
+                m.workers, m.processes
+            );
+            let s = &m.settings;
+            println!(
+                "settings: period {}, epoch {} s, retention {} periods, schema {}, keys {}",
+                s.period, s.epoch_secs, s.retention_periods, s.schema_hash, s.key_partitioning
+            );
+            println!("offsets (reading resumes at; next offset at the cut):");
+            for o in &m.offsets {
+                println!(
+                    "  {}/{}: {} ({})",
+                    o.topic, o.partition, o.resume_offset, o.next_offset
+                );
+            }
+            println!("files:");
+            for f in m.parts.iter().chain(&m.latest) {
+                println!(
+                    "  {} {} bytes, {} items, crc32 {:08x}",
+                    f.file, f.bytes, f.items, f.crc32
+                );
+            }
+        }
+    }
+    Ok(())
 }
 
 /// `run` once its config is resolved: joins the cluster if asked, serves HTTP, runs the worker.
@@ -309,6 +451,7 @@ fn worker_command(
     process: Option<usize>,
     workers: usize,
     exit_when_idle: bool,
+    from_scratch: bool,
     listen: Option<String>,
 ) -> anyhow::Result<()> {
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -320,6 +463,7 @@ fn worker_command(
         _ => None,
     };
     if let Some(c) = &cluster {
+        crate::signals::exit_on_peer_loss();
         tracing::info!(
             process = c.process,
             processes = c.hosts.len(),
@@ -334,6 +478,7 @@ fn worker_command(
         exit_when_idle,
         stop,
         wall_clock: crate::kafka::stream::system_clock(),
+        from_scratch,
     };
     let listen = listen.unwrap_or_else(|| cfg.http.listen.clone());
     let _server = if listen.is_empty() {
@@ -583,6 +728,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Run {
             brokers,
             exit_when_idle,
+            from_scratch,
             forecaster,
             model,
             listen,
@@ -602,8 +748,16 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             }
             // Reports flush when this guard drops, after the worker's last words.
             let _sentry = crate::telemetry::start_sentry(&cfg.sentry);
-            worker_command(&cfg, hosts, process, run.workers, exit_when_idle, listen)
-                .inspect_err(|e| tracing::error!(error = format!("{e:#}"), "the worker failed"))?;
+            worker_command(
+                &cfg,
+                hosts,
+                process,
+                run.workers,
+                exit_when_idle,
+                from_scratch,
+                listen,
+            )
+            .inspect_err(|e| tracing::error!(error = format!("{e:#}"), "the worker failed"))?;
         }
         Command::Load {
             data,
@@ -646,6 +800,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             },
             ..crate::demo::DemoOptions::default()
         })?,
+        Command::Checkpoint { what } => checkpoint_command(what)?,
         Command::CheckConfig { file } => {
             let (mut config, origin) = load_config(Some(&file))?;
             config.resolve(&origin)?;

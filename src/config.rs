@@ -43,6 +43,52 @@ pub struct Config {
     /// Error reporting to Sentry.
     #[serde(default)]
     pub sentry: SentryConfig,
+    /// Checkpoints of the worker's state.
+    #[serde(default)]
+    pub checkpoint: CheckpointConfig,
+}
+
+/// `[checkpoint]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckpointConfig {
+    /// Directory of the checkpoints (shared by every process of a cluster); empty: no
+    /// checkpoints, a restart rebuilds the state from the topics.
+    #[serde(default)]
+    pub dir: String,
+    /// A checkpoint is cut at every epoch that is a multiple of this (epochs of event time)...
+    #[serde(default = "default_every_epochs")]
+    pub every_epochs: u64,
+    /// ...but not sooner than this many seconds of wall clock after the previous one started
+    /// (a backfill crosses many multiples a second).
+    #[serde(default = "default_min_interval")]
+    pub min_interval_secs: u64,
+    /// Complete checkpoints kept.
+    #[serde(default = "default_keep")]
+    pub keep: usize,
+}
+
+fn default_every_epochs() -> u64 {
+    4
+}
+
+fn default_min_interval() -> u64 {
+    60
+}
+
+fn default_keep() -> usize {
+    3
+}
+
+impl Default for CheckpointConfig {
+    fn default() -> Self {
+        CheckpointConfig {
+            dir: String::new(),
+            every_epochs: default_every_epochs(),
+            min_interval_secs: default_min_interval(),
+            keep: default_keep(),
+        }
+    }
 }
 
 /// `[sentry]`.
@@ -232,7 +278,8 @@ impl Default for ReplenishConfig {
 const ENV_PREFIX: &str = "STOCKCAST_";
 
 /// Sections environment variables can address, dotted.
-const ENV_SECTIONS: [&str; 9] = [
+const ENV_SECTIONS: [&str; 10] = [
+    "checkpoint",
     "time",
     "features",
     "forecast",
@@ -580,6 +627,8 @@ pub struct Resolved {
     pub redis: RedisConfig,
     /// Error reporting, if configured (the DSN is valid).
     pub sentry: SentryConfig,
+    /// Checkpoints (validated; `dir` empty: none).
+    pub checkpoint: CheckpointConfig,
 }
 
 impl Config {
@@ -733,6 +782,7 @@ impl Config {
             postgres: self.resolve_postgres(origin)?,
             redis: self.resolve_redis(origin)?,
             sentry: self.resolve_sentry(origin)?,
+            checkpoint: self.resolve_checkpoint(origin)?,
         })
     }
 }
@@ -813,6 +863,40 @@ impl Config {
             }
         }
         Ok(self.postgres.clone())
+    }
+
+    fn resolve_checkpoint(&self, origin: &Path) -> Result<CheckpointConfig, ConfigError> {
+        let c = &self.checkpoint;
+        let invalid = |field, message: String| ConfigError::Invalid {
+            file: origin.to_path_buf(),
+            field,
+            message,
+        };
+        if c.every_epochs == 0 || c.every_epochs > 1_000_000 {
+            return Err(invalid(
+                "checkpoint.every_epochs",
+                format!("{} must be between 1 and 1000000", c.every_epochs),
+            ));
+        }
+        if c.keep == 0 || c.keep > 1000 {
+            return Err(invalid(
+                "checkpoint.keep",
+                format!("{} must be between 1 and 1000", c.keep),
+            ));
+        }
+        if c.min_interval_secs > 7 * 86_400 {
+            return Err(invalid(
+                "checkpoint.min_interval_secs",
+                format!("{} is more than a week", c.min_interval_secs),
+            ));
+        }
+        if c.dir.chars().any(char::is_control) {
+            return Err(invalid(
+                "checkpoint.dir",
+                "contains control characters".into(),
+            ));
+        }
+        Ok(c.clone())
     }
 
     fn resolve_http(&self, origin: &Path) -> Result<HttpConfig, ConfigError> {

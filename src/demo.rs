@@ -228,6 +228,7 @@ pub fn run(opts: &DemoOptions) -> anyhow::Result<()> {
             exit_when_idle: !opts.serve,
             stop: Arc::clone(&stop),
             wall_clock: Arc::new(move || clock.load(Ordering::SeqCst)),
+            from_scratch: false,
         },
     );
     let published = publisher

@@ -22,6 +22,9 @@ pub struct Collision {
     pub new: String,
 }
 
+/// Names by id: (store names, SKU names).
+pub type Names = (Vec<(Id, String)>, Vec<(Id, String)>);
+
 /// Names by id, for stores and SKUs.
 #[derive(Debug, Default, Clone)]
 pub struct Dictionary {
@@ -52,6 +55,26 @@ fn intern(map: &mut HashMap<Id, String>, name: &str) -> Result<Id, Collision> {
 }
 
 impl Dictionary {
+    /// Every name held: (store names, SKU names) by id, sorted by id.
+    pub fn export(&self) -> Names {
+        let sorted = |m: &HashMap<Id, String>| {
+            let mut v: Vec<(Id, String)> = m.iter().map(|(k, v)| (*k, v.clone())).collect();
+            v.sort_unstable_by_key(|e| e.0);
+            v
+        };
+        (sorted(&self.stores), sorted(&self.skus))
+    }
+
+    /// Takes in names exported by [`Dictionary::export`] (a name already held stays).
+    pub fn import(&mut self, stores: &[(Id, String)], skus: &[(Id, String)]) {
+        for (id, name) in stores {
+            self.stores.entry(*id).or_insert_with(|| name.clone());
+        }
+        for (id, name) in skus {
+            self.skus.entry(*id).or_insert_with(|| name.clone());
+        }
+    }
+
     /// The id of a store name, registering it.
     pub fn store(&mut self, name: &str) -> Result<Id, Collision> {
         intern(&mut self.stores, name)

@@ -25,6 +25,7 @@
 //! threads or the wall clock.
 
 pub mod cache;
+pub mod checkpoint;
 pub mod cli;
 pub mod config;
 pub mod decode;

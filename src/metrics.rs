@@ -100,6 +100,26 @@ pub struct Metrics {
     pub state_records: IntGauge,
     /// Series the read API holds a latest forecast of.
     pub api_series: IntGauge,
+    /// Seconds a worker's thread spent exporting its state for a checkpoint (the stall).
+    pub checkpoint_export_seconds: Histogram,
+    /// Seconds from a checkpoint's cut to its manifest (complete checkpoints).
+    pub checkpoint_seconds: Histogram,
+    /// Bytes of the newest complete checkpoint.
+    pub checkpoint_bytes: IntGauge,
+    /// Wall-clock Unix seconds the newest complete checkpoint was written (0: none).
+    pub checkpoint_written_at: IntGauge,
+    /// Seconds since the newest complete checkpoint was written (0 before the first).
+    pub checkpoint_age_seconds: Gauge,
+    /// Checkpoints written completely.
+    pub checkpoints_written: IntCounter,
+    /// Checkpoint parts that could not be written, by reason.
+    pub checkpoint_failures: IntCounterVec,
+    /// Restores from a checkpoint at start.
+    pub checkpoint_restores: IntCounter,
+    /// Checkpoints passed over at start because a file was corrupt or torn.
+    pub checkpoint_corrupt: IntCounter,
+    /// Partitions read from their beginning whose oldest records were deleted.
+    pub history_lost_partitions: IntGauge,
 }
 
 /// Powers of two from 1 to 2^20: counts of series per advance.
@@ -244,6 +264,49 @@ impl Metrics {
                 "stockcast_api_series",
                 "Series whose latest forecast record the read API serves."
             )),
+            checkpoint_export_seconds: reg!(histogram(
+                "stockcast_checkpoint_export_seconds",
+                "Seconds a timely worker spent exporting its state for a checkpoint (it processes nothing meanwhile).",
+                seconds_buckets()
+            )),
+            checkpoint_seconds: reg!(histogram(
+                "stockcast_checkpoint_seconds",
+                "Seconds from a checkpoint's cut to its manifest being written.",
+                seconds_buckets()
+            )),
+            checkpoint_bytes: reg!(IntGauge::new(
+                "stockcast_checkpoint_bytes",
+                "Bytes of the newest complete checkpoint."
+            )),
+            checkpoint_written_at: reg!(IntGauge::new(
+                "stockcast_checkpoint_written_timestamp_seconds",
+                "Unix time the newest complete checkpoint was written (0: none this run)."
+            )),
+            checkpoint_age_seconds: reg!(Gauge::new(
+                "stockcast_checkpoint_age_seconds",
+                "Seconds since the newest complete checkpoint was written (0 before the first)."
+            )),
+            checkpoints_written: reg!(IntCounter::new(
+                "stockcast_checkpoints_total",
+                "Checkpoints written completely (manifest included)."
+            )),
+            checkpoint_failures: reg!(counter_vec(
+                "stockcast_checkpoint_failures_total",
+                "Checkpoint parts or manifests not written, by reason (io, busy).",
+                &["reason"]
+            )),
+            checkpoint_restores: reg!(IntCounter::new(
+                "stockcast_checkpoint_restores_total",
+                "Restores from a checkpoint at start."
+            )),
+            checkpoint_corrupt: reg!(IntCounter::new(
+                "stockcast_checkpoint_corrupt_total",
+                "Checkpoints passed over at start because a file was corrupt or torn."
+            )),
+            history_lost_partitions: reg!(IntGauge::new(
+                "stockcast_history_lost_partitions",
+                "Input partitions read from their beginning (no checkpoint) whose earliest offset is above 0: retention deleted history the features may need."
+            )),
             registry,
             declared,
         }
@@ -267,6 +330,9 @@ impl Metrics {
             self.sink_writes.with_label_values(&[sink]);
             self.sink_failures.with_label_values(&[sink]);
             self.sink_retries.with_label_values(&[sink]);
+        }
+        for reason in ["io", "busy"] {
+            self.checkpoint_failures.with_label_values(&[reason]);
         }
         self
     }

@@ -169,14 +169,7 @@ fn feeding_many_epochs_before_stepping_changes_nothing_per_epoch() {
         while !probe.done() {
             worker.step();
         }
-        let mut out: BTreeMap<Epoch, Vec<(Key, FeatureVec)>> = BTreeMap::new();
-        for (epoch, key, vec) in sink.borrow().iter() {
-            out.entry(*epoch).or_default().push((*key, vec.clone()));
-        }
-        for v in out.values_mut() {
-            v.sort_unstable_by_key(|c| c.0);
-        }
-        out
+        by_epoch(&sink)
     });
     assert_eq!(batched.len(), stepped.len());
     for (epoch, changes) in &stepped {
@@ -184,6 +177,138 @@ fn feeding_many_epochs_before_stepping_changes_nothing_per_epoch() {
             batched.get(epoch),
             Some(changes),
             "changes at epoch {epoch}"
+        );
+    }
+}
+
+/// One record of a series' exported state.
+type SeriesRecord = (Key, dataflows::model::Rec, dataflows::model::Agg);
+
+/// Runs `plan` through a fresh dataflow from step `from` on, collecting the changes per epoch;
+/// with `restore`, the dataflow first gets that checkpoint state at the epoch before.
+fn continue_from(
+    worker: &mut timely::worker::Worker,
+    clock: dataflows::Clock,
+    spec: &FeatureSpec,
+    events: &[dataflows::Event],
+    plan: &pipeline::Plan,
+    from: usize,
+    restore: Option<(&dataflows::input::Reference, &[SeriesRecord])>,
+) -> BTreeMap<Epoch, Vec<(Key, FeatureVec)>> {
+    let mut input = dataflows::input::FeatureInput::new(clock, spec);
+    let (probe, sink, _) = pipeline::run::build(worker, &mut input, spec);
+    let first = plan.steps[from].epoch;
+    if let Some((reference, series)) = restore {
+        input.restore(first - 1, reference, series.iter().copied());
+        input.advance_to(first);
+        input.flush();
+        worker.step_while(|| probe.less_than(&first));
+        // What the restored dataflow emits for the checkpoint's epoch, the run had emitted.
+        sink.borrow_mut().clear();
+    }
+    feed_steps(
+        worker,
+        &mut input,
+        &probe,
+        events,
+        plan,
+        from..plan.steps.len(),
+    );
+    by_epoch(&sink)
+}
+
+/// The changes collected in `sink`, per epoch, in key order.
+fn by_epoch(sink: &pipeline::run::Changes) -> BTreeMap<Epoch, Vec<(Key, FeatureVec)>> {
+    let mut out: BTreeMap<Epoch, Vec<(Key, FeatureVec)>> = BTreeMap::new();
+    for (epoch, key, vec) in sink.borrow().iter() {
+        out.entry(*epoch).or_default().push((*key, vec.clone()));
+    }
+    for v in out.values_mut() {
+        v.sort_unstable_by_key(|c| c.0);
+    }
+    out
+}
+
+/// Feeds the plan's steps `steps` into `input`, one epoch at a time, each run to completion.
+fn feed_steps(
+    worker: &mut timely::worker::Worker,
+    input: &mut dataflows::input::FeatureInput,
+    probe: &timely::dataflow::operators::probe::Handle<Epoch>,
+    events: &[dataflows::Event],
+    plan: &pipeline::Plan,
+    steps: std::ops::Range<usize>,
+) {
+    for s in steps {
+        let step = &plan.steps[s];
+        input.advance_to(step.epoch);
+        for &i in &step.events {
+            let _ = input.apply(&events[i as usize]);
+        }
+        let next = plan.steps.get(s + 1).map_or(step.epoch + 1, |n| n.epoch);
+        input.advance_to(next);
+        input.flush();
+        worker.step_while(|| probe.less_than(&next));
+    }
+}
+
+/// A checkpoint is the series records the features operator exports plus the input stage's
+/// reference data: restored into a new dataflow, every later epoch's changes are those of the
+/// run that was never interrupted, whatever epoch the checkpoint was taken at.
+#[test]
+fn a_restored_checkpoint_continues_like_the_uninterrupted_run() {
+    for (seed, period) in [
+        (3, PeriodKind::Day),
+        (4, PeriodKind::Day),
+        (105, PeriodKind::Week),
+    ] {
+        let spec = common::small_spec(period);
+        let clock = common::clock_for(period);
+        let events = common::random_events(seed, period, 300);
+        let plan = pipeline::plan(&clock, 0, &events, None);
+        let steps = plan.steps.len();
+        let mut checked = 0;
+        for cut in [steps / 5, steps / 2, steps - steps / 5] {
+            let first = plan.steps[cut].epoch;
+            let (events, plan, spec) = (events.clone(), plan.clone(), spec.clone());
+            let (whole, restored, exported) = timely::execute_directly(move |worker| {
+                let whole = continue_from(worker, clock, &spec, &events, &plan, 0, None);
+                // The run up to the cut, then its checkpoint.
+                let mut input = dataflows::input::FeatureInput::new(clock, &spec);
+                let (probe, _, view) = pipeline::run::build(worker, &mut input, &spec);
+                feed_steps(worker, &mut input, &probe, &events, &plan, 0..cut);
+                let mut series = Vec::new();
+                view.export(|k, r, a| series.push((k, r, a)));
+                let reference = input.reference();
+                let restored = continue_from(
+                    worker,
+                    clock,
+                    &spec,
+                    &events,
+                    &plan,
+                    cut,
+                    Some((&reference, &series)),
+                );
+                (whole, restored, series.len())
+            });
+            let expected: BTreeMap<_, _> = whole.into_iter().filter(|(e, _)| *e >= first).collect();
+            assert!(exported > 0, "seed {seed}: nothing exported at step {cut}");
+            assert_eq!(
+                restored.len(),
+                expected.len(),
+                "seed {seed}, cut {cut}: epochs with changes"
+            );
+            for (epoch, changes) in &expected {
+                assert_eq!(
+                    restored.get(epoch),
+                    Some(changes),
+                    "seed {seed}, cut {cut}: changes at epoch {epoch}"
+                );
+            }
+            checked += expected.len();
+        }
+        assert!(
+            checked > 10,
+            "seed {seed}: too few epochs compared ({checked})"
         );
     }
 }

@@ -20,7 +20,8 @@ mod support;
 use http::http_get;
 use support::{
     assert_same_forecasts, broker_behind_proxy, committed, config, config_file, consume,
-    consume_json, free_port, load_dir, options, replay_forecasts, shared, sorted_forecasts,
+    consume_json, free_port, load_dir, m5_halves, options, replay_forecasts, shared,
+    sorted_forecasts, split_sales,
 };
 
 #[test]
@@ -195,35 +196,12 @@ fn malformed_records_are_dead_lettered_with_their_bytes_and_reason() {
 }
 
 /// Writes the sales of `from` whose date is in `[lo, hi)` into `to/sales.csv`.
-fn split_sales(from: &Path, to: &Path, lo: &str, hi: &str) {
-    std::fs::create_dir_all(to).unwrap();
-    let text = std::fs::read_to_string(from.join("sales.csv")).unwrap();
-    let mut lines = text.lines();
-    let mut out = vec![lines.next().unwrap().to_string()];
-    out.extend(
-        lines
-            .filter(|l| {
-                let date = &l[..10];
-                date >= lo && date < hi
-            })
-            .map(str::to_string),
-    );
-    std::fs::write(to.join("sales.csv"), out.join("\n") + "\n").unwrap();
-}
 
 #[test]
 fn a_restart_resumes_at_the_committed_frontier_without_double_counting() {
     let cfg = config("restart", "day");
-    let m5 = shared("m5_mini");
     let tmp = tempfile::tempdir().unwrap();
-    let (first, second, all) = (
-        tmp.path().join("a"),
-        tmp.path().join("b"),
-        tmp.path().join("all"),
-    );
-    split_sales(&m5, &first, "0000", "2014-01-01");
-    split_sales(&m5, &second, "2014-01-01", "9999");
-    split_sales(&m5, &all, "0000", "9999");
+    let (first, second, all) = m5_halves(tmp.path());
     let load = |dir: &Path| load_dir(&cfg.kafka, dir, 3);
     load(&first);
     let run1 = kafka::run_worker(&cfg, &options(2)).unwrap();
@@ -307,6 +285,7 @@ fn a_30_second_broker_outage_loses_and_double_counts_nothing() {
             exit_when_idle: false,
             stop: Arc::clone(&stop),
             wall_clock: Arc::new(|| 0),
+            from_scratch: false,
         };
         std::thread::spawn(move || kafka::run_worker(&cfg, &opts).unwrap())
     };

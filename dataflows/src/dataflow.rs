@@ -21,11 +21,11 @@
 //! The output is a collection; at each epoch its updates are exactly a retraction of the old and
 //! an insertion of the new vector for each series whose features changed, and nothing else.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::sync::Arc;
 
-use differential_dataflow::difference::{IsZero, Semigroup};
+use differential_dataflow::difference::{Abelian, IsZero, Semigroup};
 use differential_dataflow::hashable::Hashable;
 use differential_dataflow::{AsCollection, VecCollection};
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
@@ -39,20 +39,48 @@ use crate::model::{Agg, FeatureVec, Key, Rec};
 use crate::table::{self, SeriesTable};
 use crate::time::{Epoch, Period};
 
-/// The size of one worker's feature state, as of the features operator's last run.
-#[derive(Clone, Debug, Default)]
-pub struct StateSize(Rc<Cell<(u64, u64)>>);
+/// A view of one worker's feature state from outside the dataflow: its size as of the
+/// features operator's last run, and (between runs of the operator) its series' records, for
+/// checkpoints.
+#[derive(Clone, Default)]
+pub struct StateView {
+    size: Rc<Cell<(u64, u64)>>,
+    table: Rc<RefCell<SeriesTable<Series>>>,
+}
 
-impl StateSize {
+impl std::fmt::Debug for StateView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StateView")
+            .field("series", &self.series())
+            .field("records", &self.records())
+            .finish()
+    }
+}
+
+impl StateView {
     /// Series held.
     pub fn series(&self) -> u64 {
-        self.0.get().0
+        self.size.get().0
     }
 
     /// Records held over all series (periods with data in the window, reference attributes,
     /// promotions, registrations): the operator's stand-in for an arrangement's records.
     pub fn records(&self) -> u64 {
-        self.0.get().1
+        self.size.get().1
+    }
+
+    /// Calls `out` with the series records that rebuild this worker's feature state when fed
+    /// to the series input of a new dataflow ([`crate::input::FeatureInput::restore_series`]),
+    /// together with the reference data of the input stages: per series its registrations, the
+    /// totals of every period it still holds, and one record of an older period carrying the
+    /// stock position of the periods that left its window. Reference attributes and promotions
+    /// are not among them: they come from the reference inputs. Read between two runs of the
+    /// operator, this is the state as of every epoch the dataflow completed.
+    pub fn export(&self, mut out: impl FnMut(Key, Rec, Agg)) {
+        let table = self.table.borrow();
+        for (key, series) in table.entries() {
+            series.export(*key, &mut out);
+        }
     }
 }
 
@@ -62,7 +90,7 @@ pub fn features<'s>(
     scope: Scope<'s, Epoch>,
     inputs: &mut Inputs,
     spec: &FeatureSpec,
-) -> (VecCollection<'s, Epoch, (Key, FeatureVec)>, StateSize) {
+) -> (VecCollection<'s, Epoch, (Key, FeatureVec)>, StateView) {
     // Per-series records from the input stage, with their totals as differences.
     let series = inputs.series.to_collection(scope);
     // Calendar promotions keyed by SKU.
@@ -132,9 +160,9 @@ pub fn features<'s>(
     // The period each epoch belongs to, from every worker's input stage.
     let ticks = inputs.ticks.to_collection(scope);
 
-    let size = StateSize::default();
-    let features = series_features(series.concat(reference_records), ticks, spec, &size);
-    (features, size)
+    let view = StateView::default();
+    let features = series_features(series.concat(reference_records), ticks, spec, &view);
+    (features, view)
 }
 
 /// How many updates ahead the features operator prefetches a series' state (4 to 32 measured
@@ -351,6 +379,37 @@ impl Series {
         }
     }
 
+    /// Calls `out` with records that rebuild this series (see [`StateView::export`]).
+    fn export(&self, key: Key, out: &mut impl FnMut(Key, Rec, Agg)) {
+        if self.registrations != 0 {
+            out(key, Rec::Registered, Agg::present(self.registrations));
+        }
+        // The stock position of the periods no record below carries.
+        let mut carry = self.stock;
+        let mut period = |p: Period, agg: Agg| {
+            let mut stock = agg.stock_part();
+            stock.negate();
+            carry.plus_equals(&stock);
+            out(key, Rec::Period(p), agg);
+        };
+        let mut oldest = None;
+        if let Some(w) = &self.window {
+            w.for_each_period(&mut period);
+            oldest = Some(w.now() - w.len() as Period + 1);
+        }
+        for (rec, agg) in &self.others {
+            if let Rec::Period(p) = rec {
+                period(*p, *agg);
+                oldest = Some(oldest.map_or(*p, |o: Period| o.min(*p)));
+            }
+        }
+        if !carry.is_zero() {
+            // A period before every one above: it adds to the stock position only.
+            let before = oldest.map_or(Period::MIN, |p| p.saturating_sub(1));
+            out(key, Rec::Period(before), carry);
+        }
+    }
+
     /// Whether a worker registered the series: only then has it features.
     fn registered(&self) -> bool {
         self.registrations > 0
@@ -496,10 +555,10 @@ pub fn series_features<'s>(
     records: VecCollection<'s, Epoch, (Key, Rec), Agg>,
     ticks: VecCollection<'s, Epoch, Period>,
     spec: &FeatureSpec,
-    size: &StateSize,
+    view: &StateView,
 ) -> VecCollection<'s, Epoch, (Key, FeatureVec)> {
     let spec = spec.clone();
-    let size = size.clone();
+    let view = view.clone();
     let exchange = Exchange::new(|update: &Update| (update.0).0.hashed());
     // Every worker needs every tick: its series follow the same clock.
     let ticks = ticks.inner.broadcast();
@@ -513,8 +572,9 @@ pub fn series_features<'s>(
             let mut stash: Vec<Update> = Vec::new();
             let mut tick_stash: Vec<Tick> = Vec::new();
             let mut hold: Option<Capability<Epoch>> = None;
-            // Every series' records and last features.
-            let mut state: SeriesTable<Series> = SeriesTable::default();
+            // Every series' records and last features, shared with the view (which reads
+            // them only between runs of this closure).
+            let table = Rc::clone(&view.table);
             let mut ev = Evaluator {
                 plan: RingPlan::new(&spec),
                 scratch: SeriesState::new(&spec),
@@ -591,6 +651,7 @@ pub fn series_features<'s>(
                 }
                 ready.sort_unstable_by_key(|u| ((u.0).0, u.1));
                 batch += 1;
+                let mut state = table.borrow_mut();
                 // The retractions of the last batch have been consumed by now, as a rule.
                 ev.vecs.reclaim();
                 let mut session = output.session(&cap);
@@ -673,7 +734,7 @@ pub fn series_features<'s>(
                     }
                 }
                 now = period_at(rolls.len());
-                size.0.set((state.len() as u64, held));
+                view.size.set((state.len() as u64, held));
             }
         })
         .as_collection()

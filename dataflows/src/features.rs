@@ -452,6 +452,31 @@ impl PeriodRing {
         }
     }
 
+    /// Calls `f` with every period of the window that holds a non-zero total, and its totals
+    /// (the window keeps no on-order change nor record count per period: those are 0).
+    pub fn for_each_period(&self, mut f: impl FnMut(Period, Agg)) {
+        let used = self.mask(USED);
+        for age in 0..self.len() {
+            let s = self.slot_of_age(age);
+            if !bit(used, s) {
+                continue;
+            }
+            let slot = &self.slots[s];
+            f(
+                self.now - age as Period,
+                Agg {
+                    qty: self.qty[s],
+                    price_sum: slot.price_sum,
+                    on_hand: slot.on_hand,
+                    price_n: slot.price_n,
+                    promo_n: slot.promo_n,
+                    stock_n: slot.stock_n,
+                    ..Agg::default()
+                },
+            );
+        }
+    }
+
     /// Periods in the window.
     pub fn len(&self) -> usize {
         self.slots.len()

@@ -23,6 +23,7 @@
 use std::collections::{HashMap, HashSet};
 
 use differential_dataflow::input::InputSession;
+use serde::{Deserialize, Serialize};
 
 use crate::features::FeatureSpec;
 use crate::model::{Agg, Event, Id, IdHash, ItemAttrs, Key, Promotion, Rec};
@@ -82,6 +83,30 @@ impl Rejection {
             Rejection::AfterCurrentEpoch => "future_time",
             Rejection::BeforeEpochZero => "before_epoch_zero",
         }
+    }
+}
+
+/// The reference data an input stage holds (its current promotions, catalog attributes and
+/// store states), for checkpoints.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reference {
+    /// Calendar promotions by promotion id.
+    pub promos: Vec<(Id, Promotion)>,
+    /// Catalog attributes by SKU.
+    pub items: Vec<(Id, ItemAttrs)>,
+    /// Whether each store is open, by store.
+    pub stores: Vec<(Id, bool)>,
+}
+
+impl Reference {
+    /// Entities held.
+    pub fn len(&self) -> usize {
+        self.promos.len() + self.items.len() + self.stores.len()
+    }
+
+    /// Whether it holds nothing.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
@@ -241,6 +266,55 @@ impl FeatureInput {
                 self.inputs.series.update((*key, Rec::Period(period)), agg);
                 Ok(())
             }
+        }
+    }
+
+    /// The reference data this stage holds, sorted by id.
+    pub fn reference(&self) -> Reference {
+        fn sorted<V: Copy>(map: &HashMap<Id, V>) -> Vec<(Id, V)> {
+            let mut v: Vec<(Id, V)> = map.iter().map(|(k, v)| (*k, *v)).collect();
+            v.sort_unstable_by_key(|e| e.0);
+            v
+        }
+        Reference {
+            promos: sorted(&self.promos),
+            items: sorted(&self.items),
+            stores: sorted(&self.stores),
+        }
+    }
+
+    /// Restores a checkpoint into a fresh stage: moves the inputs to `epoch` and applies there
+    /// the reference data and the series records of [`crate::dataflow::StateView::export`].
+    /// The dataflow then holds the checkpoint's state as of `epoch`; the caller discards what
+    /// it emits at `epoch` (the features the checkpointed run had emitted already).
+    pub fn restore(
+        &mut self,
+        epoch: Epoch,
+        reference: &Reference,
+        series: impl IntoIterator<Item = (Key, Rec, Agg)>,
+    ) {
+        self.advance_to(epoch);
+        for (id, promo) in &reference.promos {
+            if self.promos.insert(*id, *promo).is_none() {
+                self.inputs.promos.update((promo.sku, *promo), 1);
+            }
+        }
+        for (sku, attrs) in &reference.items {
+            upsert(&mut self.items, &mut self.inputs.items, *sku, Some(*attrs));
+        }
+        for (store, open) in &reference.stores {
+            upsert(
+                &mut self.stores,
+                &mut self.inputs.stores,
+                *store,
+                Some(*open),
+            );
+        }
+        for (key, rec, agg) in series {
+            if rec == Rec::Registered && self.keys.insert(key) {
+                self.inputs.keys.update((key.sku, key.store), 1);
+            }
+            self.inputs.series.update((key, rec), agg);
         }
     }
 

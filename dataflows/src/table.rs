@@ -180,6 +180,11 @@ impl<V: Default> SeriesTable<V> {
         &mut self.entries[pos].1
     }
 
+    /// Every entry, in no particular order.
+    pub fn entries(&self) -> &[(Key, V)] {
+        &self.entries
+    }
+
     /// Every entry, in position order.
     pub fn entries_mut(&mut self) -> &mut [(Key, V)] {
         &mut self.entries

@@ -33,6 +33,7 @@
 pub mod admin;
 pub mod load;
 pub mod sink;
+pub mod snapshot;
 pub mod stream;
 pub mod wire;
 
@@ -152,6 +153,77 @@ pub enum WorkerError {
     /// The forecaster does not fit the feature schema.
     #[error(transparent)]
     Forecaster(#[from] crate::model::ForecasterError),
+    /// The checkpoints cannot be read, or were taken with other settings.
+    #[error(transparent)]
+    Checkpoint(#[from] crate::checkpoint::CheckpointError),
+}
+
+/// Opens `[checkpoint] dir` and reads the checkpoint to restore (none with `--from-scratch`),
+/// or says at start that the state is not checkpointed.
+fn open_checkpoints(
+    cfg: &crate::config::Resolved,
+    opts: &stream::StreamOptions,
+) -> Result<Option<Arc<snapshot::Checkpoints>>, WorkerError> {
+    use crate::checkpoint::{self, DirStore, Settings};
+    let c = &cfg.checkpoint;
+    if c.dir.is_empty() {
+        tracing::warn!(
+            "no [checkpoint] dir (or STOCKCAST_CHECKPOINT_DIR): the state lives in memory only, \
+             and a restart rebuilds it by reading every input partition from its beginning"
+        );
+        return Ok(None);
+    }
+    let store = Arc::new(DirStore::new(&c.dir));
+    let settings = Settings::of(cfg);
+    let m = &opts.progress.metrics;
+    let restore = if opts.from_scratch {
+        tracing::warn!(dir = %c.dir, "--from-scratch: checkpoints are ignored; the state is rebuilt from the topics");
+        None
+    } else {
+        let choice = checkpoint::newest(&*store, &settings)?;
+        for (name, why) in &choice.corrupt {
+            m.checkpoint_corrupt.inc();
+            tracing::error!(checkpoint = %name, problem = %why, "corrupt checkpoint passed over; an older one is used");
+        }
+        choice.loaded
+    };
+    match &restore {
+        Some(l) => {
+            m.checkpoint_restores.inc();
+            if let Ok(t) = chrono::DateTime::parse_from_rfc3339(&l.manifest.created_at) {
+                m.checkpoint_written_at.set(t.timestamp());
+            }
+            m.checkpoint_bytes.set(l.manifest.bytes() as i64);
+            if let Ok(mut latest) = opts.progress.latest.write() {
+                for r in &l.latest {
+                    latest.insert((r.store_id.clone(), r.sku_id.clone()), r.clone());
+                }
+                m.api_series.set(latest.len() as i64);
+            }
+            tracing::info!(
+                checkpoint = %l.name,
+                dir = %c.dir,
+                epoch_start = %l.manifest.epoch_start,
+                series = l.manifest.series(),
+                written_at = %l.manifest.created_at,
+                workers_then = l.manifest.workers,
+                "restoring from checkpoint: reading resumes at its offsets"
+            );
+        }
+        None if !opts.from_scratch => {
+            tracing::info!(dir = %c.dir, "no complete checkpoint: building the state from the topics");
+        }
+        None => {}
+    }
+    Ok(Some(Arc::new(snapshot::Checkpoints {
+        store,
+        settings,
+        every_epochs: c.every_epochs,
+        min_interval: std::time::Duration::from_secs(c.min_interval_secs),
+        keep: c.keep,
+        nonce: rand::random(),
+        restore,
+    })))
 }
 
 /// Runs the worker: resumes after the frontier a previous run committed, consumes, scores and
@@ -162,17 +234,18 @@ pub fn run_worker(
 ) -> Result<WorkerRun, WorkerError> {
     let started = std::time::Instant::now();
     let resumed_from = stream::committed_frontier(cfg)?;
+    let checkpoints = open_checkpoints(cfg, opts)?;
     if let Some(f) = resumed_from {
         tracing::info!(
             frontier = %crate::replay::rfc3339(cfg.clock.epoch_start(f)),
-            "resuming: rebuilding state from the start of the topics; output resumes at the committed frontier"
+            "resuming: output resumes at the committed frontier"
         );
     }
     if opts.cluster.as_ref().is_some_and(|c| !c.is_leader()) {
         // Process 0 merges, scores and writes; this one reads its workers' partitions and
         // computes their share of the features.
         opts.progress.model_loaded.store(true, Ordering::SeqCst);
-        stream::run(cfg, opts, |_, _| {})?;
+        stream::run(cfg, opts, checkpoints, |_, _| true)?;
         return Ok(WorkerRun {
             stats: sink::SinkStats::default(),
             latest: Default::default(),
@@ -189,7 +262,10 @@ pub fn run_worker(
         opts.stop.clone(),
         Arc::clone(&opts.progress),
     )?;
-    stream::run(cfg, opts, |closed, dict| sink.on_closed(closed, dict))?;
+    stream::run(cfg, opts, checkpoints, |closed, dict| {
+        sink.on_closed(closed, dict);
+        sink.failure().is_none()
+    })?;
     if let Some(why) = sink.failure() {
         return Err(sink::SinkError::Halted(why.to_string()).into());
     }

@@ -61,6 +61,7 @@ use crate::config::Resolved;
 use crate::ids::{self, Dictionary};
 use crate::source::files::FileKind;
 
+use super::snapshot::{self, Checkpoints, Cut, PartDone, Schedule, Writer};
 use super::{client_config, input_topics, partition_owner};
 
 /// How long metadata and committed-offset requests may take at start.
@@ -142,6 +143,8 @@ pub struct Closed {
     pub dead: Vec<DeadRecord>,
     /// When the dataflow closed these epochs.
     pub closed_at: Option<Instant>,
+    /// Checkpoint parts written since the previous advance.
+    pub checkpoint_parts: Vec<PartDone>,
     /// One tally per closed epoch that consumed, changed or applied anything, plus the last
     /// closed epoch, in epoch order: each becomes a progress record.
     pub epochs: Vec<EpochTally>,
@@ -180,6 +183,8 @@ pub struct StreamOptions {
     pub progress: Arc<Progress>,
     /// The timely cluster this process belongs to; `None` runs alone.
     pub cluster: Option<Cluster>,
+    /// Ignore checkpoints at start and rebuild the state from the topics.
+    pub from_scratch: bool,
 }
 
 /// The processes of a timely cluster: each runs `workers` threads, and worker `w` of process `p`
@@ -304,6 +309,12 @@ impl Progress {
             .set(lag(self.watermark.load(Ordering::Relaxed)));
         m.epoch_lag_seconds
             .set(lag(self.last_epoch_end.load(Ordering::Relaxed)));
+        let written = m.checkpoint_written_at.get();
+        m.checkpoint_age_seconds.set(if written > 0 {
+            now.saturating_sub(written).max(0) as f64
+        } else {
+            0.0
+        });
     }
 
     /// Seconds since the last advance of the closed epochs, or since the start before the first.
@@ -363,6 +374,8 @@ struct Beacon {
     /// The worker was told to stop (a signal to its process): every worker stops, so a cluster
     /// shuts down cleanly when any of its processes does.
     stopping: bool,
+    /// Worker 0's checkpoint decisions (the others send the default).
+    schedule: Schedule,
 }
 
 /// Where the global watermark puts the inputs.
@@ -422,6 +435,10 @@ struct PartState {
     idle_checked: Option<(Instant, bool)>,
     /// `stockcast_events_consumed_total` of this partition.
     consumed_metric: prometheus::IntCounter,
+    /// After a restore: records below this offset are in the checkpoint's state, except...
+    skip_below: i64,
+    /// ...these, buffered at the cut, which are read and applied again.
+    replay: HashSet<i64>,
 }
 
 impl PartState {
@@ -441,7 +458,29 @@ impl PartState {
 
     /// The lowest offset not yet applied.
     fn safe_offset(&self) -> i64 {
-        self.held.first().copied().unwrap_or(self.next_offset)
+        let replay = self.replay.iter().min().copied();
+        self.held
+            .first()
+            .copied()
+            .into_iter()
+            .chain(replay)
+            .min()
+            .unwrap_or(self.next_offset)
+    }
+
+    /// Where reading stands, for a checkpoint cut now: records below the next offset are in
+    /// the state except the held ones (buffered, or restored and not read again yet).
+    fn position(&self, idle_after: Duration, now: Instant) -> crate::checkpoint::Position {
+        let mut held: Vec<i64> = self.held.iter().copied().collect();
+        held.extend(self.replay.iter().copied());
+        held.sort_unstable();
+        crate::checkpoint::Position {
+            partition: self.part.clone(),
+            next_offset: self.next_offset.max(self.skip_below),
+            held,
+            max_ts: self.max_ts,
+            idle: self.is_idle(idle_after, now),
+        }
     }
 
     fn timed(&self) -> bool {
@@ -465,6 +504,8 @@ struct Report {
     /// Late events, by the (open) epoch they were applied in.
     late: BTreeMap<Epoch, u64>,
     dead: Vec<DeadRecord>,
+    /// Checkpoint parts written.
+    parts: Vec<PartDone>,
 }
 
 /// A worker's input side: partitions, buffered events, the input stage.
@@ -494,12 +535,42 @@ struct Feeder {
     future_limit: i64,
     /// The process's live state, for metrics.
     progress: Arc<Progress>,
+    /// Per reference entity, the partition (index into `parts`) its current record came from:
+    /// a checkpoint keeps reference data by partition, for whichever worker reads it next.
+    sources: HashMap<(FileKind, dataflows::model::Id), usize>,
+    /// A checkpoint cut, until the dataflow completed the epochs before it and the state was
+    /// exported.
+    cut: Option<Cut>,
+    /// Records read after a restore that were already in the checkpoint's state.
+    skipped: u64,
+    /// Changes of epochs before this are a restore's, already published: dropped.
+    restore_floor: Epoch,
+    /// Checkpoint parts written, for the next report.
+    parts_done: Vec<PartDone>,
+    /// `kafka.idle_timeout_secs`.
+    idle_after: Duration,
+}
+
+/// What a worker's input may do at an advance, given the checkpoint schedule.
+#[derive(Clone, Copy, Debug)]
+struct Gate {
+    /// The latest epoch the input may reach.
+    limit: Epoch,
+    /// A checkpoint to cut when the input reaches it.
+    cut_at: Option<Epoch>,
+}
+
+impl Gate {
+    const OPEN: Gate = Gate {
+        limit: Epoch::MAX,
+        cut_at: None,
+    };
 }
 
 impl Feeder {
     /// Publishes this worker's read positions (for the lag probe) and the change of its series
     /// and state record counts since `shown`.
-    fn show(&self, shown: &mut (i64, i64), size: &dataflows::dataflow::StateSize) {
+    fn show(&self, shown: &mut (i64, i64), size: &dataflows::dataflow::StateView) {
         if let Ok(mut positions) = self.progress.positions.lock() {
             for p in &self.parts {
                 positions.insert((p.part.topic.clone(), p.part.partition), p.next_offset);
@@ -573,6 +644,11 @@ impl Feeder {
             }
             part.next_offset = msg.offset() + 1;
             part.consumed_metric.inc();
+            if msg.offset() < part.skip_below && !part.replay.remove(&msg.offset()) {
+                // In the restored checkpoint's state already.
+                self.skipped += 1;
+                return;
+            }
             part.part.kind
         };
         let record = match msg.payload() {
@@ -672,7 +748,28 @@ impl Feeder {
 
     fn apply_now(&mut self, p: usize, msg: &BorrowedMessage<'_>, event: &Event) {
         match self.input.apply(event) {
-            Ok(()) => self.count(p, self.input.epoch()),
+            Ok(()) => {
+                let source = match event {
+                    Event::Promotion { promo_id, def } => {
+                        Some((FileKind::Promotions, *promo_id, def.is_some()))
+                    }
+                    Event::Item { sku, def } => Some((FileKind::Catalog, *sku, def.is_some())),
+                    Event::Store { store, active } => {
+                        Some((FileKind::Stores, *store, active.is_some()))
+                    }
+                    _ => None,
+                };
+                match source {
+                    Some((kind, id, true)) => {
+                        self.sources.insert((kind, id), p);
+                    }
+                    Some((kind, id, false)) => {
+                        self.sources.remove(&(kind, id));
+                    }
+                    None => {}
+                }
+                self.count(p, self.input.epoch())
+            }
             // Counted as consumed there.
             Err(why) => self.dead_letter(p, msg, why.reason(), format!("{why:?}")),
         }
@@ -733,12 +830,19 @@ impl Feeder {
         part.idle_checked = Some((now, caught_up));
     }
 
-    /// Advances the input to `target`, applying buffered events at their epochs and visiting
-    /// the first epoch of every period on the way.
-    fn advance(&mut self, target: Epoch) {
+    /// Advances the input towards `target`, applying buffered events at their epochs and
+    /// visiting the first epoch of every period on the way, as far as `gate` lets it; cuts
+    /// a checkpoint where the gate says. Returns whether it reached `target`.
+    fn advance(&mut self, target: Epoch, gate: Gate, name: impl Fn(Epoch) -> String) -> bool {
         loop {
             let cur = self.input.epoch();
-            let mut stop = target;
+            let mut stop = target.min(gate.limit);
+            if let Some(cut) = &self.cut {
+                stop = stop.min(cut.epoch);
+            }
+            if let Some(at) = gate.cut_at.filter(|at| *at > cur) {
+                stop = stop.min(at);
+            }
             if let Some(&first) = self.pending.keys().next() {
                 stop = stop.min(first);
             }
@@ -747,7 +851,7 @@ impl Feeder {
                 stop = stop.min(self.clock.first_epoch_of_period(next_period));
             }
             if stop <= cur {
-                return;
+                return cur >= target;
             }
             let offsets = self.parts.iter().map(PartState::safe_offset).collect();
             match self.snapshots.back_mut() {
@@ -755,6 +859,10 @@ impl Feeder {
                 _ => self.snapshots.push_back((stop, offsets)),
             }
             self.input.advance_to(stop);
+            if gate.cut_at == Some(stop) {
+                // Before anything is applied at the checkpoint's epoch.
+                self.cut = Some(self.cut_here(name(stop), stop, "periodic"));
+            }
             if let Some(events) = self.pending.remove(&stop) {
                 for (p, offset, event) in events {
                     self.parts[p].held.remove(&offset);
@@ -765,6 +873,108 @@ impl Feeder {
                 }
             }
         }
+    }
+
+    /// Notes where every partition stands, with the reference data and names, for a
+    /// checkpoint at `epoch` (see [`snapshot`]).
+    fn cut_here(&self, name: String, epoch: Epoch, reason: &'static str) -> Cut {
+        let parts = &self.parts;
+        let now = Instant::now();
+        Cut {
+            name,
+            epoch,
+            reason,
+            positions: parts
+                .iter()
+                .map(|p| p.position(self.idle_after, now))
+                .collect(),
+            reference: snapshot::reference_by_partition(self.input.reference(), |kind, id| {
+                self.sources
+                    .get(&(kind, id))
+                    .map(|p| parts[*p].part.clone())
+            }),
+            names: self.dict.export(),
+            at: Instant::now(),
+        }
+    }
+
+    /// Starts from checkpoint `loaded`: the series whose key hashes to this worker (of
+    /// `peers`), the partitions it reads with their reference data, every name.
+    fn restore(
+        &mut self,
+        loaded: &crate::checkpoint::Loaded,
+        index: usize,
+        peers: usize,
+        idle_after: Duration,
+    ) {
+        use dataflows::model::Rec;
+        let epoch = loaded.manifest.epoch;
+        let mut reference = dataflows::input::Reference::default();
+        let mut series = Vec::new();
+        for part in &loaded.parts {
+            self.dict.import(&part.stores, &part.skus);
+            for (partition, r) in &part.reference {
+                let Some(p) = self.parts.iter().position(|s| s.part == *partition) else {
+                    continue;
+                };
+                for (id, _) in &r.promos {
+                    self.sources.insert((FileKind::Promotions, *id), p);
+                }
+                for (id, _) in &r.items {
+                    self.sources.insert((FileKind::Catalog, *id), p);
+                }
+                for (id, _) in &r.stores {
+                    self.sources.insert((FileKind::Stores, *id), p);
+                }
+                reference.promos.extend(r.promos.iter().copied());
+                reference.items.extend(r.items.iter().copied());
+                reference.stores.extend(r.stores.iter().copied());
+            }
+            for position in &part.positions {
+                if let Some(state) = self.parts.iter_mut().find(|s| s.part == position.partition) {
+                    state.next_offset = position.resume_offset();
+                    state.skip_below = position.next_offset;
+                    state.replay = position.held.iter().copied().collect();
+                    state.max_ts = position.max_ts;
+                    state.spoke = position.next_offset > 0;
+                    state.committed = state.committed.max(position.next_offset);
+                    if position.idle {
+                        // Idle at the cut: it may count as idle at once (once the broker
+                        // confirms nothing follows), as it would have in the checkpointed run,
+                        // instead of holding time back for a whole idle timeout.
+                        state.last_seen = state
+                            .last_seen
+                            .checked_sub(idle_after)
+                            .unwrap_or(state.last_seen);
+                    }
+                }
+            }
+            series.extend(
+                part.series
+                    .iter()
+                    .filter(|(key, _, _)| {
+                        use differential_dataflow::hashable::Hashable;
+                        (key.hashed() % peers as u64) as usize == index
+                    })
+                    .copied(),
+            );
+        }
+        for (key, rec, _) in &series {
+            if *rec == Rec::Registered && self.known.insert(*key) {
+                let (store, sku) = self.dict.names(key);
+                self.names.push((*key, store, sku));
+            }
+        }
+        self.max_epoch = self
+            .parts
+            .iter()
+            .filter_map(|p| p.max_ts)
+            .filter_map(|ts| self.clock.epoch_of(ts))
+            .max();
+        self.input
+            .restore(epoch.saturating_sub(1), &reference, series);
+        self.input.advance_to(epoch);
+        self.restore_floor = epoch;
     }
 
     /// Offsets noted before every advance the frontier `frontier` passed, as (advance,
@@ -797,6 +1007,8 @@ fn assign(
     cfg: &Resolved,
     index: usize,
     peers: usize,
+    start_at: &HashMap<(String, i32), i64>,
+    lost: Option<&prometheus::IntGauge>,
 ) -> Result<Vec<(Partition, i64)>, StreamError> {
     let kafka = &cfg.kafka;
     let mut mine = Vec::new();
@@ -843,7 +1055,18 @@ fn assign(
             .and_then(|e| e.offset().to_raw())
             .filter(|o| *o >= 0)
             .unwrap_or(0);
-        tpl.set_partition_offset(&p.topic, p.partition, Offset::Beginning)
+        let start = match start_at.get(&(p.topic.clone(), p.partition)) {
+            Some(o) => Offset::Offset(*o),
+            None => {
+                if let Some(gauge) = lost {
+                    if history_lost(consumer, &p) {
+                        gauge.inc();
+                    }
+                }
+                Offset::Beginning
+            }
+        };
+        tpl.set_partition_offset(&p.topic, p.partition, start)
             .map_err(|e| StreamError::Kafka(e.to_string()))?;
         out.push((p, c));
     }
@@ -851,6 +1074,29 @@ fn assign(
         .assign(&tpl)
         .map_err(|e| StreamError::Kafka(format!("assign: {e}")))?;
     Ok(out)
+}
+
+/// Says loudly when a partition read from its beginning no longer starts at offset 0: its
+/// oldest records were deleted (retention), so the state rebuilt from it lacks their history.
+fn history_lost(consumer: &BaseConsumer, p: &Partition) -> bool {
+    match consumer.fetch_watermarks(&p.topic, p.partition, START_TIMEOUT) {
+        Ok((low, _)) if low > 0 && !p.kind.is_reference() => {
+            tracing::error!(
+                partition = %p.label(),
+                earliest_offset = low,
+                "history lost: the partition's records below its earliest offset were deleted (retention) \
+                 and no checkpoint holds them; features that look back further than what is left \
+                 are computed from partial history. Configure [checkpoint] dir so that a restart \
+                 does not depend on the topics' retention"
+            );
+            true
+        }
+        Ok(_) => false,
+        Err(e) => {
+            tracing::debug!(partition = %p.label(), error = %e, "earliest offset unknown");
+            false
+        }
+    }
 }
 
 /// The consumer every worker reads with: no group membership, no automatic commits.
@@ -1047,7 +1293,8 @@ impl Drop for LagProbe {
 pub fn run(
     cfg: &Resolved,
     opts: &StreamOptions,
-    mut on_closed: impl FnMut(Closed, &Dictionary),
+    checkpoints: Option<Arc<Checkpoints>>,
+    mut on_closed: impl FnMut(Closed, &Dictionary) -> bool,
 ) -> Result<(), StreamError> {
     let workers = opts.workers.max(1);
     let (config, peers) = match &opts.cluster {
@@ -1069,9 +1316,10 @@ pub fn run(
     let (tx, rx) = mpsc::sync_channel::<Result<Report, String>>(64);
     let cfg2 = cfg.clone();
     let opts2 = opts.clone();
+    let checkpoints2 = checkpoints.clone();
     let guards = timely::execute(config, move |worker| {
         let tx = tx.clone();
-        if let Err(e) = work(worker, &cfg2, &opts2, &tx) {
+        if let Err(e) = work(worker, &cfg2, &opts2, checkpoints2.as_deref(), &tx) {
             // Tell the merger, and stop the other workers.
             opts2.stop.store(true, Ordering::SeqCst);
             let _ = tx.send(Err(e));
@@ -1081,6 +1329,14 @@ pub fn run(
 
     let _lag = spawn_lag_probe(cfg, opts);
     let mut merger = Merger::new(peers);
+    let processes = opts.cluster.as_ref().map_or(1, |c| c.hosts.len());
+    let mut coordinator = checkpoints
+        .as_ref()
+        .filter(|_| opts.cluster.as_ref().is_none_or(Cluster::is_leader))
+        .map(|c| snapshot::Coordinator::new(Arc::clone(c), Arc::clone(&opts.progress), processes));
+    if let Some(loaded) = checkpoints.as_ref().and_then(|c| c.restore.as_ref()) {
+        merger.restored(loaded.manifest.epoch);
+    }
     let mut failure = None;
     while let Ok(first) = rx.recv() {
         // Whatever queued while the sink was busy goes out as one advance: under load the
@@ -1100,12 +1356,20 @@ pub fn run(
                 }
             }
         }
-        if let Some(closed) = merger.closed() {
+        if let Some(mut closed) = merger.closed() {
             let p = &opts.progress;
             if let Some(f) = closed.frontier {
                 p.frontier.fetch_max(f, Ordering::SeqCst);
             }
-            on_closed(closed, &merger.dict);
+            let parts = std::mem::take(&mut closed.checkpoint_parts);
+            let delivered = on_closed(closed, &merger.dict);
+            if let Some(c) = &mut coordinator {
+                c.absorb(parts);
+                if delivered {
+                    // Every epoch emitted so far is out: checkpoints up to it may complete.
+                    c.complete(merger.emitted_through(), &cfg.clock);
+                }
+            }
         }
     }
     for result in guards.join() {
@@ -1131,6 +1395,8 @@ struct Merger {
     /// The frontier of the last tally: the first epoch the next one covers.
     tallied: Option<Epoch>,
     dict: Dictionary,
+    /// Checkpoint parts reported since the last advance.
+    parts: Vec<PartDone>,
 }
 
 /// A frontier as a number to compare: `None` (finished) is later than every epoch.
@@ -1160,7 +1426,23 @@ impl Merger {
             committable: BTreeMap::new(),
             tallied: None,
             dict: Dictionary::default(),
+            parts: Vec::new(),
         }
+    }
+
+    /// The frontier of what was handed out so far (`None`: everything, the run finished).
+    fn emitted_through(&self) -> Option<Epoch> {
+        match self.emitted {
+            None => Some(0),
+            Some(f) => f,
+        }
+    }
+
+    /// Starts after a restore at `epoch`: every epoch before it was closed and published by
+    /// the checkpointed run.
+    fn restored(&mut self, epoch: Epoch) {
+        self.emitted = Some(Some(epoch));
+        self.tallied = Some(epoch);
     }
 
     /// Takes in one worker's report.
@@ -1189,6 +1471,7 @@ impl Merger {
             *self.late.entry(open(epoch)).or_default() += n;
         }
         self.dead.extend(r.dead);
+        self.parts.extend(r.parts);
     }
 
     /// What closed since the last call (and the dead letters since), if anything.
@@ -1202,12 +1485,13 @@ impl Merger {
             .unwrap_or(0);
         let global = (least != Epoch::MAX).then_some(least);
         let advanced = least > self.emitted.map_or(0, rank);
-        if !advanced && self.dead.is_empty() {
+        if !advanced && self.dead.is_empty() && self.parts.is_empty() {
             return None;
         }
         let mut closed = Closed {
             frontier: global,
             dead: std::mem::take(&mut self.dead),
+            checkpoint_parts: std::mem::take(&mut self.parts),
             ..Closed::default()
         };
         if !advanced {
@@ -1307,6 +1591,7 @@ fn work(
     worker: &mut timely::worker::Worker,
     cfg: &Resolved,
     opts: &StreamOptions,
+    checkpoints: Option<&Checkpoints>,
     tx: &mpsc::SyncSender<Result<Report, String>>,
 ) -> Result<(), String> {
     let index = worker.index();
@@ -1315,7 +1600,20 @@ fn work(
     // Idleness checks go through a client of their own: on the reading consumer's connection
     // they would queue behind fetch requests that wait up to fetch.wait.max.ms for data.
     let prober = self::consumer(cfg).map_err(|e| e.to_string())?;
-    let assigned = assign(&consumer, cfg, index, peers).map_err(|e| e.to_string())?;
+    let restore = checkpoints.and_then(|c| c.restore.as_ref());
+    let start_at: HashMap<(String, i32), i64> = restore
+        .iter()
+        .flat_map(|l| l.parts.iter().flat_map(|p| &p.positions))
+        .map(|p| {
+            let at = (p.partition.topic.clone(), p.partition.partition);
+            (at, p.resume_offset())
+        })
+        .collect();
+    let lost = restore
+        .is_none()
+        .then_some(&opts.progress.metrics.history_lost_partitions);
+    let assigned =
+        assign(&consumer, cfg, index, peers, &start_at, lost).map_err(|e| e.to_string())?;
     opts.progress.worker_assigned(opts.workers.max(1));
     tracing::info!(
         worker = index,
@@ -1345,6 +1643,8 @@ fn work(
                     .events_consumed
                     .with_label_values(&[part.topic.as_str(), &part.partition.to_string()]),
                 part,
+                skip_below: 0,
+                replay: HashSet::new(),
             })
             .collect(),
         dict: Dictionary::default(),
@@ -1359,10 +1659,30 @@ fn work(
         redelivered: 0,
         future_limit: i64::MAX,
         progress: Arc::clone(&opts.progress),
+        sources: HashMap::new(),
+        cut: None,
+        skipped: 0,
+        restore_floor: 0,
+        parts_done: Vec::new(),
+        idle_after: Duration::from_secs(cfg.kafka.idle_timeout_secs),
     };
     let max_future = cfg.max_future_secs;
 
     let (probe, sink, size) = crate::pipeline::run::build(worker, &mut feeder.input, &cfg.spec);
+    if let Some(loaded) = restore {
+        feeder.restore(loaded, index, peers, idle_after);
+        feeder.input.flush();
+        tracing::info!(worker = index, checkpoint = %loaded.name, "state restored");
+    }
+    // Checkpoints: worker 0 decides (see `snapshot`), every worker writes its part.
+    let mut writer = checkpoints.map(|c| Writer::start(Arc::clone(&c.store), c.settings.clone()));
+    let mut schedule = Schedule {
+        decided_through: feeder.input.epoch(),
+        at: 0,
+        nonce: checkpoints.map_or(0, |c| c.nonce),
+    };
+    let mut last_checkpoint = Instant::now();
+    let mut skipped_logged = 0;
     // The beacons: a broadcast stream that is never advanced; only its data matters.
     let board: Rc<RefCell<Vec<Option<Beacon>>>> = Rc::new(RefCell::new(vec![None; peers]));
     let mut beacons = worker.dataflow::<u64, _, _>(|scope| {
@@ -1402,6 +1722,7 @@ fn work(
                 max_epoch: feeder.max_epoch,
                 draining,
                 stopping: true,
+                schedule,
             });
             break;
         }
@@ -1455,6 +1776,7 @@ fn work(
             max_epoch: feeder.max_epoch,
             draining,
             stopping: false,
+            schedule,
         };
         if last_beacon != Some(beacon) {
             tracing::debug!(worker = index, mark = ?beacon.mark, max_epoch = ?beacon.max_epoch, draining, "beacon");
@@ -1483,15 +1805,54 @@ fn work(
             last_shown = Instant::now();
             feeder.show(&mut shown, &size);
         }
+        let gate = match checkpoints {
+            None => Gate::OPEN,
+            Some(c) => {
+                if index == 0 {
+                    if let Target::Until(e) | Target::Drain(e) = goal {
+                        let due = last_checkpoint.elapsed() >= c.min_interval
+                            && feeder.cut.is_none()
+                            && !writer.as_ref().is_some_and(Writer::busy);
+                        if schedule.decide(c.every_epochs, feeder.input.epoch(), e, due) {
+                            last_checkpoint = Instant::now();
+                        }
+                    }
+                }
+                // Worker 0's decisions; nothing may move before they are heard.
+                let decided = if index == 0 {
+                    Some(schedule)
+                } else {
+                    board.borrow()[0].map(|b| b.schedule)
+                };
+                match decided {
+                    Some(s) => {
+                        schedule.nonce = s.nonce;
+                        Gate {
+                            limit: s.limit(c.every_epochs),
+                            cut_at: (s.at > 0).then_some(s.at),
+                        }
+                    }
+                    None => Gate {
+                        limit: feeder.input.epoch(),
+                        cut_at: None,
+                    },
+                }
+            }
+        };
+        let nonce = schedule.nonce;
+        let name = |e: Epoch| crate::checkpoint::checkpoint_name(e, nonce);
         match goal {
             Target::Hold => {}
-            Target::Until(e) => feeder.advance(e),
+            Target::Until(e) => {
+                feeder.advance(e, gate, name);
+            }
             // Exiting needs a full idle timeout of listening first: a producer may just be
             // starting.
             Target::Drain(_) if started.elapsed() < idle_after => {}
             Target::Drain(e) => {
-                feeder.advance(e);
-                draining = true;
+                if feeder.advance(e, gate, name) {
+                    draining = true;
+                }
             }
         }
         feeder.input.flush();
@@ -1501,7 +1862,36 @@ fn work(
             break;
         }
         let frontier = probe.with_frontier(|f| f.first().copied());
+        if feeder.skipped > skipped_logged && feeder.parts.iter().all(|p| p.replay.is_empty()) {
+            tracing::info!(
+                worker = index,
+                records = feeder.skipped,
+                "records read again after the restore were in the checkpoint already; skipped"
+            );
+            skipped_logged = feeder.skipped;
+        }
+        if let Some(w) = &mut writer {
+            let cut_done = feeder
+                .cut
+                .as_ref()
+                .is_some_and(|cut| frontier.is_none_or(|f| f >= cut.epoch));
+            if cut_done {
+                if let Some(cut) = feeder.cut.take() {
+                    let (job, part) = export(cut, index, peers, &size, &opts.progress);
+                    if !w.submit(job, part) {
+                        let m = &opts.progress.metrics;
+                        m.checkpoint_failures.with_label_values(&["busy"]).inc();
+                        tracing::warn!(
+                            worker = index,
+                            "checkpoint skipped: the previous part is still being written"
+                        );
+                    }
+                }
+            }
+            feeder.parts_done.extend(w.finished());
+        }
         let due = reported != Some(frontier)
+            || !feeder.parts_done.is_empty()
             || (!feeder.dead.is_empty() && last_report.elapsed() > Duration::from_millis(200));
         if due {
             if follower && reported != Some(frontier) {
@@ -1522,14 +1912,52 @@ fn work(
         worker.step();
         outbox.forward(tx)?;
         let frontier = probe.with_frontier(|f| f.first().copied());
-        if reported != Some(frontier) {
+        // The report of the finished dataflow (`None`) is the last one, sent below: worker 0
+        // stops at the first it sees from every worker.
+        if reported != Some(frontier) && frontier.is_some() {
             outbox.send(report(index, frontier, &sink, &mut feeder));
             reported = Some(frontier);
         }
     }
     feeder.show(&mut shown, &size);
+    if let (Some(w), true) = (writer, checkpoints.is_some()) {
+        // The last part: everything applied, whatever the schedule (the workers' next epochs
+        // may differ; the checkpoint's epoch is the latest of them).
+        let name = crate::checkpoint::final_name(schedule.nonce);
+        let epoch = feeder.input.epoch() + 1;
+        let cut = feeder.cut_here(name, epoch, "stop");
+        let (job, part) = export(cut, index, peers, &size, &opts.progress);
+        let mut w = w;
+        // Waits for a part still being written first.
+        let mut done = w.finished();
+        while w.busy() {
+            std::thread::sleep(Duration::from_millis(10));
+            done.extend(w.finished());
+        }
+        w.submit(job, part);
+        done.extend(w.close());
+        feeder.parts_done.extend(done);
+    }
     outbox.send(report(index, None, &sink, &mut feeder));
     outbox.finish(worker, tx)
+}
+
+/// Exports this worker's state for the checkpoint `cut`, counting the time taken.
+fn export(
+    cut: Cut,
+    index: usize,
+    peers: usize,
+    view: &dataflows::dataflow::StateView,
+    progress: &Progress,
+) -> (snapshot::PartJob, crate::checkpoint::Part) {
+    let started = Instant::now();
+    let mut series = Vec::with_capacity(view.records() as usize);
+    view.export(|k, r, a| series.push((k, r, a)));
+    progress
+        .metrics
+        .checkpoint_export_seconds
+        .observe(started.elapsed().as_secs_f64());
+    cut.into_part(index, peers, series)
 }
 
 /// Most advances a worker may have waiting for the dataflow to close them before it stops
@@ -1630,9 +2058,13 @@ fn report(
     feeder: &mut Feeder,
 ) -> Report {
     let mut changed = Vec::new();
+    let floor = feeder.restore_floor;
     sink.borrow_mut().retain(|(t, k, v)| {
         if frontier.is_none_or(|f| *t < f) {
-            changed.push((*t, *k, v.clone()));
+            // A restore's own changes repeat what the checkpointed run emitted.
+            if *t >= floor {
+                changed.push((*t, *k, v.clone()));
+            }
             false
         } else {
             true
@@ -1647,6 +2079,7 @@ fn report(
         consumed: std::mem::take(&mut feeder.consumed),
         late: std::mem::take(&mut feeder.late),
         dead: std::mem::take(&mut feeder.dead),
+        parts: std::mem::take(&mut feeder.parts_done),
     }
 }
 
@@ -1662,6 +2095,7 @@ mod tests {
             max_epoch,
             draining: false,
             stopping: false,
+            schedule: Schedule::default(),
         })
     }
 
@@ -1766,6 +2200,7 @@ mod tests {
                 .collect(),
             late: BTreeMap::from([(9, 1)]),
             dead: Vec::new(),
+            parts: Vec::new(),
         };
         let mut merger = Merger::new(2);
         // Worker 0 read reference data before its first advance, at epoch 0.

@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 
-use dataflows::dataflow::StateSize;
+use dataflows::dataflow::StateView;
 use dataflows::input::{FeatureInput, Rejection};
 use dataflows::{Clock, Epoch, Event, FeatureSpec, FeatureVec, Key};
 use differential_dataflow::VecCollection;
@@ -86,9 +86,9 @@ pub fn build(
     worker: &mut timely::worker::Worker,
     input: &mut FeatureInput,
     spec: &FeatureSpec,
-) -> (Handle<Epoch>, Changes, StateSize) {
+) -> (Handle<Epoch>, Changes, StateView) {
     let sink: Changes = Rc::default();
-    let mut size = StateSize::default();
+    let mut size = StateView::default();
     let probe = worker.dataflow::<Epoch, _, _>(|scope| {
         let features: VecCollection<'_, Epoch, (Key, FeatureVec)>;
         (features, size) = dataflows::dataflow::features(scope, input.inputs_mut(), spec);

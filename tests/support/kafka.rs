@@ -73,6 +73,7 @@ pub fn options(workers: usize) -> stream::StreamOptions {
         exit_when_idle: true,
         stop: Arc::new(AtomicBool::new(false)),
         wall_clock: stream::system_clock(),
+        from_scratch: false,
     }
 }
 
@@ -134,6 +135,34 @@ pub fn run_with_sink_down_for_8s<T>(
     assert!(m.sink_failures.with_label_values(&[sink]).get() > 0);
     assert!(m.sink_retries.with_label_values(&[sink]).get() > 0);
     (run, progress, up)
+}
+
+/// Copies the sales of `from` dated in `[lo, hi)` (compared as text) into `to`.
+pub fn split_sales(from: &Path, to: &Path, lo: &str, hi: &str) {
+    std::fs::create_dir_all(to).unwrap();
+    let text = std::fs::read_to_string(from.join("sales.csv")).unwrap();
+    let mut lines = text.lines();
+    let mut out = vec![lines.next().unwrap().to_string()];
+    out.extend(
+        lines
+            .filter(|l| {
+                let date = &l[..10];
+                date >= lo && date < hi
+            })
+            .map(str::to_string),
+    );
+    std::fs::write(to.join("sales.csv"), out.join("\n") + "\n").unwrap();
+}
+
+/// m5_mini's sales before 2014 (10,680 records), from 2014 on (8,450), and all of them, as
+/// datasets under `dir`.
+pub fn m5_halves(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let m5 = shared("m5_mini");
+    let (first, second, all) = (dir.join("a"), dir.join("b"), dir.join("all"));
+    split_sales(&m5, &first, "0000", "2014-01-01");
+    split_sales(&m5, &second, "2014-01-01", "9999");
+    split_sales(&m5, &all, "0000", "9999");
+    (first, second, all)
 }
 
 pub fn shared(name: &str) -> PathBuf {

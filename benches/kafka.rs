@@ -5,7 +5,12 @@
 //! scripts/kafka-broker.sh start
 //! cargo bench --bench kafka                                   # 10,000 series x 28 days
 //! cargo bench --bench kafka -- --stores 40 --skus 250 --days 28 --partitions 4 --workers 2
+//! cargo bench --bench kafka -- --checkpoint-every 96 --checkpoint-interval 0
 //! ```
+//! With `--checkpoint-every N`, the worker checkpoints into a temporary directory at every N-th
+//! epoch (and at least `--checkpoint-interval` seconds apart, default 0), and a second run on
+//! the same topics restores the last checkpoint and drains: its time is a restart's, against
+//! the first run's rebuild from the topics.
 //! The generator's dataset is loaded into fresh topics first (the produce rate is printed too);
 //! then the worker (`run --exit-when-idle`) reads it all, publishes every forecast and progress
 //! record, commits, and stops once every partition has been idle for one second. Events per
@@ -39,6 +44,8 @@ fn main() {
     let days = arg(&args, "--days", 28) as u32;
     let partitions = arg(&args, "--partitions", 4) as i32;
     let workers = arg(&args, "--workers", 2) as usize;
+    let checkpoint_every = arg(&args, "--checkpoint-every", 0);
+    let checkpoint_interval = arg(&args, "--checkpoint-interval", 0);
     let brokers =
         std::env::var("STOCKCAST_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into());
     if std::net::TcpStream::connect(brokers.split(',').next().unwrap_or_default()).is_err() {
@@ -60,6 +67,12 @@ fn main() {
     );
     let mut config = Config::parse(&text, Path::new("<bench>")).expect("config");
     config.kafka.topics.prefix_all(&format!("bench-{nonce}."));
+    let ck = tempfile::tempdir().expect("temp dir");
+    if checkpoint_every > 0 {
+        config.checkpoint.dir = ck.path().display().to_string();
+        config.checkpoint.every_epochs = checkpoint_every;
+        config.checkpoint.min_interval_secs = checkpoint_interval;
+    }
     let cfg = config.resolve(Path::new("<bench>")).expect("config");
 
     println!(
@@ -82,21 +95,20 @@ fn main() {
         loaded.records_per_sec, loaded.secs
     );
 
+    let options = || stream::StreamOptions {
+        cluster: None,
+        progress: Default::default(),
+        workers,
+        exit_when_idle: true,
+        stop: Arc::new(AtomicBool::new(false)),
+        wall_clock: stream::system_clock(),
+        from_scratch: false,
+    };
     let cpu0 = cpu_secs();
     let started = Instant::now();
-    let run = kafka::run_worker(
-        &cfg,
-        &stream::StreamOptions {
-            cluster: None,
-            progress: Default::default(),
-            workers,
-            exit_when_idle: true,
-            stop: Arc::new(AtomicBool::new(false)),
-            wall_clock: stream::system_clock(),
-            from_scratch: false,
-        },
-    )
-    .expect("worker");
+    let opts = options();
+    let progress = Arc::clone(&opts.progress);
+    let run = kafka::run_worker(&cfg, &opts).expect("worker");
     let wall = started.elapsed().as_secs_f64();
     let cpu = cpu_secs() - cpu0;
     let consumed: u64 = run.stats.consumed.values().sum();
@@ -116,5 +128,29 @@ fn main() {
         run.stats.forecasts as f64 / busy,
         consumed as f64 / cpu.max(1e-9)
     );
+    if checkpoint_every > 0 {
+        let m = &progress.metrics;
+        let export = m.checkpoint_export_seconds.get_sample_sum();
+        println!(
+            "  checkpoints: {} written (every {checkpoint_every} epochs, >= {checkpoint_interval} s apart), \
+             the last {} bytes; export stall {export:.2} s in all ({:.1}% of the busy wall time)",
+            m.checkpoints_written.get(),
+            m.checkpoint_bytes.get(),
+            100.0 * export / busy
+        );
+        // A restart on the same topics: restore the last checkpoint, find nothing new, drain.
+        let started = Instant::now();
+        let opts = options();
+        let progress = Arc::clone(&opts.progress);
+        kafka::run_worker(&cfg, &opts).expect("restart");
+        let restart =
+            (started.elapsed().as_secs_f64() - cfg.kafka.idle_timeout_secs as f64).max(1e-9);
+        println!(
+            "  restart from the checkpoint: {restart:.2} s (idle timeout excluded; {} restore), \
+             against {busy:.2} s to build the state from the topics: {:.1}x",
+            progress.metrics.checkpoint_restores.get(),
+            busy / restart
+        );
+    }
     println!("load after: {}", load());
 }

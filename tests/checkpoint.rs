@@ -513,3 +513,105 @@ fn a_cluster_that_loses_a_process_exits_and_resumes_from_the_checkpoint() {
     );
     assert_same_forecasts(got, sorted_forecasts(expected));
 }
+
+/// Short retention: a checkpoint restored onto topics that hold only the records after it
+/// (the first half of the data is not in them at all), its offsets mapped onto the new
+/// topics. The forecasts after the restart are those of an uninterrupted run.
+#[test]
+fn a_checkpoint_restores_onto_topics_that_hold_only_the_tail() {
+    let old = config("ckpt-tail-a", "day");
+    let new = config("ckpt-tail-b", "day");
+    let tmp = tempfile::tempdir().unwrap();
+    let (first, second, all) = m5_halves(tmp.path());
+    let (ck_old, ck_new) = (tmp.path().join("ck-a"), tmp.path().join("ck-b"));
+    let old = with_checkpoints(&old, &ck_old);
+    let new = with_checkpoints(&new, &ck_new);
+    load_dir(&old.kafka, &first, 3);
+    let run1 = kafka::run_worker(&old, &options(2)).unwrap();
+    // The new topics get the second half only: their offsets start at 0.
+    load_dir(&new.kafka, &second, 3);
+    let mapped = map_checkpoint(&old, &new, &ck_old, &ck_new);
+    let opts = options(2);
+    let progress = Arc::clone(&opts.progress);
+    let run2 = kafka::run_worker(&new, &opts).unwrap();
+    assert_eq!(progress.metrics.checkpoint_restores.get(), 1);
+    assert_eq!(progress.metrics.history_lost_partitions.get(), 0);
+    let expected = replay_forecasts(&old, &all);
+    let mut got: Vec<ForecastRecord> = consume_json(
+        &old.kafka,
+        &old.kafka.topics.forecasts,
+        run1.stats.forecasts as usize,
+    );
+    got.extend(consume_json::<ForecastRecord>(
+        &new.kafka,
+        &new.kafka.topics.forecasts,
+        run2.stats.forecasts as usize,
+    ));
+    eprintln!(
+        "tail test: checkpoint {mapped} mapped onto topics holding only the second half; \
+         {} + {} forecasts, replay {}",
+        run1.stats.forecasts,
+        run2.stats.forecasts,
+        expected.len()
+    );
+    assert_same_forecasts(sorted_forecasts(got), sorted_forecasts(expected));
+}
+
+/// Copies the newest checkpoint of `from` (in `src`) into `dst` for the topics of `to`, whose
+/// partitions hold exactly the records after the checkpoint: every position maps to offset 0.
+fn map_checkpoint(from: &Resolved, to: &Resolved, src: &Path, dst: &Path) -> String {
+    let (src, dst) = (DirStore::new(src), DirStore::new(dst));
+    let settings = checkpoint::Settings::of(from);
+    let loaded = checkpoint::newest(&src, &settings).unwrap().loaded.unwrap();
+    let topic = |t: &str| {
+        let (a, b) = (&from.kafka.topics, &to.kafka.topics);
+        [
+            (&a.sales, &b.sales),
+            (&a.stock, &b.stock),
+            (&a.catalog, &b.catalog),
+            (&a.stores, &b.stores),
+            (&a.promotions, &b.promotions),
+        ]
+        .into_iter()
+        .find(|(x, _)| *x == t)
+        .map(|(_, y)| y.clone())
+        .unwrap()
+    };
+    let mut manifest = loaded.manifest.clone();
+    manifest.parts.clear();
+    for mut part in loaded.parts {
+        for p in &mut part.positions {
+            assert!(
+                p.held.is_empty(),
+                "a stop checkpoint holds no buffered event"
+            );
+            p.partition.topic = topic(&p.partition.topic);
+            p.next_offset = 0;
+        }
+        for (p, _) in &mut part.reference {
+            p.topic = topic(&p.topic);
+        }
+        let bytes = checkpoint::encode(&settings, &part);
+        let file = checkpoint::part_name(part.worker);
+        dst.put(&format!("{}/{file}", loaded.name), &bytes).unwrap();
+        manifest.parts.push(checkpoint::FileEntry {
+            file,
+            bytes: bytes.len() as u64,
+            crc32: checkpoint::file_crc(&bytes),
+            items: part.series_count(),
+        });
+    }
+    for o in &mut manifest.offsets {
+        o.topic = topic(&o.topic);
+        o.resume_offset = 0;
+        o.next_offset = 0;
+    }
+    let latest = format!("{}/{}", loaded.name, checkpoint::LATEST);
+    dst.put(&latest, &src.get(&latest).unwrap()).unwrap();
+    dst.put(
+        &format!("{}/{}", loaded.name, checkpoint::MANIFEST),
+        &serde_json::to_vec_pretty(&manifest).unwrap(),
+    )
+    .unwrap();
+    loaded.name
+}

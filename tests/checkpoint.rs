@@ -297,12 +297,15 @@ fn sigkill_at_random_moments_loses_nothing() {
         ..Default::default()
     };
     stockcast::generate::generate_to_dir(&params, &data).unwrap();
+    // The mart too: a database of this test's own.
+    let db = Database::create("ckpt_kill");
     let config_file = config_file(
         &cfg,
         tmp.path(),
         &format!(
-            "[checkpoint]\ndir = \"{}\"\nevery_epochs = 1\nmin_interval_secs = 1\n",
-            ck.display()
+            "[checkpoint]\ndir = \"{}\"\nevery_epochs = 1\nmin_interval_secs = 1\n[postgres]\nurl = \"{}\"\n",
+            ck.display(),
+            db.url
         ),
     );
     // The records arrive at a steady rate, over about 45 s, while the worker is killed and
@@ -369,7 +372,76 @@ fn sigkill_at_random_moments_loses_nothing() {
         expected.len()
     );
     assert!(restores >= kills / 2, "too few restores ({restores})");
-    assert_same_forecasts(got, sorted_forecasts(expected));
+    let expected = sorted_forecasts(expected);
+    assert_same_forecasts(got, expected.clone());
+    // The mart's history holds the same records, once each.
+    let history: Vec<ForecastRecord> = db
+        .texts("SELECT record::text FROM stockcast_forecast_history")
+        .iter()
+        .map(|t| serde_json::from_str(t).unwrap())
+        .collect();
+    assert_same_forecasts(sorted_forecasts(history), expected);
+}
+
+/// A PostgreSQL database of a test's own (127.0.0.1:5432, trust auth), dropped at the end.
+struct Database {
+    name: String,
+    url: String,
+}
+
+impl Database {
+    fn admin(sql: &str) {
+        Self::run(
+            "host=127.0.0.1 port=5432 user=postgres dbname=postgres",
+            sql,
+        );
+    }
+
+    fn run(url: &str, sql: &str) -> Vec<String> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+                .await
+                .unwrap_or_else(|e| {
+                    panic!("no PostgreSQL at {url}: {e} (scripts/services.sh starts one)")
+                });
+            tokio::spawn(conn);
+            client
+                .simple_query(sql)
+                .await
+                .unwrap()
+                .into_iter()
+                .filter_map(|m| match m {
+                    tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+                    _ => None,
+                })
+                .collect()
+        })
+    }
+
+    fn create(test: &str) -> Database {
+        let name = format!("stockcast_{test}_{}", nonce('_'));
+        Self::admin(&format!("CREATE DATABASE {name}"));
+        let url = format!("host=127.0.0.1 port=5432 user=postgres dbname={name}");
+        Database { name, url }
+    }
+
+    /// The first column of every row of `sql`, as text.
+    fn texts(&self, sql: &str) -> Vec<String> {
+        Self::run(&self.url, sql)
+    }
+}
+
+impl Drop for Database {
+    fn drop(&mut self) {
+        Self::admin(&format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            self.name
+        ));
+    }
 }
 
 /// `stockcast run` as process `p` of a cluster of two (one worker each).

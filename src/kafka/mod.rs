@@ -16,11 +16,12 @@
 //!   the commit metadata) only after every forecast derived from events below it, and the
 //!   epoch's progress record, were acknowledged by the broker. Events consumed but still waiting
 //!   for their epoch to open hold their partition's commit back.
-//! - **State** lives only in memory. On start the worker therefore rebuilds it by reading every
-//!   input partition from the beginning (bounded by the topics' retention), and it suppresses the
-//!   output of epochs below the committed frontier, and the dead letters below the committed
-//!   offsets: a restart neither double counts an event nor republishes what was acknowledged.
-//!   A later checkpoint can replace the rebuild by seeking to exactly the committed offsets.
+//! - **State** is restored from the newest complete checkpoint when `[checkpoint] dir` is set
+//!   (see [`crate::checkpoint`] and [`snapshot`]): every partition is read from the checkpoint's
+//!   position. Without one, the worker rebuilds it by reading every input partition from the
+//!   beginning (bounded by the topics' retention). Either way it suppresses the output of epochs
+//!   below the committed frontier, and the dead letters below the committed offsets: a restart
+//!   neither double counts an event nor republishes what was acknowledged.
 //! - **Output**: at least once. Records are produced by an idempotent producer (no duplicates or
 //!   reordering within a producer session; per-key order is kept because the key picks the
 //!   partition). A crash after producing an epoch's forecasts and before its progress record may

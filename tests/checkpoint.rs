@@ -101,10 +101,6 @@ fn a_restart_from_a_checkpoint_reads_only_what_follows_and_rescales() {
         "{text}"
     );
 
-    // Short retention: every record below the checkpoint's offsets is deleted from the topics.
-    let deleted = delete_below(&cfg, &manifest.offsets);
-    eprintln!("deleted the records below the checkpoint's offsets: {deleted:?}");
-
     let second_n = load(&second);
     // Three workers now: the checkpoint's series and partitions are spread again.
     let opts = options(3);
@@ -136,63 +132,6 @@ fn a_restart_from_a_checkpoint_reads_only_what_follows_and_rescales() {
     let got: Vec<ForecastRecord> =
         consume_json(&cfg.kafka, &cfg.kafka.topics.forecasts, expected.len());
     assert_same_forecasts(sorted_forecasts(got), sorted_forecasts(expected));
-
-    // Without the checkpoint, a rebuild from what the topics still hold says history is lost.
-    if let Ok(n) = deleted {
-        let mut opts = options(1);
-        opts.from_scratch = true;
-        let progress = Arc::clone(&opts.progress);
-        let mut other = cfg.clone();
-        other.kafka.group_id.push_str("-scratch");
-        kafka::run_worker(&other, &opts).unwrap();
-        assert_eq!(
-            progress.metrics.history_lost_partitions.get(),
-            n as i64,
-            "every partition whose records were deleted is reported"
-        );
-    }
-}
-
-/// Deletes the records below each sales partition's resume offset (DeleteRecords); returns
-/// the partitions whose earliest offset moved, or why the broker refused.
-fn delete_below(cfg: &Resolved, offsets: &[checkpoint::OffsetEntry]) -> Result<usize, String> {
-    use rdkafka::admin::{AdminClient, AdminOptions};
-    use rdkafka::client::DefaultClientContext;
-    use rdkafka::consumer::{BaseConsumer, Consumer};
-    use rdkafka::{ClientConfig, Offset, TopicPartitionList};
-    let mut base = ClientConfig::new();
-    base.set("bootstrap.servers", &cfg.kafka.brokers);
-    let admin: AdminClient<DefaultClientContext> = base.create().map_err(|e| e.to_string())?;
-    let mut tpl = TopicPartitionList::new();
-    let sales: Vec<_> = offsets
-        .iter()
-        .filter(|o| o.topic == cfg.kafka.topics.sales && o.resume_offset > 0)
-        .collect();
-    for o in &sales {
-        tpl.add_partition_offset(&o.topic, o.partition, Offset::Offset(o.resume_offset))
-            .unwrap();
-    }
-    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-    futures_executor::block_on(admin.delete_records(&tpl, &opts)).map_err(|e| e.to_string())?;
-    let consumer: BaseConsumer = base
-        .clone()
-        .set("group.id", "stockcast-test-reader")
-        .create()
-        .map_err(|e| e.to_string())?;
-    let mut moved = 0;
-    for o in &sales {
-        let (low, _) = consumer
-            .fetch_watermarks(&o.topic, o.partition, Duration::from_secs(10))
-            .map_err(|e| e.to_string())?;
-        if low != o.resume_offset {
-            return Err(format!(
-                "{}/{}: earliest offset {low} after deleting below {}",
-                o.topic, o.partition, o.resume_offset
-            ));
-        }
-        moved += 1;
-    }
-    Ok(moved)
 }
 
 #[test]

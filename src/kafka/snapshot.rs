@@ -364,17 +364,26 @@ impl Coordinator {
                 // Counted and logged when reported; the previous checkpoint stays the newest.
                 continue;
             }
-            if let Err(e) = self.write_manifest(&name, parts, clock) {
-                self.progress
-                    .metrics
-                    .checkpoint_failures
-                    .with_label_values(&["io"])
-                    .inc();
-                tracing::error!(checkpoint = %name, error = %e, "checkpoint manifest not written");
+            let epoch = parts.iter().map(|p| p.epoch).max().unwrap_or(0);
+            match self.write_manifest(&name, parts, clock) {
+                Ok(()) => self.forget_older(epoch),
+                Err(e) => {
+                    self.progress
+                        .metrics
+                        .checkpoint_failures
+                        .with_label_values(&["io"])
+                        .inc();
+                    tracing::error!(checkpoint = %name, error = %e, "checkpoint manifest not written");
+                }
             }
         }
-        // Parts of checkpoints that can no longer complete (a worker skipped it) are dropped
-        // once a newer one completed: pruning deletes their files.
+    }
+
+    /// Forgets the parts of checkpoints older than `epoch`, which just completed: they can no
+    /// longer be the newest (a worker skipped them), and pruning deletes their files.
+    fn forget_older(&mut self, epoch: Epoch) {
+        self.parts
+            .retain(|_, parts| parts.iter().any(|p| p.epoch >= epoch));
     }
 
     fn write_manifest(

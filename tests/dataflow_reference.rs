@@ -196,15 +196,19 @@ fn continue_from(
     restore: Option<(&dataflows::input::Reference, &[SeriesRecord])>,
 ) -> BTreeMap<Epoch, Vec<(Key, FeatureVec)>> {
     let mut input = dataflows::input::FeatureInput::new(clock, spec);
-    let (probe, sink, _) = pipeline::run::build(worker, &mut input, spec);
+    let (probe, sink, view) = pipeline::run::build(worker, &mut input, spec);
     let first = plan.steps[from].epoch;
     if let Some((reference, series)) = restore {
-        input.restore(first - 1, reference, series.iter().copied());
+        input.restore(first - 1, reference, series.to_vec(), &view);
         input.advance_to(first);
         input.flush();
         worker.step_while(|| probe.less_than(&first));
-        // What the restored dataflow emits for the checkpoint's epoch, the run had emitted.
-        sink.borrow_mut().clear();
+        // The features of the checkpoint's epoch, the run had emitted already.
+        assert!(
+            sink.borrow().is_empty(),
+            "a restore emitted {} changes at the checkpoint's epoch",
+            sink.borrow().len()
+        );
     }
     feed_steps(
         worker,

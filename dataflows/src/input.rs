@@ -25,6 +25,7 @@ use std::collections::{HashMap, HashSet};
 use differential_dataflow::input::InputSession;
 use serde::{Deserialize, Serialize};
 
+use crate::dataflow::{SeriesRecord, StateView};
 use crate::features::FeatureSpec;
 use crate::model::{Agg, Event, Id, IdHash, ItemAttrs, Key, Promotion, Rec};
 use crate::time::{Clock, Epoch, Period};
@@ -283,15 +284,17 @@ impl FeatureInput {
         }
     }
 
-    /// Restores a checkpoint into a fresh stage: moves the inputs to `epoch` and applies there
-    /// the reference data and the series records of [`crate::dataflow::StateView::export`].
-    /// The dataflow then holds the checkpoint's state as of `epoch`; the caller discards what
-    /// it emits at `epoch` (the features the checkpointed run had emitted already).
+    /// Restores a checkpoint into a fresh stage and its dataflow: moves the inputs to `epoch`,
+    /// applies there the reference data, registers the series, and hands `series` (records of
+    /// [`crate::dataflow::StateView::export`]) to the features operator through `view`. The
+    /// dataflow then holds the checkpoint's state as of `epoch`, and emits nothing for it (the
+    /// checkpointed run emitted those features already).
     pub fn restore(
         &mut self,
         epoch: Epoch,
         reference: &Reference,
-        series: impl IntoIterator<Item = (Key, Rec, Agg)>,
+        series: Vec<SeriesRecord>,
+        view: &StateView,
     ) {
         self.advance_to(epoch);
         for (id, promo) in &reference.promos {
@@ -310,12 +313,13 @@ impl FeatureInput {
                 Some(*open),
             );
         }
-        for (key, rec, agg) in series {
-            if rec == Rec::Registered && self.keys.insert(key) {
+        for (key, rec, _) in &series {
+            // Reference data reaches a series through its key.
+            if *rec == Rec::Registered && self.keys.insert(*key) {
                 self.inputs.keys.update((key.sku, key.store), 1);
             }
-            self.inputs.series.update((key, rec), agg);
         }
+        view.restore(epoch, series);
     }
 
     /// Closes the inputs: the dataflow completes every epoch and finishes. Later updates go

@@ -442,6 +442,19 @@ struct PartState {
 }
 
 impl PartState {
+    /// Forgets the records buffered at the restored checkpoint's cut below `offset`: they
+    /// will never be read again (retention removed them), and they must not hold time back.
+    fn forget_replay_below(&mut self, offset: i64) {
+        let before = self.replay.len();
+        self.replay.retain(|o| *o >= offset);
+        tracing::error!(
+            partition = %self.part.label(),
+            lost = before - self.replay.len(),
+            "records buffered at the checkpoint's cut were removed from the partition before \
+             they could be read again: their events are lost"
+        );
+    }
+
     /// Whether `offset` was read before.
     fn already_read(&self, offset: i64) -> bool {
         offset < self.next_offset
@@ -644,7 +657,12 @@ impl Feeder {
             }
             part.next_offset = msg.offset() + 1;
             part.consumed_metric.inc();
-            if msg.offset() < part.skip_below && !part.replay.remove(&msg.offset()) {
+            let replayed = part.replay.remove(&msg.offset());
+            if part.replay.iter().any(|o| *o < msg.offset()) {
+                // A partition arrives in order: held records below this one are gone.
+                part.forget_replay_below(msg.offset());
+            }
+            if msg.offset() < part.skip_below && !replayed {
                 // In the restored checkpoint's state already.
                 self.skipped += 1;
                 return;
@@ -779,6 +797,12 @@ impl Feeder {
     fn mark(&self, idle_after: Duration, now: Instant) -> Mark {
         let mut low: Option<i64> = None;
         for part in &self.parts {
+            if !part.replay.is_empty() {
+                // Records buffered at the restored checkpoint's cut are not read again yet.
+                // Their times are in the restored watermark, so time could otherwise pass
+                // their epochs before they come back, and they would arrive late.
+                return Mark::Holding;
+            }
             if part.is_idle(idle_after, now) {
                 continue;
             }
@@ -821,7 +845,12 @@ impl Feeder {
         ) {
             // Some brokers report the high watermark early (tansu: the start of the last
             // batch), never late: a high watermark past the next offset means unread records.
-            Ok((low, high)) => high <= part.next_offset.max(low),
+            Ok((low, high)) => {
+                if part.replay.iter().any(|o| *o < low) {
+                    part.forget_replay_below(low);
+                }
+                high <= part.next_offset.max(low)
+            }
             Err(e) => {
                 tracing::debug!(partition = %part.part.label(), error = %e, "broker unreachable: the partition is not idle");
                 false
@@ -903,14 +932,14 @@ impl Feeder {
     fn restore(
         &mut self,
         loaded: &crate::checkpoint::Loaded,
-        index: usize,
-        peers: usize,
+        (index, peers): (usize, usize),
         idle_after: Duration,
+        view: &dataflows::dataflow::StateView,
     ) {
         use dataflows::model::Rec;
         let epoch = loaded.manifest.epoch;
         let mut reference = dataflows::input::Reference::default();
-        let mut series = Vec::new();
+        let series = crate::checkpoint::Part::series_of(&loaded.parts, index, peers);
         for part in &loaded.parts {
             self.dict.import(&part.stores, &part.skus);
             for (partition, r) in &part.reference {
@@ -949,15 +978,6 @@ impl Feeder {
                     }
                 }
             }
-            series.extend(
-                part.series
-                    .iter()
-                    .filter(|(key, _, _)| {
-                        use differential_dataflow::hashable::Hashable;
-                        (key.hashed() % peers as u64) as usize == index
-                    })
-                    .copied(),
-            );
         }
         for (key, rec, _) in &series {
             if *rec == Rec::Registered && self.known.insert(*key) {
@@ -972,7 +992,7 @@ impl Feeder {
             .filter_map(|ts| self.clock.epoch_of(ts))
             .max();
         self.input
-            .restore(epoch.saturating_sub(1), &reference, series);
+            .restore(epoch.saturating_sub(1), &reference, series, view);
         self.input.advance_to(epoch);
         self.restore_floor = epoch;
     }
@@ -1670,7 +1690,7 @@ fn work(
 
     let (probe, sink, size) = crate::pipeline::run::build(worker, &mut feeder.input, &cfg.spec);
     if let Some(loaded) = restore {
-        feeder.restore(loaded, index, peers, idle_after);
+        feeder.restore(loaded, (index, peers), idle_after, &size);
         feeder.input.flush();
         tracing::info!(worker = index, checkpoint = %loaded.name, "state restored");
     }

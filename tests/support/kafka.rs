@@ -257,12 +257,32 @@ pub fn sorted_forecasts(records: impl IntoIterator<Item = ForecastRecord>) -> Ve
     v
 }
 
-/// Asserts two sorted forecast lists are equal, showing the first difference only.
+/// Asserts two sorted forecast lists are equal; otherwise shows how many are missing and
+/// extra, and the first few of each.
 pub fn assert_same_forecasts(got: Vec<String>, want: Vec<String>) {
-    if let Some(i) = (0..got.len().min(want.len())).find(|&i| got[i] != want[i]) {
-        panic!("forecast {i} differs:\n got  {}\n want {}", got[i], want[i]);
+    if got == want {
+        return;
     }
-    assert_eq!(got.len(), want.len(), "forecast counts differ");
+    let g: std::collections::BTreeSet<&String> = got.iter().collect();
+    let w: std::collections::BTreeSet<&String> = want.iter().collect();
+    let missing: Vec<&&String> = w.difference(&g).collect();
+    let extra: Vec<&&String> = g.difference(&w).collect();
+    let show = |v: &[&&String]| {
+        v.iter()
+            .take(5)
+            .map(|s| format!("  {}", s.chars().take(300).collect::<String>()))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    panic!(
+        "forecasts differ: {} got, {} wanted; {} missing, {} extra (the rest: repeats)\nmissing:\n{}\nextra:\n{}",
+        got.len(),
+        want.len(),
+        missing.len(),
+        extra.len(),
+        show(&missing),
+        show(&extra)
+    );
 }
 
 pub fn replay_forecasts(cfg: &Resolved, data: &Path) -> Vec<ForecastRecord> {

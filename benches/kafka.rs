@@ -39,6 +39,10 @@ fn arg(args: &[String], name: &str, default: u64) -> u64 {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
+    if std::env::var_os("RUST_LOG").is_some() {
+        // The worker's logs, when asked for (e.g. RUST_LOG=stockcast=info).
+        stockcast::telemetry::init_tracing(false);
+    }
     let stores = arg(&args, "--stores", 40) as u32;
     let skus = arg(&args, "--skus", 250) as u32;
     let days = arg(&args, "--days", 28) as u32;

@@ -622,8 +622,11 @@ pub fn newest(store: &dyn Store, settings: &Settings) -> Result<Choice, Checkpoi
 }
 
 /// Deletes all but the newest `keep` complete checkpoints, and every incomplete or corrupt one
-/// older than the newest complete one (those newer may still be being written).
-pub fn prune(store: &dyn Store, keep: usize) -> Result<Vec<String>, CheckpointError> {
+/// older than the newest complete one (those newer may still be being written). The run with
+/// `nonce` calls this: its own stop checkpoint, whose epoch is known only from its manifest,
+/// may still be being written and is kept; another run's unfinished one is deleted.
+pub fn prune(store: &dyn Store, keep: usize, nonce: u64) -> Result<Vec<String>, CheckpointError> {
+    let ours = final_name(nonce);
     let listing = list(store)?;
     let newest_complete = listing
         .iter()
@@ -636,7 +639,10 @@ pub fn prune(store: &dyn Store, keep: usize) -> Result<Vec<String>, CheckpointEr
             complete_seen += 1;
             complete_seen > keep.max(1)
         } else {
-            newest_complete.is_some_and(|n| l.epoch.is_none_or(|e| e < n))
+            match l.epoch {
+                Some(e) => newest_complete.is_some_and(|n| e < n),
+                None => l.name != ours && newest_complete.is_some(),
+            }
         };
         if doomed {
             store.delete(&l.name).map_err(io_err(store))?;
@@ -681,6 +687,74 @@ mod tests {
         assert!(e.contains("checksum"), "{e}");
         let e = decode::<Part>("p", b"hello").unwrap_err().to_string();
         assert!(e.contains("not a stockcast checkpoint"), "{e}");
+    }
+
+    /// Writes a checkpoint `name` of `epoch` with one part; with `complete`, its manifest.
+    fn write(store: &DirStore, name: &str, epoch: Epoch, complete: bool) {
+        let part = Part {
+            epoch,
+            ..Part::default()
+        };
+        let bytes = encode(&settings(), &part);
+        store
+            .put(&format!("{name}/{}", part_name(0)), &bytes)
+            .unwrap();
+        if complete {
+            let manifest = Manifest {
+                format: FORMAT_VERSION,
+                epoch,
+                epoch_start: String::new(),
+                created_at: String::new(),
+                reason: "periodic".into(),
+                settings: settings(),
+                workers: 1,
+                processes: 1,
+                parts: vec![FileEntry {
+                    file: part_name(0),
+                    bytes: bytes.len() as u64,
+                    crc32: file_crc(&bytes),
+                    items: 0,
+                }],
+                latest: None,
+                offsets: vec![],
+            };
+            let json = serde_json::to_vec(&manifest).unwrap();
+            store.put(&format!("{name}/{MANIFEST}"), &json).unwrap();
+        }
+    }
+
+    #[test]
+    fn pruning_keeps_the_newest_and_what_may_still_be_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DirStore::new(dir.path());
+        for epoch in [10, 20, 30] {
+            write(&store, &checkpoint_name(epoch, 1), epoch, true);
+        }
+        // Unfinished: an older periodic one, a newer one, this run's stop checkpoint (still
+        // being written: its epoch is not known yet) and an earlier run's.
+        write(&store, &checkpoint_name(25, 1), 25, false);
+        write(&store, &checkpoint_name(40, 1), 40, false);
+        write(&store, &final_name(1), 35, false);
+        write(&store, &final_name(7), 35, false);
+        let mut deleted = prune(&store, 2, 1).unwrap();
+        deleted.sort();
+        let mut want = vec![
+            checkpoint_name(10, 1),
+            checkpoint_name(25, 1),
+            final_name(7),
+        ];
+        want.sort();
+        assert_eq!(deleted, want);
+        let mut left: Vec<String> = list(&store).unwrap().into_iter().map(|l| l.name).collect();
+        left.sort();
+        let mut want = vec![
+            checkpoint_name(20, 1),
+            checkpoint_name(30, 1),
+            checkpoint_name(40, 1),
+            final_name(1),
+        ];
+        want.sort();
+        assert_eq!(left, want);
     }
 
     #[test]

@@ -451,7 +451,7 @@ impl Coordinator {
             reason = %manifest.reason,
             "checkpoint written"
         );
-        match checkpoint::prune(store, c.keep) {
+        match checkpoint::prune(store, c.keep, c.nonce) {
             Ok(deleted) if !deleted.is_empty() => {
                 tracing::debug!(?deleted, "older checkpoints deleted");
             }

@@ -80,18 +80,27 @@ fn main() {
         .collect();
     let vecs: Vec<FeatureVec> = real.iter().cycle().take(100_000).cloned().collect();
     let model: Arc<dyn stockcast::forecast::Forecaster> = Arc::new(model);
+    // The baseline that would stand in for the model on a batch it cannot score.
+    let schema = cfg.spec.schema();
+    let rescue = || {
+        let b = stockcast::forecast::baseline(cfg.baseline, &schema, cfg.clock.period_kind(), h)
+            .expect("a baseline");
+        let counter = prometheus::IntCounter::new("fallbacks", "bench").expect("a counter");
+        (Arc::from(b), counter)
+    };
 
     println!("\nthroughput on 2 scoring threads (65,536 series per run, best of 3):");
     println!("| batch | items/s | load |");
     println!("|---|---|---|");
     let refs: Vec<&FeatureVec> = vecs.iter().take(65_536).collect();
     for batch in [256usize, 1024, 4096, 16_384, 65_536] {
-        let scorer = Scorer::new(Arc::clone(&model), 2, batch);
+        let scorer = Scorer::new(Arc::clone(&model), rescue(), 2, batch);
         let mut best = f64::MAX;
         for _ in 0..3 {
             let t = Instant::now();
-            let out = scorer.score(&refs);
+            let out = scorer.score(&refs).expect("scored");
             assert_eq!(out.len(), refs.len());
+            assert!(out.iter().all(|f| f.fallback.is_none()), "the model scored");
             best = best.min(t.elapsed().as_secs_f64());
         }
         println!("| {batch} | {:.0} | {} |", refs.len() as f64 / best, load());
@@ -100,13 +109,13 @@ fn main() {
     println!("\nlatency per epoch (2 threads, batch 4096, median of 5):");
     println!("| changed series | ms | load |");
     println!("|---|---|---|");
-    let scorer = Scorer::new(Arc::clone(&model), 2, 4096);
+    let scorer = Scorer::new(Arc::clone(&model), rescue(), 2, 4096);
     for n in [1_000usize, 10_000, 100_000] {
         let refs: Vec<&FeatureVec> = vecs.iter().take(n).collect();
         let mut times: Vec<f64> = (0..5)
             .map(|_| {
                 let t = Instant::now();
-                scorer.score(&refs);
+                scorer.score(&refs).expect("scored");
                 t.elapsed().as_secs_f64() * 1e3
             })
             .collect();

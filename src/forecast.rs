@@ -17,6 +17,22 @@ pub struct MissingFeature {
     pub feature: String,
 }
 
+/// Why a forecaster could not score a batch.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ScoreError(pub String);
+
+/// Which forecaster scored a series, and why, when the configured one could not.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Fallback {
+    /// The forecaster that scored (a baseline).
+    pub model: String,
+    /// Its version.
+    pub version: String,
+    /// Why the configured model did not.
+    pub reason: String,
+}
+
 /// The quantiles every forecaster produces, in [`Forecast`]'s field order.
 pub const QUANTILES: [f64; 3] = [0.1, 0.5, 0.9];
 
@@ -33,6 +49,8 @@ pub struct Forecast {
     pub p50: Vec<f64>,
     /// 0.9 quantile per period.
     pub p90: Vec<f64>,
+    /// Set when the configured model failed on this series' batch and a baseline scored it.
+    pub fallback: Option<std::sync::Arc<Fallback>>,
 }
 
 impl Forecast {
@@ -43,6 +61,7 @@ impl Forecast {
             p10: p50.iter().map(|m| (m - Z90 * sd).max(0.0)).collect(),
             p90: p50.iter().map(|m| m + Z90 * sd).collect(),
             p50,
+            fallback: None,
         }
     }
 
@@ -65,8 +84,8 @@ pub trait Forecaster: Send + Sync {
     fn version(&self) -> &str;
     /// Periods forecast.
     fn horizon(&self) -> usize;
-    /// Forecasts each vector of `batch`, in order.
-    fn forecast(&self, batch: &[&FeatureVec]) -> Vec<Forecast>;
+    /// Forecasts each vector of `batch`, in order, or says why it cannot.
+    fn forecast(&self, batch: &[&FeatureVec]) -> Result<Vec<Forecast>, ScoreError>;
 }
 
 /// Which baseline to run.
@@ -201,14 +220,14 @@ impl Forecaster for Flat {
     fn horizon(&self) -> usize {
         self.horizon
     }
-    fn forecast(&self, batch: &[&FeatureVec]) -> Vec<Forecast> {
-        batch
+    fn forecast(&self, batch: &[&FeatureVec]) -> Result<Vec<Forecast>, ScoreError> {
+        Ok(batch
             .iter()
             .map(|f| {
                 let level = f.raw(self.source).unwrap_or(0) as f64 / self.divisor;
                 self.spread.around(f, vec![level.max(0.0); self.horizon])
             })
-            .collect()
+            .collect())
     }
 }
 
@@ -259,8 +278,8 @@ impl Forecaster for SeasonalNaive {
     fn horizon(&self) -> usize {
         self.sources.len()
     }
-    fn forecast(&self, batch: &[&FeatureVec]) -> Vec<Forecast> {
-        batch
+    fn forecast(&self, batch: &[&FeatureVec]) -> Result<Vec<Forecast>, ScoreError> {
+        Ok(batch
             .iter()
             .map(|f| {
                 let p50 = self
@@ -270,7 +289,7 @@ impl Forecaster for SeasonalNaive {
                     .collect();
                 self.spread.around(f, p50)
             })
-            .collect()
+            .collect())
     }
 }
 
@@ -291,13 +310,13 @@ mod tests {
         v[schema.index("sales_std_28d").unwrap()] = 1_000;
         let v = FeatureVec::from(v);
         let ma = baseline(Baseline::MovingAverage, &schema, PeriodKind::Day, 3).unwrap();
-        let f = &ma.forecast(&[&v])[0];
+        let f = &ma.forecast(&[&v]).unwrap()[0];
         assert_eq!(f.p50, vec![2.0; 3]);
         assert!((f.p90[0] - (2.0 + Z90)).abs() < 1e-9 && (f.p10[0] - (2.0 - Z90)).abs() < 1e-9);
         let naive = baseline(Baseline::Naive, &schema, PeriodKind::Day, 2).unwrap();
-        assert_eq!(naive.forecast(&[&v])[0].p50, vec![5.0; 2]);
+        assert_eq!(naive.forecast(&[&v]).unwrap()[0].p50, vec![5.0; 2]);
         let sn = baseline(Baseline::SeasonalNaive, &schema, PeriodKind::Day, 8).unwrap();
-        let f = &sn.forecast(&[&v])[0].p50;
+        let f = &sn.forecast(&[&v]).unwrap()[0].p50;
         assert_eq!((f[0], f[6], f[7]), (3.0, 9.0, 3.0));
         let weekly = FeatureSpec::weekly().schema();
         assert!(baseline(Baseline::MovingAverage, &weekly, PeriodKind::Day, 3).is_err());

@@ -84,6 +84,8 @@ pub struct Metrics {
     pub keys_scored: Histogram,
     /// Seconds to score one advance's series.
     pub scoring_seconds: Histogram,
+    /// Series the baseline scored because the model could not.
+    pub scoring_fallbacks: IntCounter,
     /// Seconds from an advance's report to its last acknowledgement.
     pub epoch_seconds: Histogram,
     /// Records or batches written, by sink.
@@ -224,6 +226,11 @@ impl Metrics {
                 "stockcast_scoring_seconds",
                 "Seconds to score the series of one advance.",
                 seconds_buckets()
+            )),
+            scoring_fallbacks: reg!(IntCounter::new(
+                "stockcast_scoring_fallbacks_total",
+                "Series scored by the baseline because the model could not score their batch \
+                 (the records name the baseline and the reason; the error is logged)."
             )),
             epoch_seconds: reg!(histogram(
                 "stockcast_epoch_seconds",

@@ -198,10 +198,14 @@ pub struct ForecastRecord {
     pub sku_id: String,
     /// Hash of the feature schema the forecast was computed from.
     pub schema_hash: String,
-    /// Forecaster name (e.g. `baseline-ma`).
+    /// The forecaster that scored (e.g. `baseline-ma`): the configured model, or the baseline
+    /// when the model could not score this series' batch.
     pub model: String,
-    /// Forecaster version.
+    /// Its version.
     pub model_version: String,
+    /// Why the baseline scored instead of the configured model; absent when the model scored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback_reason: Option<String>,
     /// Median demand per future period `1..=horizon`, units, rounded to 3 decimals.
     pub forecast: Vec<f64>,
     /// The 0.1 quantile of demand per future period.
@@ -237,8 +241,15 @@ impl ForecastRecord {
             store_id,
             sku_id,
             schema_hash: schema.hash.clone(),
-            model: forecaster.name().to_string(),
-            model_version: forecaster.version().to_string(),
+            model: forecast
+                .fallback
+                .as_ref()
+                .map_or_else(|| forecaster.name().to_string(), |f| f.model.clone()),
+            model_version: forecast
+                .fallback
+                .as_ref()
+                .map_or_else(|| forecaster.version().to_string(), |f| f.version.clone()),
+            fallback_reason: forecast.fallback.as_ref().map(|f| f.reason.clone()),
             forecast: round3(&forecast.p50),
             forecast_p10: round3(&forecast.p10),
             forecast_p90: round3(&forecast.p90),
@@ -275,6 +286,8 @@ pub struct Summary {
     pub schema_hash: String,
     /// Number of features.
     pub features: usize,
+    /// Series the baseline scored because the model could not (see `model::scorer`).
+    pub scoring_fallbacks: u64,
     /// Forecaster used.
     pub model: String,
     /// Records read per kind.
@@ -360,7 +373,9 @@ pub fn replay(cfg: &Resolved, opts: &ReplayOptions) -> Result<Summary, ReplayErr
     let mut prepared = prepare(cfg, data, None);
     let events = Arc::new(std::mem::take(&mut prepared.events));
     let schema = cfg.spec.schema();
-    let (scorer, _) = crate::model::scorer(cfg)?;
+    let fallbacks = prometheus::IntCounter::new("scoring_fallbacks", "replay's own count")
+        .expect("a valid counter");
+    let (scorer, _) = crate::model::scorer(cfg, fallbacks.clone())?;
     let planner = crate::replenish::Planner::new(&cfg.replenish, &schema, cfg.clock.period_kind());
     let plan = pipeline::plan(&cfg.clock, cfg.allowed_lateness_secs, &events, None);
 
@@ -450,6 +465,7 @@ pub fn replay(cfg: &Resolved, opts: &ReplayOptions) -> Result<Summary, ReplayErr
         workers: opts.workers,
         schema_hash: schema.hash.clone(),
         features: schema.features.len(),
+        scoring_fallbacks: fallbacks.get(),
         model: scorer.model().name().to_string(),
         events_read: prepared.counts.clone(),
         late_events: late,
@@ -496,7 +512,7 @@ fn write_forecasts(
         changed.iter().map(|(k, v)| (dict.names(k), v)).collect();
     named.sort_by(|a, b| a.0.cmp(&b.0));
     let vecs: Vec<&FeatureVec> = named.iter().map(|(_, v)| *v).collect();
-    let forecasts = scorer.score(&vecs);
+    let forecasts = scorer.score(&vecs).map_err(std::io::Error::other)?;
     for ((names, vec), f) in named.into_iter().zip(&forecasts) {
         let line = ForecastRecord::new(epoch_end, names, schema, scorer.model(), planner, vec, f);
         serde_json::to_writer(&mut *w, &line)?;

@@ -416,6 +416,7 @@ mod tests {
             p10: vec![p10; n],
             p50: vec![p50; n],
             p90: vec![p90; n],
+            fallback: None,
         }
     }
 

@@ -413,7 +413,8 @@ pub fn simulate(
         let forecasts: Vec<Vec<Forecast>> = (0..opts.periods)
             .step_by(review)
             .map(|k| forecast_series(&history, s0 + k - 1, &model as &dyn Forecaster))
-            .collect();
+            .collect::<Result<_, _>>()
+            .map_err(|e| anyhow::anyhow!("the model could not score: {e}"))?;
         for &level in &opts.service_levels {
             let mut tally = Tally::default();
             for (s, d) in series.iter().zip(&demand) {

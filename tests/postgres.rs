@@ -90,6 +90,7 @@ fn record(store: usize, sku: usize, epoch_end: &str, qty: f64) -> ForecastRecord
         schema_hash: "h".into(),
         model: "baseline-ma".into(),
         model_version: "1".into(),
+        fallback_reason: None,
         forecast: vec![qty; 4],
         forecast_p10: vec![qty / 2.0; 4],
         forecast_p90: vec![qty * 2.0; 4],

@@ -109,7 +109,7 @@ fn a_lead_time_and_a_promotion_change_exactly_their_series_in_the_next_epoch() {
     let ma = baseline(Baseline::MovingAverage, &schema, PeriodKind::Day, 28).unwrap();
     let planner = Planner::new(&cfg.replenish, &schema, PeriodKind::Day);
     let advise = |v: &FeatureVec| {
-        let f = ma.forecast(&[v]).remove(0);
+        let f = ma.forecast(&[v]).unwrap().remove(0);
         planner.advise(&schema, v, &f)
     };
     for (key, after) in &changed {

@@ -254,7 +254,8 @@ pub fn run_worker(
             secs: started.elapsed().as_secs_f64(),
         });
     }
-    let (scorer, watch) = crate::model::scorer(cfg)?;
+    let (scorer, watch) =
+        crate::model::scorer(cfg, opts.progress.metrics.scoring_fallbacks.clone())?;
     let mut sink = sink::KafkaSink::new(
         cfg,
         scorer,

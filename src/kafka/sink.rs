@@ -87,7 +87,8 @@ struct Out {
 enum Halt {
     /// The run was told to stop first.
     Stopped,
-    /// The dead-letter topic refused a record for good: nothing can be accounted for.
+    /// The dead-letter topic refused a record for good (nothing can be accounted for), or
+    /// neither the model nor the baseline could score an advance.
     Fatal(String),
 }
 
@@ -400,7 +401,7 @@ impl KafkaSink {
                 "stopping with an advance not delivered: nothing later is written or committed; the next run delivers it"
             ),
             Halt::Fatal(e) => {
-                tracing::error!(error = %e, "the dead-letter topic refused a record for good; stopping without committing");
+                tracing::error!(error = %e, "cannot go on; stopping without committing");
                 self.stop.store(true, Ordering::SeqCst);
             }
         }
@@ -536,7 +537,10 @@ impl KafkaSink {
             let end = rfc3339(self.clock.epoch_end(*epoch));
             let vecs: Vec<&FeatureVec> = changed.iter().map(|(_, v)| v).collect();
             let scoring = Instant::now();
-            let forecasts = self.scorer.score(&vecs);
+            let forecasts = match self.scorer.score(&vecs) {
+                Ok(f) => f,
+                Err(e) => return self.halt(Halt::Fatal(format!("scoring failed: {e}"))),
+            };
             scoring_secs += scoring.elapsed().as_secs_f64();
             for ((key, vec), forecast) in changed.iter().zip(&forecasts) {
                 let rec = self.record(&end, dict, key, vec, forecast);
@@ -559,7 +563,10 @@ impl KafkaSink {
                 .collect();
             let vecs: Vec<&FeatureVec> = rest.iter().map(|(_, v)| v).collect();
             let scoring = Instant::now();
-            let forecasts = self.scorer.score(&vecs);
+            let forecasts = match self.scorer.score(&vecs) {
+                Ok(f) => f,
+                Err(e) => return self.halt(Halt::Fatal(format!("scoring failed: {e}"))),
+            };
             scoring_secs += scoring.elapsed().as_secs_f64();
             for ((key, vec), forecast) in rest.iter().zip(&forecasts) {
                 let rec = self.record(&end, dict, key, vec, forecast);

@@ -20,7 +20,7 @@ use serde::Serialize;
 use super::history::History;
 use super::train::{MetricSums, TrainOptions};
 use super::{Metrics, QuantileModel};
-use crate::forecast::{self, Baseline, Forecast, Forecaster};
+use crate::forecast::{self, Baseline, Forecast, Forecaster, ScoreError};
 
 /// Pooled metrics of one forecaster, as in `metrics.json`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
@@ -234,16 +234,21 @@ fn score_into(
 }
 
 /// Forecasts every series known at snapshot `t` with `f`, in series order.
-pub(crate) fn forecast_series(history: &History, t: usize, f: &dyn Forecaster) -> Vec<Forecast> {
-    forecast_all(history, t, f)
+pub(crate) fn forecast_series(
+    history: &History,
+    t: usize,
+    f: &dyn Forecaster,
+) -> Result<Vec<Forecast>, ScoreError> {
+    Ok(forecast_all(history, t, f)?
         .forecasts
         .into_iter()
         .map(|(_, f)| f)
-        .collect()
+        .collect())
 }
 
-/// Forecasts every series known at snapshot `t` with `f`.
-fn forecast_all(history: &History, t: usize, f: &dyn Forecaster) -> Scored {
+/// Forecasts every series known at snapshot `t` with `f`. A measurement does not fall back to
+/// a baseline: a batch the forecaster cannot score fails it.
+fn forecast_all(history: &History, t: usize, f: &dyn Forecaster) -> Result<Scored, ScoreError> {
     let snap = &history.snapshots[t];
     let width = history.width();
     let vecs: Vec<FeatureVec> = (0..snap.n)
@@ -252,11 +257,19 @@ fn forecast_all(history: &History, t: usize, f: &dyn Forecaster) -> Scored {
     let refs: Vec<&FeatureVec> = vecs.iter().collect();
     let mut forecasts = Vec::with_capacity(snap.n);
     for (c, chunk) in refs.chunks(4096).enumerate() {
-        for (k, fc) in f.forecast(chunk).into_iter().enumerate() {
+        let scored = f.forecast(chunk)?;
+        if scored.len() != chunk.len() {
+            return Err(ScoreError(format!(
+                "{} forecasts for a batch of {}",
+                scored.len(),
+                chunk.len()
+            )));
+        }
+        for (k, fc) in scored.into_iter().enumerate() {
             forecasts.push((c * 4096 + k, fc));
         }
     }
-    Scored { forecasts }
+    Ok(Scored { forecasts })
 }
 
 /// Runs the backtest over `history`.
@@ -342,7 +355,8 @@ pub fn run(history: &History, data: &str, opts: &BacktestOptions) -> anyhow::Res
             all.insert(0, ("stockcast".into(), m));
         }
         for (name, f) in all {
-            let scored = forecast_all(history, t, f);
+            let scored = forecast_all(history, t, f)
+                .map_err(|e| anyhow::anyhow!("{name} could not score snapshot {t}: {e}"))?;
             if name == "stockcast" {
                 bands.extend(
                     scored

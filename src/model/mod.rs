@@ -31,7 +31,7 @@ use dataflows::{FeatureVec, PeriodKind, Schema};
 use serde::{Deserialize, Serialize};
 
 use crate::config::Resolved;
-use crate::forecast::{Forecast, Forecaster, MissingFeature};
+use crate::forecast::{Forecast, Forecaster, MissingFeature, ScoreError};
 use net::{Mlp, Normalisation};
 
 /// File names inside a model directory.
@@ -329,6 +329,7 @@ impl QuantileModel {
                     p10: units(&q[0]),
                     p50: units(&q[1]),
                     p90: units(&q[2]),
+                    fallback: None,
                 }
             })
             .collect())
@@ -345,22 +346,16 @@ impl Forecaster for QuantileModel {
     fn horizon(&self) -> usize {
         self.manifest.horizon
     }
-    fn forecast(&self, batch: &[&FeatureVec]) -> Vec<Forecast> {
+    fn forecast(&self, batch: &[&FeatureVec]) -> Result<Vec<Forecast>, ScoreError> {
         let width = self.schema.features.len();
         let mut flat = Vec::with_capacity(batch.len() * width);
         for v in batch {
             history::natural(&self.schema, v, &mut flat);
         }
         let rows: Vec<&[f32]> = flat.chunks(width.max(1)).collect();
-        match self.forecast_rows(&rows) {
-            Ok(f) => f,
-            Err(e) => {
-                // A CPU forward pass over a shape we built cannot fail short of a bug; score
-                // nothing rather than stop the worker, and say so.
-                tracing::error!(error = %e, "model scoring failed; batch not scored");
-                vec![Forecast::default(); batch.len()]
-            }
-        }
+        // The scorer falls back to the baseline for this batch, and says so.
+        self.forecast_rows(&rows)
+            .map_err(|e| ScoreError(format!("candle forward pass: {e}")))
     }
 }
 
@@ -382,12 +377,22 @@ impl From<ModelError> for ForecasterError {
 }
 
 /// The scoring threads a run starts with: the configured model (watched for new versions), or
-/// the baseline when no model is configured, which is logged.
+/// the baseline when no model is configured, which is logged. The configured baseline stands in
+/// for the model on a batch it cannot score; `fallbacks` counts those series.
 pub fn scorer(
     cfg: &Resolved,
+    fallbacks: prometheus::IntCounter,
 ) -> Result<(scorer::Scorer, Option<scorer::ModelWatch>), ForecasterError> {
     let schema = cfg.spec.schema();
     let period = cfg.clock.period_kind();
+    let baseline = |horizon: usize| -> Result<Arc<dyn Forecaster>, ForecasterError> {
+        Ok(Arc::from(crate::forecast::baseline(
+            cfg.baseline,
+            &schema,
+            period,
+            horizon,
+        )?))
+    };
     let (model, watch): (Arc<dyn Forecaster>, _) = match &cfg.model.dir {
         Some(dir) => {
             let (watch, model) = scorer::ModelWatch::load(dir, &schema, period)?;
@@ -400,21 +405,22 @@ pub fn scorer(
             (Arc::new(model), Some(watch))
         }
         None => {
-            let b = crate::forecast::baseline(
-                cfg.baseline,
-                &schema,
-                period,
-                cfg.spec.horizon as usize,
-            )?;
+            let b = baseline(cfg.spec.horizon as usize)?;
             tracing::warn!(
                 model = b.name(),
                 "no model configured (forecast.model_dir / --model): forecasting with the baseline"
             );
-            (Arc::from(b), None)
+            (b, None)
         }
     };
+    let rescue = baseline(model.horizon())?;
     Ok((
-        scorer::Scorer::new(model, cfg.model.threads, cfg.model.batch),
+        scorer::Scorer::new(
+            model,
+            (rescue, fallbacks),
+            cfg.model.threads,
+            cfg.model.batch,
+        ),
         watch,
     ))
 }

@@ -5,6 +5,11 @@
 //!
 //! The model can be swapped between epochs ([`Scorer::set_model`]); a batch is always scored by
 //! the model it was sent with. [`ModelWatch`] notices a new version in the model directory.
+//!
+//! A batch the model cannot score (an error, a wrong number of forecasts, a scoring thread that
+//! died) is scored by the baseline instead: every forecast then names the baseline and the
+//! reason ([`Forecast::fallback`]), the error is logged (and so sent to Sentry), and the
+//! series are counted. No series is ever left without a forecast.
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Receiver, SyncSender};
@@ -15,19 +20,79 @@ use std::time::SystemTime;
 use dataflows::{FeatureVec, PeriodKind, Schema};
 
 use super::{read_manifest, ModelError, QuantileModel, MANIFEST_FILE};
-use crate::forecast::{Forecast, Forecaster};
+use crate::forecast::{Fallback, Forecast, Forecaster, ScoreError};
 
 struct Job {
     model: Arc<dyn Forecaster>,
     /// Position of the batch's first vector in the caller's list.
     first: usize,
     vecs: Vec<FeatureVec>,
-    reply: mpsc::Sender<(usize, Vec<Forecast>)>,
+    reply: mpsc::Sender<(usize, Result<Vec<Forecast>, ScoreError>)>,
+}
+
+/// What scoring needs besides the model: the baseline that stands in for it, and the count of
+/// series it stood in for.
+#[derive(Clone)]
+struct Rescue {
+    baseline: Arc<dyn Forecaster>,
+    count: prometheus::IntCounter,
+}
+
+impl Rescue {
+    /// `model`'s forecasts of `batch`, or the baseline's where the model cannot.
+    fn score(
+        &self,
+        model: &dyn Forecaster,
+        batch: &[&FeatureVec],
+    ) -> Result<Vec<Forecast>, ScoreError> {
+        let why = match model.forecast(batch) {
+            Ok(f) if f.len() == batch.len() => return Ok(f),
+            Ok(f) => format!("{} forecasts for a batch of {}", f.len(), batch.len()),
+            Err(e) => e.to_string(),
+        };
+        self.fall_back(model, batch, why)
+    }
+
+    /// The baseline's forecasts of `batch`, each naming it and `why` the model did not score.
+    fn fall_back(
+        &self,
+        model: &dyn Forecaster,
+        batch: &[&FeatureVec],
+        why: String,
+    ) -> Result<Vec<Forecast>, ScoreError> {
+        tracing::error!(
+            model = model.name(),
+            version = model.version(),
+            series = batch.len(),
+            baseline = self.baseline.name(),
+            error = %why,
+            "the model could not score a batch: the baseline scored it"
+        );
+        self.count.inc_by(batch.len() as u64);
+        let info = Arc::new(Fallback {
+            model: self.baseline.name().to_string(),
+            version: self.baseline.version().to_string(),
+            reason: why,
+        });
+        let mut out = self.baseline.forecast(batch)?;
+        if out.len() != batch.len() {
+            return Err(ScoreError(format!(
+                "the baseline gave {} forecasts for a batch of {}",
+                out.len(),
+                batch.len()
+            )));
+        }
+        for f in &mut out {
+            f.fallback = Some(Arc::clone(&info));
+        }
+        Ok(out)
+    }
 }
 
 /// A pool of scoring threads with the current model.
 pub struct Scorer {
     model: Arc<dyn Forecaster>,
+    rescue: Rescue,
     jobs: Option<SyncSender<Job>>,
     threads: Vec<JoinHandle<()>>,
     batch: usize,
@@ -35,13 +100,24 @@ pub struct Scorer {
 
 impl Scorer {
     /// Starts `threads` scoring threads (at least one); batches of at most `batch` series.
-    pub fn new(model: Arc<dyn Forecaster>, threads: usize, batch: usize) -> Self {
+    /// `baseline` scores a batch the model cannot; `fallbacks` counts the series it scored.
+    pub fn new(
+        model: Arc<dyn Forecaster>,
+        (baseline, fallbacks): (Arc<dyn Forecaster>, prometheus::IntCounter),
+        threads: usize,
+        batch: usize,
+    ) -> Self {
+        let rescue = Rescue {
+            baseline,
+            count: fallbacks,
+        };
         let threads = threads.max(1);
         let (tx, rx) = mpsc::sync_channel::<Job>(threads);
         let rx: Arc<Mutex<Receiver<Job>>> = Arc::new(Mutex::new(rx));
         let handles = (0..threads)
             .map(|n| {
                 let rx = Arc::clone(&rx);
+                let rescue = rescue.clone();
                 std::thread::Builder::new()
                     .name(format!("scorer-{n}"))
                     .spawn(move || loop {
@@ -52,7 +128,7 @@ impl Scorer {
                         };
                         let Ok(job) = job else { return };
                         let refs: Vec<&FeatureVec> = job.vecs.iter().collect();
-                        let out = job.model.forecast(&refs);
+                        let out = rescue.score(job.model.as_ref(), &refs);
                         // The caller may have gone; nothing to do then.
                         let _ = job.reply.send((job.first, out));
                     })
@@ -61,6 +137,7 @@ impl Scorer {
             .collect();
         Scorer {
             model,
+            rescue,
             jobs: Some(tx),
             threads: handles,
             batch: batch.max(1),
@@ -77,33 +154,48 @@ impl Scorer {
         self.model = model;
     }
 
-    /// Scores `vecs`, in order, on the scoring threads.
-    pub fn score(&self, vecs: &[&FeatureVec]) -> Vec<Forecast> {
-        let Some(jobs) = &self.jobs else {
-            return Vec::new();
-        };
+    /// Scores `vecs`, in order, on the scoring threads. A batch the model cannot score is
+    /// scored by the baseline (see the module docs); an error means the baseline failed too.
+    pub fn score(&self, vecs: &[&FeatureVec]) -> Result<Vec<Forecast>, ScoreError> {
         let (reply, results) = mpsc::channel();
         let mut sent = 0;
-        for (k, chunk) in vecs.chunks(self.batch).enumerate() {
-            let job = Job {
-                model: Arc::clone(&self.model),
-                first: k * self.batch,
-                vecs: chunk.iter().map(|v| (*v).clone()).collect(),
-                reply: reply.clone(),
-            };
-            if jobs.send(job).is_err() {
-                break;
+        if let Some(jobs) = &self.jobs {
+            for (k, chunk) in vecs.chunks(self.batch).enumerate() {
+                let job = Job {
+                    model: Arc::clone(&self.model),
+                    first: k * self.batch,
+                    vecs: chunk.iter().map(|v| (*v).clone()).collect(),
+                    reply: reply.clone(),
+                };
+                if jobs.send(job).is_err() {
+                    break;
+                }
+                sent += 1;
             }
-            sent += 1;
         }
         drop(reply);
-        let mut out: Vec<Forecast> = vec![Forecast::default(); vecs.len()];
+        let mut out: Vec<Option<Forecast>> = vec![None; vecs.len()];
         for (first, forecasts) in results.iter().take(sent) {
-            for (k, f) in forecasts.into_iter().enumerate() {
-                out[first + k] = f;
+            for (k, f) in forecasts?.into_iter().enumerate() {
+                out[first + k] = Some(f);
             }
         }
-        out
+        // Batches whose thread died (or that found no thread): the baseline, here.
+        let mut missing: Vec<usize> = Vec::new();
+        for (i, f) in out.iter().enumerate() {
+            if f.is_none() {
+                missing.push(i);
+            }
+        }
+        if !missing.is_empty() {
+            let batch: Vec<&FeatureVec> = missing.iter().map(|i| vecs[*i]).collect();
+            let why = "no scoring thread answered (one panicked or they stopped)".to_string();
+            let rescued = self.rescue.fall_back(self.model.as_ref(), &batch, why)?;
+            for (i, f) in missing.into_iter().zip(rescued) {
+                out[i] = Some(f);
+            }
+        }
+        Ok(out.into_iter().flatten().collect())
     }
 }
 
@@ -188,22 +280,90 @@ mod tests {
     use super::*;
     use crate::forecast::{baseline, Baseline};
 
-    #[test]
-    fn batches_come_back_in_order() {
+    fn weekly() -> (
+        dataflows::Schema,
+        Arc<dyn Forecaster>,
+        prometheus::IntCounter,
+    ) {
         let schema = dataflows::FeatureSpec::weekly().schema();
         let ma = baseline(Baseline::MovingAverage, &schema, PeriodKind::Week, 2).unwrap();
-        let scorer = Scorer::new(Arc::from(ma), 3, 7);
+        let counter = prometheus::IntCounter::new("fallbacks", "test").unwrap();
+        (schema, Arc::from(ma), counter)
+    }
+
+    /// Vectors whose 4-week sum is `4 * n` units for `n` in `0..count`: the moving average
+    /// forecasts `n`.
+    fn vectors(schema: &dataflows::Schema, count: i64) -> Vec<FeatureVec> {
         let i = schema.index("sales_sum_4w").unwrap();
-        let vecs: Vec<FeatureVec> = (0..100)
+        (0..count)
             .map(|n| {
                 let mut v = vec![0; schema.features.len()];
                 v[i] = n * 4000;
                 FeatureVec::from(v)
             })
-            .collect();
+            .collect()
+    }
+
+    #[test]
+    fn batches_come_back_in_order() {
+        let (schema, ma, counter) = weekly();
+        let scorer = Scorer::new(Arc::clone(&ma), (ma, counter.clone()), 3, 7);
+        let vecs = vectors(&schema, 100);
         let refs: Vec<&FeatureVec> = vecs.iter().collect();
-        let out = scorer.score(&refs);
+        let out = scorer.score(&refs).unwrap();
         let means: Vec<f64> = out.iter().map(|f| f.p50[0]).collect();
         assert_eq!(means, (0..100).map(f64::from).collect::<Vec<_>>());
+        assert!(out.iter().all(|f| f.fallback.is_none()));
+        assert_eq!(counter.get(), 0);
+    }
+
+    /// A model that fails in one of three ways on batches holding the vector `poison` (a
+    /// 4-week sum of 4 * 13 units), and otherwise forecasts 1000 units.
+    struct Broken(&'static str);
+
+    impl Forecaster for Broken {
+        fn name(&self) -> &str {
+            "broken"
+        }
+        fn version(&self) -> &str {
+            "7"
+        }
+        fn horizon(&self) -> usize {
+            2
+        }
+        fn forecast(&self, batch: &[&FeatureVec]) -> Result<Vec<Forecast>, ScoreError> {
+            let poisoned = batch.iter().any(|v| v.0.contains(&(13 * 4000)));
+            match self.0 {
+                "error" if poisoned => Err(ScoreError("shape mismatch".into())),
+                "short" if poisoned => Ok(vec![Forecast::normal(vec![1000.0; 2], 0.0)]),
+                "panic" if poisoned => panic!("a bug in the model"),
+                _ => Ok(vec![Forecast::normal(vec![1000.0; 2], 0.0); batch.len()]),
+            }
+        }
+    }
+
+    #[test]
+    fn a_batch_the_model_cannot_score_is_scored_by_the_baseline_and_says_so() {
+        for how in ["error", "short", "panic"] {
+            let (schema, ma, counter) = weekly();
+            let scorer = Scorer::new(Arc::new(Broken(how)), (ma, counter.clone()), 2, 10);
+            let vecs = vectors(&schema, 40);
+            let refs: Vec<&FeatureVec> = vecs.iter().collect();
+            let out = scorer.score(&refs).unwrap();
+            assert_eq!(out.len(), 40, "{how}: every series has a forecast");
+            for (n, f) in out.iter().enumerate() {
+                if (10..20).contains(&n) {
+                    // The batch of the poisoned vector: the baseline's forecast, and why.
+                    assert_eq!(f.p50, vec![n as f64; 2], "{how}: series {n}");
+                    let fb = f.fallback.as_ref().expect("marked as a fallback");
+                    assert_eq!(fb.model, "baseline-ma");
+                    assert!(!fb.reason.is_empty(), "{how}: a reason");
+                } else {
+                    assert_eq!(f.p50, vec![1000.0; 2], "{how}: series {n}");
+                    assert!(f.fallback.is_none());
+                }
+            }
+            assert_eq!(counter.get(), 10, "{how}: series counted");
+        }
     }
 }

@@ -8,7 +8,7 @@
 //! is idempotent. As with the mart, the Kafka sink commits its input offsets only after the
 //! pipeline succeeded, and retries with backoff while Redis is unreachable.
 
-use crate::replay::ForecastRecord;
+use crate::records::ForecastRecord;
 
 /// Why the cache could not be written.
 #[derive(Debug, thiserror::Error)]

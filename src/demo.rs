@@ -260,11 +260,11 @@ pub fn run(opts: &DemoOptions) -> anyhow::Result<()> {
 
 /// Prints the series with the largest forecast demand as of the last epoch each was scored.
 pub fn print_top(
-    latest: &std::collections::HashMap<(String, String), crate::replay::ForecastRecord>,
+    latest: &std::collections::HashMap<(String, String), crate::records::ForecastRecord>,
     last: Option<&str>,
     horizon: u32,
 ) {
-    let mut rows: Vec<(f64, &crate::replay::ForecastRecord)> = latest
+    let mut rows: Vec<(f64, &crate::records::ForecastRecord)> = latest
         .values()
         .map(|r| (r.forecast.iter().sum(), r))
         .collect();

@@ -414,7 +414,7 @@ impl FileSink {
 }
 
 fn ts_text(ts: i64) -> String {
-    crate::replay::rfc3339(ts)
+    crate::display::rfc3339(ts)
 }
 
 fn write_reference(

@@ -144,7 +144,7 @@ fn error(status: StatusCode, message: String) -> Response {
     (status, Json(serde_json::json!({ "error": message }))).into_response()
 }
 
-type Latest = std::collections::HashMap<(String, String), crate::replay::ForecastRecord>;
+type Latest = std::collections::HashMap<(String, String), crate::records::ForecastRecord>;
 
 /// The latest records; `None` if a writer panicked while holding them.
 fn read_latest(app: &App) -> Option<std::sync::RwLockReadGuard<'_, Latest>> {
@@ -198,13 +198,13 @@ async fn recommendations(
     let Some(latest) = read_latest(&app) else {
         return unavailable();
     };
-    let mut rows: Vec<&crate::replay::ForecastRecord> = latest
+    let mut rows: Vec<&crate::records::ForecastRecord> = latest
         .values()
         .filter(|r| q.store.as_ref().is_none_or(|s| *s == r.store_id))
         .filter(|r| r.recommendation.order_qty.is_some_and(|o| o > 0.0))
         .collect();
     rows.sort_by(|a, b| {
-        let qty = |r: &crate::replay::ForecastRecord| r.recommendation.order_qty.unwrap_or(0.0);
+        let qty = |r: &crate::records::ForecastRecord| r.recommendation.order_qty.unwrap_or(0.0);
         qty(b)
             .total_cmp(&qty(a))
             .then_with(|| (&a.store_id, &a.sku_id).cmp(&(&b.store_id, &b.sku_id)))

@@ -23,7 +23,7 @@ use std::time::Duration;
 use tokio_postgres::{Client, NoTls};
 
 use crate::kafka::wire::EpochRecord;
-use crate::replay::ForecastRecord;
+use crate::records::ForecastRecord;
 
 /// Schema versions, applied in order, each once, in one transaction with the version row.
 pub const MIGRATIONS: [(i32, &str); 1] = [(

@@ -21,17 +21,17 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use chrono::{DateTime, Utc};
 use dataflows::{Epoch, Event, FeatureVec, Key, Schema};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::config::Resolved;
-use crate::decode::Record;
-use crate::forecast::{Forecast, Forecaster};
+use crate::display::{progress_bar, rfc3339};
 use crate::ids::Dictionary;
 use crate::model::scorer::Scorer;
 use crate::pipeline::{self, EpochOutput};
-use crate::source::files::{self, Dataset, DeadLetter, LoadError, Origin};
+use crate::records::ForecastRecord;
+use crate::source::files::{self, DeadLetter, LoadError, Origin};
+use crate::source::prepare::prepare;
 
 /// Why a replay failed as a whole.
 #[derive(Debug, thiserror::Error)]
@@ -53,211 +53,6 @@ pub enum ReplayError {
     /// The dataflow failed.
     #[error(transparent)]
     Run(#[from] pipeline::RunError),
-}
-
-/// Events ready for the dataflow, in arrival order, with where each came from.
-pub struct Prepared {
-    /// Events in arrival order.
-    pub events: Vec<Event>,
-    /// Origin of each event.
-    pub origins: Vec<Origin>,
-    /// Names of stores and SKUs.
-    pub dict: Dictionary,
-    /// Rows refused while preparing (decode errors, id collisions).
-    pub dead_letters: Vec<DeadLetter>,
-    /// Records read per kind.
-    pub counts: BTreeMap<&'static str, u64>,
-}
-
-fn record_text(record: &Record) -> String {
-    format!("{record:?}")
-}
-
-/// Turns decoded records into dataflow events: ids, periods for promotions, reference data first
-/// and timed events in event-time order. With `as_of`, drops timed events after it.
-pub fn prepare(cfg: &Resolved, data: Dataset, as_of: Option<i64>) -> Prepared {
-    let mut dict = Dictionary::default();
-    let mut dead_letters = data.dead_letters.clone();
-    let mut counts: BTreeMap<&'static str, u64> = BTreeMap::new();
-    let mut reference: Vec<(Event, Origin)> = Vec::new();
-    let mut timed: Vec<(Event, Origin)> = Vec::new();
-    let period = cfg.clock.period_kind();
-    let future_limit = chrono::Utc::now()
-        .timestamp()
-        .saturating_add(cfg.max_future_secs);
-    for (record, origin) in &data.records {
-        let kind = files::FileKind::of(record).name();
-        *counts.entry(kind).or_default() += 1;
-        if let Err(e) = crate::decode::check_not_future(record.ts(), future_limit) {
-            dead_letters.push(DeadLetter {
-                file: data.file_name(*origin).to_string(),
-                line: origin.line,
-                reason: e.reason().into(),
-                detail: e.to_string(),
-                record: record_text(record),
-            });
-            continue;
-        }
-        let event = dict.event(record, period);
-        match event {
-            Ok(e) if e.ts().is_some() => {
-                if as_of.is_none_or(|t| e.ts().is_some_and(|ts| ts <= t)) {
-                    timed.push((e, *origin));
-                }
-            }
-            Ok(e) => reference.push((e, *origin)),
-            Err(collision) => dead_letters.push(DeadLetter {
-                file: data.file_name(*origin).to_string(),
-                line: origin.line,
-                reason: "id_collision".into(),
-                detail: collision.to_string(),
-                record: record_text(record),
-            }),
-        }
-    }
-    if !counts.contains_key("promotions") {
-        reference.extend(promo_calendar_from_sales(&data, &mut dict, period));
-    }
-    // Stable: equal times keep file order.
-    timed.sort_by_key(|(e, _)| e.ts());
-    let (events, origins) = reference.into_iter().chain(timed).unzip();
-    Prepared {
-        events,
-        origins,
-        dict,
-        dead_letters,
-        counts,
-    }
-}
-
-/// A dataset without a promotion calendar whose sales rows carry a `promo` flag: each flagged
-/// (store, SKU, period) becomes a one-period calendar promotion, so the flag acts as the promotion
-/// plan a retailer knows in advance (the `promo_next_*` features read it ahead of time). Ids are
-/// `sales:<store>:<sku>:<period>`; duplicates within a period collapse to one.
-fn promo_calendar_from_sales(
-    data: &Dataset,
-    dict: &mut Dictionary,
-    period: dataflows::PeriodKind,
-) -> Vec<(Event, Origin)> {
-    let mut seen = std::collections::HashSet::new();
-    let mut out = Vec::new();
-    for (record, origin) in &data.records {
-        let Record::Sale(sale) = record else { continue };
-        if !sale.promo {
-            continue;
-        }
-        let p = period.period_of(sale.ts);
-        if !seen.insert((sale.store_id.as_str(), sale.sku_id.as_str(), p)) {
-            continue;
-        }
-        let promo = Record::Promotion(crate::decode::PromotionRec {
-            promo_id: format!("sales:{}:{}:{p}", sale.store_id, sale.sku_id),
-            store_id: Some(sale.store_id.clone()),
-            sku_id: sale.sku_id.clone(),
-            start: period.period_start(p),
-            end: period.period_start(p + 1) - 1,
-            discount_pct: None,
-        });
-        // The sale itself registered these names, so no collision can arise here.
-        if let Ok(e) = dict.event(&promo, period) {
-            out.push((e, *origin));
-        }
-    }
-    out
-}
-
-/// A progress bar on stderr, hidden unless `show`.
-pub fn progress_bar(len: u64, template: &str, show: bool) -> indicatif::ProgressBar {
-    let bar = indicatif::ProgressBar::new(len);
-    if show {
-        bar.set_style(
-            indicatif::ProgressStyle::with_template(template)
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-        );
-    } else {
-        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
-    }
-    bar
-}
-
-/// RFC 3339 text of an instant.
-pub fn rfc3339(ts: i64) -> String {
-    DateTime::<Utc>::from_timestamp(ts, 0)
-        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
-        .unwrap_or_else(|| ts.to_string())
-}
-
-/// One forecast: a line of `forecasts.jsonl`, a record on the forecasts topic.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct ForecastRecord {
-    /// End of the epoch whose closing changed the series' features (RFC 3339).
-    pub epoch_end: String,
-    /// Store name.
-    pub store_id: String,
-    /// SKU name.
-    pub sku_id: String,
-    /// Hash of the feature schema the forecast was computed from.
-    pub schema_hash: String,
-    /// The forecaster that scored (e.g. `baseline-ma`): the configured model, or the baseline
-    /// when the model could not score this series' batch.
-    pub model: String,
-    /// Its version.
-    pub model_version: String,
-    /// Why the baseline scored instead of the configured model; absent when the model scored.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub fallback_reason: Option<String>,
-    /// Median demand per future period `1..=horizon`, units, rounded to 3 decimals.
-    pub forecast: Vec<f64>,
-    /// The 0.1 quantile of demand per future period.
-    pub forecast_p10: Vec<f64>,
-    /// The 0.9 quantile of demand per future period.
-    pub forecast_p90: Vec<f64>,
-    /// Units on hand, where stock movements were seen.
-    pub on_hand: Option<f64>,
-    /// Units on order, where stock movements were seen.
-    pub on_order: Option<f64>,
-    /// What to order and why (see the README's replenishment section).
-    pub recommendation: crate::replenish::Advice,
-}
-
-fn round3(xs: &[f64]) -> Vec<f64> {
-    xs.iter().map(|x| (x * 1000.0).round() / 1000.0).collect()
-}
-
-impl ForecastRecord {
-    /// The record of one scored series.
-    pub fn new(
-        epoch_end: &str,
-        (store_id, sku_id): (String, String),
-        schema: &Schema,
-        forecaster: &dyn Forecaster,
-        planner: &crate::replenish::Planner,
-        vec: &FeatureVec,
-        forecast: &Forecast,
-    ) -> Self {
-        let value = |name: &str| schema.index(name).and_then(|i| schema.value(vec, i));
-        ForecastRecord {
-            epoch_end: epoch_end.to_string(),
-            store_id,
-            sku_id,
-            schema_hash: schema.hash.clone(),
-            model: forecast
-                .fallback
-                .as_ref()
-                .map_or_else(|| forecaster.name().to_string(), |f| f.model.clone()),
-            model_version: forecast
-                .fallback
-                .as_ref()
-                .map_or_else(|| forecaster.version().to_string(), |f| f.version.clone()),
-            fallback_reason: forecast.fallback.as_ref().map(|f| f.reason.clone()),
-            forecast: round3(&forecast.p50),
-            forecast_p10: round3(&forecast.p10),
-            forecast_p90: round3(&forecast.p90),
-            on_hand: value("on_hand"),
-            on_order: value("on_order"),
-            recommendation: planner.advise(schema, vec, forecast),
-        }
-    }
 }
 
 /// Summary of keys scored per epoch.

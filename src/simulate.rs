@@ -42,12 +42,12 @@ use dataflows::PeriodKind;
 use serde::Serialize;
 
 use crate::config::Resolved;
+use crate::display::rfc3339;
 use crate::forecast::{Forecast, Forecaster};
 use crate::model::backtest::forecast_series;
 use crate::model::history::History;
 use crate::model::train::{self, TrainOptions};
 use crate::model::QuantileModel;
-use crate::replay::rfc3339;
 use crate::replenish::{order_size, recommend, Policy, Position, Reference};
 use crate::source::files;
 

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use stockcast::checkpoint::{self, DirStore, Store};
 use stockcast::config::Resolved;
 use stockcast::kafka;
-use stockcast::replay::ForecastRecord;
+use stockcast::records::ForecastRecord;
 use support::*;
 
 fn with_checkpoints(cfg: &Resolved, dir: &Path) -> Resolved {

@@ -17,7 +17,7 @@ use rdkafka::message::Message;
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::ClientContext;
 use stockcast::kafka::{self, admin, load, wire};
-use stockcast::replay::ForecastRecord;
+use stockcast::records::ForecastRecord;
 
 #[path = "support/kafka.rs"]
 mod support;

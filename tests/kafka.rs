@@ -11,7 +11,7 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::ClientConfig;
 use stockcast::config::Resolved;
 use stockcast::kafka::{self, admin, load, stream, wire};
-use stockcast::replay::ForecastRecord;
+use stockcast::records::ForecastRecord;
 
 #[path = "support/http.rs"]
 mod http;
@@ -219,7 +219,7 @@ fn a_restart_resumes_at_the_committed_frontier_without_double_counting() {
         run1.stats.last_epoch_end,
         run1.stats.forecasts,
         run1.stats.late,
-        run2.resumed_from.map(|e| stockcast::replay::rfc3339(cfg.clock.epoch_start(e))),
+        run2.resumed_from.map(|e| stockcast::display::rfc3339(cfg.clock.epoch_start(e))),
         run2.stats.forecasts,
         run2.stats.late
     );

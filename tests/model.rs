@@ -12,7 +12,8 @@ use stockcast::model::backtest::{self, BacktestOptions};
 use stockcast::model::history::History;
 use stockcast::model::train::{self, TrainOptions};
 use stockcast::model::{ModelError, QuantileModel};
-use stockcast::replay::{self, ForecastRecord, ReplayOptions};
+use stockcast::records::ForecastRecord;
+use stockcast::replay::{self, ReplayOptions};
 
 /// Bitwise equality of two feature rows (NaN = NaN).
 fn same_row(a: &[f32], b: &[f32]) -> bool {

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use stockcast::kafka::wire::EpochRecord;
 use stockcast::mart::Mart;
-use stockcast::replay::ForecastRecord;
+use stockcast::records::ForecastRecord;
 use stockcast::replenish::Advice;
 use tokio_postgres::NoTls;
 

@@ -58,7 +58,7 @@ fn the_newest_record_per_series_is_cached_with_its_ttl() {
     let prefix = format!("stockcast-test:{}:", kafka_support::nonce('-'));
     let mut cache = Cache::new(url, &prefix, 300).unwrap();
     let rec = |epoch: &str, qty: f64| {
-        let r: stockcast::replay::ForecastRecord = serde_json::from_value(serde_json::json!({
+        let r: stockcast::records::ForecastRecord = serde_json::from_value(serde_json::json!({
             "epoch_end": epoch, "store_id": "S1", "sku_id": "K1", "schema_hash": "h",
             "model": "baseline-ma", "model_version": "1", "forecast": [qty],
             "forecast_p10": [qty], "forecast_p90": [qty], "on_hand": 2.0, "on_order": null,
@@ -79,7 +79,7 @@ fn the_newest_record_per_series_is_cached_with_its_ttl() {
     let key = cache.key("S1", "K1");
     let value: String = redis::cmd("GET").arg(&key).query(&mut c).unwrap();
     assert_eq!(
-        serde_json::from_str::<stockcast::replay::ForecastRecord>(&value).unwrap(),
+        serde_json::from_str::<stockcast::records::ForecastRecord>(&value).unwrap(),
         newer
     );
     let ttl: i64 = redis::cmd("TTL").arg(&key).query(&mut c).unwrap();
@@ -114,7 +114,7 @@ fn a_worker_retries_until_redis_answers_and_caches_every_series() {
             .arg(format!("stockcast:forecast:{store}:{sku}"))
             .query(&mut c)
             .unwrap();
-        let got: stockcast::replay::ForecastRecord = serde_json::from_str(&value).unwrap();
+        let got: stockcast::records::ForecastRecord = serde_json::from_str(&value).unwrap();
         assert_eq!(&got, want);
     }
 }

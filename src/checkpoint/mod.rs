@@ -41,8 +41,8 @@ use serde::{Deserialize, Serialize};
 pub use store::{DirStore, Store};
 
 use crate::config::Resolved;
-use crate::kafka::stream::Partition;
-use crate::replay::ForecastRecord;
+use crate::kafka::wire::Partition;
+use crate::records::ForecastRecord;
 
 /// The version of the file layout; a reader refuses other versions.
 pub const FORMAT_VERSION: u32 = 1;

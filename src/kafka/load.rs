@@ -114,7 +114,7 @@ pub fn load(kafka: &KafkaConfig, opts: &LoadOptions) -> Result<LoadReport, LoadE
     let rejected = data.dead_letters.clone();
     let records = publishing_order(data.records.into_iter().map(|(r, _)| r).collect());
     let producer = producer(kafka)?;
-    let bar = crate::replay::progress_bar(
+    let bar = crate::display::progress_bar(
         records.len() as u64,
         "{elapsed_precise} [{bar:40}] {pos}/{len} records {per_sec}",
         opts.progress,

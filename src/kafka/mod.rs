@@ -33,6 +33,7 @@
 
 pub mod admin;
 pub mod load;
+pub mod progress;
 pub mod sink;
 pub mod snapshot;
 pub mod stream;
@@ -135,7 +136,7 @@ pub struct WorkerRun {
     /// What the sink wrote.
     pub stats: sink::SinkStats,
     /// The latest forecast of every series scored.
-    pub latest: std::collections::HashMap<(String, String), crate::replay::ForecastRecord>,
+    pub latest: std::collections::HashMap<(String, String), crate::records::ForecastRecord>,
     /// The frontier a previous run had committed, if this run resumed.
     pub resumed_from: Option<dataflows::Epoch>,
     /// Wall-clock seconds.
@@ -238,7 +239,7 @@ pub fn run_worker(
     let checkpoints = open_checkpoints(cfg, opts)?;
     if let Some(f) = resumed_from {
         tracing::info!(
-            frontier = %crate::replay::rfc3339(cfg.clock.epoch_start(f)),
+            frontier = %crate::display::rfc3339(cfg.clock.epoch_start(f)),
             "resuming: output resumes at the committed frontier"
         );
     }

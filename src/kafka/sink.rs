@@ -34,10 +34,11 @@ use rdkafka::ClientContext;
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::config::{Resolved, TopicsConfig};
+use crate::display::rfc3339;
 use crate::forecast::Forecast;
 use crate::ids::Dictionary;
 use crate::model::scorer::{ModelWatch, Scorer};
-use crate::replay::{rfc3339, ForecastRecord};
+use crate::records::ForecastRecord;
 
 use super::client_config;
 use super::stream::{commit_metadata, Closed, Progress};

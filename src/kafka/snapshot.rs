@@ -34,7 +34,8 @@ use serde::{Deserialize, Serialize};
 use crate::checkpoint::{self, FileEntry, Manifest, OffsetEntry, Part, Position, Settings, Store};
 use crate::source::files::FileKind;
 
-use super::stream::{Partition, Progress};
+use super::progress::Progress;
+use super::wire::Partition;
 
 /// How a run checkpoints: the store, the settings and the schedule's parameters, and the
 /// checkpoint it restored from.
@@ -396,7 +397,7 @@ impl Coordinator {
         let store = &*c.store;
         parts.sort_by_key(|p| p.worker);
         let epoch = parts.iter().map(|p| p.epoch).max().unwrap_or(0);
-        let latest: Vec<crate::replay::ForecastRecord> = self
+        let latest: Vec<crate::records::ForecastRecord> = self
             .progress
             .latest
             .read()
@@ -422,7 +423,7 @@ impl Coordinator {
         let manifest = Manifest {
             format: checkpoint::FORMAT_VERSION,
             epoch,
-            epoch_start: crate::replay::rfc3339(clock.epoch_start(epoch)),
+            epoch_start: crate::display::rfc3339(clock.epoch_start(epoch)),
             created_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
             reason: parts
                 .first()

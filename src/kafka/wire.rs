@@ -1,6 +1,6 @@
 //! The JSON records on the topics: input records as `load` writes them (the schemas the README
 //! documents, which `decode` reads back), and the worker's progress and dead-letter records.
-//! The forecast record is [`crate::replay::ForecastRecord`], shared with `replay`.
+//! The forecast record is [`crate::records::ForecastRecord`], shared with `replay`.
 
 use std::collections::BTreeMap;
 
@@ -8,7 +8,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
 use crate::decode::Record;
-use crate::replay::rfc3339;
+use crate::display::rfc3339;
+use crate::source::files::FileKind;
 
 /// A milli-unit quantity as a JSON number (exact: at most three decimals are printed).
 fn units(milli: i64) -> Value {
@@ -168,4 +169,22 @@ pub struct DeadLetterRecord {
     /// Whether `value` (and the header) hold only the start of the original value.
     #[serde(default)]
     pub value_truncated: bool,
+}
+
+/// One input partition.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Partition {
+    /// What its records are.
+    pub kind: FileKind,
+    /// Topic name.
+    pub topic: String,
+    /// Partition number.
+    pub partition: i32,
+}
+
+impl Partition {
+    /// `topic/partition`.
+    pub fn label(&self) -> String {
+        format!("{}/{}", self.topic, self.partition)
+    }
 }

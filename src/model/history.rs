@@ -20,8 +20,19 @@ use dataflows::{Event, FeatureVec, Key, Period, PeriodKind, Schema};
 
 use crate::config::Resolved;
 use crate::pipeline;
-use crate::replay::{prepare, ReplayError};
 use crate::source::files;
+use crate::source::prepare::prepare;
+
+/// Why a training history could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum HistoryError {
+    /// The dataset could not be read.
+    #[error(transparent)]
+    Load(#[from] crate::source::files::LoadError),
+    /// The dataflow failed.
+    #[error(transparent)]
+    Run(#[from] crate::pipeline::RunError),
+}
 
 /// The feature table of every series at the end of every period.
 pub struct History {
@@ -67,7 +78,7 @@ pub fn natural(schema: &Schema, vec: &FeatureVec, out: &mut Vec<f32>) {
 
 impl History {
     /// Replays `data_dir` with `cfg` and snapshots every period end.
-    pub fn load(cfg: &Resolved, data_dir: &Path, workers: usize) -> Result<Self, ReplayError> {
+    pub fn load(cfg: &Resolved, data_dir: &Path, workers: usize) -> Result<Self, HistoryError> {
         Self::load_until(cfg, data_dir, None, workers)
     }
 
@@ -78,7 +89,7 @@ impl History {
         data_dir: &Path,
         as_of: Option<i64>,
         workers: usize,
-    ) -> Result<Self, ReplayError> {
+    ) -> Result<Self, HistoryError> {
         Self::from_dataset(cfg, files::load(data_dir)?, as_of, workers)
     }
 
@@ -88,7 +99,7 @@ impl History {
         data: files::Dataset,
         as_of: Option<i64>,
         workers: usize,
-    ) -> Result<Self, ReplayError> {
+    ) -> Result<Self, HistoryError> {
         let mut prepared = prepare(cfg, data, as_of);
         let events = std::mem::take(&mut prepared.events);
         let mut history = Self::from_events(cfg, events, workers)?;
@@ -105,7 +116,7 @@ impl History {
         cfg: &Resolved,
         events: Vec<Event>,
         workers: usize,
-    ) -> Result<Self, ReplayError> {
+    ) -> Result<Self, HistoryError> {
         let schema = cfg.spec.schema();
         let width = schema.features.len();
         let demand = schema

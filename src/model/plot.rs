@@ -268,7 +268,7 @@ pub fn backtest_report(history: &History, bt: &Backtest, dir: &Path) -> anyhow::
     let origins: Vec<String> = bt
         .origins
         .iter()
-        .map(|t| crate::replay::rfc3339(p.period_start(history.snapshots[*t].period)))
+        .map(|t| crate::display::rfc3339(p.period_start(history.snapshots[*t].period)))
         .collect();
     let _ = writeln!(
         text,

@@ -30,8 +30,8 @@ use rand_chacha::ChaCha8Rng;
 use super::history::History;
 use super::net::{pinball, Mlp, Normalisation};
 use super::{Manifest, Metrics, QuantileModel, TrainedOn, Training};
+use crate::display::{progress_bar, rfc3339};
 use crate::forecast::QUANTILES;
-use crate::replay::{progress_bar, rfc3339};
 
 /// Settings of a training run.
 #[derive(Clone, Debug)]

@@ -12,7 +12,8 @@ use rdkafka::message::{Headers, Message};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use stockcast::config::{Config, KafkaConfig, Resolved};
 use stockcast::kafka::{load, stream, wire};
-use stockcast::replay::{self, ForecastRecord, ReplayOptions};
+use stockcast::records::ForecastRecord;
+use stockcast::replay::{self, ReplayOptions};
 
 /// The broker the tests use (`STOCKCAST_KAFKA_BROKERS`, default 127.0.0.1:9092); fails with
 /// what to do when none listens.

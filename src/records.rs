@@ -1,0 +1,80 @@
+//! The records the worker writes: a forecast of one series, as a line of `forecasts.jsonl`, a
+//! record on the forecasts topic, a row of the mart and an entry of the cache and the read API.
+
+use dataflows::{FeatureVec, Schema};
+use serde::{Deserialize, Serialize};
+
+use crate::forecast::{Forecast, Forecaster};
+
+/// One forecast: a line of `forecasts.jsonl`, a record on the forecasts topic.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ForecastRecord {
+    /// End of the epoch whose closing changed the series' features (RFC 3339).
+    pub epoch_end: String,
+    /// Store name.
+    pub store_id: String,
+    /// SKU name.
+    pub sku_id: String,
+    /// Hash of the feature schema the forecast was computed from.
+    pub schema_hash: String,
+    /// The forecaster that scored (e.g. `baseline-ma`): the configured model, or the baseline
+    /// when the model could not score this series' batch.
+    pub model: String,
+    /// Its version.
+    pub model_version: String,
+    /// Why the baseline scored instead of the configured model; absent when the model scored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback_reason: Option<String>,
+    /// Median demand per future period `1..=horizon`, units, rounded to 3 decimals.
+    pub forecast: Vec<f64>,
+    /// The 0.1 quantile of demand per future period.
+    pub forecast_p10: Vec<f64>,
+    /// The 0.9 quantile of demand per future period.
+    pub forecast_p90: Vec<f64>,
+    /// Units on hand, where stock movements were seen.
+    pub on_hand: Option<f64>,
+    /// Units on order, where stock movements were seen.
+    pub on_order: Option<f64>,
+    /// What to order and why (see the README's replenishment section).
+    pub recommendation: crate::replenish::Advice,
+}
+
+fn round3(xs: &[f64]) -> Vec<f64> {
+    xs.iter().map(|x| (x * 1000.0).round() / 1000.0).collect()
+}
+
+impl ForecastRecord {
+    /// The record of one scored series.
+    pub fn new(
+        epoch_end: &str,
+        (store_id, sku_id): (String, String),
+        schema: &Schema,
+        forecaster: &dyn Forecaster,
+        planner: &crate::replenish::Planner,
+        vec: &FeatureVec,
+        forecast: &Forecast,
+    ) -> Self {
+        let value = |name: &str| schema.index(name).and_then(|i| schema.value(vec, i));
+        ForecastRecord {
+            epoch_end: epoch_end.to_string(),
+            store_id,
+            sku_id,
+            schema_hash: schema.hash.clone(),
+            model: forecast
+                .fallback
+                .as_ref()
+                .map_or_else(|| forecaster.name().to_string(), |f| f.model.clone()),
+            model_version: forecast
+                .fallback
+                .as_ref()
+                .map_or_else(|| forecaster.version().to_string(), |f| f.version.clone()),
+            fallback_reason: forecast.fallback.as_ref().map(|f| f.reason.clone()),
+            forecast: round3(&forecast.p50),
+            forecast_p10: round3(&forecast.p10),
+            forecast_p90: round3(&forecast.p90),
+            on_hand: value("on_hand"),
+            on_order: value("on_order"),
+            recommendation: planner.advise(schema, vec, forecast),
+        }
+    }
+}

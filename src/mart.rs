@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use tokio_postgres::{Client, NoTls};
 
-use crate::kafka::wire::EpochRecord;
+use crate::records::EpochRecord;
 use crate::records::ForecastRecord;
 
 /// Schema versions, applied in order, each once, in one transaction with the version row.

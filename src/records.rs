@@ -1,5 +1,8 @@
-//! The records the worker writes: a forecast of one series, as a line of `forecasts.jsonl`, a
-//! record on the forecasts topic, a row of the mart and an entry of the cache and the read API.
+//! The records the worker writes: a forecast of one series (a line of `forecasts.jsonl`, a
+//! record on the forecasts topic, a row of the mart, an entry of the cache and the read API),
+//! the progress record of a closed epoch, and a dead letter.
+
+use std::collections::BTreeMap;
 
 use dataflows::{FeatureVec, Schema};
 use serde::{Deserialize, Serialize};
@@ -77,4 +80,65 @@ impl ForecastRecord {
             recommendation: planner.advise(schema, vec, forecast),
         }
     }
+}
+
+/// One record on `stockcast.epochs`: an epoch closed. There is one per closed epoch that
+/// consumed, changed or applied anything, and one for the last epoch of every advance of the
+/// closed frontier (so in live mode, where epochs close one by one on the wall clock, one per
+/// epoch); the empty epochs between two records are counted by the later one's
+/// `epochs_closed`. Written after every forecast of the epochs it covers was acknowledged.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EpochRecord {
+    /// End of the epoch (RFC 3339); forecasts up to it are complete.
+    pub epoch_end: String,
+    /// The first epoch after it, as an index of `epoch_secs` since 1970 (what a restart
+    /// resumes output at).
+    pub frontier: u64,
+    /// Epochs closed since the previous record, this one included.
+    pub epochs_closed: u64,
+    /// Records that took effect in this epoch, per input topic: events of the epoch (or applied
+    /// late in it), and reference records and dead letters read while it was open.
+    pub consumed: BTreeMap<String, u64>,
+    /// Events applied in this epoch after their own epoch had closed.
+    pub late: u64,
+    /// Dead letters written since the previous record.
+    pub dead_letters: u64,
+    /// Forecast records (changed series) of this epoch.
+    pub keys_changed: u64,
+    /// Series scored at this epoch: the changed ones, plus every other series once at the
+    /// newest epoch after a model change.
+    pub keys_scored: u64,
+    /// Per input partition (`topic/partition`), the offset below which every record is in this
+    /// or an earlier epoch. The worker commits the offsets of an advance's last record.
+    pub offsets: BTreeMap<String, i64>,
+    /// Milliseconds from the frontier's advance in the dataflow to the acknowledgement of the
+    /// advance's records.
+    pub latency_ms: u64,
+}
+
+/// One record on `stockcast.dead-letters`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DeadLetterRecord {
+    /// Topic the record came from.
+    pub topic: String,
+    /// Its partition.
+    pub partition: i32,
+    /// Its offset.
+    pub offset: i64,
+    /// Stable reason code (`malformed`, `missing_field`, `too_late`, ...).
+    pub reason: String,
+    /// Human-readable detail.
+    pub detail: String,
+    /// The record's key, as text where it is UTF-8 (else lossily).
+    pub key: Option<String>,
+    /// The record's value, as text where it is UTF-8 (else lossily). The exact original bytes
+    /// travel beside it in the Kafka header [`crate::kafka::wire::ORIGINAL_VALUE_HEADER`]. At most
+    /// [`crate::kafka::stream::MAX_DEAD_VALUE_BYTES`] of the original: see `value_bytes`.
+    pub value: Option<String>,
+    /// The original value's length in bytes.
+    #[serde(default)]
+    pub value_bytes: usize,
+    /// Whether `value` (and the header) hold only the start of the original value.
+    #[serde(default)]
+    pub value_truncated: bool,
 }

@@ -9,8 +9,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use stockcast::kafka::wire::EpochRecord;
 use stockcast::mart::Mart;
+use stockcast::records::EpochRecord;
 use stockcast::records::ForecastRecord;
 use stockcast::replenish::Advice;
 use tokio_postgres::NoTls;

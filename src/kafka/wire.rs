@@ -1,11 +1,11 @@
 //! The JSON records on the topics: input records as `load` writes them (the schemas the README
-//! documents, which `decode` reads back), and the worker's progress and dead-letter records.
-//! The forecast record is [`crate::records::ForecastRecord`], shared with `replay`.
-
-use std::collections::BTreeMap;
+//! documents, which `decode` reads back), the headers of dead letters, and the partitions read.
+//! The records the worker writes are in [`crate::records`].
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
+
+pub use crate::records::{DeadLetterRecord, EpochRecord};
 
 use crate::decode::Record;
 use crate::display::rfc3339;
@@ -103,73 +103,12 @@ pub fn record_value(record: &Record) -> Value {
     Value::Object(m)
 }
 
-/// One record on `stockcast.epochs`: an epoch closed. There is one per closed epoch that
-/// consumed, changed or applied anything, and one for the last epoch of every advance of the
-/// closed frontier (so in live mode, where epochs close one by one on the wall clock, one per
-/// epoch); the empty epochs between two records are counted by the later one's
-/// `epochs_closed`. Written after every forecast of the epochs it covers was acknowledged.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct EpochRecord {
-    /// End of the epoch (RFC 3339); forecasts up to it are complete.
-    pub epoch_end: String,
-    /// The first epoch after it, as an index of `epoch_secs` since 1970 (what a restart
-    /// resumes output at).
-    pub frontier: u64,
-    /// Epochs closed since the previous record, this one included.
-    pub epochs_closed: u64,
-    /// Records that took effect in this epoch, per input topic: events of the epoch (or applied
-    /// late in it), and reference records and dead letters read while it was open.
-    pub consumed: BTreeMap<String, u64>,
-    /// Events applied in this epoch after their own epoch had closed.
-    pub late: u64,
-    /// Dead letters written since the previous record.
-    pub dead_letters: u64,
-    /// Forecast records (changed series) of this epoch.
-    pub keys_changed: u64,
-    /// Series scored at this epoch: the changed ones, plus every other series once at the
-    /// newest epoch after a model change.
-    pub keys_scored: u64,
-    /// Per input partition (`topic/partition`), the offset below which every record is in this
-    /// or an earlier epoch. The worker commits the offsets of an advance's last record.
-    pub offsets: BTreeMap<String, i64>,
-    /// Milliseconds from the frontier's advance in the dataflow to the acknowledgement of the
-    /// advance's records.
-    pub latency_ms: u64,
-}
-
 /// Header of a dead-letter record that carries the original value's bytes verbatim (its first
 /// [`crate::kafka::stream::MAX_DEAD_VALUE_BYTES`] bytes when it was longer).
 pub const ORIGINAL_VALUE_HEADER: &str = "stockcast.original-value";
 
 /// Header present when the original value was cut: its full length in bytes, as decimal text.
 pub const ORIGINAL_LENGTH_HEADER: &str = "stockcast.original-length";
-
-/// One record on `stockcast.dead-letters`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct DeadLetterRecord {
-    /// Topic the record came from.
-    pub topic: String,
-    /// Its partition.
-    pub partition: i32,
-    /// Its offset.
-    pub offset: i64,
-    /// Stable reason code (`malformed`, `missing_field`, `too_late`, ...).
-    pub reason: String,
-    /// Human-readable detail.
-    pub detail: String,
-    /// The record's key, as text where it is UTF-8 (else lossily).
-    pub key: Option<String>,
-    /// The record's value, as text where it is UTF-8 (else lossily). The exact original bytes
-    /// travel beside it in the Kafka header [`ORIGINAL_VALUE_HEADER`]. At most
-    /// [`crate::kafka::stream::MAX_DEAD_VALUE_BYTES`] of the original: see `value_bytes`.
-    pub value: Option<String>,
-    /// The original value's length in bytes.
-    #[serde(default)]
-    pub value_bytes: usize,
-    /// Whether `value` (and the header) hold only the start of the original value.
-    #[serde(default)]
-    pub value_truncated: bool,
-}
 
 /// One input partition.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

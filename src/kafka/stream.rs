@@ -538,7 +538,9 @@ impl Feeder {
             }
             part.next_offset = msg.offset() + 1;
             part.consumed_metric.inc();
-            let replayed = part.replay.remove(&msg.offset());
+            // Only right after a restore is anything left to replay: every other record skips
+            // the set.
+            let replayed = !part.replay.is_empty() && part.replay.remove(&msg.offset());
             if part.replay.iter().any(|o| *o < msg.offset()) {
                 // A partition arrives in order: held records below this one are gone.
                 part.forget_replay_below(msg.offset());

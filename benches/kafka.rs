@@ -6,7 +6,11 @@
 //! cargo bench --bench kafka                                   # 10,000 series x 28 days
 //! cargo bench --bench kafka -- --stores 40 --skus 250 --days 28 --partitions 4 --workers 2
 //! cargo bench --bench kafka -- --checkpoint-every 96 --checkpoint-interval 0
+//! cargo bench --bench kafka -- --catch-up latest --model models/daily
 //! ```
+//! The worker runs once per `[output] catch_up` setting (`--catch-up latest|every_epoch|both`,
+//! default both), each under a group of its own over the same topics; `--model DIR` scores
+//! with a trained model instead of the baseline.
 //! With `--checkpoint-every N`, the worker checkpoints into a temporary directory at every N-th
 //! epoch (and at least `--checkpoint-interval` seconds apart, default 0), and a second run on
 //! the same topics restores the last checkpoint and drains: its time is a restart's, against
@@ -24,18 +28,10 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Instant;
 
-use common::{cpu_secs, load};
-use stockcast::config::Config;
+use common::{arg, cpu_secs, load, text_arg};
+use stockcast::config::{CatchUp, Config};
 use stockcast::generate::{self, Params};
 use stockcast::kafka::{self, load as publish, stream};
-
-fn arg(args: &[String], name: &str, default: u64) -> u64 {
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -43,13 +39,22 @@ fn main() {
         // The worker's logs, when asked for (e.g. RUST_LOG=stockcast=info).
         stockcast::telemetry::init_tracing(false);
     }
-    let stores = arg(&args, "--stores", 40) as u32;
-    let skus = arg(&args, "--skus", 250) as u32;
-    let days = arg(&args, "--days", 28) as u32;
-    let partitions = arg(&args, "--partitions", 4) as i32;
-    let workers = arg(&args, "--workers", 2) as usize;
-    let checkpoint_every = arg(&args, "--checkpoint-every", 0);
-    let checkpoint_interval = arg(&args, "--checkpoint-interval", 0);
+    let stores = arg(&args, "--stores", 40u32);
+    let skus = arg(&args, "--skus", 250u32);
+    let days = arg(&args, "--days", 28u32);
+    let partitions = arg(&args, "--partitions", 4i32);
+    let workers = arg(&args, "--workers", 2usize);
+    let checkpoint_every = arg(&args, "--checkpoint-every", 0u64);
+    let checkpoint_interval = arg(&args, "--checkpoint-interval", 0u64);
+    let modes = match text_arg(&args, "--catch-up").as_deref() {
+        None | Some("both") => vec![CatchUp::Latest, CatchUp::EveryEpoch],
+        Some("latest") => vec![CatchUp::Latest],
+        Some("every_epoch") => vec![CatchUp::EveryEpoch],
+        Some(other) => {
+            eprintln!("--catch-up {other}: expected latest, every_epoch or both");
+            std::process::exit(2);
+        }
+    };
     let brokers =
         std::env::var("STOCKCAST_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into());
     if std::net::TcpStream::connect(brokers.split(',').next().unwrap_or_default()).is_err() {
@@ -77,13 +82,15 @@ fn main() {
         config.checkpoint.every_epochs = checkpoint_every;
         config.checkpoint.min_interval_secs = checkpoint_interval;
     }
+    if let Some(model) = text_arg(&args, "--model") {
+        config.forecast.model_dir = Some(model.into());
+    }
     let cfg = config.resolve(Path::new("<bench>")).expect("config");
 
     println!(
         "kafka end to end: {} series ({stores} stores x {skus} SKUs), {days} days, {events} events, {partitions} partitions, {workers} workers",
         stores * skus
     );
-    println!("load before: {}", load());
     let loaded = publish::load(
         &cfg.kafka,
         &publish::LoadOptions {
@@ -108,30 +115,45 @@ fn main() {
         wall_clock: stream::system_clock(),
         from_scratch: false,
     };
-    let cpu0 = cpu_secs();
-    let started = Instant::now();
-    let opts = options();
-    let progress = Arc::clone(&opts.progress);
-    let run = kafka::run_worker(&cfg, &opts).expect("worker");
-    let wall = started.elapsed().as_secs_f64();
-    let cpu = cpu_secs() - cpu0;
-    let consumed: u64 = run.stats.consumed.values().sum();
-    // The last second of quiet is the idle timeout, not work.
-    let busy = (wall - cfg.kafka.idle_timeout_secs as f64).max(1e-9);
-    println!(
-        "worker: {consumed} records consumed, {} forecast records and {} progress records written in {} advances, {} epochs",
-        run.stats.forecasts, run.stats.progress_records, run.stats.advances, run.stats.epochs
-    );
-    println!(
-        "  wall {wall:.2} s (of which {} s idle timeout), CPU {cpu:.2} s",
-        cfg.kafka.idle_timeout_secs
-    );
-    println!(
-        "  consumed {:.0} events/s, wrote {:.0} forecast records/s ({:.0} events per CPU-s)",
-        consumed as f64 / busy,
-        run.stats.forecasts as f64 / busy,
-        consumed as f64 / cpu.max(1e-9)
-    );
+    let mut first = None;
+    for (run_no, mode) in modes.iter().enumerate() {
+        let mut cfg = cfg.clone();
+        cfg.output.catch_up = *mode;
+        // Each setting reads the topics from the start, under a group of its own.
+        cfg.kafka.group_id = format!("{}-{run_no}", cfg.kafka.group_id);
+        println!("catch_up = \"{}\", load before: {}", mode.name(), load());
+        let cpu0 = cpu_secs();
+        let started = Instant::now();
+        let opts = options();
+        let progress = Arc::clone(&opts.progress);
+        let run = kafka::run_worker(&cfg, &opts).expect("worker");
+        let wall = started.elapsed().as_secs_f64();
+        let cpu = cpu_secs() - cpu0;
+        let consumed: u64 = run.stats.consumed.values().sum();
+        // The last second of quiet is the idle timeout, not work.
+        let busy = (wall - cfg.kafka.idle_timeout_secs as f64).max(1e-9);
+        println!(
+            "  {consumed} records consumed, {} forecast records ({} superseded) and {} progress records written in {} advances, {} epochs",
+            run.stats.forecasts,
+            progress.metrics.forecasts_superseded.get(),
+            run.stats.progress_records,
+            run.stats.advances,
+            run.stats.epochs
+        );
+        println!(
+            "  wall {wall:.2} s (of which {} s idle timeout), CPU {cpu:.2} s",
+            cfg.kafka.idle_timeout_secs
+        );
+        println!(
+            "  catch_up = \"{}\": consumed {:.0} events/s, wrote {:.0} forecast records/s, {:.0} events per CPU-s",
+            mode.name(),
+            consumed as f64 / busy,
+            run.stats.forecasts as f64 / busy,
+            consumed as f64 / cpu.max(1e-9)
+        );
+        first.get_or_insert((cfg, progress, busy));
+    }
+    let (cfg, progress, busy) = first.expect("one catch-up setting");
     if checkpoint_every > 0 {
         let m = &progress.metrics;
         let export = m.checkpoint_export_seconds.get_sample_sum();

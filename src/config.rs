@@ -46,6 +46,44 @@ pub struct Config {
     /// Checkpoints of the worker's state.
     #[serde(default)]
     pub checkpoint: CheckpointConfig,
+    /// What the worker publishes when one advance closes many epochs.
+    #[serde(default)]
+    pub output: OutputConfig,
+}
+
+/// `[output]`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutputConfig {
+    /// Which forecasts an advance that closes several epochs publishes.
+    #[serde(default)]
+    pub catch_up: CatchUp,
+}
+
+/// Which forecasts an advance of the closed epochs publishes. Live, epochs close one at a time
+/// and both settings publish the same records; they differ when one advance closes many epochs
+/// (a backfill, a restart, a broker coming back).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CatchUp {
+    /// Each series changed in the advance once, at the last epoch it changed in: the forecast
+    /// a planner would act on now. Its earlier forecasts of the advance were stale before they
+    /// could be written, and writing them is most of the cost of catching up.
+    #[default]
+    Latest,
+    /// Every changed series at every epoch it changed in, as `replay` writes them: for a
+    /// complete forecast history in the mart.
+    EveryEpoch,
+}
+
+impl CatchUp {
+    /// The setting's name in the config.
+    pub fn name(self) -> &'static str {
+        match self {
+            CatchUp::Latest => "latest",
+            CatchUp::EveryEpoch => "every_epoch",
+        }
+    }
 }
 
 /// `[checkpoint]`.
@@ -150,12 +188,29 @@ impl Default for RedisConfig {
 }
 
 /// `[postgres]`.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PostgresConfig {
     /// Connection string (`host=.. user=.. dbname=..` or `postgres://..`); empty: no mart.
     #[serde(default)]
     pub url: String,
+    /// Days of forecast history kept, counted back from the newest epoch written: older daily
+    /// partitions of `stockcast_forecast_history` are dropped. 0 keeps everything.
+    #[serde(default = "default_history_retention")]
+    pub history_retention_days: u32,
+}
+
+fn default_history_retention() -> u32 {
+    400
+}
+
+impl Default for PostgresConfig {
+    fn default() -> Self {
+        PostgresConfig {
+            url: String::new(),
+            history_retention_days: default_history_retention(),
+        }
+    }
 }
 
 impl PostgresConfig {
@@ -278,8 +333,9 @@ impl Default for ReplenishConfig {
 const ENV_PREFIX: &str = "STOCKCAST_";
 
 /// Sections environment variables can address, dotted.
-const ENV_SECTIONS: [&str; 10] = [
+const ENV_SECTIONS: [&str; 11] = [
     "checkpoint",
+    "output",
     "time",
     "features",
     "forecast",
@@ -629,6 +685,8 @@ pub struct Resolved {
     pub sentry: SentryConfig,
     /// Checkpoints (validated; `dir` empty: none).
     pub checkpoint: CheckpointConfig,
+    /// What an advance publishes.
+    pub output: OutputConfig,
 }
 
 impl Config {
@@ -783,6 +841,7 @@ impl Config {
             redis: self.resolve_redis(origin)?,
             sentry: self.resolve_sentry(origin)?,
             checkpoint: self.resolve_checkpoint(origin)?,
+            output: self.output.clone(),
         })
     }
 }
@@ -861,6 +920,14 @@ impl Config {
                     message: format!("not a PostgreSQL connection string: {e}"),
                 });
             }
+        }
+        let days = self.postgres.history_retention_days;
+        if days > 36_500 {
+            return Err(ConfigError::Invalid {
+                file: origin.to_path_buf(),
+                field: "postgres.history_retention_days",
+                message: format!("{days} is more than 100 years; 0 keeps everything"),
+            });
         }
         Ok(self.postgres.clone())
     }

@@ -1,6 +1,6 @@
 //! Decoding of input records (CSV rows or JSON objects) into typed records.
 //!
-//! Pure: no I/O. Each record kind has a documented schema (see the README); a row that does not
+//! Pure: no I/O. Each record kind has a documented schema (docs/data.md); a row that does not
 //! fit yields a [`DecodeError`] with a stable reason code, and the caller dead-letters it.
 //! Quantities and prices are parsed from their decimal text straight into milli-units, so no
 //! binary float ever rounds a quantity.

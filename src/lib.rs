@@ -1,22 +1,36 @@
-//! stockcast: incremental demand features, forecasts and (later) order recommendations for
-//! retail (store, SKU) series.
+//! stockcast: incremental demand features, quantile forecasts and order recommendations for
+//! retail (store, SKU) series, as a long-running Kafka worker and as batch commands.
 //!
 //! # Layout
-//! - [`config`]: the TOML configuration and its resolution into a run's settings.
-//! - [`decode`]: pure decoding of CSV/JSON records into typed sales, movements, reference data.
-//! - [`source`]: where records come from (`files`: a dataset directory).
+//! In the order a record meets them (docs/architecture.md has the same map with the path of a
+//! record through the worker):
+//! - [`config`]: the TOML configuration, environment overrides, validation.
+//! - [`source`]: a dataset directory read (`files`) and turned into the dataflow's events
+//!   (`prepare`).
+//! - [`decode`]: pure decoding of CSV/JSON records into typed sales, movements, reference data,
+//!   and the reasons a record is refused.
 //! - [`ids`]: store/SKU names to the stable ids the dataflow uses.
-//! - [`pipeline`]: scheduling events onto epochs (watermarks, lateness) and running the
-//!   `dataflows` crate's differential dataflow on N timely workers.
+//! - [`pipeline`]: replay's driver: scheduling events onto epochs (watermarks, lateness) and
+//!   running the `dataflows` crate's differential dataflow on N timely workers.
+//! - [`kafka`]: the long-running worker on Kafka topics (`run`: the streaming driver, the sink,
+//!   checkpoint cuts), the publisher (`load`), topic admin and the delivery guarantee.
+//! - [`checkpoint`]: checkpoints of the worker's state: format, store, pruning, restore.
 //! - [`forecast`]: the `Forecaster` trait (quantile forecasts) and the baselines (moving
 //!   average, naive, seasonal naive).
-//! - [`replay`]: the `replay` and `features` commands: files in, forecasts and tables out.
 //! - [`model`]: the demand model (candle): snapshots from the dataflow, training, backtest,
-//!   scoring threads.
+//!   scoring threads, report charts.
 //! - [`replenish`]: the order-up-to policy turning a quantile forecast and the stock position
-//!   into a recommendation (not yet wired into the outputs; see the replenishment issue).
-//! - [`kafka`]: the long-running worker on Kafka topics (`run`), the publisher (`load`), topic
-//!   admin, and the delivery guarantee.
+//!   into a recommendation.
+//! - [`records`]: the records the worker writes (forecast, progress, dead letter).
+//! - [`mart`]: the PostgreSQL inventory mart sink.
+//! - [`cache`]: the Redis cache sink.
+//! - [`replay`]: the `replay` and `features` commands: files in, forecasts and tables out.
+//! - [`simulate`]: order policies replayed through an inventory model.
+//! - [`http`]: `/metrics`, health checks and the read API.
+//! - [`metrics`]: the Prometheus metrics, declared once.
+//! - [`telemetry`]: logging and Sentry.
+//! - [`signals`]: graceful shutdown on SIGINT and SIGTERM.
+//! - [`display`]: instants as RFC 3339 text, progress bars.
 //! - [`demo`]: the embedded default: an in-process Kafka mock cluster fed by the generator.
 //! - [`generate`]: the seeded synthetic data generator behind `generate`, the demo and benches.
 //! - [`cli`]: the command line.

@@ -86,6 +86,8 @@ pub struct Metrics {
     pub scoring_seconds: Histogram,
     /// Series the baseline scored because the model could not.
     pub scoring_fallbacks: IntCounter,
+    /// Forecasts not published because a later epoch of the same advance had a newer one.
+    pub forecasts_superseded: IntCounter,
     /// Seconds from an advance's report to its last acknowledgement.
     pub epoch_seconds: Histogram,
     /// Records or batches written, by sink.
@@ -122,6 +124,9 @@ pub struct Metrics {
     pub checkpoint_corrupt: IntCounter,
     /// Partitions read from their beginning whose oldest records were deleted.
     pub history_lost_partitions: IntGauge,
+    /// Records buffered at a restored checkpoint's cut that retention deleted before they
+    /// were read again.
+    pub records_lost: IntCounterVec,
 }
 
 /// Powers of two from 1 to 2^20: counts of series per advance.
@@ -232,6 +237,11 @@ impl Metrics {
                 "Series scored by the baseline because the model could not score their batch \
                  (the records name the baseline and the reason; the error is logged)."
             )),
+            forecasts_superseded: reg!(IntCounter::new(
+                "stockcast_forecasts_superseded_total",
+                "Forecasts left out because a later epoch of the same advance changed the series \
+                 again ([output] catch_up = \"latest\"): a backfill or restart catching up."
+            )),
             epoch_seconds: reg!(histogram(
                 "stockcast_epoch_seconds",
                 "Seconds from an advance reaching the sink to every output acknowledged.",
@@ -313,6 +323,11 @@ impl Metrics {
             history_lost_partitions: reg!(IntGauge::new(
                 "stockcast_history_lost_partitions",
                 "Input partitions read from their beginning (no checkpoint) whose earliest offset is above 0: retention deleted history the features may need."
+            )),
+            records_lost: reg!(counter_vec(
+                "stockcast_records_lost_total",
+                "Input records that were buffered, not yet applied, at the restored checkpoint's cut and that retention deleted before the worker read them again: their events are lost.",
+                &["topic", "partition"]
             )),
             registry,
             declared,

@@ -38,7 +38,7 @@ pub struct ForecastRecord {
     pub on_hand: Option<f64>,
     /// Units on order, where stock movements were seen.
     pub on_order: Option<f64>,
-    /// What to order and why (see the README's replenishment section).
+    /// What to order and why (docs/replenishment.md).
     pub recommendation: crate::replenish::Advice,
 }
 
@@ -105,6 +105,11 @@ pub struct EpochRecord {
     pub dead_letters: u64,
     /// Forecast records (changed series) of this epoch.
     pub keys_changed: u64,
+    /// Series that changed in this epoch but whose forecast was left out, because a later epoch
+    /// of the same advance changed them again and carries the newer one (`[output] catch_up =
+    /// "latest"`); 0 otherwise.
+    #[serde(default)]
+    pub keys_superseded: u64,
     /// Series scored at this epoch: the changed ones, plus every other series once at the
     /// newest epoch after a model change.
     pub keys_scored: u64,

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::ClientConfig;
-use stockcast::config::Resolved;
+use stockcast::config::{CatchUp, Resolved};
 use stockcast::kafka::{self, admin, load, stream, wire};
 use stockcast::records::ForecastRecord;
 
@@ -113,6 +113,81 @@ fn m5_mini_through_kafka_equals_replay_with_4_partitions_and_2_workers() {
         .map(|(_, o)| o)
         .sum();
     assert_eq!(offsets, 19_130);
+    assert_eq!(committed(&cfg, &cfg.kafka.topics.sales, 4), 19_130);
+}
+
+/// `catch_up = "latest"` on a backfill: each series once per advance, at the last epoch it
+/// changed in. Every record published is replay's record of that series and epoch; every
+/// epoch's progress record accounts for all of replay's records of that epoch (published or
+/// superseded); and the newest record of every series is replay's newest.
+#[test]
+fn m5_mini_catching_up_with_latest_publishes_each_series_current_forecast_once_per_advance() {
+    let mut cfg = config("latest", "day");
+    cfg.output.catch_up = CatchUp::Latest;
+    let data = shared("m5_mini");
+    load_dir(&cfg.kafka, &data, 4);
+    let run = kafka::run_worker(&cfg, &options(2)).unwrap();
+    assert_eq!(run.stats.consumed["sales"], 19_130);
+    let expected = replay_forecasts(&cfg, &data);
+    let got: Vec<ForecastRecord> = consume_json(
+        &cfg.kafka,
+        &cfg.kafka.topics.forecasts,
+        run.stats.forecasts as usize,
+    );
+    assert_eq!(got.len() as u64, run.stats.forecasts);
+    assert!(
+        got.len() < expected.len(),
+        "a backfill closes many epochs per advance, so some forecasts are superseded: {} of {}",
+        got.len(),
+        expected.len()
+    );
+    let line = |r: &ForecastRecord| serde_json::to_string(r).unwrap();
+    let wanted: std::collections::HashSet<String> = expected.iter().map(line).collect();
+    for r in &got {
+        assert!(
+            wanted.contains(&line(r)),
+            "not a replay record: {}",
+            line(r)
+        );
+    }
+    let newest = |records: &[ForecastRecord]| {
+        let mut m: BTreeMap<(String, String), String> = BTreeMap::new();
+        for r in records {
+            let k = (r.store_id.clone(), r.sku_id.clone());
+            if m.get(&k).is_none_or(|l| {
+                serde_json::from_str::<ForecastRecord>(l).unwrap().epoch_end < r.epoch_end
+            }) {
+                m.insert(k, line(r));
+            }
+        }
+        m
+    };
+    assert_eq!(newest(&got), newest(&expected));
+
+    let epochs: Vec<wire::EpochRecord> = consume_json(
+        &cfg.kafka,
+        &cfg.kafka.topics.epochs,
+        run.stats.progress_records as usize,
+    );
+    let mut per_epoch: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    for f in &expected {
+        per_epoch.entry(f.epoch_end.clone()).or_default().0 += 1;
+    }
+    for f in &got {
+        per_epoch.entry(f.epoch_end.clone()).or_default().1 += 1;
+    }
+    let mut superseded = 0;
+    for r in &epochs {
+        let (replayed, published) = per_epoch.remove(&r.epoch_end).unwrap_or((0, 0));
+        assert_eq!(r.keys_changed, published, "{r:?}");
+        assert_eq!(r.keys_changed + r.keys_superseded, replayed, "{r:?}");
+        superseded += r.keys_superseded;
+    }
+    assert!(
+        per_epoch.is_empty(),
+        "epochs without a record: {per_epoch:?}"
+    );
+    assert_eq!(superseded + got.len() as u64, expected.len() as u64);
     assert_eq!(committed(&cfg, &cfg.kafka.topics.sales, 4), 19_130);
 }
 

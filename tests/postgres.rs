@@ -121,6 +121,7 @@ fn progress(epoch_end: &str, frontier: u64, keys: u64) -> EpochRecord {
         late: 0,
         dead_letters: 0,
         keys_changed: keys,
+        keys_superseded: 0,
         keys_scored: keys,
         offsets: Default::default(),
         latency_ms: 0,
@@ -216,7 +217,131 @@ fn an_advance_lands_atomically_and_a_retry_writes_nothing_twice() {
     Mart::connect(&url).unwrap();
     assert_eq!(
         count(&rt, &url, "SELECT count(*) FROM stockcast_migrations"),
-        1
+        stockcast::mart::MIGRATIONS.len() as i64
+    );
+}
+
+/// The history names of the partitions that exist, in order.
+fn partitions(rt: &tokio::runtime::Runtime, url: &str) -> Vec<String> {
+    query(
+        rt,
+        url,
+        "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+         WHERE i.inhparent = 'stockcast_forecast_history'::regclass ORDER BY 1",
+    )
+    .into_iter()
+    .map(|r| r[0].clone().unwrap())
+    .collect()
+}
+
+#[test]
+fn history_is_partitioned_by_day_and_old_days_are_dropped_after_the_retention() {
+    let _guard = SERVER.lock().unwrap_or_else(|e| e.into_inner());
+    let rt = runtime();
+    let (url, _db) = fresh_database(&rt, "retention");
+    let mut mart = Mart::connect(&url).unwrap().with_retention(3);
+    // Ten days, two epochs a day (one of them at midnight, which belongs to the next day).
+    for day in 1..=10 {
+        let ends = [
+            format!("2024-02-{day:02}T12:00:00Z"),
+            format!("2024-02-{:02}T00:00:00Z", day + 1),
+        ];
+        let records: Vec<ForecastRecord> = ends
+            .iter()
+            .flat_map(|e| (0..5).map(move |s| record(s, 1, e, 1.0)))
+            .collect();
+        let progress: Vec<EpochRecord> = ends
+            .iter()
+            .enumerate()
+            .map(|(i, e)| progress(e, (2 * day + i) as u64, 5))
+            .collect();
+        mart.write(&records, &progress).unwrap();
+    }
+    // The newest epoch ends on 2024-02-11: the days from 2024-02-08 on are kept.
+    assert_eq!(
+        partitions(&rt, &url),
+        [
+            "stockcast_forecast_history_p20240208",
+            "stockcast_forecast_history_p20240209",
+            "stockcast_forecast_history_p20240210",
+            "stockcast_forecast_history_p20240211",
+        ]
+    );
+    // Each kept day holds its midnight and its midday epoch; 2024-02-11 only its midnight.
+    assert_eq!(
+        count(&rt, &url, "SELECT count(*) FROM stockcast_forecast_history"),
+        5 * (2 + 2 + 2 + 1)
+    );
+    assert_eq!(
+        count(
+            &rt,
+            &url,
+            "SELECT count(*) FROM stockcast_forecast_history WHERE epoch_end < '2024-02-08T00:00:00Z'"
+        ),
+        0
+    );
+    // The current table and the epochs are not cut.
+    assert_eq!(
+        count(&rt, &url, "SELECT count(*) FROM stockcast_epochs"),
+        20
+    );
+    assert_eq!(
+        count(&rt, &url, "SELECT count(*) FROM stockcast_forecasts"),
+        5
+    );
+    // A write into a dropped day (a republished old advance) recreates its partition.
+    mart.write(&[record(0, 1, "2024-02-01T12:00:00Z", 1.0)], &[])
+        .unwrap();
+    assert!(partitions(&rt, &url).contains(&"stockcast_forecast_history_p20240201".to_string()));
+    // Without a retention nothing is dropped.
+    let (url, _db2) = fresh_database(&rt, "keep");
+    let mut mart = Mart::connect(&url).unwrap();
+    for day in 1..=5 {
+        let e = format!("2024-02-{day:02}T12:00:00Z");
+        mart.write(&[record(0, 1, &e, 1.0)], &[]).unwrap();
+    }
+    assert_eq!(partitions(&rt, &url).len(), 5);
+}
+
+#[test]
+fn a_mart_of_the_first_schema_is_migrated_with_its_history_into_partitions() {
+    let _guard = SERVER.lock().unwrap_or_else(|e| e.into_inner());
+    let rt = runtime();
+    let (url, _db) = fresh_database(&rt, "migrate");
+    let (version, first) = stockcast::mart::MIGRATIONS[0];
+    query(
+        &rt,
+        &url,
+        &format!(
+            "CREATE TABLE stockcast_migrations (version integer PRIMARY KEY,
+                 applied_at timestamptz NOT NULL DEFAULT now());
+             {first};
+             INSERT INTO stockcast_migrations (version) VALUES ({version});
+             INSERT INTO stockcast_forecast_history VALUES
+                 ('S1', 'K1', '2024-03-01T10:00:00Z', '{{}}'),
+                 ('S1', 'K1', '2024-03-02T10:00:00Z', '{{}}'),
+                 ('S2', 'K1', '2024-03-02T11:00:00Z', '{{}}');"
+        ),
+    );
+    let mut mart = Mart::connect(&url).unwrap();
+    assert_eq!(
+        partitions(&rt, &url),
+        [
+            "stockcast_forecast_history_p20240301",
+            "stockcast_forecast_history_p20240302"
+        ]
+    );
+    assert_eq!(
+        count(&rt, &url, "SELECT count(*) FROM stockcast_forecast_history"),
+        3
+    );
+    // Writes go on into the partitioned table, idempotently.
+    let r = record(1, 1, "2024-03-02T10:00:00Z", 1.0);
+    mart.write(&[r.clone(), record(1, 1, "2024-03-03T10:00:00Z", 1.0)], &[])
+        .unwrap();
+    assert_eq!(
+        count(&rt, &url, "SELECT count(*) FROM stockcast_forecast_history"),
+        4
     );
 }
 

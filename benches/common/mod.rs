@@ -33,3 +33,18 @@ pub fn peak_rss_kib() -> u64 {
         })
         .unwrap_or(0)
 }
+
+/// The value after `name` on the command line, parsed; `default` when absent or unparsable.
+pub fn arg<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> T {
+    text_arg(args, name)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// The text after `name` on the command line.
+pub fn text_arg(args: &[String], name: &str) -> Option<String> {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .cloned()
+}

@@ -32,6 +32,7 @@
 //!   forecasts of an epoch whose progress record is not yet written.
 
 pub mod admin;
+pub mod catch_up;
 pub mod load;
 pub mod progress;
 pub mod sink;

@@ -40,6 +40,7 @@ use crate::ids::Dictionary;
 use crate::model::scorer::{ModelWatch, Scorer};
 use crate::records::ForecastRecord;
 
+use super::catch_up;
 use super::client_config;
 use super::stream::{commit_metadata, Closed, Progress};
 use super::wire::{DeadLetterRecord, EpochRecord, ORIGINAL_LENGTH_HEADER, ORIGINAL_VALUE_HEADER};
@@ -369,7 +370,8 @@ impl KafkaSink {
                 None
             } else {
                 let mart = crate::mart::Mart::new(&cfg.postgres.url)
-                    .map_err(|e| SinkError::Start(e.to_string()))?;
+                    .map_err(|e| SinkError::Start(e.to_string()))?
+                    .with_retention(cfg.postgres.history_retention_days);
                 Some(mart)
             },
             cache: if cfg.redis.url.is_empty() {
@@ -467,7 +469,7 @@ impl KafkaSink {
     }
 
     /// Writes one advance; returns once it is acknowledged and committed (or the run stops).
-    pub fn on_closed(&mut self, closed: Closed, dict: &Dictionary) {
+    pub fn on_closed(&mut self, mut closed: Closed, dict: &Dictionary) {
         if self.halted.is_some() {
             // An earlier batch was not delivered: writing this one could commit past it.
             return;
@@ -522,6 +524,14 @@ impl KafkaSink {
         }
         let resume_from = self.resume_from;
         let suppressed = |e: Epoch| resume_from.is_some_and(|r| e < r);
+        let superseded = catch_up::apply(self.cfg.output.catch_up, &mut closed.changed);
+        self.progress.metrics.forecasts_superseded.inc_by(
+            superseded
+                .iter()
+                .filter(|(e, _)| !suppressed(**e))
+                .map(|(_, n)| n)
+                .sum(),
+        );
         // Forecast records per epoch, and the series re-scored after a model change.
         let mut changed_in: BTreeMap<Epoch, u64> = BTreeMap::new();
         let mut rescored: Option<(Epoch, u64)> = None;
@@ -648,6 +658,7 @@ impl KafkaSink {
                 late: tally.late,
                 dead_letters: 0,
                 keys_changed,
+                keys_superseded: superseded.get(&tally.epoch).copied().unwrap_or(0),
                 keys_scored,
                 offsets: tally.offsets.iter().map(|(p, o)| (p.label(), *o)).collect(),
                 latency_ms,

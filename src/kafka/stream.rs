@@ -316,6 +316,8 @@ struct PartState {
     idle_checked: Option<(Instant, bool)>,
     /// `stockcast_events_consumed_total` of this partition.
     consumed_metric: prometheus::IntCounter,
+    /// Records lost from the restored replay set (see [`PartState::forget_replay_below`]).
+    lost_metric: prometheus::IntCounter,
     /// After a restore: records below this offset are in the checkpoint's state, except...
     skip_below: i64,
     /// ...these, buffered at the cut, which are read and applied again.
@@ -328,9 +330,11 @@ impl PartState {
     fn forget_replay_below(&mut self, offset: i64) {
         let before = self.replay.len();
         self.replay.retain(|o| *o >= offset);
+        let lost = before - self.replay.len();
+        self.lost_metric.inc_by(lost as u64);
         tracing::error!(
             partition = %self.part.label(),
-            lost = before - self.replay.len(),
+            lost,
             "records buffered at the checkpoint's cut were removed from the partition before \
              they could be read again: their events are lost"
         );
@@ -1544,6 +1548,11 @@ fn work(
                     .progress
                     .metrics
                     .events_consumed
+                    .with_label_values(&[part.topic.as_str(), &part.partition.to_string()]),
+                lost_metric: opts
+                    .progress
+                    .metrics
+                    .records_lost
                     .with_label_values(&[part.topic.as_str(), &part.partition.to_string()]),
                 part,
                 skip_below: 0,

@@ -1,4 +1,4 @@
-//! The JSON records on the topics: input records as `load` writes them (the schemas the README
+//! The JSON records on the topics: input records as `load` writes them (the schemas docs/data.md
 //! documents, which `decode` reads back), the headers of dead letters, and the partitions read.
 //! The records the worker writes are in [`crate::records`].
 

@@ -36,11 +36,13 @@ pub fn nonce(sep: char) -> String {
     format!("{}{sep}{ms}", std::process::id())
 }
 
-/// A config whose topics and group are this test's own.
+/// A config whose topics and group are this test's own. It publishes every epoch's forecasts
+/// (`catch_up = "every_epoch"`), so its output equals `replay`'s record for record; a test of
+/// `"latest"` sets that itself.
 pub fn config(test: &str, period: &str) -> Resolved {
     let nonce = nonce('-');
     let text = format!(
-        "[time]\nperiod = \"{period}\"\n[kafka]\nbrokers = \"{}\"\ngroup_id = \"{test}-{nonce}\"\nidle_timeout_secs = 5\n[http]\nlisten = \"\"\n",
+        "[time]\nperiod = \"{period}\"\n[output]\ncatch_up = \"every_epoch\"\n[kafka]\nbrokers = \"{}\"\ngroup_id = \"{test}-{nonce}\"\nidle_timeout_secs = 5\n[http]\nlisten = \"\"\n",
         brokers()
     );
     let mut cfg = Config::parse(&text, Path::new("<test>")).unwrap();
@@ -56,7 +58,8 @@ pub fn config_file(cfg: &Resolved, dir: &Path, extra: &str) -> std::path::PathBu
     std::fs::write(
         &file,
         format!(
-            "[kafka]\nbrokers = \"{}\"\ngroup_id = \"{}\"\nidle_timeout_secs = {}\n[kafka.topics]\nsales = \"{}\"\nstock = \"{}\"\ncatalog = \"{}\"\nstores = \"{}\"\npromotions = \"{}\"\nforecasts = \"{}\"\nepochs = \"{}\"\ndead_letters = \"{}\"\n{extra}",
+            "[output]\ncatch_up = \"{}\"\n[kafka]\nbrokers = \"{}\"\ngroup_id = \"{}\"\nidle_timeout_secs = {}\n[kafka.topics]\nsales = \"{}\"\nstock = \"{}\"\ncatalog = \"{}\"\nstores = \"{}\"\npromotions = \"{}\"\nforecasts = \"{}\"\nepochs = \"{}\"\ndead_letters = \"{}\"\n{extra}",
+            cfg.output.catch_up.name(),
             cfg.kafka.brokers, cfg.kafka.group_id, cfg.kafka.idle_timeout_secs, t.sales, t.stock,
             t.catalog, t.stores, t.promotions, t.forecasts, t.epochs, t.dead_letters
         ),

@@ -1,0 +1,114 @@
+//! Writes into the PostgreSQL mart: forecast records per second and the worker's CPU seconds,
+//! each run into a database of its own. Prints figures with the machine's load.
+//!
+//! ```text
+//! cargo bench --bench mart                              # 10 advances of 20,000 records, 3 runs
+//! cargo bench --bench mart -- --records 50000 --advances 4 --runs 5
+//! ```
+//! The server: `STOCKCAST_TEST_POSTGRES` (default `host=127.0.0.1 user=postgres dbname=postgres`).
+
+mod common;
+
+use std::time::Instant;
+
+use common::{arg, cpu_secs, load};
+use stockcast::mart::Mart;
+use stockcast::records::{EpochRecord, ForecastRecord};
+use stockcast::replenish::Advice;
+
+fn admin(sql: &str) {
+    let url = std::env::var("STOCKCAST_TEST_POSTGRES")
+        .unwrap_or_else(|_| "host=127.0.0.1 user=postgres dbname=postgres".into());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+            .await
+            .unwrap_or_else(|e| panic!("no PostgreSQL at {url}: {e} (scripts/services.sh)"));
+        tokio::spawn(conn);
+        client.simple_query(sql).await.expect(sql);
+    });
+}
+
+/// A daily forecast record as the worker writes it (28 periods of three quantiles).
+fn record(i: usize, epoch_end: &str) -> ForecastRecord {
+    let q = (i % 17) as f64 * 0.37;
+    ForecastRecord {
+        epoch_end: epoch_end.into(),
+        store_id: format!("store-{:03}", i % 100),
+        sku_id: format!("sku-{:06}", i / 100),
+        schema_hash: "9f3c2a1b7e6d5c4b".into(),
+        model: "stockcast-mlp".into(),
+        model_version: "a1b2c3d4e5f60718".into(),
+        fallback_reason: None,
+        forecast: (0..28).map(|h| q + h as f64 * 0.013).collect(),
+        forecast_p10: (0..28).map(|h| q * 0.4 + h as f64 * 0.01).collect(),
+        forecast_p90: (0..28).map(|h| q * 1.9 + h as f64 * 0.02).collect(),
+        on_hand: Some(12.0),
+        on_order: Some(6.0),
+        recommendation: Advice {
+            order_qty: Some(q.ceil()),
+            order_up_to: q * 14.0,
+            reorder_point: q * 7.0,
+            cover_periods: Some(3.2),
+            stockout_risk: Some(0.04),
+            lead_time_days: 7.0,
+            review_days: 7.0,
+            service_level: 0.95,
+            pack_size: 1.0,
+            min_order_qty: 0.0,
+            active: true,
+        },
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let n = arg(&args, "--records", 20_000);
+    let advances = arg(&args, "--advances", 10);
+    let runs = arg(&args, "--runs", 3);
+    println!("mart writes: {advances} advances of {n} forecast records, {runs} runs");
+    let batches: Vec<(Vec<ForecastRecord>, EpochRecord)> = (0..advances)
+        .map(|a| {
+            let end = format!("2024-03-{:02}T00:00:00Z", 1 + a % 28);
+            let records = (0..n).map(|i| record(i, &end)).collect();
+            let progress = EpochRecord {
+                epoch_end: end,
+                frontier: a as u64,
+                epochs_closed: 1,
+                consumed: Default::default(),
+                late: 0,
+                dead_letters: 0,
+                keys_changed: n as u64,
+                keys_superseded: 0,
+                keys_scored: n as u64,
+                offsets: Default::default(),
+                latency_ms: 0,
+            };
+            (records, progress)
+        })
+        .collect();
+    for run in 0..runs {
+        let db = format!("stockcast_bench_mart_{}_{run}", std::process::id());
+        admin(&format!("CREATE DATABASE {db}"));
+        let url = format!("host=127.0.0.1 user=postgres dbname={db}");
+        let mut mart = Mart::connect(&url).expect("connect");
+        let load_before = load();
+        let cpu0 = cpu_secs();
+        let started = Instant::now();
+        for (records, progress) in &batches {
+            mart.write(records, std::slice::from_ref(progress))
+                .expect("write");
+        }
+        let secs = started.elapsed().as_secs_f64();
+        let cpu = cpu_secs() - cpu0;
+        drop(mart);
+        admin(&format!("DROP DATABASE {db} WITH (FORCE)"));
+        println!(
+            "  {:.0} records/s ({secs:.2} s; the writer {cpu:.2} CPU-s; load {load_before})",
+            (n * advances) as f64 / secs
+        );
+    }
+}

@@ -397,6 +397,7 @@ mod tests {
         m.dead_letters.with_label_values(&["malformed"]).inc();
         m.decode_failures.with_label_values(&["malformed"]).inc();
         m.consumer_lag.with_label_values(&["sales", "0"]).set(3);
+        m.records_lost.with_label_values(&["sales", "0"]);
         m.sink_writes.with_label_values(&["kafka"]).inc();
         m.sink_failures.with_label_values(&["kafka"]);
         m.sink_retries.with_label_values(&["kafka"]);

@@ -315,7 +315,7 @@ fn sigkill_at_random_moments_loses_nothing() {
     assert_same_forecasts(got, expected.clone());
     // The mart's history holds the same records, once each.
     let history: Vec<ForecastRecord> = db
-        .texts("SELECT record::text FROM stockcast_forecast_history")
+        .texts("SELECT record::text FROM stockcast_forecast_history_records")
         .iter()
         .map(|t| serde_json::from_str(t).unwrap())
         .collect();

@@ -208,7 +208,7 @@ fn an_advance_lands_atomically_and_a_retry_writes_nothing_twice() {
     let json = &query(
         &rt,
         &url,
-        "SELECT record::text FROM stockcast_forecasts WHERE store_id = 'S3' AND sku_id = 'K7'",
+        "SELECT record::text FROM stockcast_forecast_records WHERE store_id = 'S3' AND sku_id = 'K7'",
     )[0][0];
     let rec: ForecastRecord = serde_json::from_str(json.as_deref().unwrap()).unwrap();
     assert_eq!(rec, record(3, 7, "2024-01-01T00:30:00Z", 2.0));
@@ -309,6 +309,44 @@ fn a_mart_of_the_first_schema_is_migrated_with_its_history_into_partitions() {
     let rt = runtime();
     let (url, _db) = fresh_database(&rt, "migrate");
     let (version, first) = stockcast::mart::MIGRATIONS[0];
+    let mut old = vec![
+        record(1, 1, "2024-03-01T10:00:00Z", 1.25),
+        record(1, 1, "2024-03-02T10:00:00Z", 2.5),
+        record(2, 1, "2024-03-02T11:00:00Z", 0.125),
+    ];
+    old[2].fallback_reason = Some("model failed".into());
+    old[2].on_hand = None;
+    old[2].recommendation.order_qty = None;
+    let json = |r: &ForecastRecord| serde_json::to_string(r).unwrap();
+    let history_rows: Vec<String> = old
+        .iter()
+        .map(|r| {
+            format!(
+                "('{}', '{}', '{}', '{}')",
+                r.store_id,
+                r.sku_id,
+                r.epoch_end,
+                json(r)
+            )
+        })
+        .collect();
+    let newest = [&old[1], &old[2]];
+    let current_rows: Vec<String> = newest
+        .iter()
+        .map(|r| {
+            format!(
+                "('{}', '{}', '{}', '{}', '{}', {}, null, {}, null, null, null, '{}')",
+                r.store_id,
+                r.sku_id,
+                r.epoch_end,
+                r.model,
+                r.model_version,
+                r.forecast.iter().sum::<f64>(),
+                r.recommendation.order_up_to,
+                json(r)
+            )
+        })
+        .collect();
     query(
         &rt,
         &url,
@@ -317,10 +355,10 @@ fn a_mart_of_the_first_schema_is_migrated_with_its_history_into_partitions() {
                  applied_at timestamptz NOT NULL DEFAULT now());
              {first};
              INSERT INTO stockcast_migrations (version) VALUES ({version});
-             INSERT INTO stockcast_forecast_history VALUES
-                 ('S1', 'K1', '2024-03-01T10:00:00Z', '{{}}'),
-                 ('S1', 'K1', '2024-03-02T10:00:00Z', '{{}}'),
-                 ('S2', 'K1', '2024-03-02T11:00:00Z', '{{}}');"
+             INSERT INTO stockcast_forecast_history VALUES {};
+             INSERT INTO stockcast_forecasts VALUES {};",
+            history_rows.join(", "),
+            current_rows.join(", ")
         ),
     );
     let mut mart = Mart::connect(&url).unwrap();
@@ -331,17 +369,40 @@ fn a_mart_of_the_first_schema_is_migrated_with_its_history_into_partitions() {
             "stockcast_forecast_history_p20240302"
         ]
     );
+    // Every record comes back through the views exactly as it went in.
+    let back = |sql: &str| -> Vec<ForecastRecord> {
+        query(&rt, &url, sql)
+            .into_iter()
+            .map(|r| serde_json::from_str(r[0].as_deref().unwrap()).unwrap())
+            .collect()
+    };
     assert_eq!(
-        count(&rt, &url, "SELECT count(*) FROM stockcast_forecast_history"),
-        3
+        back("SELECT record::text FROM stockcast_forecast_history_records ORDER BY epoch_end"),
+        old
     );
-    // Writes go on into the partitioned table, idempotently.
-    let r = record(1, 1, "2024-03-02T10:00:00Z", 1.0);
-    mart.write(&[r.clone(), record(1, 1, "2024-03-03T10:00:00Z", 1.0)], &[])
+    assert_eq!(
+        back("SELECT record::text FROM stockcast_forecast_records ORDER BY epoch_end"),
+        [old[1].clone(), old[2].clone()]
+    );
+    assert_eq!(
+        count(
+            &rt,
+            &url,
+            "SELECT count(*) FROM stockcast_forecasts WHERE forecast_total = 10"
+        ),
+        1
+    );
+    // Writes go on into the new tables, idempotently.
+    let r = record(1, 1, "2024-03-02T10:00:00Z", 2.5);
+    mart.write(&[r, record(1, 1, "2024-03-03T10:00:00Z", 1.0)], &[])
         .unwrap();
     assert_eq!(
         count(&rt, &url, "SELECT count(*) FROM stockcast_forecast_history"),
         4
+    );
+    assert_eq!(
+        back("SELECT record::text FROM stockcast_forecast_records WHERE store_id = 'S1'"),
+        [record(1, 1, "2024-03-03T10:00:00Z", 1.0)]
     );
 }
 

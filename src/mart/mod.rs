@@ -1,0 +1,324 @@
+//! The PostgreSQL inventory mart: the sink a planner's reports and dashboards read.
+//!
+//! # Tables (created by the embedded migrations, see [`schema::MIGRATIONS`])
+//! - `stockcast_forecasts`: the current forecast and recommendation per (store, SKU), one
+//!   column per field of the record plus `forecast_total`; upserted, an older epoch never
+//!   overwrites a newer one.
+//! - `stockcast_forecast_history`: every forecast record emitted, in the same columns,
+//!   appended; keyed by (store, SKU, epoch end) and indexed by epoch end; partitioned by day of
+//!   epoch end (UTC), each day's partition created by the first write that needs it, and
+//!   partitions older than the retention before the newest epoch written dropped after a
+//!   write.
+//! - `stockcast_epochs`: one row per progress record (the `stockcast.epochs` value).
+//! - Views `stockcast_forecast_records` and `stockcast_forecast_history_records`: the same
+//!   rows with the record as JSON (`record`), equal to the `forecasts.jsonl` line.
+//!
+//! # Guarantees
+//! Each advance is written in one transaction: its records by one binary `COPY` into a
+//! staging table, then one `INSERT .. SELECT` into the history and one into the current table
+//! (the newest record per series), and the progress rows by one batched `INSERT .. SELECT FROM
+//! UNNEST(..)`, whatever the number of rows: a reader sees all of an advance or none of it.
+//! Writes are idempotent: the history and the epochs ignore rows they already hold and the
+//! current table keeps the newest epoch, so an advance retried after a failure (or
+//! republished after a restart) writes nothing twice. The Kafka sink commits its input
+//! offsets only after this commit (see [`crate::kafka`]).
+//!
+//! A failed write is retried by the caller with backoff; the connection is re-established on
+//! each attempt after an error.
+
+pub mod schema;
+
+pub use schema::MIGRATIONS;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use chrono::NaiveDate;
+use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use tokio_postgres::types::Type;
+use tokio_postgres::{Client, NoTls};
+
+use crate::records::EpochRecord;
+use crate::records::ForecastRecord;
+
+/// The UTC day of an `epoch_end` (RFC 3339).
+fn day_of(epoch_end: &str) -> Result<NaiveDate, MartError> {
+    chrono::DateTime::parse_from_rfc3339(epoch_end)
+        .map(|t| t.with_timezone(&chrono::Utc).date_naive())
+        .map_err(|e| MartError::Record(format!("epoch_end {epoch_end:?}: {e}")))
+}
+
+/// Why the mart could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum MartError {
+    /// Connecting, migrating or writing failed.
+    #[error("postgres: {0}")]
+    Db(#[from] tokio_postgres::Error),
+    /// The local runtime could not start.
+    #[error("postgres: {0}")]
+    Runtime(#[from] std::io::Error),
+    /// A record the mart cannot place (an `epoch_end` that is not RFC 3339).
+    #[error("postgres: {0}")]
+    Record(String),
+}
+
+/// A connection to the mart, with its own single-threaded runtime.
+pub struct Mart {
+    url: String,
+    runtime: tokio::runtime::Runtime,
+    client: Option<Client>,
+    /// History partitions known to exist (forgotten after a failed write).
+    partitions: BTreeSet<NaiveDate>,
+    /// Days of history kept before the newest written; 0 keeps everything.
+    retention_days: u32,
+    /// The newest day retention was applied for.
+    retained_to: Option<NaiveDate>,
+}
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl Mart {
+    /// A mart at `url` (a libpq connection string or URL); connects (and applies missing
+    /// migrations) at the first write.
+    pub fn new(url: &str) -> Result<Self, MartError> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        Ok(Mart {
+            url: url.to_string(),
+            runtime,
+            client: None,
+            partitions: BTreeSet::new(),
+            retention_days: 0,
+            retained_to: None,
+        })
+    }
+
+    /// Keeps `days` of history before the newest epoch written (0: everything); older daily
+    /// partitions are dropped after a write.
+    pub fn with_retention(mut self, days: u32) -> Self {
+        self.retention_days = days;
+        self
+    }
+
+    /// [`Mart::new`], connected now.
+    pub fn connect(url: &str) -> Result<Self, MartError> {
+        let mut mart = Self::new(url)?;
+        mart.client()?;
+        Ok(mart)
+    }
+
+    /// The live client, reconnecting (and migrating) if there is none or it closed.
+    fn client(&mut self) -> Result<&Client, MartError> {
+        if self.client.as_ref().is_none_or(Client::is_closed) {
+            self.client = None;
+            let mut config: tokio_postgres::Config = self.url.parse()?;
+            config.connect_timeout(CONNECT_TIMEOUT);
+            let client = self.runtime.block_on(async {
+                let (mut client, connection) = config.connect(NoTls).await?;
+                tokio::spawn(async move {
+                    if let Err(e) = connection.await {
+                        tracing::warn!(error = %e, "postgres connection closed");
+                    }
+                });
+                migrate(&mut client).await?;
+                Ok::<_, tokio_postgres::Error>(client)
+            })?;
+            self.client = Some(client);
+        }
+        Ok(self.client.as_ref().expect("set above"))
+    }
+
+    /// Writes one advance, its forecast `records` (in epoch order) and its progress records
+    /// (one per epoch), in one transaction. Idempotent.
+    pub fn write(
+        &mut self,
+        records: &[ForecastRecord],
+        progress: &[EpochRecord],
+    ) -> Result<(), MartError> {
+        let result = self.try_write(records, progress);
+        if result.is_err() {
+            // Start from a fresh connection, and check partitions again, next time.
+            self.client = None;
+            self.partitions.clear();
+            return result;
+        }
+        if let Some(newest) = records.iter().map(|r| r.epoch_end.as_str()).max() {
+            if let Err(e) = self.retain(day_of(newest)?) {
+                // The write itself succeeded; the next advance tries again.
+                tracing::warn!(error = %e, "postgres: dropping old history partitions failed");
+                self.client = None;
+            }
+        }
+        Ok(())
+    }
+
+    /// Drops the history partitions of days more than the retention before `newest`, once
+    /// per new newest day.
+    fn retain(&mut self, newest: NaiveDate) -> Result<(), MartError> {
+        if self.retention_days == 0 || self.retained_to.is_some_and(|d| d >= newest) {
+            return Ok(());
+        }
+        let cutoff = newest - chrono::Days::new(u64::from(self.retention_days));
+        self.client()?;
+        let Mart {
+            runtime, client, ..
+        } = self;
+        let client = client.as_mut().expect("connected above");
+        let dropped = runtime.block_on(async {
+            let rows = client.query(schema::LIST_PARTITIONS, &[]).await?;
+            let mut dropped = Vec::new();
+            for row in rows {
+                let name: String = row.get(0);
+                if let Some(day) = schema::partition_day(&name).filter(|d| *d < cutoff) {
+                    client
+                        .batch_execute(&format!(
+                            "DROP TABLE IF EXISTS {}",
+                            schema::partition_name(day)
+                        ))
+                        .await?;
+                    dropped.push(day);
+                }
+            }
+            Ok::<_, tokio_postgres::Error>(dropped)
+        })?;
+        for day in &dropped {
+            self.partitions.remove(day);
+        }
+        if !dropped.is_empty() {
+            tracing::info!(
+                partitions = dropped.len(),
+                before = %cutoff,
+                "postgres: dropped forecast history older than the retention"
+            );
+        }
+        self.retained_to = Some(newest);
+        Ok(())
+    }
+
+    fn try_write(
+        &mut self,
+        records: &[ForecastRecord],
+        progress: &[EpochRecord],
+    ) -> Result<(), MartError> {
+        let mut days = BTreeSet::new();
+        let mut times = Vec::with_capacity(records.len());
+        for r in records {
+            let t = chrono::DateTime::parse_from_rfc3339(&r.epoch_end)
+                .map_err(|e| MartError::Record(format!("epoch_end {:?}: {e}", r.epoch_end)))?;
+            days.insert(t.with_timezone(&chrono::Utc).date_naive());
+            times.push(std::time::SystemTime::from(t));
+        }
+        let missing: Vec<NaiveDate> = days.difference(&self.partitions).copied().collect();
+        let epoch_ends: Vec<&str> = progress.iter().map(|p| p.epoch_end.as_str()).collect();
+        let frontiers: Vec<i64> = progress.iter().map(|p| p.frontier as i64).collect();
+        let changed: Vec<i64> = progress.iter().map(|p| p.keys_changed as i64).collect();
+        let scored: Vec<i64> = progress.iter().map(|p| p.keys_scored as i64).collect();
+        let progress_json: Vec<String> = progress
+            .iter()
+            .map(|p| serde_json::to_string(p).unwrap_or_default())
+            .collect();
+        self.client()?;
+        let Mart {
+            runtime, client, ..
+        } = self;
+        let client = client.as_mut().expect("connected above");
+        runtime.block_on(async {
+            let tx = client.transaction().await?;
+            for day in &missing {
+                tx.batch_execute(&schema::create_partition(*day)).await?;
+            }
+            if !records.is_empty() {
+                tx.batch_execute(schema::CREATE_STAGING).await?;
+                let sink = tx.copy_in(&schema::copy_statement()).await?;
+                let types: Vec<Type> = schema::RECORD_COLUMNS
+                    .iter()
+                    .map(|(_, ty)| ty.clone())
+                    .collect();
+                let writer = BinaryCopyInWriter::new(sink, &types);
+                let mut writer = std::pin::pin!(writer);
+                for (r, time) in records.iter().zip(&times) {
+                    let a = &r.recommendation;
+                    writer
+                        .as_mut()
+                        .write(&[
+                            &r.store_id,
+                            &r.sku_id,
+                            time,
+                            &r.schema_hash,
+                            &r.model,
+                            &r.model_version,
+                            &r.fallback_reason,
+                            &r.forecast,
+                            &r.forecast_p10,
+                            &r.forecast_p90,
+                            &r.on_hand,
+                            &r.on_order,
+                            &a.order_qty,
+                            &a.order_up_to,
+                            &a.reorder_point,
+                            &a.cover_periods,
+                            &a.stockout_risk,
+                            &a.lead_time_days,
+                            &a.review_days,
+                            &a.service_level,
+                            &a.pack_size,
+                            &a.min_order_qty,
+                            &a.active,
+                        ])
+                        .await?;
+                }
+                writer.finish().await?;
+                tx.execute(schema::INSERT_HISTORY, &[]).await?;
+                tx.execute(&schema::upsert_current(), &[]).await?;
+            }
+            tx.execute(
+                "INSERT INTO stockcast_epochs (epoch_end, frontier, keys_changed, keys_scored,
+                     record)
+                 SELECT e::timestamptz, f, c, s, r::jsonb
+                 FROM UNNEST($1::text[], $2::int8[], $3::int8[], $4::int8[], $5::text[])
+                     AS u(e, f, c, s, r)
+                 ON CONFLICT DO NOTHING",
+                &[&epoch_ends, &frontiers, &changed, &scored, &progress_json],
+            )
+            .await?;
+            tx.commit().await
+        })?;
+        self.partitions.extend(missing);
+        Ok(())
+    }
+}
+
+/// Applies the migrations the database lacks; concurrent workers serialise on a table lock.
+async fn migrate(client: &mut Client) -> Result<(), tokio_postgres::Error> {
+    client
+        .batch_execute(
+            "CREATE TABLE IF NOT EXISTS stockcast_migrations (
+                version integer PRIMARY KEY,
+                applied_at timestamptz NOT NULL DEFAULT now()
+            )",
+        )
+        .await?;
+    let tx = client.transaction().await?;
+    tx.batch_execute("LOCK TABLE stockcast_migrations IN EXCLUSIVE MODE")
+        .await?;
+    let applied: Vec<i32> = tx
+        .query("SELECT version FROM stockcast_migrations", &[])
+        .await?
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    for (version, sql) in schema::MIGRATIONS {
+        if applied.contains(&version) {
+            continue;
+        }
+        tx.batch_execute(sql).await?;
+        tx.execute(
+            "INSERT INTO stockcast_migrations (version) VALUES ($1)",
+            &[&version],
+        )
+        .await?;
+        tracing::info!(version, "postgres mart migrated");
+    }
+    tx.commit().await
+}

@@ -1,0 +1,87 @@
+//! What the workers hand the caller: closed advances, the tallies of their epochs, and the records
+//! that could not be used.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use dataflows::{Epoch, FeatureVec, Key};
+use serde::{Deserialize, Serialize};
+
+use crate::source::files::FileKind;
+
+use crate::kafka::snapshot::PartDone;
+use crate::kafka::wire::Partition;
+
+/// Most bytes of a refused record's value a dead letter carries (the rest is cut, and the
+/// dead letter says how long the original was).
+pub const MAX_DEAD_VALUE_BYTES: usize = 64 * 1024;
+/// Most bytes of a refused record's key a dead letter carries.
+pub const MAX_DEAD_KEY_BYTES: usize = 1024;
+
+/// The first `max` bytes of `bytes`.
+pub(super) fn bounded_copy(bytes: &[u8], max: usize) -> Vec<u8> {
+    bytes[..bytes.len().min(max)].to_vec()
+}
+
+/// A record that could not be used.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DeadRecord {
+    /// Where it came from.
+    pub partition: Partition,
+    /// Its offset.
+    pub offset: i64,
+    /// Its key bytes, at most [`MAX_DEAD_KEY_BYTES`].
+    pub key: Option<Vec<u8>>,
+    /// Its value bytes, verbatim up to [`MAX_DEAD_VALUE_BYTES`].
+    pub value: Option<Vec<u8>>,
+    /// The length of the original value in bytes (more than `value` holds when it was cut).
+    pub original_len: usize,
+    /// Stable reason code.
+    #[serde(deserialize_with = "crate::metrics::dead_letter_reason")]
+    pub reason: crate::metrics::Reason,
+    /// Detail for humans.
+    pub detail: String,
+}
+
+/// What the caller receives each time the closed-epoch frontier advances.
+#[derive(Debug, Default)]
+pub struct Closed {
+    /// The first epoch still open, or `None` once the run has finished.
+    pub frontier: Option<Epoch>,
+    /// Epochs closed by this advance, counting empty ones.
+    pub epochs_closed: u64,
+    /// Changed series per closed epoch, in epoch then key order.
+    pub changed: Vec<(Epoch, Vec<(Key, FeatureVec)>)>,
+    /// Per partition, the offset below which every record is reflected in closed epochs.
+    pub offsets: Vec<(Partition, i64)>,
+    /// Records consumed per input kind in the epochs this advance closed (the sum of `epochs`).
+    pub consumed: BTreeMap<FileKind, u64>,
+    /// Late events applied in those epochs.
+    pub late: u64,
+    /// Records that could not be used, since the previous advance.
+    pub dead: Vec<DeadRecord>,
+    /// When the dataflow closed these epochs.
+    pub closed_at: Option<Instant>,
+    /// Checkpoint parts written since the previous advance.
+    pub checkpoint_parts: Vec<PartDone>,
+    /// One tally per closed epoch that consumed, changed or applied anything, plus the last
+    /// closed epoch, in epoch order: each becomes a progress record.
+    pub epochs: Vec<EpochTally>,
+}
+
+/// What one closed epoch did, for its progress record.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct EpochTally {
+    /// The epoch.
+    pub epoch: Epoch,
+    /// Epochs closed since the previous tally, this one included (the ones between had no
+    /// input and no output).
+    pub epochs_closed: u64,
+    /// Records that took effect in this epoch, per input kind: events of this epoch (or
+    /// applied late in it), reference records and dead letters read while it was open.
+    pub consumed: BTreeMap<FileKind, u64>,
+    /// Events applied in this epoch after their own had closed.
+    pub late: u64,
+    /// Per partition, the offset below which every record is in this or earlier epochs.
+    pub offsets: Vec<(Partition, i64)>,
+}

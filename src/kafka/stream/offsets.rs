@@ -1,0 +1,247 @@
+//! Partition assignment, the consumer, and where a restarted worker resumes: committed offsets and
+//! frontiers.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use dataflows::Epoch;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+
+use crate::config::Resolved;
+
+use crate::kafka::wire::Partition;
+use crate::kafka::{client_config, input_topics, partition_owner};
+
+use super::options::*;
+
+/// Reads the partition counts of the input topics and assigns this worker its share, from the
+/// beginning (see the module docs); returns the partitions with their committed offsets.
+pub(super) fn assign(
+    consumer: &BaseConsumer,
+    cfg: &Resolved,
+    index: usize,
+    peers: usize,
+    start_at: &HashMap<(String, i32), i64>,
+    lost: Option<&prometheus::IntGauge>,
+) -> Result<Vec<(Partition, i64)>, StreamError> {
+    let kafka = &cfg.kafka;
+    let mut mine = Vec::new();
+    for (kind, topic) in input_topics(kafka) {
+        let md = consumer
+            .fetch_metadata(Some(topic), START_TIMEOUT)
+            .map_err(|e| StreamError::Kafka(format!("metadata of topic `{topic}`: {e}")))?;
+        let t = md
+            .topics()
+            .iter()
+            .find(|t| t.name() == topic)
+            .ok_or_else(|| StreamError::Kafka(format!("topic `{topic}` does not exist")))?;
+        if t.error().is_some() || t.partitions().is_empty() {
+            return Err(StreamError::Kafka(format!(
+                "topic `{topic}` does not exist or has no partitions (create it, e.g. with `stockcast load`)"
+            )));
+        }
+        for p in t.partitions() {
+            if partition_owner(p.id(), kafka.partition_offset, peers) == index {
+                mine.push(Partition {
+                    kind,
+                    topic: topic.to_string(),
+                    partition: p.id(),
+                });
+            }
+        }
+    }
+    mine.sort();
+    let mut tpl = TopicPartitionList::new();
+    for p in &mine {
+        tpl.add_partition(&p.topic, p.partition);
+    }
+    let committed = if mine.is_empty() {
+        TopicPartitionList::new()
+    } else {
+        consumer
+            .committed_offsets(tpl.clone(), START_TIMEOUT)
+            .map_err(|e| StreamError::Kafka(format!("committed offsets: {e}")))?
+    };
+    let mut out = Vec::new();
+    for p in mine {
+        let c = committed
+            .find_partition(&p.topic, p.partition)
+            .and_then(|e| e.offset().to_raw())
+            .filter(|o| *o >= 0)
+            .unwrap_or(0);
+        let start = match start_at.get(&(p.topic.clone(), p.partition)) {
+            Some(o) => Offset::Offset(*o),
+            None => {
+                if let Some(gauge) = lost {
+                    if history_lost(consumer, &p) {
+                        gauge.inc();
+                    }
+                }
+                Offset::Beginning
+            }
+        };
+        tpl.set_partition_offset(&p.topic, p.partition, start)
+            .map_err(|e| StreamError::Kafka(e.to_string()))?;
+        out.push((p, c));
+    }
+    consumer
+        .assign(&tpl)
+        .map_err(|e| StreamError::Kafka(format!("assign: {e}")))?;
+    Ok(out)
+}
+
+/// Says loudly when a partition read from its beginning no longer starts at offset 0: its
+/// oldest records were deleted (retention), so the state rebuilt from it lacks their history.
+pub(super) fn history_lost(consumer: &BaseConsumer, p: &Partition) -> bool {
+    match consumer.fetch_watermarks(&p.topic, p.partition, START_TIMEOUT) {
+        Ok((low, _)) if low > 0 && !p.kind.is_reference() => {
+            tracing::error!(
+                partition = %p.label(),
+                earliest_offset = low,
+                "history lost: the partition's records below its earliest offset were deleted (retention) \
+                 and no checkpoint holds them; features that look back further than what is left \
+                 are computed from partial history. Configure [checkpoint] dir so that a restart \
+                 does not depend on the topics' retention"
+            );
+            true
+        }
+        Ok(_) => false,
+        Err(e) => {
+            tracing::debug!(partition = %p.label(), error = %e, "earliest offset unknown");
+            false
+        }
+    }
+}
+
+/// The consumer every worker reads with: no group membership, no automatic commits.
+pub(super) fn consumer(cfg: &Resolved) -> Result<BaseConsumer, StreamError> {
+    client_config(&cfg.kafka)
+        .set("group.id", &cfg.kafka.group_id)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .map_err(|e| StreamError::Kafka(format!("consumer: {}", cfg.kafka.scrub(e))))
+}
+
+/// The epoch stored with committed offsets: outputs of epochs before it were acknowledged.
+pub fn commit_metadata(frontier: Epoch) -> String {
+    format!("stockcast-frontier={frontier}")
+}
+
+pub(super) fn parse_commit_metadata(text: &str) -> Option<Epoch> {
+    text.strip_prefix("stockcast-frontier=")?.parse().ok()
+}
+
+/// The frontier committed by a previous run under the configured group (the least over the
+/// input partitions that carry one), or `None` for a first run.
+pub fn committed_frontier(cfg: &Resolved) -> Result<Option<Epoch>, StreamError> {
+    let consumer = consumer(cfg)?;
+    let mut tpl = TopicPartitionList::new();
+    for (_, topic) in input_topics(&cfg.kafka) {
+        let md = consumer
+            .fetch_metadata(Some(topic), START_TIMEOUT)
+            .map_err(|e| StreamError::Kafka(format!("metadata of topic `{topic}`: {e}")))?;
+        for t in md.topics() {
+            for p in t.partitions() {
+                tpl.add_partition(topic, p.id());
+            }
+        }
+    }
+    if tpl.count() == 0 {
+        return Ok(None);
+    }
+    let committed = consumer
+        .committed_offsets(tpl, START_TIMEOUT)
+        .map_err(|e| StreamError::Kafka(format!("committed offsets: {e}")))?;
+    let elements = committed.elements();
+    if let Some(f) = elements
+        .iter()
+        .filter_map(|e| parse_commit_metadata(e.metadata()))
+        .min()
+    {
+        return Ok(Some(f));
+    }
+    if !elements
+        .iter()
+        .any(|e| e.offset().to_raw().is_some_and(|o| o >= 0))
+    {
+        return Ok(None);
+    }
+    // Offsets were committed but the broker dropped their metadata (tansu does): the progress
+    // records, written just before each commit, say how far output went.
+    last_progress_frontier(&consumer, &cfg.kafka.topics.epochs)
+}
+
+/// The largest frontier on the progress topic: read to its end (until it stays quiet past the
+/// high watermark, which some brokers report early).
+pub(super) fn last_progress_frontier(
+    consumer: &BaseConsumer,
+    topic: &str,
+) -> Result<Option<Epoch>, StreamError> {
+    let kafka_err =
+        |e: rdkafka::error::KafkaError| StreamError::Kafka(format!("reading `{topic}`: {e}"));
+    let md = consumer
+        .fetch_metadata(Some(topic), START_TIMEOUT)
+        .map_err(kafka_err)?;
+    let mut tpl = TopicPartitionList::new();
+    let mut high: HashMap<i32, i64> = HashMap::new();
+    for t in md.topics() {
+        for p in t.partitions() {
+            let (_, hi) = consumer
+                .fetch_watermarks(topic, p.id(), START_TIMEOUT)
+                .map_err(kafka_err)?;
+            high.insert(p.id(), hi);
+            tpl.add_partition_offset(topic, p.id(), Offset::Beginning)
+                .map_err(kafka_err)?;
+        }
+    }
+    consumer.assign(&tpl).map_err(kafka_err)?;
+    let mut best: Option<Epoch> = None;
+    let mut reached: HashMap<i32, i64> = HashMap::new();
+    let mut quiet_since = Instant::now();
+    let started = Instant::now();
+    loop {
+        match consumer.poll(Duration::from_millis(50)) {
+            Some(Ok(m)) => {
+                quiet_since = Instant::now();
+                reached.insert(m.partition(), m.offset() + 1);
+                if let Some(r) = m
+                    .payload()
+                    .and_then(|v| serde_json::from_slice::<crate::kafka::wire::EpochRecord>(v).ok())
+                {
+                    best = best.max(Some(r.frontier));
+                }
+            }
+            Some(Err(e)) => return Err(kafka_err(e)),
+            None => {}
+        }
+        let at_end = high
+            .iter()
+            .all(|(p, hi)| *hi <= 0 || reached.get(p).is_some_and(|r| *r >= *hi));
+        if at_end && quiet_since.elapsed() > Duration::from_secs(1) {
+            break;
+        }
+        if started.elapsed() > START_TIMEOUT {
+            return Err(StreamError::Kafka(format!(
+                "reading `{topic}` to find where output stopped took over {}s",
+                START_TIMEOUT.as_secs()
+            )));
+        }
+    }
+    consumer.unassign().map_err(kafka_err)?;
+    Ok(best)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commit_metadata_round_trips() {
+        assert_eq!(parse_commit_metadata(&commit_metadata(4242)), Some(4242));
+        assert_eq!(parse_commit_metadata("other"), None);
+    }
+}

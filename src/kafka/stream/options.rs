@@ -1,0 +1,126 @@
+//! How a run of the workers is set up and why it can fail, and the timings the loop keeps.
+
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::kafka::progress::Progress;
+
+/// How long metadata and committed-offset requests may take at start.
+pub(super) const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often a silent partition's idleness is confirmed with the broker.
+pub(super) const IDLE_RECHECK: Duration = Duration::from_secs(1);
+/// How long that confirmation may take; a broker that does not answer in time is unreachable.
+pub(super) const IDLE_CHECK_TIMEOUT: Duration = Duration::from_millis(500);
+/// A pause between two polls longer than this is not counted as silence.
+pub(super) const LISTEN_GAP: Duration = Duration::from_millis(250);
+/// Most records taken from the consumer between two dataflow steps.
+pub(super) const POLL_BATCH: usize = 8192;
+
+/// How a run goes.
+#[derive(Clone)]
+pub struct StreamOptions {
+    /// Timely worker threads in this process.
+    pub workers: usize,
+    /// With every partition idle, apply what is held and stop, instead of closing epochs on the
+    /// wall clock.
+    pub exit_when_idle: bool,
+    /// Set to stop: workers stop consuming, close what they hold, report and return.
+    pub stop: Arc<AtomicBool>,
+    /// Event-time seconds now, for closing epochs when every partition is idle.
+    pub wall_clock: Arc<dyn Fn() -> i64 + Send + Sync>,
+    /// Live counters others may watch (health checks, tests).
+    pub progress: Arc<Progress>,
+    /// The timely cluster this process belongs to; `None` runs alone.
+    pub cluster: Option<Cluster>,
+    /// Ignore checkpoints at start and rebuild the state from the topics.
+    pub from_scratch: bool,
+}
+
+/// The processes of a timely cluster: each runs `workers` threads, and worker `w` of process `p`
+/// is worker `p * workers + w` of the cluster. Process 0 merges every worker's output and owns the
+/// sinks and the read API; every process consumes the partitions its workers own.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Cluster {
+    /// This process's index into `hosts`.
+    pub process: usize,
+    /// `host:port` of every process, in process order.
+    pub hosts: Vec<String>,
+}
+
+impl Cluster {
+    /// Reads a host file (one `host:port` per line, in process order; blank lines and `#`
+    /// comments ignored) for process `process`.
+    pub fn from_file(path: &std::path::Path, process: usize) -> Result<Cluster, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("host file {}: {e}", path.display()))?;
+        let hosts: Vec<String> = text
+            .lines()
+            .map(|l| l.split('#').next().unwrap_or("").trim())
+            .filter(|l| !l.is_empty())
+            .map(str::to_string)
+            .collect();
+        if let Some(bad) = hosts.iter().find(|h| !h.contains(':')) {
+            return Err(format!(
+                "host file {}: `{bad}` is not host:port",
+                path.display()
+            ));
+        }
+        if process >= hosts.len() {
+            return Err(format!(
+                "process {process} is not in host file {} ({} processes, numbered from 0)",
+                path.display(),
+                hosts.len()
+            ));
+        }
+        Ok(Cluster { process, hosts })
+    }
+
+    /// Whether this process merges the workers' output and writes the sinks.
+    pub fn is_leader(&self) -> bool {
+        self.process == 0
+    }
+}
+
+/// The wall clock in seconds since the Unix epoch.
+pub fn system_clock() -> Arc<dyn Fn() -> i64 + Send + Sync> {
+    Arc::new(|| chrono::Utc::now().timestamp())
+}
+
+/// Why a run failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    /// A client could not be created or the topics could not be read at start.
+    #[error("kafka: {0}")]
+    Kafka(String),
+    /// Timely could not start, or a worker failed.
+    #[error("timely worker failed: {0}")]
+    Worker(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_host_file_names_every_process() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("hosts");
+        std::fs::write(
+            &file,
+            "# the cluster\nhost-0:2101\n\nhost-1:2101  # second\n",
+        )
+        .unwrap();
+        let c = Cluster::from_file(&file, 1).unwrap();
+        assert_eq!(c.hosts, ["host-0:2101", "host-1:2101"]);
+        assert!(!c.is_leader());
+        let err = Cluster::from_file(&file, 2).unwrap_err();
+        assert!(
+            err.contains("process 2") && err.contains("2 processes"),
+            "{err}"
+        );
+        std::fs::write(&file, "host-0\n").unwrap();
+        let err = Cluster::from_file(&file, 0).unwrap_err();
+        assert!(err.contains("`host-0` is not host:port"), "{err}");
+    }
+}

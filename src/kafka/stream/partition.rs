@@ -1,0 +1,101 @@
+//! One input partition as a worker tracks it: its watermark, the offsets read and held, the
+//! records to re-read after a restore, and whether it is idle.
+
+use super::options::*;
+use crate::kafka::wire::Partition;
+use crate::source::files::FileKind;
+use std::collections::{BTreeSet, HashSet};
+use std::time::{Duration, Instant};
+
+/// One partition as a worker tracks it.
+pub(super) struct PartState {
+    pub(super) part: Partition,
+    /// Largest event time seen.
+    pub(super) max_ts: Option<i64>,
+    /// When the last record arrived (or the worker started).
+    pub(super) last_seen: Instant,
+    /// Has any record arrived.
+    pub(super) spoke: bool,
+    /// The next offset to read.
+    pub(super) next_offset: i64,
+    /// Offsets of events read but still buffered for a later epoch.
+    pub(super) held: BTreeSet<i64>,
+    /// Records below this offset were handled before a restart: no dead letters for them.
+    pub(super) committed: i64,
+    /// When the broker was last asked whether this silent partition is caught up, and its answer.
+    pub(super) idle_checked: Option<(Instant, bool)>,
+    /// `stockcast_events_consumed_total` of this partition.
+    pub(super) consumed_metric: prometheus::IntCounter,
+    /// Records lost from the restored replay set (see [`PartState::forget_replay_below`]).
+    pub(super) lost_metric: prometheus::IntCounter,
+    /// After a restore: records below this offset are in the checkpoint's state, except...
+    pub(super) skip_below: i64,
+    /// ...these, buffered at the cut, which are read and applied again.
+    pub(super) replay: HashSet<i64>,
+}
+
+impl PartState {
+    /// Forgets the records buffered at the restored checkpoint's cut below `offset`: they
+    /// will never be read again (retention removed them), and they must not hold time back.
+    pub(super) fn forget_replay_below(&mut self, offset: i64) {
+        let before = self.replay.len();
+        self.replay.retain(|o| *o >= offset);
+        let lost = before - self.replay.len();
+        self.lost_metric.inc_by(lost as u64);
+        tracing::error!(
+            partition = %self.part.label(),
+            lost,
+            "records buffered at the checkpoint's cut were removed from the partition before \
+             they could be read again: their events are lost"
+        );
+    }
+
+    /// Whether `offset` was read before.
+    pub(super) fn already_read(&self, offset: i64) -> bool {
+        offset < self.next_offset
+    }
+
+    /// Silent for `idle_after`, and the broker confirmed recently that nothing is left to read:
+    /// a partition cut off by a broker outage is silent but not idle.
+    pub(super) fn is_idle(&self, idle_after: Duration, now: Instant) -> bool {
+        now.duration_since(self.last_seen) >= idle_after
+            && self.idle_checked.is_some_and(|(at, idle)| {
+                idle && at >= self.last_seen && now.duration_since(at) < IDLE_RECHECK * 3
+            })
+    }
+
+    /// The lowest offset not yet applied.
+    pub(super) fn safe_offset(&self) -> i64 {
+        let replay = self.replay.iter().min().copied();
+        self.held
+            .first()
+            .copied()
+            .into_iter()
+            .chain(replay)
+            .min()
+            .unwrap_or(self.next_offset)
+    }
+
+    /// Where reading stands, for a checkpoint cut now: records below the next offset are in
+    /// the state except the held ones (buffered, or restored and not read again yet).
+    pub(super) fn position(
+        &self,
+        idle_after: Duration,
+        now: Instant,
+    ) -> crate::checkpoint::Position {
+        let mut held: Vec<i64> = self.held.iter().copied().collect();
+        held.extend(self.replay.iter().copied());
+        held.sort_unstable();
+        crate::checkpoint::Position {
+            partition: self.part.clone(),
+            next_offset: self.next_offset.max(self.skip_below),
+            held,
+            max_ts: self.max_ts,
+            idle: self.is_idle(idle_after, now),
+        }
+    }
+
+    pub(super) fn timed(&self) -> bool {
+        matches!(self.part.kind, FileKind::Sales | FileKind::Stock)
+    }
+}

@@ -1,0 +1,408 @@
+//! One timely worker's loop: poll, feed, beacon, step, checkpoint, report.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+use dataflows::input::FeatureInput;
+use dataflows::Epoch;
+use timely::dataflow::operators::core::Inspect;
+use timely::dataflow::operators::vec::{Broadcast, Input};
+
+use crate::config::Resolved;
+use crate::ids::Dictionary;
+
+use crate::kafka::progress::Progress;
+use crate::kafka::snapshot::{self, Checkpoints, Cut, Schedule, Writer};
+
+use super::beacon::*;
+use super::feeder::*;
+use super::offsets::*;
+use super::options::*;
+use super::outbox::*;
+use super::partition::*;
+
+/// How often a worker publishes its read positions and series count.
+pub(super) const SHOW_EVERY: Duration = Duration::from_secs(1);
+
+/// One timely worker's loop.
+pub(super) fn work(
+    worker: &mut timely::worker::Worker,
+    cfg: &Resolved,
+    opts: &StreamOptions,
+    checkpoints: Option<&Checkpoints>,
+    tx: &mpsc::SyncSender<Result<Report, String>>,
+) -> Result<(), String> {
+    let index = worker.index();
+    let peers = worker.peers();
+    let consumer = consumer(cfg).map_err(|e| e.to_string())?;
+    // Idleness checks go through a client of their own: on the reading consumer's connection
+    // they would queue behind fetch requests that wait up to fetch.wait.max.ms for data.
+    let prober = self::consumer(cfg).map_err(|e| e.to_string())?;
+    let restore = checkpoints.and_then(|c| c.restore.as_ref());
+    let start_at: HashMap<(String, i32), i64> = restore
+        .iter()
+        .flat_map(|l| l.parts.iter().flat_map(|p| &p.positions))
+        .map(|p| {
+            let at = (p.partition.topic.clone(), p.partition.partition);
+            (at, p.resume_offset())
+        })
+        .collect();
+    let lost = restore
+        .is_none()
+        .then_some(&opts.progress.metrics.history_lost_partitions);
+    let assigned =
+        assign(&consumer, cfg, index, peers, &start_at, lost).map_err(|e| e.to_string())?;
+    opts.progress.worker_assigned(opts.workers.max(1));
+    tracing::info!(
+        worker = index,
+        partitions = ?assigned.iter().map(|(p, _)| p.label()).collect::<Vec<_>>(),
+        "assigned"
+    );
+    let started = Instant::now();
+    let idle_after = Duration::from_secs(cfg.kafka.idle_timeout_secs);
+    let mut feeder = Feeder {
+        clock: cfg.clock,
+        input: FeatureInput::new(cfg.clock, &cfg.spec),
+        parts: assigned
+            .into_iter()
+            .map(|(part, committed)| PartState {
+                max_ts: None,
+                // Silence counts from the start: a partition that is still empty may be about to
+                // receive records from a producer that is slow to reach it.
+                last_seen: started,
+                spoke: false,
+                next_offset: 0,
+                held: BTreeSet::new(),
+                committed,
+                idle_checked: None,
+                consumed_metric: opts
+                    .progress
+                    .metrics
+                    .events_consumed
+                    .with_label_values(&[part.topic.as_str(), &part.partition.to_string()]),
+                lost_metric: opts
+                    .progress
+                    .metrics
+                    .records_lost
+                    .with_label_values(&[part.topic.as_str(), &part.partition.to_string()]),
+                part,
+                skip_below: 0,
+                replay: HashSet::new(),
+            })
+            .collect(),
+        dict: Dictionary::default(),
+        known: HashSet::new(),
+        pending: BTreeMap::new(),
+        max_epoch: None,
+        snapshots: VecDeque::new(),
+        names: Vec::new(),
+        consumed: BTreeMap::new(),
+        late: BTreeMap::new(),
+        dead: Vec::new(),
+        redelivered: 0,
+        future_limit: i64::MAX,
+        progress: Arc::clone(&opts.progress),
+        sources: HashMap::new(),
+        cut: None,
+        skipped: 0,
+        restore_floor: 0,
+        parts_done: Vec::new(),
+        idle_after: Duration::from_secs(cfg.kafka.idle_timeout_secs),
+    };
+    let max_future = cfg.max_future_secs;
+
+    let (probe, sink, size) = crate::pipeline::run::build(worker, &mut feeder.input, &cfg.spec);
+    if let Some(loaded) = restore {
+        feeder.restore(loaded, (index, peers), idle_after, &size);
+        feeder.input.flush();
+        tracing::info!(worker = index, checkpoint = %loaded.name, "state restored");
+    }
+    // Checkpoints: worker 0 decides (see `snapshot`), every worker writes its part.
+    let mut writer = checkpoints.map(|c| Writer::start(Arc::clone(&c.store), c.settings.clone()));
+    let mut schedule = Schedule {
+        decided_through: feeder.input.epoch(),
+        at: 0,
+        nonce: checkpoints.map_or(0, |c| c.nonce),
+    };
+    let mut last_checkpoint = Instant::now();
+    let mut skipped_logged = 0;
+    // The beacons: a broadcast stream that is never advanced; only its data matters.
+    let board: Rc<RefCell<Vec<Option<Beacon>>>> = Rc::new(RefCell::new(vec![None; peers]));
+    let mut beacons = worker.dataflow::<u64, _, _>(|scope| {
+        let (handle, stream) = scope.new_input::<Beacon>();
+        let board = Rc::clone(&board);
+        stream.broadcast().inspect(move |b: &Beacon| {
+            board.borrow_mut()[b.worker] = Some(*b);
+        });
+        handle
+    });
+
+    let mut outbox = Outbox::new(worker, index, peers);
+    let follower = opts.cluster.as_ref().is_some_and(|c| !c.is_leader());
+
+    let lateness = cfg.allowed_lateness_secs;
+    let mut last_beacon: Option<Beacon> = None;
+    let mut reported: Option<Option<Epoch>> = None;
+    let mut last_report = Instant::now();
+    let mut draining = false;
+    let mut redelivered_logged = 0;
+    let mut last_poll = Instant::now();
+    let mut last_shown = Instant::now();
+    let mut shown = (0i64, 0i64);
+    loop {
+        let peer_stopping = board
+            .borrow()
+            .iter()
+            .any(|b| b.is_some_and(|b| b.stopping && b.worker != index));
+        if opts.stop.load(Ordering::SeqCst) || peer_stopping {
+            if peer_stopping && !opts.stop.load(Ordering::SeqCst) {
+                tracing::info!(worker = index, "a peer is stopping; stopping too");
+            }
+            // Tell the peers (closing the beacons below sends it).
+            beacons.send(Beacon {
+                worker: index,
+                mark: last_beacon.map_or(Mark::Holding, |b| b.mark),
+                max_epoch: feeder.max_epoch,
+                draining,
+                stopping: true,
+                schedule,
+            });
+            break;
+        }
+        // Silence only counts while this worker listens: time spent blocked (output
+        // backpressure, a long dataflow step) is not a partition's silence, nor is time spent
+        // waiting for the dataflow to close what was already read.
+        let gap = last_poll.elapsed();
+        let full = feeder.snapshots.len() >= MAX_OPEN_ADVANCES;
+        if gap > LISTEN_GAP || full {
+            feeder.not_listening(gap);
+        }
+        last_poll = Instant::now();
+        feeder.future_limit = chrono::Utc::now().timestamp().saturating_add(max_future);
+        let mut got = 0;
+        while !draining && !full && got < POLL_BATCH {
+            let wait = if got == 0 {
+                Duration::from_millis(2)
+            } else {
+                Duration::ZERO
+            };
+            match consumer.poll(wait) {
+                None => break,
+                Some(Err(e)) => {
+                    tracing::warn!(worker = index, error = %e, "kafka consumer");
+                    break;
+                }
+                Some(Ok(msg)) => {
+                    feeder.receive(&msg);
+                    got += 1;
+                }
+            }
+        }
+        if !draining && !full {
+            feeder.check_idle(&prober, idle_after, Instant::now());
+        }
+        if feeder.redelivered > redelivered_logged {
+            tracing::warn!(
+                worker = index,
+                records = feeder.redelivered,
+                "the Kafka client delivered records again; they were skipped"
+            );
+            redelivered_logged = feeder.redelivered;
+        }
+        let beacon = Beacon {
+            worker: index,
+            mark: if draining {
+                Mark::Idle
+            } else {
+                feeder.mark(idle_after, Instant::now())
+            },
+            max_epoch: feeder.max_epoch,
+            draining,
+            stopping: false,
+            schedule,
+        };
+        if last_beacon != Some(beacon) {
+            tracing::debug!(worker = index, mark = ?beacon.mark, max_epoch = ?beacon.max_epoch, draining, "beacon");
+            beacons.send(beacon);
+            beacons.flush();
+            last_beacon = Some(beacon);
+        }
+        worker.step();
+        // Everyone stops once every worker drains; the target below then comes from the
+        // final beacons, so all close their inputs at the same epoch.
+        let all_draining = board.borrow().iter().all(|b| b.is_some_and(|b| b.draining));
+        let goal = target(
+            &board.borrow(),
+            &cfg.clock,
+            lateness,
+            opts.exit_when_idle,
+            (opts.wall_clock)(),
+        );
+        if index == 0 {
+            if let Target::Until(e) | Target::Drain(e) = goal {
+                let mark = cfg.clock.epoch_start(e);
+                opts.progress.watermark.fetch_max(mark, Ordering::Relaxed);
+            }
+        }
+        if last_shown.elapsed() >= SHOW_EVERY {
+            last_shown = Instant::now();
+            feeder.show(&mut shown, &size);
+        }
+        let gate = match checkpoints {
+            None => Gate::OPEN,
+            Some(c) => {
+                if index == 0 {
+                    if let Target::Until(e) | Target::Drain(e) = goal {
+                        let due = last_checkpoint.elapsed() >= c.min_interval
+                            && feeder.cut.is_none()
+                            && !writer.as_ref().is_some_and(Writer::busy);
+                        if schedule.decide(c.every_epochs, feeder.input.epoch(), e, due) {
+                            last_checkpoint = Instant::now();
+                        }
+                    }
+                }
+                // Worker 0's decisions; nothing may move before they are heard.
+                let decided = if index == 0 {
+                    Some(schedule)
+                } else {
+                    board.borrow()[0].map(|b| b.schedule)
+                };
+                match decided {
+                    Some(s) => {
+                        schedule.nonce = s.nonce;
+                        Gate {
+                            limit: s.limit(c.every_epochs),
+                            cut_at: (s.at > 0).then_some(s.at),
+                        }
+                    }
+                    None => Gate {
+                        limit: feeder.input.epoch(),
+                        cut_at: None,
+                    },
+                }
+            }
+        };
+        let nonce = schedule.nonce;
+        let name = |e: Epoch| crate::checkpoint::checkpoint_name(e, nonce);
+        match goal {
+            Target::Hold => {}
+            Target::Until(e) => {
+                feeder.advance(e, gate, name);
+            }
+            // Exiting needs a full idle timeout of listening first: a producer may just be
+            // starting.
+            Target::Drain(_) if started.elapsed() < idle_after => {}
+            Target::Drain(e) => {
+                if feeder.advance(e, gate, name) {
+                    draining = true;
+                }
+            }
+        }
+        feeder.input.flush();
+        worker.step();
+        outbox.forward(tx)?;
+        if all_draining {
+            break;
+        }
+        let frontier = probe.with_frontier(|f| f.first().copied());
+        if feeder.skipped > skipped_logged && feeder.parts.iter().all(|p| p.replay.is_empty()) {
+            tracing::info!(
+                worker = index,
+                records = feeder.skipped,
+                "records read again after the restore were in the checkpoint already; skipped"
+            );
+            skipped_logged = feeder.skipped;
+        }
+        if let Some(w) = &mut writer {
+            let cut_done = feeder
+                .cut
+                .as_ref()
+                .is_some_and(|cut| frontier.is_none_or(|f| f >= cut.epoch));
+            if cut_done {
+                if let Some(cut) = feeder.cut.take() {
+                    let (job, part) = export(cut, index, peers, &size, &opts.progress);
+                    if !w.submit(job, part) {
+                        let m = &opts.progress.metrics;
+                        m.checkpoint_failures.with_label_values(&["busy"]).inc();
+                        tracing::warn!(
+                            worker = index,
+                            "checkpoint skipped: the previous part is still being written"
+                        );
+                    }
+                }
+            }
+            feeder.parts_done.extend(w.finished());
+        }
+        let due = reported != Some(frontier)
+            || !feeder.parts_done.is_empty()
+            || (!feeder.dead.is_empty() && last_report.elapsed() > Duration::from_millis(200));
+        if due {
+            if follower && reported != Some(frontier) {
+                // No sink here notes the advances: /healthz watches this process's own.
+                opts.progress
+                    .last_advance
+                    .store(chrono::Utc::now().timestamp(), Ordering::Relaxed);
+            }
+            outbox.send(report(index, frontier, &sink, &mut feeder));
+            reported = Some(frontier);
+            last_report = Instant::now();
+        }
+    }
+    // Close the inputs: the dataflow completes every epoch it holds.
+    drop(beacons);
+    feeder.input.close();
+    while !probe.done() {
+        worker.step();
+        outbox.forward(tx)?;
+        let frontier = probe.with_frontier(|f| f.first().copied());
+        // The report of the finished dataflow (`None`) is the last one, sent below: worker 0
+        // stops at the first it sees from every worker.
+        if reported != Some(frontier) && frontier.is_some() {
+            outbox.send(report(index, frontier, &sink, &mut feeder));
+            reported = Some(frontier);
+        }
+    }
+    feeder.show(&mut shown, &size);
+    if let (Some(w), true) = (writer, checkpoints.is_some()) {
+        // The last part: everything applied, whatever the schedule (the workers' next epochs
+        // may differ; the checkpoint's epoch is the latest of them).
+        let name = crate::checkpoint::final_name(schedule.nonce);
+        let epoch = feeder.input.epoch() + 1;
+        let cut = feeder.cut_here(name, epoch, "stop");
+        let (job, part) = export(cut, index, peers, &size, &opts.progress);
+        let mut w = w;
+        // Waits for a part still being written first.
+        let mut done = w.finished();
+        while w.busy() {
+            std::thread::sleep(Duration::from_millis(10));
+            done.extend(w.finished());
+        }
+        w.submit(job, part);
+        done.extend(w.close());
+        feeder.parts_done.extend(done);
+    }
+    outbox.send(report(index, None, &sink, &mut feeder));
+    outbox.finish(worker, tx)
+}
+
+/// Exports this worker's state for the checkpoint `cut`, counting the time taken.
+pub(super) fn export(
+    cut: Cut,
+    index: usize,
+    peers: usize,
+    view: &dataflows::dataflow::StateView,
+    progress: &Progress,
+) -> (snapshot::PartJob, crate::checkpoint::Part) {
+    let started = Instant::now();
+    let mut series = Vec::with_capacity(view.records() as usize);
+    view.export(|k, r, a| series.push((k, r, a)));
+    progress
+        .metrics
+        .checkpoint_export_seconds
+        .observe(started.elapsed().as_secs_f64());
+    cut.into_part(index, peers, series)
+}

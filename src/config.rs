@@ -3,6 +3,10 @@
 //!
 //! # Error handling
 //! Every error names the file, and the field where one is at fault.
+//!
+//! Longer than 600 lines: every section's type, default and validation lives here, so each setting
+//! and the error naming its field are found in one place (and `config/stockcast.toml` documents
+//! them in the same order).
 
 use std::path::{Path, PathBuf};
 

@@ -33,6 +33,9 @@
 //! the baseline's curve by linear interpolation between the two settings whose inventories
 //! bracket it (none when it lies outside the swept range). `stockout_reduction_at_equal_inventory`
 //! is `1 - stockcast / baseline` at the configured service level (`replenish.service_level`).
+//!
+//! Longer than 600 lines: the inventory model, the two policies, the sweep and the report are kept
+//! in one file, so the simulation's rules can be read in one place.
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};

@@ -20,6 +20,9 @@
 //!
 //! The output is a collection; at each epoch its updates are exactly a retraction of the old and
 //! an insertion of the new vector for each series whose features changed, and nothing else.
+//!
+//! Longer than 600 lines: the features operator (state table, batching, fetch-ahead, emission,
+//! checkpoint export and restore) is one unit on the hot path and reads best in one place.
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;

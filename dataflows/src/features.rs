@@ -7,6 +7,10 @@
 //! window by age, and is the definition. [`compute_ring`] evaluates the same from the running
 //! totals a [`PeriodRing`] keeps (its [`RingPlan`] says which), reading a few values instead of
 //! the window; the features operator uses it, and debug builds check it against [`compute`].
+//!
+//! Longer than 600 lines: the feature definitions, the dense window that maintains their totals,
+//! and `compute`, the plain definition the window is checked against in every debug build, are kept
+//! side by side so they cannot drift apart.
 
 use serde::{Deserialize, Serialize};
 

@@ -26,6 +26,9 @@
 //! previous complete checkpoint is used; a checkpoint taken with other settings is refused
 //! with the differences named. Writes go to a temporary name, are synced and renamed
 //! ([`store::DirStore`]).
+//!
+//! Longer than 600 lines with its unit tests: the format, the manifest, loading and pruning are
+//! kept together because they must agree byte for byte; the store is in `store.rs`.
 
 pub mod store;
 

@@ -33,6 +33,9 @@ scripts/kafka-broker.sh start
 scripts/services.sh start
 export STOCKCAST_KAFKA_BROKERS="127.0.0.1:${STOCKCAST_KAFKA_PORT:-9092}"
 
+# The modules of src/ import each other without a cycle (docs/architecture.md).
+python3 scripts/import-cycles.py
+
 # Timely, differential-dataflow and the dataflows crate build at opt-level 3 in the test
 # profile (see Cargo.toml), so the suite runs at useful speed without a release build.
 cargo test --workspace --locked "$@"

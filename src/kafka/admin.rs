@@ -10,7 +10,7 @@ use rdkafka::error::RDKafkaErrorCode;
 
 use crate::config::KafkaConfig;
 
-use super::{client_config, input_topics};
+use super::client::{client_config, input_topics};
 
 /// Why topics could not be created.
 #[derive(Debug, thiserror::Error)]

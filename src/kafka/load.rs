@@ -17,7 +17,8 @@ use crate::config::KafkaConfig;
 use crate::decode::Record;
 use crate::source::files::{self, DeadLetter};
 
-use super::{admin, client_config, wire, Acks};
+use super::client::{client_config, Acks};
+use super::{admin, wire};
 
 /// Options of `load`.
 pub struct LoadOptions {

@@ -52,7 +52,7 @@ use self::acks::{refused_for_good, SinkAcks};
 use self::committer::Committer;
 use self::retry::{count_attempt, retry_until_written, sleep_unless_stopped};
 use super::catch_up;
-use super::client_config;
+use super::client::client_config;
 use super::stream::{commit_metadata, Closed, Progress};
 use super::wire::{DeadLetterRecord, EpochRecord, ORIGINAL_LENGTH_HEADER, ORIGINAL_VALUE_HEADER};
 

@@ -11,8 +11,8 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use crate::config::Resolved;
 
+use crate::kafka::client::{client_config, input_topics, partition_owner};
 use crate::kafka::wire::Partition;
-use crate::kafka::{client_config, input_topics, partition_owner};
 
 use super::options::*;
 

@@ -329,6 +329,31 @@ impl KafkaSink {
             .unwrap_or_default()
     }
 
+    /// Scores `series` as of `epoch` and adds their forecast records to `batch`; returns the
+    /// seconds spent scoring.
+    fn score_into(
+        &mut self,
+        epoch: Epoch,
+        series: &[(Key, FeatureVec)],
+        dict: &Dictionary,
+        topics: &TopicsConfig,
+        batch: &mut Vec<Out>,
+    ) -> Result<f64, Halt> {
+        let end = rfc3339(self.clock.epoch_end(epoch));
+        let vecs: Vec<&FeatureVec> = series.iter().map(|(_, v)| v).collect();
+        let scoring = Instant::now();
+        let forecasts = self
+            .scorer
+            .score(&vecs)
+            .map_err(|e| Halt::Fatal(format!("scoring failed: {e}")))?;
+        let secs = scoring.elapsed().as_secs_f64();
+        for ((key, vec), forecast) in series.iter().zip(&forecasts) {
+            let rec = self.record(&end, dict, key, vec, forecast);
+            self.push_forecast(batch, topics, rec);
+        }
+        Ok(secs)
+    }
+
     /// Writes one advance; returns once it is acknowledged and committed (or the run stops).
     pub fn on_closed(&mut self, mut closed: Closed, dict: &Dictionary) {
         if self.halted.is_some() {
@@ -406,43 +431,27 @@ impl KafkaSink {
             if suppressed(*epoch) {
                 continue;
             }
-            let end = rfc3339(self.clock.epoch_end(*epoch));
-            let vecs: Vec<&FeatureVec> = changed.iter().map(|(_, v)| v).collect();
-            let scoring = Instant::now();
-            let forecasts = match self.scorer.score(&vecs) {
-                Ok(f) => f,
-                Err(e) => return self.halt(Halt::Fatal(format!("scoring failed: {e}"))),
-            };
-            scoring_secs += scoring.elapsed().as_secs_f64();
-            for ((key, vec), forecast) in changed.iter().zip(&forecasts) {
-                let rec = self.record(&end, dict, key, vec, forecast);
-                self.push_forecast(&mut batch, &topics, rec);
-                if rescore {
-                    scored_now.insert(*key);
-                }
+            match self.score_into(*epoch, changed, dict, &topics, &mut batch) {
+                Ok(secs) => scoring_secs += secs,
+                Err(halt) => return self.halt(halt),
+            }
+            if rescore {
+                scored_now.extend(changed.iter().map(|(k, _)| *k));
             }
             changed_in.insert(*epoch, changed.len() as u64);
         }
         let newest = closed.epochs.last().map(|t| t.epoch);
         if let Some(e) = newest.filter(|e| rescore && !suppressed(*e)) {
             // A new model version: every other series once, at the newest closed epoch.
-            let end = rfc3339(self.clock.epoch_end(e));
             let rest: Vec<(Key, FeatureVec)> = self
                 .features
                 .iter()
                 .filter(|(k, _)| !scored_now.contains(k))
                 .map(|(k, v)| (*k, v.clone()))
                 .collect();
-            let vecs: Vec<&FeatureVec> = rest.iter().map(|(_, v)| v).collect();
-            let scoring = Instant::now();
-            let forecasts = match self.scorer.score(&vecs) {
-                Ok(f) => f,
-                Err(e) => return self.halt(Halt::Fatal(format!("scoring failed: {e}"))),
-            };
-            scoring_secs += scoring.elapsed().as_secs_f64();
-            for ((key, vec), forecast) in rest.iter().zip(&forecasts) {
-                let rec = self.record(&end, dict, key, vec, forecast);
-                self.push_forecast(&mut batch, &topics, rec);
+            match self.score_into(e, &rest, dict, &topics, &mut batch) {
+                Ok(secs) => scoring_secs += secs,
+                Err(halt) => return self.halt(halt),
             }
             rescored = Some((e, rest.len() as u64));
         }

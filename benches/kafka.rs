@@ -98,6 +98,7 @@ fn main() {
             rate: None,
             partitions,
             progress: false,
+            period: dataflows::PeriodKind::Day,
         },
     )
     .expect("load");

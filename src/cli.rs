@@ -60,6 +60,18 @@ pub struct TrainArgs {
     /// Rows per gradient step.
     #[arg(long, default_value_t = 512)]
     pub batch_size: usize,
+    /// Decay of the moving average of the weights that is evaluated and kept, in [0, 1);
+    /// 0 keeps the last step's weights.
+    #[arg(long, default_value_t = 0.999, value_parser = weight_average)]
+    pub weight_average: f64,
+}
+
+fn weight_average(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(d) if (0.0..1.0).contains(&d) => Ok(d),
+        Ok(d) => Err(format!("{d} is not in [0, 1)")),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 impl TrainArgs {
@@ -71,6 +83,7 @@ impl TrainArgs {
         o.censored_weight = self.censored_weight;
         o.refit = !self.no_refit;
         o.batch_size = self.batch_size.max(1);
+        o.weight_average = self.weight_average;
         o.progress = std::io::stderr().is_terminal();
         o
     }
@@ -770,7 +783,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             config,
         } => {
             let (config, origin) = load_config(config.as_ref())?;
-            let mut kafka = config.resolve(&origin)?.kafka;
+            let resolved = config.resolve(&origin)?;
+            let period = resolved.clock.period_kind();
+            let mut kafka = resolved.kafka;
             if let Some(b) = brokers {
                 kafka.brokers = b;
             }
@@ -781,6 +796,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                     rate,
                     partitions,
                     progress: std::io::stderr().is_terminal(),
+                    period,
                 },
             )?;
             for d in &r.rejected {

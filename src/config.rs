@@ -562,6 +562,8 @@ pub struct TopicsConfig {
     pub stores: String,
     /// Calendar promotions (compacted, key = promo_id; a null value deletes).
     pub promotions: String,
+    /// Price plan entries (compacted, key = price_id; a null value deletes).
+    pub prices: String,
     /// Forecast records out.
     pub forecasts: String,
     /// One progress record per advance of the closed epochs.
@@ -579,6 +581,7 @@ impl TopicsConfig {
             FileKind::Catalog => &self.catalog,
             FileKind::Stores => &self.stores,
             FileKind::Promotions => &self.promotions,
+            FileKind::Prices => &self.prices,
         }
     }
 
@@ -590,6 +593,7 @@ impl TopicsConfig {
             &mut self.catalog,
             &mut self.stores,
             &mut self.promotions,
+            &mut self.prices,
             &mut self.forecasts,
             &mut self.epochs,
             &mut self.dead_letters,
@@ -607,6 +611,7 @@ impl Default for TopicsConfig {
             catalog: "stockcast.catalog".into(),
             stores: "stockcast.stores".into(),
             promotions: "stockcast.promotions".into(),
+            prices: "stockcast.prices".into(),
             forecasts: "stockcast.forecasts".into(),
             epochs: "stockcast.epochs".into(),
             dead_letters: "stockcast.dead-letters".into(),
@@ -1065,6 +1070,7 @@ impl Config {
             ("kafka.topics.catalog", &t.catalog),
             ("kafka.topics.stores", &t.stores),
             ("kafka.topics.promotions", &t.promotions),
+            ("kafka.topics.prices", &t.prices),
             ("kafka.topics.forecasts", &t.forecasts),
             ("kafka.topics.epochs", &t.epochs),
             ("kafka.topics.dead_letters", &t.dead_letters),

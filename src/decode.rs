@@ -200,6 +200,24 @@ pub struct PromotionRec {
     pub discount_pct: Option<i64>,
 }
 
+/// A planned unit price from the price plan (upsert by `price_id`): what the SKU will sell
+/// for in one store (or every store) from `start` to `end`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PlannedPriceRec {
+    /// Plan entry id.
+    pub price_id: String,
+    /// The one store, or `None` for all stores.
+    pub store_id: Option<String>,
+    /// The SKU.
+    pub sku_id: String,
+    /// First instant covered.
+    pub start: i64,
+    /// Last instant covered (a date means that whole day).
+    pub end: i64,
+    /// Planned unit price, milli-currency, above zero.
+    pub price: i64,
+}
+
 /// A decoded record of any kind.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Record {
@@ -213,6 +231,8 @@ pub enum Record {
     Store(Store),
     /// A calendar promotion.
     Promotion(PromotionRec),
+    /// A price plan entry.
+    PlannedPrice(PlannedPriceRec),
 }
 
 impl Record {
@@ -570,9 +590,8 @@ pub fn store(row: &dyn Row) -> Result<Store, DecodeError> {
     })
 }
 
-/// Decodes a promotion. Columns: `promo_id`, `store_id` (empty or `*` for all stores),
-/// `sku_id`, `start`, `end` (inclusive), optional `discount_pct`.
-pub fn promotion(row: &dyn Row) -> Result<PromotionRec, DecodeError> {
+/// The `start` and `end` (inclusive) of a dated record; `end` may not come before `start`.
+fn date_range(row: &dyn Row) -> Result<(i64, i64), DecodeError> {
     let start = parse_time("start", &required(row, "start", &["start"])?)?;
     let end = parse_time("end", &required(row, "end", &["end"])?)?;
     if end < start {
@@ -581,6 +600,13 @@ pub fn promotion(row: &dyn Row) -> Result<PromotionRec, DecodeError> {
             message: "is before start".into(),
         });
     }
+    Ok((start, end))
+}
+
+/// Decodes a promotion. Columns: `promo_id`, `store_id` (empty or `*` for all stores),
+/// `sku_id`, `start`, `end` (inclusive), optional `discount_pct`.
+pub fn promotion(row: &dyn Row) -> Result<PromotionRec, DecodeError> {
+    let (start, end) = date_range(row)?;
     Ok(PromotionRec {
         promo_id: required_id(row, "promo_id")?,
         store_id: optional_id(row, "store_id", &["store_id"])?.filter(|s| s != "*"),
@@ -588,6 +614,28 @@ pub fn promotion(row: &dyn Row) -> Result<PromotionRec, DecodeError> {
         start,
         end,
         discount_pct: optional_milli(row, "discount_pct", &["discount_pct"])?,
+    })
+}
+
+/// Decodes a price plan entry. Columns: `price_id`, `store_id` (empty or `*` for all stores),
+/// `sku_id`, `start`, `end` (inclusive), `price` (or `unit_price`, above zero).
+pub fn planned_price(row: &dyn Row) -> Result<PlannedPriceRec, DecodeError> {
+    let (start, end) = date_range(row)?;
+    let text = required(row, "price", &["price", "unit_price"])?;
+    let price = parse_milli("price", &text)?;
+    if price <= 0 {
+        return Err(DecodeError::Invalid {
+            field: "price",
+            message: format!("{} is not above zero", shown(&text)),
+        });
+    }
+    Ok(PlannedPriceRec {
+        price_id: required_id(row, "price_id")?,
+        store_id: optional_id(row, "store_id", &["store_id"])?.filter(|s| s != "*"),
+        sku_id: required_id(row, "sku_id")?,
+        start,
+        end,
+        price,
     })
 }
 
@@ -727,6 +775,41 @@ mod tests {
         assert_eq!(
             promotion(&JsonRow(&back)).unwrap_err().reason(),
             "invalid_value"
+        );
+    }
+
+    #[test]
+    fn planned_prices_are_positive_and_ordered() {
+        let ok = json(
+            r#"{"price_id":"p1","store_id":"*","sku_id":"A","start":"2024-01-01","end":"2024-01-07","price":"1.49"}"#,
+        );
+        let p = planned_price(&JsonRow(&ok)).unwrap();
+        assert_eq!((p.store_id, p.price), (None, 1490));
+        for (bad, reason) in [
+            (r#""price":0"#, "invalid_value"),
+            (r#""price":-1.5"#, "invalid_value"),
+            (r#""price":"NaN""#, "non_finite"),
+            (r#""price":"cheap""#, "bad_number"),
+            (r#""price":1e300"#, "non_finite"),
+        ] {
+            let row = json(&format!(
+                r#"{{"price_id":"p","sku_id":"A","start":"2024-01-01","end":"2024-01-07",{bad}}}"#
+            ));
+            let err = planned_price(&JsonRow(&row)).unwrap_err();
+            assert_eq!(err.reason(), reason, "{bad}: {err}");
+        }
+        let back = json(
+            r#"{"price_id":"p","sku_id":"A","start":"2024-01-07","end":"2024-01-01","price":1}"#,
+        );
+        assert_eq!(
+            planned_price(&JsonRow(&back)).unwrap_err().reason(),
+            "invalid_value"
+        );
+        let missing =
+            json(r#"{"price_id":"p","sku_id":"A","start":"2024-01-07","end":"2024-01-08"}"#);
+        assert_eq!(
+            planned_price(&JsonRow(&missing)).unwrap_err(),
+            DecodeError::MissingField("price")
         );
     }
 }

@@ -1,7 +1,9 @@
-//! `demo`: the embedded default. Starts librdkafka's in-process mock cluster, streams the seeded
-//! generator's data into it day by day (a live stream over simulated time, plus two deliberately
-//! broken records), runs the worker against it through the same Kafka code as `run`, and prints
-//! a summary. Needs no external service.
+//! `demo`: the embedded default. Trains a small demand model on the seeded generator's history
+//! (holding its last horizon out to compare it with the moving-average baseline), starts
+//! librdkafka's in-process mock cluster, streams the same data into it day by day (a live stream
+//! over simulated time, with its price plan first and two deliberately broken records), runs the
+//! worker against it through the same Kafka code as `run`, scoring with that model, and prints a
+//! summary. Needs no external service.
 
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
@@ -125,6 +127,77 @@ impl generate::Sink for Publisher<'_> {
     }
 }
 
+/// The model the demo trained, and how it did on its holdout.
+struct DemoModel {
+    /// Where it was saved.
+    dir: std::path::PathBuf,
+    /// Its name and version.
+    name: String,
+    version: String,
+    /// Rows it was trained on, and the seconds the history and the training took.
+    rows: usize,
+    secs: f64,
+    /// WAPE and pinball90 of the model and of the moving average on the holdout.
+    model_scores: crate::model::backtest::Scores,
+    baseline_scores: crate::model::backtest::Scores,
+    /// The holdout's days.
+    holdout: usize,
+}
+
+/// Trains the demo's model on the generated dataset in `data` (everything but the last horizon),
+/// saves it under `data/model`, and scores it and the moving average on that last horizon.
+/// `None` when the history is too short to train on (under three horizons).
+fn train_model(
+    cfg: &Resolved,
+    data: &std::path::Path,
+    workers: usize,
+) -> anyhow::Result<Option<DemoModel>> {
+    use crate::model::{backtest, history::History, train};
+    let started = Instant::now();
+    let history = History::load(cfg, data, workers).context("replaying the generated history")?;
+    let h = cfg.spec.horizon as usize;
+    let last = history.snapshots.len().saturating_sub(1);
+    if last <= 3 * h {
+        return Ok(None);
+    }
+    let mut opts = train::TrainOptions::new(h);
+    opts.name = "stockcast-demo".into();
+    opts.hidden = vec![64, 32];
+    opts.max_epochs = 12;
+    opts.cutoff = Some(history.snapshots[last - h].period);
+    let (model, _) = train::train(&history, "generated", &opts)?;
+    let dir = data.join("model");
+    model.save(&dir)?;
+    let bt = backtest::run(
+        &history,
+        "generated",
+        &backtest::BacktestOptions {
+            horizon: h,
+            origins: 1,
+            train: opts,
+            model: Some(dir.clone()),
+            censoring_ablation: false,
+        },
+    )?;
+    let scores = |name: &str| {
+        bt.results
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, a)| a.scores())
+            .with_context(|| format!("the backtest has no {name} result"))
+    };
+    Ok(Some(DemoModel {
+        dir,
+        name: model.manifest.name.clone(),
+        version: model.manifest.version.clone(),
+        rows: model.manifest.trained_on.rows,
+        secs: started.elapsed().as_secs_f64(),
+        model_scores: scores("stockcast")?,
+        baseline_scores: scores("ma")?,
+        holdout: h,
+    }))
+}
+
 /// Runs the demo and prints its summary to stdout.
 pub fn run(opts: &DemoOptions) -> anyhow::Result<()> {
     let cluster = MockCluster::new(1).context("starting the in-process Kafka mock cluster")?;
@@ -144,6 +217,49 @@ pub fn run(opts: &DemoOptions) -> anyhow::Result<()> {
             .with_context(|| format!("creating topic {topic}"))?;
     }
     let p = &opts.params;
+
+    // The chain's history: the same generated data the stream replays, written as a dataset.
+    let data = tempfile::tempdir().context("creating a temporary directory")?;
+    generate::generate_to_dir(p, data.path()).context("generating the demo's dataset")?;
+    match train_model(&cfg, data.path(), opts.workers)? {
+        Some(model) => {
+            println!(
+                "model {} {} trained in {:.1} s on {} rows of the generated history (days 1-{})\n\
+         on the {} held-out days it scored WAPE {:.3} / pinball90 {:.3}; \
+         the {}-day moving average WAPE {:.3} / pinball90 {:.3}",
+                model.name,
+                model.version,
+                model.secs,
+                model.rows,
+                p.days as usize - model.holdout,
+                model.holdout,
+                model.model_scores.wape,
+                model.model_scores.pinball90,
+                cfg.spec.horizon,
+                model.baseline_scores.wape,
+                model.baseline_scores.pinball90,
+            );
+            cfg.model.dir = Some(model.dir.clone());
+        }
+        None => println!(
+            "{} days are too few to train a model on (at least {} are needed): the {}-day moving \
+             average forecasts",
+            p.days,
+            3 * cfg.spec.horizon + 2,
+            cfg.spec.horizon
+        ),
+    }
+    // The price plan the history implies (a retailer's is known ahead): published first, as
+    // `load` does, so the worker sees the features the model was trained on.
+    let dataset =
+        crate::source::files::load(data.path()).context("reading the generated dataset")?;
+    let plan: Vec<Record> =
+        crate::source::prepare::derived_reference(&dataset, cfg.clock.period_kind())
+            .into_iter()
+            .map(|(r, _)| r)
+            .collect();
+    drop(dataset);
+
     println!(
         "in-process Kafka cluster at {}: {} topics x {} partitions",
         cfg.kafka.brokers,
@@ -189,6 +305,9 @@ pub fn run(opts: &DemoOptions) -> anyhow::Result<()> {
             };
             let mut generator = Generator::new(&params);
             generate::Sink::reference(&mut out, generator.items(), generator.promos(), &params);
+            for record in plan {
+                out.send(record);
+            }
             let mut day = 0i64;
             while generator.next_day(&mut out) {
                 day += 1;
@@ -259,6 +378,13 @@ pub fn run(opts: &DemoOptions) -> anyhow::Result<()> {
         cfg.output.catch_up.name()
     );
     println!("late events {}, dead letters {:?}", s.late, s.dead_letters);
+    let mut scored_by: std::collections::BTreeMap<String, usize> = Default::default();
+    for r in run.latest.values() {
+        *scored_by
+            .entry(format!("{} {}", r.model, r.model_version))
+            .or_default() += 1;
+    }
+    println!("latest forecast of each series scored by: {scored_by:?}");
     print_top(&run.latest, s.last_epoch_end.as_deref(), cfg.spec.horizon);
     // Some of the worker's clients close on threads of their own after the run (the offset
     // committer is never joined, since a commit can block on an unreachable coordinator).

@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 
 use dataflows::features::fnv1a64;
-use dataflows::model::{Id, ItemAttrs, Promotion};
+use dataflows::model::{Id, ItemAttrs, PlannedPrice, Promotion};
 use dataflows::{Event, Key, PeriodKind};
 
 use crate::decode::Record;
@@ -110,12 +110,22 @@ impl Dictionary {
                 qty: m.qty,
             },
             Record::Promotion(p) => Event::Promotion {
-                promo_id: promo_id(&p.promo_id),
+                promo_id: reference_id(&p.promo_id),
                 def: Some(Promotion {
                     store: p.store_id.as_deref().map(|s| self.store(s)).transpose()?,
                     sku: self.sku(&p.sku_id)?,
                     start: period.period_of(p.start),
                     end: period.period_of(p.end),
+                }),
+            },
+            Record::PlannedPrice(p) => Event::PlannedPrice {
+                price_id: reference_id(&p.price_id),
+                def: Some(PlannedPrice {
+                    store: p.store_id.as_deref().map(|s| self.store(s)).transpose()?,
+                    sku: self.sku(&p.sku_id)?,
+                    start: period.period_of(p.start),
+                    end: period.period_of(p.end),
+                    price: p.price,
                 }),
             },
             Record::Catalog(c) => Event::Item {
@@ -149,8 +159,8 @@ pub fn category_id(name: &str) -> Id {
     fnv1a64(name.as_bytes())
 }
 
-/// The id of a promotion name.
-pub fn promo_id(name: &str) -> Id {
+/// The id of a reference entity's name (a promotion's or a price plan entry's id).
+pub fn reference_id(name: &str) -> Id {
     fnv1a64(name.as_bytes())
 }
 

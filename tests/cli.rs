@@ -202,6 +202,12 @@ fn demo_runs_on_the_embedded_default() {
         "{text}"
     );
     assert!(text.contains("late events 0"), "{text}");
+    // It trained a model on the generated history, compared it with the baseline on the held-out
+    // days, and that model scored every series' latest forecast.
+    assert!(text.contains("model stockcast-demo "), "{text}");
+    assert!(text.contains("held-out days it scored WAPE"), "{text}");
+    assert!(text.contains(r#"scored by: {"stockcast-demo "#), "{text}");
+    assert!(!text.contains("baseline-"), "{text}");
 }
 
 /// A stand-in Sentry ingest endpoint on loopback: answers every request with 200 and keeps the

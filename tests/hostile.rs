@@ -173,6 +173,14 @@ fn bad_records(cfg: &stockcast::config::Resolved) -> Vec<Bad> {
             ),
             "invalid_value",
         );
+        push(
+            &t.prices,
+            Some(
+                br#"{"price_id":"x","sku_id":"A","start":"2012-06-01","end":"2012-06-07","price":0}"#
+                    .to_vec(),
+            ),
+            "invalid_value",
+        );
     }
     for _ in 0..10 {
         // A tombstone needs the entity id as its key.
@@ -240,13 +248,9 @@ fn hostile_input_a_cut_and_sigterm_then_a_restart_publish_exactly_replay() {
         );
     }
     let data = shared("m5_mini");
-    let good = load::publishing_order(
-        stockcast::source::files::load(&data)
-            .unwrap()
-            .records
-            .into_iter()
-            .map(|(r, _)| r)
-            .collect(),
+    let good = load::records_to_publish(
+        stockcast::source::files::load(&data).unwrap(),
+        cfg.clock.period_kind(),
     );
     // What is published, in order: (topic, partition, key, value, index of the bad record).
     type Item = (String, Option<i32>, Option<Vec<u8>>, Option<Vec<u8>>, usize);

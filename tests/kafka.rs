@@ -35,6 +35,7 @@ fn m5_mini_through_kafka_equals_replay_with_4_partitions_and_2_workers() {
             rate: None,
             partitions: 4,
             progress: false,
+            period: dataflows::PeriodKind::Day,
         },
     )
     .unwrap();
@@ -339,6 +340,7 @@ fn a_30_second_broker_outage_loses_and_double_counts_nothing() {
                     rate: Some(2_000.0),
                     partitions: 3,
                     progress: false,
+                    period: dataflows::PeriodKind::Day,
                 },
             )
             .unwrap()
@@ -438,6 +440,7 @@ fn sigterm_stops_the_worker_cleanly_with_everything_committed() {
             rate: None,
             partitions: 2,
             progress: false,
+            period: dataflows::PeriodKind::Day,
         },
     )
     .unwrap();
@@ -636,8 +639,15 @@ fn a_new_model_version_rescores_every_series_once_then_only_changed_ones() {
         format!("date,store_id,sku_id,qty,price\n{late_sale}\n"),
     )
     .unwrap();
+    // The price plan (m5_mini's, known ahead) came with the first part.
+    std::fs::write(
+        second.join("prices.csv"),
+        "price_id,store_id,sku_id,start,end,price\n",
+    )
+    .unwrap();
     let all = tmp.path().join("all");
     std::fs::create_dir_all(&all).unwrap();
+    std::fs::copy(first.join("prices.csv"), all.join("prices.csv")).unwrap();
     let first_text = std::fs::read_to_string(first.join("sales.csv")).unwrap();
     std::fs::write(all.join("sales.csv"), format!("{first_text}{late_sale}\n")).unwrap();
 

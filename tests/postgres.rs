@@ -516,6 +516,7 @@ fn postgres_restarted_mid_run_loses_nothing() {
                     rate: Some(events as f64 / 25.0),
                     partitions: 2,
                     progress: false,
+                    period: dataflows::PeriodKind::Day,
                 },
             )
             .unwrap()

@@ -1,6 +1,6 @@
-//! Reference data reaches exactly the series it concerns: a new lead time for one SKU and a
-//! promotion added for one (store, SKU) re-score exactly those series in the epoch they arrive,
-//! and the lead time changes the recommendation.
+//! Reference data reaches exactly the series it concerns: a new lead time for one SKU, a
+//! promotion added for one (store, SKU) and a planned price cut for another re-score exactly those
+//! series in the epoch they arrive, and the lead time changes the recommendation.
 
 mod common;
 
@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use dataflows::model::ItemAttrs;
-use dataflows::{Event, FeatureVec, Key, PeriodKind, Promotion};
+use dataflows::{Event, FeatureVec, Key, PeriodKind, PlannedPrice, Promotion};
 use stockcast::forecast::{baseline, Baseline};
 use stockcast::pipeline;
 use stockcast::replenish::Planner;
@@ -35,17 +35,34 @@ fn sale(key: Key, ts: i64, units: i64) -> Event {
 }
 
 #[test]
-fn a_lead_time_and_a_promotion_change_exactly_their_series_in_the_next_epoch() {
+fn a_lead_time_a_promotion_and_a_price_cut_change_exactly_their_series_in_the_next_epoch() {
     let cfg = common::resolved("day");
     let clock = cfg.clock;
     let (a, b, c) = (10, 11, 12);
     let keys: Vec<Key> = (1..=3)
         .flat_map(|store| [a, b, c].map(|sku| Key { store, sku }))
         .collect();
-    let mut events = vec![Event::Item {
-        sku: a,
-        def: Some(item(3)),
-    }];
+    let day0 = PeriodKind::Day.period_of(START);
+    let planned = |store, start, end, price| {
+        Some(PlannedPrice {
+            store,
+            sku: c,
+            start,
+            end,
+            price,
+        })
+    };
+    let mut events = vec![
+        Event::Item {
+            sku: a,
+            def: Some(item(3)),
+        },
+        // SKU c sells at 2.00 in every store.
+        Event::PlannedPrice {
+            price_id: 1,
+            def: planned(None, day0, day0 + 90, 2000),
+        },
+    ];
     for day in 0..30 {
         for (n, key) in keys.iter().enumerate() {
             events.push(sale(*key, START + day * DAY, 1 + (n as i64 + day) % 4));
@@ -67,6 +84,11 @@ fn a_lead_time_and_a_promotion_change_exactly_their_series_in_the_next_epoch() {
             start: day31,
             end: day31 + 2,
         }),
+    });
+    // A cut of SKU c to 1.50 in store 3 on days 31-33.
+    events.push(Event::PlannedPrice {
+        price_id: 2,
+        def: planned(Some(3), day31, day31 + 2, 1500),
     });
     events.push(sale(Key { store: 1, sku: c }, six + 3 * 3600, 1));
 
@@ -100,6 +122,7 @@ fn a_lead_time_and_a_promotion_change_exactly_their_series_in_the_next_epoch() {
         Key { store: 2, sku: a },
         Key { store: 2, sku: b },
         Key { store: 3, sku: a },
+        Key { store: 3, sku: c },
     ];
     expected.sort();
     assert_eq!(keys_changed, expected);
@@ -128,4 +151,24 @@ fn a_lead_time_and_a_promotion_change_exactly_their_series_in_the_next_epoch() {
     let b2 = Key { store: 2, sku: b };
     let after_b2 = &changed.iter().find(|(k, _)| *k == b2).unwrap().1;
     assert_eq!((before[&b2].0[promo_days], after_b2.0[promo_days]), (0, 3));
+    // The cut shows in store 3's series of c only: a 25% discount from tomorrow, for 3 days.
+    let c3 = Key { store: 3, sku: c };
+    let after_c3 = &changed.iter().find(|(k, _)| *k == c3).unwrap().1;
+    let value = |v: &FeatureVec, name: &str| v.0[schema.index(name).unwrap()];
+    for (name, old, new) in [
+        ("plan_price_rel_h1", 1000, 750),
+        ("plan_discount_h1", 0, 250),
+        ("plan_cut_h1", 0, 1),
+        ("plan_discount_h3", 0, 250),
+        ("plan_cut_h4", 0, -1),
+        ("plan_price_rel_h4", 1000, 1000),
+        ("price_now_rel_regular", 1000, 1000),
+        ("plan_periods_next_28d", 28, 28),
+    ] {
+        assert_eq!(
+            (value(&before[&c3], name), value(after_c3, name)),
+            (old, new),
+            "{name}"
+        );
+    }
 }

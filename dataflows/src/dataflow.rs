@@ -4,6 +4,7 @@
 //! series  (key, Period|Registered): Agg ─────────────────────────────┐
 //! promos  (sku, promotion)  ── in one store ── (key, Promo) ─────────┤ concat -> exchange by key
 //!                           └─ all stores ── join keys by sku ───────┘           │
+//! prices  (sku, plan entry) ── the same ───── (key, Price) ───────────┤           │
 //! keys    (sku, store) ── distinct ─┘                                            │
 //! items   (sku, attributes) ── join keys by sku ── (key, Category|LeadTime|..) ──┤
 //! stores  (store, open) ── closed ── join keys by store ── (key, StoreInactive) ─┤
@@ -38,7 +39,7 @@ use timely::dataflow::Scope;
 
 use crate::features::{evaluate_ring, prefetch, FeatureSpec, PeriodRing, RingPlan, SeriesState};
 use crate::input::Inputs;
-use crate::model::{Agg, FeatureVec, Key, Rec};
+use crate::model::{Agg, Dated, FeatureVec, Id, Key, Rec};
 use crate::table::{self, SeriesTable};
 use crate::time::{Epoch, Period};
 
@@ -120,36 +121,11 @@ pub fn features<'s>(
 ) -> (VecCollection<'s, Epoch, (Key, FeatureVec)>, StateView) {
     // Per-series records from the input stage, with their totals as differences.
     let series = inputs.series.to_collection(scope);
-    // Calendar promotions keyed by SKU.
-    let promos = inputs.promos.to_collection(scope);
     // Every (sku, store) some worker has seen, once.
     let stores_by_sku = inputs.keys.to_collection(scope).distinct();
-
-    // Promotions of a single store apply to that store's series directly.
-    let store_promos = promos.clone().flat_map(|(sku, p)| {
-        p.store.map(|store| {
-            (
-                Key { store, sku },
-                Rec::Promo {
-                    start: p.start,
-                    end: p.end,
-                },
-            )
-        })
-    });
-    // Chain-wide promotions apply to every series of the SKU, including ones seen later.
-    let chain_promos = promos
-        .filter(|(_, p)| p.store.is_none())
-        .map(|(sku, p)| (sku, (p.start, p.end)))
-        .join_map(stores_by_sku.clone(), |sku, &(start, end), store| {
-            (
-                Key {
-                    store: *store,
-                    sku: *sku,
-                },
-                Rec::Promo { start, end },
-            )
-        });
+    // Calendar promotions and price plan entries, keyed by SKU.
+    let promos = dated_records(inputs.promos.to_collection(scope), &stores_by_sku);
+    let prices = dated_records(inputs.prices.to_collection(scope), &stores_by_sku);
     // Catalog attributes apply to every series of the SKU.
     let item_records = inputs
         .items
@@ -178,8 +154,8 @@ pub fn features<'s>(
             },
         );
     // Calendar and reference records in the series' difference type.
-    let reference_records = store_promos
-        .concat(chain_promos)
+    let reference_records = promos
+        .concat(prices)
         .concat(item_records)
         .concat(store_records)
         .explode(|rec| Some((rec, Agg::present(1))));
@@ -190,6 +166,34 @@ pub fn features<'s>(
     let view = StateView::default();
     let features = series_features(series.concat(reference_records), ticks, spec, &view);
     (features, view)
+}
+
+/// The records of dated reference data (promotions, price plan entries) keyed by SKU, for the
+/// series they apply to: an entry of one store applies to that store's series directly, a
+/// chain-wide one to every series of the SKU, including ones seen later.
+fn dated_records<'s, V>(
+    entries: VecCollection<'s, Epoch, (Id, V)>,
+    stores_by_sku: &VecCollection<'s, Epoch, (Id, Id)>,
+) -> VecCollection<'s, Epoch, (Key, Rec)>
+where
+    V: Dated + differential_dataflow::ExchangeData + differential_dataflow::Hashable,
+{
+    let in_one_store = entries
+        .clone()
+        .flat_map(|(sku, e)| e.store().map(|store| (Key { store, sku }, e.rec())));
+    let chain_wide = entries
+        .filter(|(_, e)| e.store().is_none())
+        .map(|(sku, e)| (sku, e.rec()))
+        .join_map(stores_by_sku.clone(), |sku, rec, store| {
+            (
+                Key {
+                    store: *store,
+                    sku: *sku,
+                },
+                *rec,
+            )
+        });
+    in_one_store.concat(chain_wide)
 }
 
 /// How many updates ahead the features operator prefetches a series' state (4 to 32 measured
@@ -479,6 +483,10 @@ impl Series {
                 Rec::Period(_) | Rec::Registered => {}
                 Rec::Promo { start, end } if agg.n > 0 => scratch.promos.push((start, end)),
                 Rec::Promo { .. } => {}
+                Rec::Price { start, end, price } if agg.n > 0 => {
+                    scratch.prices.push((start, end, price))
+                }
+                Rec::Price { .. } => {}
                 _ if agg.n <= 0 => {}
                 Rec::Category(id) => scratch.item.category = Some(id),
                 Rec::LeadTime(days) => scratch.item.lead_time_days = Some(days),

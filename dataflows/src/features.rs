@@ -215,6 +215,13 @@ impl FeatureSpec {
         for h in 1..=self.horizon {
             push(format!("promo_next_h{h}"), 1);
         }
+        push("price_now_rel_regular".into(), 1000);
+        push(format!("plan_periods_next_{}{u}", self.horizon), 1);
+        for h in 1..=self.horizon {
+            push(format!("plan_price_rel_h{h}"), 1000);
+            push(format!("plan_discount_h{h}"), 1000);
+            push(format!("plan_cut_h{h}"), 1);
+        }
         push("on_hand".into(), 1000);
         push("on_order".into(), 1000);
         push("lead_time_days".into(), 1);
@@ -779,6 +786,8 @@ pub struct SeriesState {
     pub stock: Agg,
     /// Calendar promotions `(start, end)` covering the series.
     pub promos: Vec<(Period, Period)>,
+    /// Price plan entries `(start, end, price)` covering the series.
+    pub prices: Vec<(Period, Period, i64)>,
     /// The SKU's catalog attributes (all absent and active without a catalog entry).
     pub item: ItemAttrs,
     /// Whether the store is open (true without a store record).
@@ -802,6 +811,11 @@ pub struct SeriesState {
     /// Scratch: whether a calendar promotion covers `now + offset`, for offsets from
     /// `1 - stats_window` to `horizon`.
     calendar: Vec<bool>,
+    /// Scratch: the lowest planned price covering `now + h` for `h` in `0..=horizon` (0 where
+    /// none does), and the highest planned price covering `now + 1 - stats_window ..= now +
+    /// horizon` (0 without one).
+    plan: Vec<i64>,
+    plan_high: i64,
     /// Features in the spec's schema: the capacity of a vector.
     width: usize,
     /// Periods of the calendar ahead of now (the spec's horizon).
@@ -826,6 +840,7 @@ impl SeriesState {
         SeriesState {
             stock: Agg::default(),
             promos: Vec::new(),
+            prices: Vec::new(),
             item: ItemAttrs::default(),
             store_open: true,
             qty: vec![0; r],
@@ -837,6 +852,8 @@ impl SeriesState {
             touched: Vec::new(),
             loaded: false,
             calendar: vec![false; (spec.stats_window + spec.horizon) as usize],
+            plan: vec![0; spec.horizon as usize + 1],
+            plan_high: 0,
             width: spec.schema().features.len(),
             horizon: spec.horizon as usize,
             square_limit: (i64::MAX / i64::from(spec.stats_window.max(1))).isqrt() as u64,
@@ -915,6 +932,7 @@ impl SeriesState {
     pub fn clear_context(&mut self) {
         self.stock = Agg::default();
         self.promos.clear();
+        self.prices.clear();
         self.item = ItemAttrs::default();
         self.store_open = true;
     }
@@ -935,6 +953,24 @@ impl SeriesState {
             let to = i64::from(end).min(last);
             if from <= to {
                 self.calendar[(from - first) as usize..=(to - first) as usize].fill(true);
+            }
+        }
+        self.plan.fill(0);
+        self.plan_high = 0;
+        let now = i64::from(now);
+        for &(start, end, price) in &self.prices {
+            let (start, end) = (i64::from(start), i64::from(end));
+            if start > last || end < first {
+                continue;
+            }
+            self.plan_high = self.plan_high.max(price);
+            let from = start.max(now);
+            let to = end.min(last);
+            for h in from..=to {
+                let p = &mut self.plan[(h - now) as usize];
+                if *p == 0 || price < *p {
+                    *p = price;
+                }
             }
         }
     }
@@ -1081,7 +1117,12 @@ pub fn compute(spec: &FeatureSpec, now: Period, st: &mut SeriesState) -> Feature
 
     let promo_now = past[s - 1] || st.promo_n[0] > 0;
     out.push(i64::from(promo_now));
-    push_tail(&mut out, st, tracked);
+    let sale_prices = SalePrices {
+        high: highest_mean((0..s).map(|a| (st.price_sum[a], st.price_n[a]))),
+        now: (st.price_n[0] > 0)
+            .then(|| div_round(i128::from(st.price_sum[0]), i128::from(st.price_n[0]))),
+    };
+    push_tail(&mut out, st, tracked, sale_prices);
     debug_assert_eq!(out.len(), st.width);
     FeatureVec::from(out)
 }
@@ -1199,13 +1240,91 @@ fn ring_features(
     };
     out.push(rel);
     out.push(i64::from(past[s - 1] || bit(promoted, 0)));
-    push_tail(out, st, tracked);
+    let priced = ring.mask(PRICED);
+    let mean_at = |a: usize| {
+        let slot = ring.slot_at(a);
+        (slot.price_sum, slot.price_n)
+    };
+    let sale_prices = SalePrices {
+        high: if count_below(priced, s) == 0 {
+            None
+        } else {
+            highest_mean((0..s).filter(|a| bit(priced, *a)).map(mean_at))
+        },
+        now: bit(priced, 0).then(|| {
+            let (sum, n) = mean_at(0);
+            div_round(i128::from(sum), i128::from(n))
+        }),
+    };
+    push_tail(out, st, tracked, sale_prices);
     debug_assert_eq!(out.len(), st.width);
 }
 
+/// The unit prices a series' sales were made at, as the price plan features read them.
+struct SalePrices {
+    /// The highest per-period mean price over the statistics window.
+    high: Option<i64>,
+    /// The mean price of the current period.
+    now: Option<i64>,
+}
+
+/// The highest of the means `sum / n` of `(sum, n)` pairs with `n > 0`, rounded.
+fn highest_mean(pairs: impl Iterator<Item = (i64, i32)>) -> Option<i64> {
+    let mut best: Option<(i64, i32)> = None;
+    for (sum, n) in pairs.filter(|(_, n)| *n > 0) {
+        let higher = best.is_none_or(|(bs, bn)| {
+            i128::from(sum) * i128::from(bn) > i128::from(bs) * i128::from(n)
+        });
+        if higher {
+            best = Some((sum, n));
+        }
+    }
+    best.map(|(sum, n)| div_round(i128::from(sum), i128::from(n)))
+}
+
+/// A discount (milli) from which a period counts as a price cut in `plan_cut_h*`.
+pub const CUT_DISCOUNT: i64 = 50;
+
+/// Pushes the price plan features (see docs/model.md): the regular price is the highest of the
+/// per-period mean sale prices over the statistics window and the planned prices covering it or
+/// the horizon; each step's price is the lowest planned price covering it, or the regular
+/// price where none does; the current period's is the plan's, else its mean sale price.
+fn push_plan(out: &mut Vec<i64>, st: &SeriesState, sales: SalePrices) {
+    let high = sales.high.unwrap_or(0).max(st.plan_high);
+    if high <= 0 {
+        // No price known at all: every step at the regular price, no cut.
+        out.push(MISSING);
+        out.push(0);
+        for _ in 1..st.plan.len() {
+            out.extend_from_slice(&[1000, 0, 0]);
+        }
+        return;
+    }
+    let rel = |price: i64| div_round(i128::from(price) * 1000, i128::from(high));
+    let now = match st.plan[0] {
+        0 => sales.now.unwrap_or(high),
+        planned => planned,
+    };
+    let now_rel = rel(now);
+    out.push(now_rel);
+    out.push(st.plan[1..].iter().filter(|p| **p > 0).count() as i64);
+    let mut before = (1000 - now_rel).max(0);
+    for &planned in &st.plan[1..] {
+        let r = if planned > 0 { rel(planned) } else { 1000 };
+        let discount = (1000 - r).max(0);
+        let cut = match (before >= CUT_DISCOUNT, discount >= CUT_DISCOUNT) {
+            (false, true) => 1,
+            (true, false) => -1,
+            _ => 0,
+        };
+        out.extend_from_slice(&[r, discount, cut]);
+        before = discount;
+    }
+}
+
 /// Pushes the features after the price ones, which both evaluations compute alike: the
-/// calendar ahead, the stock position and the reference attributes.
-fn push_tail(out: &mut Vec<i64>, st: &SeriesState, tracked: bool) {
+/// calendar ahead, the price plan, the stock position and the reference attributes.
+fn push_tail(out: &mut Vec<i64>, st: &SeriesState, tracked: bool, sales: SalePrices) {
     let s = st.calendar.len() - st.horizon;
     let ahead = &st.calendar[s..];
     if st.promos.is_empty() {
@@ -1215,6 +1334,7 @@ fn push_tail(out: &mut Vec<i64>, st: &SeriesState, tracked: bool) {
         out.push(ahead.iter().filter(|p| **p).count() as i64);
         out.extend(ahead.iter().map(|p| i64::from(*p)));
     }
+    push_plan(out, st, sales);
     if tracked {
         out.push(st.stock.on_hand);
         out.push(st.stock.on_order.max(0));

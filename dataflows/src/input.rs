@@ -6,6 +6,7 @@
 //!   -> first event of a series                      -> series input   (key, Registered) += 1
 //!   -> FeatureInput::advance_to, a new period       -> ticks input    period            +1
 //!   -> promotion upserts                            -> promos input   (sku, promotion) +-1
+//!   -> price plan upserts                           -> prices input   (sku, entry)     +-1
 //!   -> catalog and store upserts                    -> items / stores (id, attributes) +-1
 //! ```
 //!
@@ -27,7 +28,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::dataflow::{SeriesRecord, StateView};
 use crate::features::FeatureSpec;
-use crate::model::{Agg, Event, Id, IdHash, ItemAttrs, Key, Promotion, Rec};
+use crate::model::{Agg, Dated, Event, Id, IdHash, ItemAttrs, Key, PlannedPrice, Promotion, Rec};
 use crate::time::{Clock, Epoch, Period};
 
 /// The differential inputs one worker feeds.
@@ -39,6 +40,8 @@ pub struct Inputs {
     pub ticks: InputSession<Epoch, Period, isize>,
     /// Calendar promotions by SKU.
     pub promos: InputSession<Epoch, (Id, Promotion), isize>,
+    /// Price plan entries by SKU.
+    pub prices: InputSession<Epoch, (Id, PlannedPrice), isize>,
     /// Series registered by this worker, as (sku, store).
     pub keys: InputSession<Epoch, (Id, Id), isize>,
     /// Catalog attributes by SKU.
@@ -53,6 +56,7 @@ impl Default for Inputs {
             series: InputSession::new(),
             ticks: InputSession::new(),
             promos: InputSession::new(),
+            prices: InputSession::new(),
             keys: InputSession::new(),
             items: InputSession::new(),
             stores: InputSession::new(),
@@ -87,8 +91,8 @@ impl Rejection {
     }
 }
 
-/// The reference data an input stage holds (its current promotions, catalog attributes and
-/// store states), for checkpoints.
+/// The reference data an input stage holds (its current promotions, price plan, catalog
+/// attributes and store states), for checkpoints.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Reference {
     /// Calendar promotions by promotion id.
@@ -97,12 +101,14 @@ pub struct Reference {
     pub items: Vec<(Id, ItemAttrs)>,
     /// Whether each store is open, by store.
     pub stores: Vec<(Id, bool)>,
+    /// Price plan entries by entry id.
+    pub prices: Vec<(Id, PlannedPrice)>,
 }
 
 impl Reference {
     /// Entities held.
     pub fn len(&self) -> usize {
-        self.promos.len() + self.items.len() + self.stores.len()
+        self.promos.len() + self.prices.len() + self.items.len() + self.stores.len()
     }
 
     /// Whether it holds nothing.
@@ -127,34 +133,50 @@ pub struct FeatureInput {
     keys: HashSet<Key, IdHash>,
     /// Current calendar promotions by id, for upserts.
     promos: HashMap<Id, Promotion>,
+    /// Current price plan entries by id, for upserts.
+    prices: HashMap<Id, PlannedPrice>,
     /// Current catalog attributes by SKU, for upserts.
     items: HashMap<Id, ItemAttrs>,
     /// Current store states, for upserts.
     stores: HashMap<Id, bool>,
 }
 
-/// Replaces `key`'s entry in `current` with `new` and sends the difference to `session`.
-fn upsert<V: Copy + PartialEq + Ord + std::fmt::Debug + 'static>(
+/// Replaces `id`'s entry in `current` with `new` and sends the difference to `session`, where an
+/// entry is keyed by `key_of` it.
+fn upsert_by<V: Copy + PartialEq + Ord + std::fmt::Debug + 'static>(
     current: &mut HashMap<Id, V>,
     session: &mut InputSession<Epoch, (Id, V), isize>,
-    key: Id,
+    id: Id,
     new: Option<V>,
+    key_of: impl Fn(&V) -> Id,
 ) where
     (Id, V): differential_dataflow::Data,
 {
     let old = match new {
-        Some(v) => current.insert(key, v),
-        None => current.remove(&key),
+        Some(v) => current.insert(id, v),
+        None => current.remove(&id),
     };
     if old == new {
         return;
     }
     if let Some(old) = old {
-        session.update((key, old), -1);
+        session.update((key_of(&old), old), -1);
     }
     if let Some(new) = new {
-        session.update((key, new), 1);
+        session.update((key_of(&new), new), 1);
     }
+}
+
+/// [`upsert_by`] of an entity keyed by its own id (a catalog item, a store).
+fn upsert<V: Copy + PartialEq + Ord + std::fmt::Debug + 'static>(
+    current: &mut HashMap<Id, V>,
+    session: &mut InputSession<Epoch, (Id, V), isize>,
+    id: Id,
+    new: Option<V>,
+) where
+    (Id, V): differential_dataflow::Data,
+{
+    upsert_by(current, session, id, new, |_| id);
 }
 
 impl FeatureInput {
@@ -168,6 +190,7 @@ impl FeatureInput {
             now: None,
             keys: HashSet::default(),
             promos: HashMap::new(),
+            prices: HashMap::new(),
             items: HashMap::new(),
             stores: HashMap::new(),
         }
@@ -196,6 +219,7 @@ impl FeatureInput {
         self.inputs.series.advance_to(epoch);
         self.inputs.ticks.advance_to(epoch);
         self.inputs.promos.advance_to(epoch);
+        self.inputs.prices.advance_to(epoch);
         self.inputs.keys.advance_to(epoch);
         self.inputs.items.advance_to(epoch);
         self.inputs.stores.advance_to(epoch);
@@ -210,19 +234,23 @@ impl FeatureInput {
     pub fn apply(&mut self, event: &Event) -> Result<(), Rejection> {
         match event {
             Event::Promotion { promo_id, def } => {
-                let old = match def {
-                    Some(def) => self.promos.insert(*promo_id, *def),
-                    None => self.promos.remove(promo_id),
-                };
-                if old == *def {
-                    return Ok(());
-                }
-                if let Some(old) = old {
-                    self.inputs.promos.update((old.sku, old), -1);
-                }
-                if let Some(new) = def {
-                    self.inputs.promos.update((new.sku, *new), 1);
-                }
+                upsert_by(
+                    &mut self.promos,
+                    &mut self.inputs.promos,
+                    *promo_id,
+                    *def,
+                    Dated::sku,
+                );
+                Ok(())
+            }
+            Event::PlannedPrice { price_id, def } => {
+                upsert_by(
+                    &mut self.prices,
+                    &mut self.inputs.prices,
+                    *price_id,
+                    *def,
+                    Dated::sku,
+                );
                 Ok(())
             }
             Event::Item { sku, def } => {
@@ -279,6 +307,7 @@ impl FeatureInput {
         }
         Reference {
             promos: sorted(&self.promos),
+            prices: sorted(&self.prices),
             items: sorted(&self.items),
             stores: sorted(&self.stores),
         }
@@ -298,9 +327,22 @@ impl FeatureInput {
     ) {
         self.advance_to(epoch);
         for (id, promo) in &reference.promos {
-            if self.promos.insert(*id, *promo).is_none() {
-                self.inputs.promos.update((promo.sku, *promo), 1);
-            }
+            upsert_by(
+                &mut self.promos,
+                &mut self.inputs.promos,
+                *id,
+                Some(*promo),
+                Dated::sku,
+            );
+        }
+        for (id, price) in &reference.prices {
+            upsert_by(
+                &mut self.prices,
+                &mut self.inputs.prices,
+                *id,
+                Some(*price),
+                Dated::sku,
+            );
         }
         for (sku, attrs) in &reference.items {
             upsert(&mut self.items, &mut self.inputs.items, *sku, Some(*attrs));
@@ -334,6 +376,7 @@ impl FeatureInput {
         self.inputs.series.flush();
         self.inputs.ticks.flush();
         self.inputs.promos.flush();
+        self.inputs.prices.flush();
         self.inputs.keys.flush();
         self.inputs.items.flush();
         self.inputs.stores.flush();

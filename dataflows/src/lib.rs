@@ -24,5 +24,5 @@ pub mod table;
 pub mod time;
 
 pub use features::{FeatureSpec, Schema};
-pub use model::{Agg, Event, FeatureVec, ItemAttrs, Key, Promotion, StockKind};
+pub use model::{Agg, Event, FeatureVec, ItemAttrs, Key, PlannedPrice, Promotion, StockKind};
 pub use time::{Clock, Epoch, Period, PeriodKind};

@@ -83,6 +83,64 @@ pub struct Promotion {
     pub end: Period,
 }
 
+/// A price plan entry, after its dates were turned into periods: the unit price a SKU is
+/// planned to sell at over a range of periods.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct PlannedPrice {
+    /// The one store it applies in, or `None` for every store that sells the SKU.
+    pub store: Option<Id>,
+    /// The SKU.
+    pub sku: Id,
+    /// First period it covers.
+    pub start: Period,
+    /// Last period it covers (inclusive).
+    pub end: Period,
+    /// The planned unit price, milli-currency (above zero).
+    pub price: i64,
+}
+
+/// Reference data dated by periods that applies to one store's series of a SKU, or to every
+/// store's: calendar promotions and price plan entries.
+pub trait Dated: Copy {
+    /// The one store, or `None` for all.
+    fn store(&self) -> Option<Id>;
+    /// The SKU.
+    fn sku(&self) -> Id;
+    /// The record a series holds for it.
+    fn rec(&self) -> Rec;
+}
+
+impl Dated for Promotion {
+    fn store(&self) -> Option<Id> {
+        self.store
+    }
+    fn sku(&self) -> Id {
+        self.sku
+    }
+    fn rec(&self) -> Rec {
+        Rec::Promo {
+            start: self.start,
+            end: self.end,
+        }
+    }
+}
+
+impl Dated for PlannedPrice {
+    fn store(&self) -> Option<Id> {
+        self.store
+    }
+    fn sku(&self) -> Id {
+        self.sku
+    }
+    fn rec(&self) -> Rec {
+        Rec::Price {
+            start: self.start,
+            end: self.end,
+            price: self.price,
+        }
+    }
+}
+
 /// What the catalog says about a SKU, as the dataflow keeps it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct ItemAttrs {
@@ -174,6 +232,13 @@ pub enum Event {
         /// Whether it is open.
         active: Option<bool>,
     },
+    /// An upsert (or, with `None`, a deletion) of a price plan entry.
+    PlannedPrice {
+        /// The entry's id; a later record for the same id replaces the earlier.
+        price_id: Id,
+        /// The new definition.
+        def: Option<PlannedPrice>,
+    },
 }
 
 impl Event {
@@ -181,7 +246,10 @@ impl Event {
     pub fn ts(&self) -> Option<i64> {
         match self {
             Event::Sale { ts, .. } | Event::Stock { ts, .. } => Some(*ts),
-            Event::Promotion { .. } | Event::Item { .. } | Event::Store { .. } => None,
+            Event::Promotion { .. }
+            | Event::PlannedPrice { .. }
+            | Event::Item { .. }
+            | Event::Store { .. } => None,
         }
     }
 
@@ -189,7 +257,10 @@ impl Event {
     pub fn key(&self) -> Option<Key> {
         match self {
             Event::Sale { key, .. } | Event::Stock { key, .. } => Some(*key),
-            Event::Promotion { .. } | Event::Item { .. } | Event::Store { .. } => None,
+            Event::Promotion { .. }
+            | Event::PlannedPrice { .. }
+            | Event::Item { .. }
+            | Event::Store { .. } => None,
         }
     }
 }
@@ -259,7 +330,10 @@ impl Agg {
                     ..Agg::default()
                 })
             }
-            Event::Promotion { .. } | Event::Item { .. } | Event::Store { .. } => None,
+            Event::Promotion { .. }
+            | Event::PlannedPrice { .. }
+            | Event::Item { .. }
+            | Event::Store { .. } => None,
         }
     }
 
@@ -359,6 +433,16 @@ pub enum Rec {
     ItemInactive,
     /// The store is closed.
     StoreInactive,
+    /// A price plan entry: the SKU's planned unit price (milli-currency) over periods
+    /// `start..=end`. Last, so that the encoding of the records before it did not change.
+    Price {
+        /// First period covered.
+        start: Period,
+        /// Last period covered.
+        end: Period,
+        /// Planned unit price.
+        price: i64,
+    },
 }
 
 /// Value of a feature that cannot be computed (no stock data, no price seen).

@@ -47,8 +47,9 @@ use crate::config::Resolved;
 use crate::kafka::wire::Partition;
 use crate::records::ForecastRecord;
 
-/// The version of the file layout; a reader refuses other versions.
-pub const FORMAT_VERSION: u32 = 1;
+/// The version of the file layout; a reader refuses other versions. 2: reference data holds the
+/// price plan.
+pub const FORMAT_VERSION: u32 = 2;
 
 /// The first bytes of every checkpoint file.
 const MAGIC: &[u8; 8] = b"STKCKPT\0";

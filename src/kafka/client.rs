@@ -63,15 +63,8 @@ impl ProducerContext for Acks {
 }
 
 /// The input topics with their record kinds, in a fixed order.
-pub fn input_topics(kafka: &KafkaConfig) -> [(FileKind, &str); 5] {
-    [
-        FileKind::Sales,
-        FileKind::Stock,
-        FileKind::Catalog,
-        FileKind::Stores,
-        FileKind::Promotions,
-    ]
-    .map(|kind| (kind, kafka.topics.input(kind)))
+pub fn input_topics(kafka: &KafkaConfig) -> [(FileKind, &str); 6] {
+    FileKind::ALL.map(|kind| (kind, kafka.topics.input(kind)))
 }
 
 /// The worker that reads partition `partition` of every input topic.

@@ -1,6 +1,7 @@
 //! `load`: publishes a dataset directory (the layout `replay` reads) into the input topics.
 //!
-//! Reference data goes first, then sales and stock movements in event-time order (ties in file
+//! Reference data goes first (with what `replay` derives where the dataset lacks it: the
+//! promotion calendar from promotion flags, the price plan from the sales' prices), then sales and stock movements in event-time order (ties in file
 //! order), exactly the order `replay` presents them in; events are keyed `store_id:sku_id`, so
 //! each series stays on one partition and in order there. Rows that do not decode are reported
 //! with file, line and reason, and not published.
@@ -30,6 +31,8 @@ pub struct LoadOptions {
     pub partitions: i32,
     /// Show a progress bar.
     pub progress: bool,
+    /// The demand period, which the derived price plan and promotion calendar follow.
+    pub period: dataflows::PeriodKind,
 }
 
 /// What `load` did.
@@ -77,6 +80,15 @@ pub fn publishing_order(records: Vec<Record>) -> Vec<Record> {
     reference.into_iter().chain(timed).collect()
 }
 
+/// What `load` publishes of a dataset, in publishing order: its records, with the reference data
+/// `replay` derives where the dataset lacks it (see
+/// [`crate::source::prepare::derived_reference`]).
+pub fn records_to_publish(data: files::Dataset, period: dataflows::PeriodKind) -> Vec<Record> {
+    let derived = crate::source::prepare::derived_reference(&data, period);
+    let all = derived.into_iter().chain(data.records).map(|(r, _)| r);
+    publishing_order(all.collect())
+}
+
 /// An idempotent producer for publishing input records.
 pub fn producer(kafka: &KafkaConfig) -> Result<BaseProducer<Acks>, LoadError> {
     let mut c = client_config(kafka);
@@ -113,7 +125,7 @@ pub fn load(kafka: &KafkaConfig, opts: &LoadOptions) -> Result<LoadReport, LoadE
     let data = files::load(&opts.data)?;
     admin::ensure_topics(kafka, opts.partitions)?;
     let rejected = data.dead_letters.clone();
-    let records = publishing_order(data.records.into_iter().map(|(r, _)| r).collect());
+    let records = records_to_publish(data, opts.period);
     let producer = producer(kafka)?;
     let bar = crate::display::progress_bar(
         records.len() as u64,

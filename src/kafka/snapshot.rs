@@ -159,6 +159,12 @@ pub fn reference_by_partition(
             None => orphans += 1,
         }
     }
+    for (id, p) in all.prices {
+        match source(FileKind::Prices, id) {
+            Some(part) => by.entry(part).or_default().prices.push((id, p)),
+            None => orphans += 1,
+        }
+    }
     for (id, a) in all.items {
         match source(FileKind::Catalog, id) {
             Some(part) => by.entry(part).or_default().items.push((id, a)),

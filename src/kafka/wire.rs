@@ -29,6 +29,7 @@ pub fn record_key(record: &Record) -> String {
         Record::Catalog(c) => c.sku_id.clone(),
         Record::Store(s) => s.store_id.clone(),
         Record::Promotion(p) => p.promo_id.clone(),
+        Record::PlannedPrice(p) => p.price_id.clone(),
     }
 }
 
@@ -98,6 +99,16 @@ pub fn record_value(record: &Record) -> Value {
             if let Some(x) = p.discount_pct {
                 put("discount_pct", units(x));
             }
+        }
+        Record::PlannedPrice(p) => {
+            put("price_id", json!(p.price_id));
+            if let Some(x) = &p.store_id {
+                put("store_id", json!(x));
+            }
+            put("sku_id", json!(p.sku_id));
+            put("start", json!(rfc3339(p.start)));
+            put("end", json!(rfc3339(p.end)));
+            put("price", units(p.price));
         }
     }
     Value::Object(m)

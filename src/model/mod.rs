@@ -82,6 +82,9 @@ pub struct Training {
     pub censored_weight: f32,
     /// Hidden layer sizes.
     pub hidden: Vec<usize>,
+    /// Decay of the moving average of the weights kept (0: the last step's weights).
+    #[serde(default)]
+    pub weight_average: f64,
     /// Training loss per epoch of the holdout run (weighted pinball, scale units).
     pub train_loss: Vec<f64>,
     /// Holdout loss per epoch.

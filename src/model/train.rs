@@ -62,6 +62,9 @@ pub struct TrainOptions {
     pub censored_weight: f32,
     /// Retrain on all rows for the best number of epochs.
     pub refit: bool,
+    /// Decay of the exponential moving average of the weights that is evaluated and kept
+    /// (0: the last step's weights).
+    pub weight_average: f64,
     /// Show a progress bar.
     pub progress: bool,
 }
@@ -83,6 +86,7 @@ impl TrainOptions {
             seed: 42,
             censored_weight: 0.0,
             refit: true,
+            weight_average: 0.999,
             progress: false,
         }
     }
@@ -305,6 +309,7 @@ fn fit(
     let mut order: Vec<usize> = (0..train.n).collect();
     let (mut train_loss, mut val_loss) = (Vec::new(), Vec::new());
     let mut best: Option<(f64, usize, Vec<Tensor>)> = None;
+    let mut average = WeightAverage::new(net, opts.weight_average)?;
     for epoch in 1..=epochs {
         order.shuffle(&mut rng);
         let (mut sum, mut batches) = (0f64, 0usize);
@@ -312,6 +317,7 @@ fn fit(
             let (x, y, w) = batch_tensors(train, chunk, width, h)?;
             let loss = pinball(&net.forward(&x)?, &y, &w)?;
             opt.backward_step(&loss)?;
+            average.update(net)?;
             sum += f64::from(loss.to_scalar::<f32>()?);
             batches += 1;
         }
@@ -321,6 +327,7 @@ fn fit(
             bar.set_message(format!("loss {:.4}", train_loss[epoch - 1]));
             continue;
         };
+        let current = average.swap_in(net)?;
         let v = evaluate(net, holdout, width)?;
         val_loss.push(v);
         bar.set_message(format!("loss {:.4} holdout {v:.4}", train_loss[epoch - 1]));
@@ -337,6 +344,10 @@ fn fit(
         {
             break;
         }
+        average.swap_out(net, current)?;
+    }
+    if holdout.is_none() {
+        average.swap_in(net)?;
     }
     let best_epoch = match best {
         Some((_, e, weights)) => {
@@ -348,6 +359,68 @@ fn fit(
         None => train_loss.len(),
     };
     Ok((train_loss, val_loss, best_epoch))
+}
+
+/// An exponential moving average of a network's weights over the gradient steps: the weights
+/// evaluated and kept, which are less noisy than the last step's. Its decay warms up as
+/// `min(decay, (1 + t) / (10 + t))` after `t` steps, so that on a small data set (few steps) it
+/// does not keep the random initial weights.
+struct WeightAverage {
+    decay: f64,
+    steps: u64,
+    weights: Vec<Tensor>,
+}
+
+impl WeightAverage {
+    fn new(net: &Mlp, decay: f64) -> candle_core::Result<Self> {
+        // Detached: the average must not record the operations that built it, or every step
+        // would lengthen a graph that is never freed.
+        let weights = net
+            .vars()
+            .iter()
+            .map(|v| Ok(v.as_tensor().detach().copy()?.detach()))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        Ok(WeightAverage {
+            decay,
+            steps: 0,
+            weights,
+        })
+    }
+
+    /// Moves the average towards the net's current weights.
+    fn update(&mut self, net: &Mlp) -> candle_core::Result<()> {
+        if self.decay <= 0.0 {
+            return Ok(());
+        }
+        let t = self.steps as f64;
+        let decay = self.decay.min((1.0 + t) / (10.0 + t));
+        self.steps += 1;
+        for (avg, var) in self.weights.iter_mut().zip(net.vars()) {
+            let current = var.as_tensor().detach();
+            *avg = ((&*avg * decay)? + (current * (1.0 - decay))?)?.detach();
+        }
+        Ok(())
+    }
+
+    /// Puts the average into the net; returns the weights it replaced.
+    fn swap_in(&self, net: &Mlp) -> candle_core::Result<Vec<Tensor>> {
+        let mut current = Vec::with_capacity(self.weights.len());
+        for (avg, var) in self.weights.iter().zip(net.vars()) {
+            current.push(var.as_tensor().copy()?);
+            if self.decay > 0.0 {
+                var.set(avg)?;
+            }
+        }
+        Ok(current)
+    }
+
+    /// Puts `current` (from [`WeightAverage::swap_in`]) back into the net.
+    fn swap_out(&self, net: &Mlp, current: Vec<Tensor>) -> candle_core::Result<()> {
+        for (w, var) in current.iter().zip(net.vars()) {
+            var.set(w)?;
+        }
+        Ok(())
+    }
 }
 
 /// What a training run produced besides the model.
@@ -458,6 +531,7 @@ pub fn train(
             best_epoch,
             censored_weight: opts.censored_weight,
             hidden: opts.hidden.clone(),
+            weight_average: opts.weight_average,
             train_loss,
             validation_loss: val_loss,
             refit_loss,

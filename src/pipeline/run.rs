@@ -115,6 +115,7 @@ fn owner(event: &Event, peers: usize) -> usize {
             key.store.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ key.sku
         }
         Event::Promotion { promo_id, .. } => *promo_id,
+        Event::PlannedPrice { price_id, .. } => *price_id,
         // Every upsert of one entity goes to the same worker, which keeps its current value.
         Event::Item { sku, .. } => *sku,
         Event::Store { store, .. } => *store,

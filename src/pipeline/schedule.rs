@@ -37,7 +37,10 @@ impl Watermarks {
         let slot = match event {
             Event::Sale { .. } => &mut self.sales,
             Event::Stock { .. } => &mut self.stock,
-            Event::Promotion { .. } | Event::Item { .. } | Event::Store { .. } => return,
+            Event::Promotion { .. }
+            | Event::PlannedPrice { .. }
+            | Event::Item { .. }
+            | Event::Store { .. } => return,
         };
         if let Some(ts) = event.ts() {
             *slot = Some(slot.map_or(ts, |m| m.max(ts)));

@@ -6,6 +6,7 @@
 //! DIR/items.{csv,jsonl}       catalog          (also catalog.*)
 //! DIR/stores.{csv,jsonl}      stores
 //! DIR/promotions.{csv,jsonl}  promotion calendar
+//! DIR/prices.{csv,jsonl}      price plan
 //! ```
 //! Other files (e.g. `calendar.csv`, `sell_prices.csv`) are listed as ignored.
 //!
@@ -37,9 +38,21 @@ pub enum FileKind {
     Stores,
     /// Promotion calendar.
     Promotions,
+    /// Price plan.
+    Prices,
 }
 
 impl FileKind {
+    /// Every kind, in a fixed order.
+    pub const ALL: [FileKind; 6] = [
+        FileKind::Sales,
+        FileKind::Stock,
+        FileKind::Catalog,
+        FileKind::Stores,
+        FileKind::Promotions,
+        FileKind::Prices,
+    ];
+
     /// The kind of a decoded record.
     pub fn of(record: &Record) -> Self {
         match record {
@@ -48,6 +61,7 @@ impl FileKind {
             Record::Catalog(_) => FileKind::Catalog,
             Record::Store(_) => FileKind::Stores,
             Record::Promotion(_) => FileKind::Promotions,
+            Record::PlannedPrice(_) => FileKind::Prices,
         }
     }
 
@@ -55,7 +69,7 @@ impl FileKind {
     pub fn is_reference(self) -> bool {
         matches!(
             self,
-            FileKind::Catalog | FileKind::Stores | FileKind::Promotions
+            FileKind::Catalog | FileKind::Stores | FileKind::Promotions | FileKind::Prices
         )
     }
 
@@ -67,6 +81,7 @@ impl FileKind {
             FileKind::Catalog => "catalog",
             FileKind::Stores => "stores",
             FileKind::Promotions => "promotions",
+            FileKind::Prices => "prices",
         }
     }
 
@@ -77,6 +92,7 @@ impl FileKind {
             "items" | "catalog" => Some(FileKind::Catalog),
             "stores" => Some(FileKind::Stores),
             "promotions" => Some(FileKind::Promotions),
+            "prices" | "price_plan" => Some(FileKind::Prices),
             _ => None,
         }
     }
@@ -98,6 +114,7 @@ impl FileKind {
             FileKind::Catalog => Record::Catalog(decode::catalog_item(row)?),
             FileKind::Stores => Record::Store(decode::store(row)?),
             FileKind::Promotions => Record::Promotion(decode::promotion(row)?),
+            FileKind::Prices => Record::PlannedPrice(decode::planned_price(row)?),
         })
     }
 }
@@ -225,8 +242,9 @@ pub fn load(dir: &Path) -> Result<Dataset, LoadError> {
         FileKind::Stores => 0,
         FileKind::Catalog => 1,
         FileKind::Promotions => 2,
-        FileKind::Stock => 3,
-        FileKind::Sales => 4,
+        FileKind::Prices => 3,
+        FileKind::Stock => 4,
+        FileKind::Sales => 5,
     };
     found.sort_by(|a, b| (order(&a.0), &a.1).cmp(&(order(&b.0), &b.1)));
     ignored.sort();
@@ -267,14 +285,7 @@ pub fn decode_bytes(kind: FileKind, csv: bool, bytes: &[u8]) -> Result<Dataset, 
 /// (an error quoting more than a bounded part of its input). The fuzz targets and the
 /// hostile-input tests call it.
 pub fn exercise(pick: u8, csv: bool, bytes: &[u8]) {
-    const KINDS: [FileKind; 5] = [
-        FileKind::Sales,
-        FileKind::Stock,
-        FileKind::Catalog,
-        FileKind::Stores,
-        FileKind::Promotions,
-    ];
-    let kind = KINDS[usize::from(pick) % KINDS.len()];
+    let kind = FileKind::ALL[usize::from(pick) % FileKind::ALL.len()];
     let bounded = |e: &DecodeError| {
         let text = e.to_string();
         assert!(

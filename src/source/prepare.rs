@@ -71,8 +71,11 @@ pub fn prepare(cfg: &Resolved, data: Dataset, as_of: Option<i64>) -> Prepared {
             }),
         }
     }
-    if !counts.contains_key("promotions") {
-        reference.extend(promo_calendar_from_sales(&data, &mut dict, period));
+    for (record, origin) in derived_reference(&data, period) {
+        // The sales registered these names, so no collision can arise here.
+        if let Ok(e) = dict.event(&record, period) {
+            reference.push((e, origin));
+        }
     }
     // Stable: equal times keep file order.
     timed.sort_by_key(|(e, _)| e.ts());
@@ -86,15 +89,85 @@ pub fn prepare(cfg: &Resolved, data: Dataset, as_of: Option<i64>) -> Prepared {
     }
 }
 
+/// The reference data a dataset implies where it lacks the file: the promotion calendar from
+/// the sales rows' promotion flags, the price plan from their prices. `replay` and `load` both
+/// add it, so the worker sees what replay sees.
+pub fn derived_reference(data: &Dataset, period: dataflows::PeriodKind) -> Vec<(Record, Origin)> {
+    // A file of the kind, even one without rows, is the dataset's own.
+    let has = |kind: files::FileKind| data.files.iter().any(|f| f.kind == kind);
+    let mut out = Vec::new();
+    if !has(files::FileKind::Promotions) {
+        out.extend(promo_calendar_from_sales(data, period));
+    }
+    if !has(files::FileKind::Prices) {
+        out.extend(price_plan_from_sales(data, period));
+    }
+    out
+}
+
+/// How long the last price a series sold at is assumed to hold, in seconds.
+const LAST_PRICE_HOLDS_SECS: i64 = 366 * 86_400;
+
+/// A dataset without a price plan whose sales rows carry prices: each series' mean unit price
+/// per period becomes its plan, as runs of periods at one price, each holding until the next
+/// run starts (the last for a year). So the prices a retailer set ahead of time act as the price
+/// plan, the assumption a global model given the prices of the forecast weeks makes too; a gap
+/// without sales does not show in the plan. Ids are `sales:<store>:<sku>:<first period>`.
+fn price_plan_from_sales(data: &Dataset, period: dataflows::PeriodKind) -> Vec<(Record, Origin)> {
+    type Means = BTreeMap<dataflows::Period, (i128, i128, Origin)>;
+    let mut by_series: BTreeMap<(&str, &str), Means> = BTreeMap::new();
+    for (record, origin) in &data.records {
+        let Record::Sale(sale) = record else { continue };
+        let Some(price) = sale.unit_price.filter(|p| *p > 0) else {
+            continue;
+        };
+        let periods = by_series
+            .entry((sale.store_id.as_str(), sale.sku_id.as_str()))
+            .or_default();
+        let e = periods
+            .entry(period.period_of(sale.ts))
+            .or_insert((0, 0, *origin));
+        e.0 += i128::from(price);
+        e.1 += 1;
+    }
+    let mut out = Vec::new();
+    for ((store, sku), periods) in by_series {
+        // Runs of consecutive periods with sales at one mean price.
+        let mut runs: Vec<(dataflows::Period, i64, Origin)> = Vec::new();
+        for (p, (sum, n, origin)) in periods {
+            let mean = dataflows::features::div_round(sum, n);
+            if runs.last().is_none_or(|r| r.1 != mean) {
+                runs.push((p, mean, origin));
+            }
+        }
+        for (i, (start, price, origin)) in runs.iter().enumerate() {
+            let start_ts = period.period_start(*start);
+            let end = match runs.get(i + 1) {
+                Some(next) => period.period_start(next.0) - 1,
+                None => period.period_start(*start + 1) - 1 + LAST_PRICE_HOLDS_SECS,
+            };
+            let entry = Record::PlannedPrice(crate::decode::PlannedPriceRec {
+                price_id: format!("sales:{store}:{sku}:{start}"),
+                store_id: Some(store.to_string()),
+                sku_id: sku.to_string(),
+                start: start_ts,
+                end,
+                price: *price,
+            });
+            out.push((entry, *origin));
+        }
+    }
+    out
+}
+
 /// A dataset without a promotion calendar whose sales rows carry a `promo` flag: each flagged
 /// (store, SKU, period) becomes a one-period calendar promotion, so the flag acts as the promotion
 /// plan a retailer knows in advance (the `promo_next_*` features read it ahead of time). Ids are
 /// `sales:<store>:<sku>:<period>`; duplicates within a period collapse to one.
 fn promo_calendar_from_sales(
     data: &Dataset,
-    dict: &mut Dictionary,
     period: dataflows::PeriodKind,
-) -> Vec<(Event, Origin)> {
+) -> Vec<(Record, Origin)> {
     let mut seen = std::collections::HashSet::new();
     let mut out = Vec::new();
     for (record, origin) in &data.records {
@@ -114,10 +187,62 @@ fn promo_calendar_from_sales(
             end: period.period_start(p + 1) - 1,
             discount_pct: None,
         });
-        // The sale itself registered these names, so no collision can arise here.
-        if let Ok(e) = dict.event(&promo, period) {
-            out.push((e, *origin));
-        }
+        out.push((promo, *origin));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decode::PlannedPriceRec;
+
+    fn plan_of(sales: &str, extra: Option<(&str, &str)>) -> Vec<PlannedPriceRec> {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("sales.csv"), sales).unwrap();
+        if let Some((name, text)) = extra {
+            std::fs::write(dir.path().join(name), text).unwrap();
+        }
+        let data = files::load(dir.path()).unwrap();
+        derived_reference(&data, dataflows::PeriodKind::Week)
+            .into_iter()
+            .filter_map(|(r, _)| match r {
+                Record::PlannedPrice(p) => Some(p),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_sales_prices_become_runs_that_hold_until_the_next_one() {
+        // Weeks 1-2 at 2.00 (one week's two sales average to it), a gap, week 4 at 1.50, week 5
+        // at 2.00 again; another series with no price.
+        let sales = "date,store_id,sku_id,qty,price\n\
+            2024-01-01,S,A,1,2.00\n\
+            2024-01-08,S,A,1,1.90\n\
+            2024-01-09,S,A,1,2.10\n\
+            2024-01-22,S,A,1,1.50\n\
+            2024-01-29,S,A,1,2.00\n\
+            2024-01-29,S,B,1,\n";
+        let plan = plan_of(sales, None);
+        let week = dataflows::PeriodKind::Week;
+        let day = 86_400;
+        let monday = |d: &str| crate::decode::parse_time("t", d).unwrap();
+        let got: Vec<(i64, i64, i64)> = plan.iter().map(|p| (p.start, p.end, p.price)).collect();
+        let w1 = week.period_start(week.period_of(monday("2024-01-01")));
+        let w4 = week.period_start(week.period_of(monday("2024-01-22")));
+        let w5 = week.period_start(week.period_of(monday("2024-01-29")));
+        assert_eq!(
+            got,
+            vec![
+                (w1, w4 - 1, 2000),
+                (w4, w5 - 1, 1500),
+                (w5, w5 + 7 * day - 1 + LAST_PRICE_HOLDS_SECS, 2000),
+            ]
+        );
+        assert!(plan.iter().all(|p| p.store_id.as_deref() == Some("S")));
+        // A dataset with a prices file, even an empty one, keeps to it.
+        let empty = ("prices.csv", "price_id,store_id,sku_id,start,end,price\n");
+        assert!(plan_of(sales, Some(empty)).is_empty());
+    }
 }

@@ -6,8 +6,9 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use dataflows::features::CUT_DISCOUNT;
 use dataflows::features::{div_round, mean_std, WEEKS_PER_YEAR};
-use dataflows::model::{Id, ItemAttrs, Promotion, MISSING};
+use dataflows::model::{Id, ItemAttrs, PlannedPrice, Promotion, MISSING};
 use dataflows::time::weekday_of_day;
 use dataflows::{Clock, Epoch, Event, FeatureSpec, FeatureVec, Key, Period, PeriodKind, StockKind};
 use rand::{Rng, SeedableRng};
@@ -42,6 +43,7 @@ pub fn reference(
         applied.push(ev);
     }
     let mut promos: HashMap<Id, Promotion> = HashMap::new();
+    let mut prices: HashMap<Id, PlannedPrice> = HashMap::new();
     let mut items: HashMap<Id, ItemAttrs> = HashMap::new();
     let mut stores: HashMap<Id, bool> = HashMap::new();
     for ev in &applied {
@@ -50,6 +52,12 @@ pub fn reference(
                 match def {
                     Some(d) => promos.insert(*promo_id, *d),
                     None => promos.remove(promo_id),
+                };
+            }
+            Event::PlannedPrice { price_id, def } => {
+                match def {
+                    Some(d) => prices.insert(*price_id, *d),
+                    None => prices.remove(price_id),
                 };
             }
             Event::Item { sku, def } => {
@@ -81,7 +89,12 @@ pub fn reference(
                 .filter(|p| p.sku == key.sku && p.store.is_none_or(|s| s == key.store))
                 .map(|p| (p.start, p.end))
                 .collect();
-            let mut v = series(clock, spec, now, &evs, &promos).0.to_vec();
+            let plan: Vec<(Period, Period, i64)> = prices
+                .values()
+                .filter(|p| p.sku == key.sku && p.store.is_none_or(|s| s == key.store))
+                .map(|p| (p.start, p.end, p.price))
+                .collect();
+            let mut v = series(clock, spec, now, &evs, &promos, &plan).0.to_vec();
             let item = items.get(&key.sku).copied().unwrap_or_default();
             let open = stores.get(&key.store).copied().unwrap_or(true);
             v.extend([
@@ -103,6 +116,7 @@ fn series(
     now: Period,
     evs: &[&Event],
     promos: &[(Period, Period)],
+    plan: &[(Period, Period, i64)],
 ) -> FeatureVec {
     let r = spec.retention() as Period;
     let mut qty: HashMap<Period, i64> = HashMap::new();
@@ -219,6 +233,7 @@ fn series(
     for h in 1..=spec.horizon as Period {
         out.push(i64::from(calendar(now + h)));
     }
+    plan_features(spec, now, &price, plan, &mut out);
     if first_stock.is_some() {
         out.push(on_hand_delta.values().sum());
         out.push(on_order.max(0));
@@ -227,6 +242,64 @@ fn series(
         out.push(MISSING);
     }
     FeatureVec::from(out)
+}
+
+/// The price plan features, by their definition in docs/model.md.
+fn plan_features(
+    spec: &FeatureSpec,
+    now: Period,
+    sales: &HashMap<Period, (i64, i64)>,
+    plan: &[(Period, Period, i64)],
+    out: &mut Vec<i64>,
+) {
+    let s = spec.stats_window as Period;
+    let h_max = spec.horizon as Period;
+    let mean = |p: Period| {
+        sales
+            .get(&p)
+            .filter(|x| x.1 > 0)
+            .map(|(sum, n)| div_round(i128::from(*sum), i128::from(*n)))
+    };
+    let planned = |p: Period| {
+        plan.iter()
+            .filter(|(a, b, _)| *a <= p && p <= *b)
+            .map(|x| x.2)
+            .min()
+    };
+    let sales_high = (now - s + 1..=now).filter_map(mean).max().unwrap_or(0);
+    let plan_high = plan
+        .iter()
+        .filter(|(a, b, _)| *b > now - s && *a <= now + h_max)
+        .map(|x| x.2)
+        .max()
+        .unwrap_or(0);
+    let high = sales_high.max(plan_high);
+    if high == 0 {
+        out.push(MISSING);
+        out.push(0);
+        for _ in 1..=h_max {
+            out.extend([1000, 0, 0]);
+        }
+        return;
+    }
+    let rel = |x: i64| div_round(i128::from(x) * 1000, i128::from(high));
+    let now_rel = rel(planned(now).or_else(|| mean(now)).unwrap_or(high));
+    out.push(now_rel);
+    out.push((1..=h_max).filter(|h| planned(now + h).is_some()).count() as i64);
+    let mut before = (1000 - now_rel).max(0);
+    for h in 1..=h_max {
+        let r = planned(now + h).map_or(1000, rel);
+        let discount = (1000 - r).max(0);
+        let cut = if before < CUT_DISCOUNT && discount >= CUT_DISCOUNT {
+            1
+        } else if before >= CUT_DISCOUNT && discount < CUT_DISCOUNT {
+            -1
+        } else {
+            0
+        };
+        out.extend([r, discount, cut]);
+        before = discount;
+    }
 }
 
 /// A small spec whose windows expire quickly, to exercise sliding and retention.
@@ -321,6 +394,23 @@ pub fn random_events(seed: u64, period: PeriodKind, n: usize) -> Vec<Event> {
         });
         let at = rng.gen_range(0..=events.len());
         events.insert(at, Event::Promotion { promo_id, def });
+    }
+    // Price plan entries upserted and deleted, interleaved, overlapping: cuts, rises, and
+    // entries of one store or of every store.
+    for _ in 0..rng.gen_range(0..10) {
+        let price_id = rng.gen_range(0..5);
+        let def = (!rng.gen_bool(0.2)).then(|| {
+            let s = p + rng.gen_range(0..span.max(1));
+            PlannedPrice {
+                store: rng.gen_bool(0.5).then(|| rng.gen_range(0..stores)),
+                sku: 100 + rng.gen_range(0..skus),
+                start: s,
+                end: s + rng.gen_range(0..6),
+                price: rng.gen_range(300..3500),
+            }
+        });
+        let at = rng.gen_range(0..=events.len());
+        events.insert(at, Event::PlannedPrice { price_id, def });
     }
     // Catalog items and stores upserted and deleted, interleaved: each change must reach
     // exactly the series of its SKU or store.

@@ -58,10 +58,10 @@ pub fn config_file(cfg: &Resolved, dir: &Path, extra: &str) -> std::path::PathBu
     std::fs::write(
         &file,
         format!(
-            "[output]\ncatch_up = \"{}\"\n[kafka]\nbrokers = \"{}\"\ngroup_id = \"{}\"\nidle_timeout_secs = {}\n[kafka.topics]\nsales = \"{}\"\nstock = \"{}\"\ncatalog = \"{}\"\nstores = \"{}\"\npromotions = \"{}\"\nforecasts = \"{}\"\nepochs = \"{}\"\ndead_letters = \"{}\"\n{extra}",
+            "[output]\ncatch_up = \"{}\"\n[kafka]\nbrokers = \"{}\"\ngroup_id = \"{}\"\nidle_timeout_secs = {}\n[kafka.topics]\nsales = \"{}\"\nstock = \"{}\"\ncatalog = \"{}\"\nstores = \"{}\"\npromotions = \"{}\"\nprices = \"{}\"\nforecasts = \"{}\"\nepochs = \"{}\"\ndead_letters = \"{}\"\n{extra}",
             cfg.output.catch_up.name(),
             cfg.kafka.brokers, cfg.kafka.group_id, cfg.kafka.idle_timeout_secs, t.sales, t.stock,
-            t.catalog, t.stores, t.promotions, t.forecasts, t.epochs, t.dead_letters
+            t.catalog, t.stores, t.promotions, t.prices, t.forecasts, t.epochs, t.dead_letters
         ),
     )
     .unwrap();
@@ -90,6 +90,7 @@ pub fn load_dir(kafka: &KafkaConfig, dir: &Path, partitions: i32) -> load::LoadR
             rate: None,
             partitions,
             progress: false,
+            period: dataflows::PeriodKind::Day,
         },
     )
     .unwrap()
@@ -141,8 +142,11 @@ pub fn run_with_sink_down_for_8s<T>(
     (run, progress, up)
 }
 
-/// Copies the sales of `from` dated in `[lo, hi)` (compared as text) into `to`.
+/// Copies the sales of `from` dated in `[lo, hi)` (compared as text) into `to`, with the price
+/// plan of the whole of `from` (daily): a plan is known ahead, so every part carries all of it
+/// and the parts together give the whole's features.
 pub fn split_sales(from: &Path, to: &Path, lo: &str, hi: &str) {
+    write_price_plan(from, to);
     std::fs::create_dir_all(to).unwrap();
     let text = std::fs::read_to_string(from.join("sales.csv")).unwrap();
     let mut lines = text.lines();
@@ -156,6 +160,31 @@ pub fn split_sales(from: &Path, to: &Path, lo: &str, hi: &str) {
             .map(str::to_string),
     );
     std::fs::write(to.join("sales.csv"), out.join("\n") + "\n").unwrap();
+}
+
+/// Writes `to/prices.csv`: the price plan `replay` derives from the daily sales of `from`.
+pub fn write_price_plan(from: &Path, to: &Path) {
+    use stockcast::decode::Record;
+    std::fs::create_dir_all(to).unwrap();
+    let data = stockcast::source::files::load(from).unwrap();
+    let time = |ts: i64| stockcast::display::rfc3339(ts);
+    let mut out = vec!["price_id,store_id,sku_id,start,end,price".to_string()];
+    let daily = dataflows::PeriodKind::Day;
+    for (record, _) in stockcast::source::prepare::derived_reference(&data, daily) {
+        if let Record::PlannedPrice(p) = record {
+            out.push(format!(
+                "{},{},{},{},{},{}.{:03}",
+                p.price_id,
+                p.store_id.unwrap_or_default(),
+                p.sku_id,
+                time(p.start),
+                time(p.end),
+                p.price / 1000,
+                p.price % 1000
+            ));
+        }
+    }
+    std::fs::write(to.join("prices.csv"), out.join("\n") + "\n").unwrap();
 }
 
 /// m5_mini's sales before 2014 (10,680 records), from 2014 on (8,450), and all of them, as

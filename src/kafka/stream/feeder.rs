@@ -212,17 +212,23 @@ impl Feeder {
                 }
                 let event = match kind {
                     FileKind::Promotions => Event::Promotion {
-                        promo_id: ids::promo_id(key),
+                        promo_id: ids::reference_id(key),
+                        def: None,
+                    },
+                    FileKind::Prices => Event::PlannedPrice {
+                        price_id: ids::reference_id(key),
                         def: None,
                     },
                     FileKind::Catalog => Event::Item {
                         sku: ids::name_id(key),
                         def: None,
                     },
-                    _ => Event::Store {
+                    FileKind::Stores => Event::Store {
                         store: ids::name_id(key),
                         active: None,
                     },
+                    // Not reference data: the guard above let none of them in.
+                    FileKind::Sales | FileKind::Stock => return,
                 };
                 self.apply_now(p, msg, &event);
                 return;
@@ -294,6 +300,9 @@ impl Feeder {
                 let source = match event {
                     Event::Promotion { promo_id, def } => {
                         Some((FileKind::Promotions, *promo_id, def.is_some()))
+                    }
+                    Event::PlannedPrice { price_id, def } => {
+                        Some((FileKind::Prices, *price_id, def.is_some()))
                     }
                     Event::Item { sku, def } => Some((FileKind::Catalog, *sku, def.is_some())),
                     Event::Store { store, active } => {
@@ -483,6 +492,9 @@ impl Feeder {
                 for (id, _) in &r.promos {
                     self.sources.insert((FileKind::Promotions, *id), p);
                 }
+                for (id, _) in &r.prices {
+                    self.sources.insert((FileKind::Prices, *id), p);
+                }
                 for (id, _) in &r.items {
                     self.sources.insert((FileKind::Catalog, *id), p);
                 }
@@ -490,6 +502,7 @@ impl Feeder {
                     self.sources.insert((FileKind::Stores, *id), p);
                 }
                 reference.promos.extend(r.promos.iter().copied());
+                reference.prices.extend(r.prices.iter().copied());
                 reference.items.extend(r.items.iter().copied());
                 reference.stores.extend(r.stores.iter().copied());
             }

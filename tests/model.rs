@@ -267,6 +267,8 @@ fn dunnhumby_backtest_beats_the_lightgbm_anchor() {
     }
     let report = std::fs::read_to_string(out.path().join("report.md")).unwrap();
     assert!(report.contains("| stockcast |"), "{report}");
+    // The derived price plan has cuts: the report scores the forecasts of those periods apart.
+    assert!(report.contains("## Planned price cuts"), "{report}");
 }
 
 /// On walmart_store_dept the first bar is the seasonal naive forecast (WAPE 0.107): yearly

@@ -56,6 +56,10 @@ pub struct Accumulator {
     by_volume: Vec<MetricSums>,
     /// Only target periods that did not end out of stock (actual = demand).
     uncensored: MetricSums,
+    /// Target periods the price plan put under a cut (`plan_discount_h*` of at least 5% at the
+    /// origin), and the others.
+    planned_cut: MetricSums,
+    no_planned_cut: MetricSums,
 }
 
 impl Accumulator {
@@ -84,6 +88,12 @@ impl Accumulator {
     /// Pooled metrics over the target periods that did not end out of stock.
     pub fn uncensored(&self) -> Metrics {
         self.uncensored.metrics()
+    }
+
+    /// Pooled metrics over the target periods with a planned price cut, and over the others,
+    /// with the number of (series, period) pairs in each.
+    pub fn by_planned_cut(&self) -> [(Metrics, u64); 2] {
+        [&self.planned_cut, &self.no_planned_cut].map(|s| (s.metrics(), s.count()))
     }
 
     /// WAPE per volume bucket (smallest first).
@@ -213,12 +223,24 @@ fn score_into(
     };
     acc.by_horizon.resize(horizon, MetricSums::default());
     acc.by_volume.resize(VOLUME_BUCKETS, MetricSums::default());
+    // The planned discount of each step, as the origin's snapshot knew it.
+    let discount_at: Vec<Option<usize>> = (1..=horizon)
+        .map(|h| history.schema.index(&format!("plan_discount_h{h}")))
+        .collect();
+    let width = history.width();
+    let cut = dataflows::features::CUT_DISCOUNT as f32 / 1000.0;
     for (i, f) in &scored.forecasts {
         let mut abs_err = 0.0;
-        for h in 0..horizon {
+        let row = history.snapshots[t].row(*i, width);
+        for (h, discount) in discount_at.iter().enumerate() {
             let y = f64::from(history.demand(t + 1 + h, *i));
             let p = [f.p10[h], f.p50[h], f.p90[h]];
             acc.all.add(y, p);
+            if discount.is_some_and(|c| row[c] >= cut) {
+                acc.planned_cut.add(y, p);
+            } else {
+                acc.no_planned_cut.add(y, p);
+            }
             acc.by_horizon[h].add(y, p);
             acc.by_volume[buckets[*i]].add(y, p);
             if !history.censored(t + 1 + h, *i) {

@@ -123,6 +123,12 @@ impl History {
             .index(&format!("sales_lag_0{}", cfg.clock.period_kind().suffix()))
             .expect("every schema has the current period's demand");
         let plan = pipeline::plan(&cfg.clock, cfg.allowed_lateness_secs, &events, None);
+        // Replaying a long history takes a while: a bar on a terminal.
+        let bar = crate::display::progress_bar(
+            plan.steps.len() as u64,
+            "{elapsed_precise} [{bar:40}] {pos}/{len} epochs replayed for the training history",
+            std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        );
         let mut table: HashMap<Key, FeatureVec> = HashMap::new();
         let mut index: HashMap<Key, usize> = HashMap::new();
         let mut keys: Vec<Key> = Vec::new();
@@ -161,6 +167,7 @@ impl History {
             Arc::new(events),
             Arc::new(plan),
             |out| {
+                bar.inc(1);
                 let p = cfg.clock.period_of_epoch(out.epoch);
                 if let Some(c) = current.filter(|c| *c < p) {
                     take(c, &table, &mut index, &mut keys, &mut snapshots);
@@ -169,6 +176,7 @@ impl History {
                 table.extend(out.changed);
             },
         )?;
+        bar.finish_and_clear();
         if let Some(c) = current {
             take(c, &table, &mut index, &mut keys, &mut snapshots);
         }

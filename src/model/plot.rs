@@ -320,6 +320,30 @@ pub fn backtest_report(history: &History, bt: &Backtest, dir: &Path) -> anyhow::
             );
         }
     }
+    let (cuts, others) = bt.results.first().map_or((0, 0), |(_, a)| {
+        let [(_, cuts), (_, others)] = a.by_planned_cut();
+        (cuts, others)
+    });
+    if cuts > 0 {
+        let _ = writeln!(
+            text,
+            "\n## Planned price cuts\n\nTarget periods the price plan put under a cut of at \
+             least 5% when the forecast was made ({cuts} of {} series-periods), and the others:\n",
+            cuts + others
+        );
+        let _ = writeln!(
+            text,
+            "| model | WAPE with a cut | bias with a cut | pinball90 with a cut | WAPE otherwise |\n|---|---|---|---|---|"
+        );
+        for (n, a) in &bt.results {
+            let [(c, _), (o, _)] = a.by_planned_cut();
+            let _ = writeln!(
+                text,
+                "| {n} | {:.4} | {:+.4} | {:.4} | {:.4} |",
+                c.wape, c.bias, c.pinball90, o.wape
+            );
+        }
+    }
     let _ = writeln!(text, "\n## WAPE by horizon\n");
     let _ = writeln!(
         text,

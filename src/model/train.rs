@@ -272,6 +272,11 @@ impl MetricSums {
         self.abs_y
     }
 
+    /// Pairs added.
+    pub fn count(&self) -> u64 {
+        self.n as u64
+    }
+
     /// The metrics (MASE is computed per series elsewhere).
     pub fn metrics(&self) -> Metrics {
         let d = self.abs_y.max(1e-12);

@@ -150,11 +150,13 @@ struct DemoModel {
 fn train_model(
     cfg: &Resolved,
     data: &std::path::Path,
+    dataset: crate::source::files::Dataset,
     workers: usize,
 ) -> anyhow::Result<Option<DemoModel>> {
     use crate::model::{backtest, history::History, train};
     let started = Instant::now();
-    let history = History::load(cfg, data, workers).context("replaying the generated history")?;
+    let history = History::from_dataset(cfg, dataset, None, workers)
+        .context("replaying the generated history")?;
     let h = cfg.spec.horizon as usize;
     let last = history.snapshots.len().saturating_sub(1);
     if last <= 3 * h {
@@ -221,7 +223,16 @@ pub fn run(opts: &DemoOptions) -> anyhow::Result<()> {
     // The chain's history: the same generated data the stream replays, written as a dataset.
     let data = tempfile::tempdir().context("creating a temporary directory")?;
     generate::generate_to_dir(p, data.path()).context("generating the demo's dataset")?;
-    match train_model(&cfg, data.path(), opts.workers)? {
+    // The price plan the history implies (a retailer's is known ahead): published first, as
+    // `load` does, so the worker sees the features the model was trained on.
+    let dataset =
+        crate::source::files::load(data.path()).context("reading the generated dataset")?;
+    let plan: Vec<Record> =
+        crate::source::prepare::derived_reference(&dataset, cfg.clock.period_kind())
+            .into_iter()
+            .map(|(r, _)| r)
+            .collect();
+    match train_model(&cfg, data.path(), dataset, opts.workers)? {
         Some(model) => {
             println!(
                 "model {} {} trained in {:.1} s on {} rows of the generated history (days 1-{})\n\
@@ -249,16 +260,6 @@ pub fn run(opts: &DemoOptions) -> anyhow::Result<()> {
             cfg.spec.horizon
         ),
     }
-    // The price plan the history implies (a retailer's is known ahead): published first, as
-    // `load` does, so the worker sees the features the model was trained on.
-    let dataset =
-        crate::source::files::load(data.path()).context("reading the generated dataset")?;
-    let plan: Vec<Record> =
-        crate::source::prepare::derived_reference(&dataset, cfg.clock.period_kind())
-            .into_iter()
-            .map(|(r, _)| r)
-            .collect();
-    drop(dataset);
 
     println!(
         "in-process Kafka cluster at {}: {} topics x {} partitions",

@@ -227,8 +227,11 @@ impl Feeder {
                         store: ids::name_id(key),
                         active: None,
                     },
-                    // Not reference data: the guard above let none of them in.
-                    FileKind::Sales | FileKind::Stock => return,
+                    // Not reference data (the guard above lets none in): a value is required.
+                    FileKind::Sales | FileKind::Stock => {
+                        self.dead_letter(p, msg, "malformed", "record has no value".into());
+                        return;
+                    }
                 };
                 self.apply_now(p, msg, &event);
                 return;

@@ -61,11 +61,11 @@ fn main() {
     // Feature vectors of real series, repeated up to 100k.
     let last = history.snapshots.last().expect("a snapshot");
     let scale: Vec<i64> = history.schema.features.iter().map(|f| f.scale).collect();
-    let real: Vec<FeatureVec> = (0..last.n)
-        .map(|i| {
+    let real: Vec<FeatureVec> = last
+        .rows(history.width())
+        .map(|(_, row)| {
             FeatureVec(
-                last.row(i, history.width())
-                    .iter()
+                row.iter()
                     .zip(&scale)
                     .map(|(v, s)| {
                         if v.is_nan() {

@@ -85,6 +85,7 @@ impl TrainArgs {
         o.batch_size = self.batch_size.max(1);
         o.weight_average = self.weight_average;
         o.progress = std::io::stderr().is_terminal();
+        o.log_epochs = !o.progress;
         o
     }
 }
@@ -209,6 +210,11 @@ pub enum Command {
         /// Use demand only up to this date (RFC 3339 or a date): its period is the last one read.
         #[arg(long)]
         until: Option<String>,
+        /// Most (series, period) rows of features held for training. A larger history keeps an
+        /// even random share of them (its demand is kept whole, as the targets); memory grows
+        /// by about 8 bytes per feature per row.
+        #[arg(long, default_value_t = 1_000_000)]
+        max_rows: usize,
         /// How to train.
         #[command(flatten)]
         train: TrainArgs,
@@ -616,6 +622,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             out,
             horizon,
             until,
+            max_rows,
             train,
             run,
         } => {
@@ -626,7 +633,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                     .map_err(|e| anyhow::anyhow!("--until: {e}"))?;
                 opts.cutoff = Some(cfg.clock.period_of(t));
             }
-            let summary = crate::model::commands::train(&cfg, &data, &out, &opts, run.workers)?;
+            let summary =
+                crate::model::commands::train(&cfg, &data, &out, &opts, max_rows, run.workers)?;
             tracing::info!(
                 model = %out.display(),
                 version = summary.version,
@@ -636,6 +644,14 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 holdout_pinball90 = format!("{:.4}", summary.validation.pinball90),
                 "model trained"
             );
+            for (name, m) in &summary.baselines {
+                tracing::info!(
+                    baseline = name,
+                    holdout_wape = format!("{:.4}", m.wape),
+                    holdout_pinball90 = format!("{:.4}", m.pinball90),
+                    "baseline on the same holdout"
+                );
+            }
         }
         Command::Backtest {
             data,

@@ -6,7 +6,7 @@
 //! record through the worker):
 //! - [`config`]: the TOML configuration, environment overrides, validation.
 //! - [`source`]: a dataset directory read (`files`) and turned into the dataflow's events
-//!   (`prepare`).
+//!   (`prepare`), or spilled to time buckets on disk and read back a bucket at a time (`spill`).
 //! - [`decode`]: pure decoding of CSV/JSON records into typed sales, movements, reference data,
 //!   and the reasons a record is refused.
 //! - [`ids`]: store/SKU names to the stable ids the dataflow uses.

@@ -41,7 +41,7 @@ fn snapshots_are_point_in_time_and_every_series_moves_each_period() {
         assert_eq!(full.keys[..a.n], cut.keys[..b.n]);
         for i in 0..a.n {
             assert!(
-                same_row(a.row(i, width), b.row(i, width)),
+                same_row(a.row(i, width).unwrap(), b.row(i, width).unwrap()),
                 "series {i} at period {t} differs once later data exists"
             );
         }
@@ -55,8 +55,8 @@ fn snapshots_are_point_in_time_and_every_series_moves_each_period() {
         let (prev, now) = (&full.snapshots[t - 1], &full.snapshots[t]);
         for i in 0..prev.n {
             assert_eq!(
-                prev.row(i, width)[lag0].to_bits(),
-                now.row(i, width)[lag1].to_bits()
+                prev.row(i, width).unwrap()[lag0].to_bits(),
+                now.row(i, width).unwrap()[lag1].to_bits()
             );
             checked += 1;
         }
@@ -105,7 +105,7 @@ fn training_is_seeded_the_artifact_round_trips_and_another_schema_is_refused() {
     let loaded = QuantileModel::load(dir.path(), &cfg.spec.schema(), PeriodKind::Day).unwrap();
     assert_eq!(loaded.manifest, a.manifest);
     let last = history.snapshots.last().unwrap();
-    let rows: Vec<&[f32]> = (0..last.n).map(|i| last.row(i, history.width())).collect();
+    let rows: Vec<&[f32]> = last.rows(history.width()).map(|(_, r)| r).collect();
     let (x, y) = (
         a.forecast_rows(&rows).unwrap(),
         loaded.forecast_rows(&rows).unwrap(),
@@ -187,7 +187,7 @@ fn replay_scores_with_the_model_and_says_which_model_scored() {
         .all(|r| r.model == "stockcast-mlp" && r.model_version == model.manifest.version));
     // The record's quantiles are the model's own forecast of that series' features.
     let last = history.snapshots.last().unwrap();
-    let rows: Vec<&[f32]> = (0..last.n).map(|i| last.row(i, history.width())).collect();
+    let rows: Vec<&[f32]> = last.rows(history.width()).map(|(_, r)| r).collect();
     let expected = model.forecast_rows(&rows).unwrap();
     // Only changed series are scored: a series' last record is from its last change, and
     // its features then are its final ones.

@@ -151,6 +151,13 @@ pub struct Backtest {
     pub censored_weight: f32,
 }
 
+/// The baselines a model is compared with, by report name.
+pub const BASELINES: [(&str, Baseline); 3] = [
+    ("naive", Baseline::Naive),
+    ("seasonal_naive", Baseline::SeasonalNaive),
+    ("ma", Baseline::MovingAverage),
+];
+
 /// Converts a snapshot row back to a feature vector (milli-units rounded) for the baselines.
 fn to_vec(history: &History, row: &[f32]) -> FeatureVec {
     FeatureVec(
@@ -192,7 +199,7 @@ fn volume_buckets(history: &History, t: usize) -> Vec<usize> {
         .unwrap_or(0);
     let volume: Vec<f32> = (0..snap.n)
         .map(|i| {
-            let v = snap.row(i, width)[col];
+            let v = snap.row(i, width).map_or(f32::NAN, |r| r[col]);
             if v.is_nan() {
                 0.0
             } else {
@@ -236,7 +243,7 @@ fn score_into(
             let y = f64::from(history.demand(t + 1 + h, *i));
             let p = [f.p10[h], f.p50[h], f.p90[h]];
             acc.all.add(y, p);
-            if discount.is_some_and(|c| row[c] >= cut) {
+            if discount.zip(row).is_some_and(|(c, r)| r[c] >= cut) {
                 acc.planned_cut.add(y, p);
             } else {
                 acc.no_planned_cut.add(y, p);
@@ -268,14 +275,52 @@ pub(crate) fn forecast_series(
         .collect())
 }
 
+/// Pooled metrics of `f` at `points` (snapshot, series) over the `horizon` periods after each:
+/// e.g. a baseline on the holdout rows of a training run ([`super::train::TrainReport`]).
+pub fn score_points(
+    history: &History,
+    points: &[(usize, usize)],
+    f: &dyn Forecaster,
+    horizon: usize,
+) -> Result<Metrics, ScoreError> {
+    let width = history.width();
+    let mut acc = MetricSums::default();
+    for chunk in points.chunks(4096) {
+        let mut vecs = Vec::with_capacity(chunk.len());
+        for &(t, i) in chunk {
+            let row = history.snapshots[t]
+                .row(i, width)
+                .ok_or_else(|| ScoreError(format!("no features of series {i} at {t}")))?;
+            vecs.push(to_vec(history, row));
+        }
+        let refs: Vec<&FeatureVec> = vecs.iter().collect();
+        let scored = f.forecast(&refs)?;
+        if scored.len() != chunk.len() {
+            return Err(ScoreError(format!(
+                "{} forecasts for a batch of {}",
+                scored.len(),
+                chunk.len()
+            )));
+        }
+        for (fc, &(t, i)) in scored.iter().zip(chunk) {
+            for h in 0..horizon.min(fc.p50.len()) {
+                let y = f64::from(history.demand(t + 1 + h, i));
+                acc.add(y, [fc.p10[h], fc.p50[h], fc.p90[h]]);
+            }
+        }
+    }
+    Ok(acc.metrics())
+}
+
 /// Forecasts every series known at snapshot `t` with `f`. A measurement does not fall back to
 /// a baseline: a batch the forecaster cannot score fails it.
 fn forecast_all(history: &History, t: usize, f: &dyn Forecaster) -> Result<Scored, ScoreError> {
     let snap = &history.snapshots[t];
     let width = history.width();
-    let vecs: Vec<FeatureVec> = (0..snap.n)
-        .map(|i| to_vec(history, snap.row(i, width)))
-        .collect();
+    let (series, vecs): (Vec<usize>, Vec<FeatureVec>) = snap
+        .rows(width)
+        .map(|(i, row)| (i, to_vec(history, row)))
+        .unzip();
     let refs: Vec<&FeatureVec> = vecs.iter().collect();
     let mut forecasts = Vec::with_capacity(snap.n);
     for (c, chunk) in refs.chunks(4096).enumerate() {
@@ -288,7 +333,7 @@ fn forecast_all(history: &History, t: usize, f: &dyn Forecaster) -> Result<Score
             )));
         }
         for (k, fc) in scored.into_iter().enumerate() {
-            forecasts.push((c * 4096 + k, fc));
+            forecasts.push((series[c * 4096 + k], fc));
         }
     }
     Ok(Scored { forecasts })
@@ -300,6 +345,10 @@ pub fn run(history: &History, data: &str, opts: &BacktestOptions) -> anyhow::Res
     anyhow::ensure!(
         history.is_contiguous(),
         "the history skips a period; cannot backtest"
+    );
+    anyhow::ensure!(
+        history.is_whole(),
+        "the history kept a sample of its feature rows; a backtest needs them all"
     );
     let last = history.snapshots.len() - 1;
     let origins: Vec<usize> = (1..=opts.origins)
@@ -313,11 +362,6 @@ pub fn run(history: &History, data: &str, opts: &BacktestOptions) -> anyhow::Res
                 opts.origins
             )
         })?;
-    let baselines = [
-        ("naive", Baseline::Naive),
-        ("seasonal_naive", Baseline::SeasonalNaive),
-        ("ma", Baseline::MovingAverage),
-    ];
     let mut results: BTreeMap<String, Accumulator> = BTreeMap::new();
     let mut versions = Vec::new();
     let mut bands = Vec::new();
@@ -362,7 +406,7 @@ pub fn run(history: &History, data: &str, opts: &BacktestOptions) -> anyhow::Res
                 models.push((name, Box::new(model)));
             }
         }
-        for (name, b) in baselines {
+        for (name, b) in BASELINES {
             models.push((
                 name.to_string(),
                 forecast::baseline(b, &history.schema, history.period, h)?,

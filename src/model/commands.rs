@@ -19,25 +19,36 @@ pub struct TrainSummary {
     pub secs: f64,
     /// Holdout metrics.
     pub validation: Metrics,
+    /// The baselines' metrics on the same holdout points, by report name.
+    pub baselines: Vec<(&'static str, Metrics)>,
 }
 
-/// Replays `data`, trains, and writes the model and its report into `out`.
+/// Replays `data` (keeping the features of at most about `max_rows` series-periods), trains,
+/// and writes the model and its report into `out`.
 pub fn train(
     cfg: &Resolved,
     data: &Path,
     out: &Path,
     opts: &TrainOptions,
+    max_rows: usize,
     workers: usize,
 ) -> anyhow::Result<TrainSummary> {
     let started = std::time::Instant::now();
-    let history = History::load(cfg, data, workers)?;
+    let history = History::load_sampled(cfg, data, None, workers, Some(max_rows))?;
     tracing::info!(
         series = history.keys.len(),
         periods = history.snapshots.len(),
+        kept = format!("{:.4}", history.kept),
         secs = format!("{:.1}", started.elapsed().as_secs_f64()),
         "history snapshotted"
     );
-    let (model, _report) = train::train(&history, &data.display().to_string(), opts)?;
+    let (model, report) = train::train(&history, &data.display().to_string(), opts)?;
+    let mut baselines = Vec::new();
+    for (name, which) in super::backtest::BASELINES {
+        let f = crate::forecast::baseline(which, &history.schema, history.period, opts.horizon)?;
+        let m = super::backtest::score_points(&history, &report.holdout, f.as_ref(), opts.horizon)?;
+        baselines.push((name, m));
+    }
     model.save(out)?;
     super::plot::training_report(&model.manifest, out)
         .with_context(|| format!("writing the training report into {}", out.display()))?;
@@ -47,6 +58,7 @@ pub fn train(
         rows: m.trained_on.rows,
         secs: started.elapsed().as_secs_f64(),
         validation: m.validation.clone(),
+        baselines,
     })
 }
 

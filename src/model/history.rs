@@ -19,7 +19,7 @@ use std::sync::Arc;
 use dataflows::{Event, FeatureVec, Key, Period, PeriodKind, Schema};
 
 use crate::config::Resolved;
-use crate::pipeline;
+use crate::pipeline::{self, EpochOutput};
 use crate::source::files;
 use crate::source::prepare::prepare;
 
@@ -29,6 +29,9 @@ pub enum HistoryError {
     /// The dataset could not be read.
     #[error(transparent)]
     Load(#[from] crate::source::files::LoadError),
+    /// The dataset could not be spilled to its time buckets.
+    #[error(transparent)]
+    Spill(#[from] crate::source::spill::SpillError),
     /// The dataflow failed.
     #[error(transparent)]
     Run(#[from] crate::pipeline::RunError),
@@ -46,26 +49,48 @@ pub struct History {
     pub names: Vec<(String, String)>,
     /// Snapshots in period order, one per period from the first to the last with data.
     pub snapshots: Vec<Snapshot>,
-    /// Position of `sales_lag_0` in the schema.
-    demand: usize,
-    /// Position of `on_hand`, if the schema has it.
-    on_hand: Option<usize>,
+    /// The share of (series, period) feature rows kept (1: all).
+    pub kept: f64,
 }
 
-/// Every known series' features at the end of one period.
+/// Every known series' demand at the end of one period, and the features of those kept.
 pub struct Snapshot {
     /// The period.
     pub period: Period,
     /// Series `0..n` had appeared by the end of the period.
     pub n: usize,
-    /// `n` rows of the schema's features in natural units; NaN where a feature is missing.
-    pub values: Vec<f32>,
+    /// The series whose feature rows were kept, in increasing order; `None`: all `0..n`.
+    kept: Option<Vec<u32>>,
+    /// The kept rows of the schema's features in natural units; NaN where a feature is missing.
+    values: Vec<f32>,
+    /// Realised demand (`sales_lag_0`) of series `0..n`; 0 where missing.
+    demand: Vec<f32>,
+    /// Whether series `0..n` ended the period with nothing on hand.
+    empty: Vec<bool>,
 }
 
 impl Snapshot {
-    /// The feature row of series `i` (which must be `< n`).
-    pub fn row(&self, i: usize, width: usize) -> &[f32] {
-        &self.values[i * width..(i + 1) * width]
+    /// The feature row of series `i`, if it was kept.
+    pub fn row(&self, i: usize, width: usize) -> Option<&[f32]> {
+        let at = match &self.kept {
+            None => (i < self.n).then_some(i)?,
+            Some(kept) => kept.binary_search(&(i as u32)).ok()?,
+        };
+        self.values.get(at * width..(at + 1) * width)
+    }
+
+    /// Whether every series' row was kept.
+    pub fn is_whole(&self) -> bool {
+        self.kept.is_none()
+    }
+
+    /// The kept rows: (series, row).
+    pub fn rows(&self, width: usize) -> impl Iterator<Item = (usize, &[f32])> + '_ {
+        let series: Box<dyn Iterator<Item = usize>> = match &self.kept {
+            None => Box::new(0..self.n),
+            Some(kept) => Box::new(kept.iter().map(|i| *i as usize)),
+        };
+        series.zip(self.values.chunks_exact(width.max(1)))
     }
 }
 
@@ -74,6 +99,161 @@ pub fn natural(schema: &Schema, vec: &FeatureVec, out: &mut Vec<f32>) {
     out.extend(
         (0..schema.features.len()).map(|i| schema.value(vec, i).map_or(f32::NAN, |v| v as f32)),
     );
+}
+
+/// Which (series, period) feature rows a history keeps: all, or a share chosen by a hash of the
+/// series and the period (the same rows for the same data, whatever the worker count). Demand
+/// and stock-outs are kept for every series and period: they are the targets.
+#[derive(Clone, Copy, Debug)]
+pub struct Sampling {
+    /// The share kept, in (0, 1].
+    pub fraction: f64,
+    /// Seed of the choice.
+    pub seed: u64,
+}
+
+impl Sampling {
+    /// Every row.
+    pub const ALL: Sampling = Sampling {
+        fraction: 1.0,
+        seed: 0,
+    };
+
+    /// At most about `max_rows` rows of `series` series over `periods` periods.
+    pub fn at_most(max_rows: usize, series: usize, periods: usize, seed: u64) -> Self {
+        let total = (series as f64) * (periods as f64);
+        Sampling {
+            fraction: if total <= max_rows as f64 {
+                1.0
+            } else {
+                (max_rows as f64 / total).max(f64::MIN_POSITIVE)
+            },
+            seed,
+        }
+    }
+
+    fn keeps(&self, key: &Key, period: Period) -> bool {
+        if self.fraction >= 1.0 {
+            return true;
+        }
+        let mut bytes = [0u8; 28];
+        bytes[..8].copy_from_slice(&self.seed.to_le_bytes());
+        bytes[8..16].copy_from_slice(&key.store.to_le_bytes());
+        bytes[16..24].copy_from_slice(&key.sku.to_le_bytes());
+        bytes[24..].copy_from_slice(&period.to_le_bytes());
+        let h = dataflows::features::fnv1a64(&bytes);
+        // The top 53 bits as a uniform number in [0, 1).
+        ((h >> 11) as f64) / ((1u64 << 53) as f64) < self.fraction
+    }
+}
+
+/// Turns the dataflow's closed epochs into snapshots (see [`History`]).
+struct Builder<'a> {
+    schema: &'a Schema,
+    clock: dataflows::Clock,
+    sampling: Sampling,
+    demand: usize,
+    on_hand: Option<usize>,
+    table: HashMap<Key, FeatureVec>,
+    index: HashMap<Key, usize>,
+    keys: Vec<Key>,
+    snapshots: Vec<Snapshot>,
+    current: Option<Period>,
+}
+
+impl<'a> Builder<'a> {
+    fn new(cfg: &Resolved, schema: &'a Schema, sampling: Sampling) -> Self {
+        let demand = schema
+            .index(&format!("sales_lag_0{}", cfg.clock.period_kind().suffix()))
+            .expect("every schema has the current period's demand");
+        Builder {
+            schema,
+            clock: cfg.clock,
+            sampling,
+            demand,
+            on_hand: schema.index("on_hand"),
+            table: HashMap::new(),
+            index: HashMap::new(),
+            keys: Vec::new(),
+            snapshots: Vec::new(),
+            current: None,
+        }
+    }
+
+    fn epoch(&mut self, out: EpochOutput) {
+        let p = self.clock.period_of_epoch(out.epoch);
+        if let Some(c) = self.current.filter(|c| *c < p) {
+            self.take(c);
+        }
+        self.current = Some(p);
+        self.table.extend(out.changed);
+    }
+
+    /// Snapshots period `period` from the latest vectors.
+    fn take(&mut self, period: Period) {
+        // New series in key order, so indices do not depend on hash order.
+        let mut fresh: Vec<Key> = self
+            .table
+            .keys()
+            .filter(|k| !self.index.contains_key(k))
+            .copied()
+            .collect();
+        fresh.sort_unstable();
+        for k in fresh {
+            self.index.insert(k, self.keys.len());
+            self.keys.push(k);
+        }
+        let n = self.keys.len();
+        let whole = self.sampling.fraction >= 1.0;
+        let mut kept = Vec::new();
+        let mut values = Vec::new();
+        let mut demand = Vec::with_capacity(n);
+        let mut empty = Vec::with_capacity(n);
+        let value = |vec: &FeatureVec, j: usize| self.schema.value(vec, j);
+        for (i, k) in self.keys.iter().enumerate() {
+            let vec = &self.table[k];
+            demand.push(value(vec, self.demand).map_or(0.0, |v| v as f32));
+            empty.push(
+                self.on_hand
+                    .and_then(|j| value(vec, j))
+                    .is_some_and(|v| v <= 0.0),
+            );
+            if whole || self.sampling.keeps(k, period) {
+                if !whole {
+                    kept.push(i as u32);
+                }
+                natural(self.schema, vec, &mut values);
+            }
+        }
+        values.shrink_to_fit();
+        self.snapshots.push(Snapshot {
+            period,
+            n,
+            kept: (!whole).then_some(kept),
+            values,
+            demand,
+            empty,
+        });
+    }
+
+    fn finish(mut self, cfg: &Resolved) -> History {
+        if let Some(c) = self.current {
+            self.take(c);
+        }
+        let names = self
+            .keys
+            .iter()
+            .map(|k| (format!("#{:x}", k.store), format!("#{:x}", k.sku)))
+            .collect();
+        History {
+            schema: self.schema.clone(),
+            period: cfg.clock.period_kind(),
+            keys: self.keys,
+            names,
+            snapshots: self.snapshots,
+            kept: self.sampling.fraction.min(1.0),
+        }
+    }
 }
 
 impl History {
@@ -90,10 +270,56 @@ impl History {
         as_of: Option<i64>,
         workers: usize,
     ) -> Result<Self, HistoryError> {
-        Self::from_dataset(cfg, files::load(data_dir)?, as_of, workers)
+        Self::load_sampled(cfg, data_dir, as_of, workers, None)
     }
 
-    /// [`History::load_until`] of a dataset already read.
+    /// [`History::load_until`] keeping the feature rows of at most about `max_rows` (series,
+    /// period) pairs (all with `None`). The dataset is spilled to time buckets on disk and
+    /// replayed a bucket at a time ([`crate::source::spill`]), so memory follows the kept rows,
+    /// not the dataset's size.
+    pub fn load_sampled(
+        cfg: &Resolved,
+        data_dir: &Path,
+        as_of: Option<i64>,
+        workers: usize,
+        max_rows: Option<usize>,
+    ) -> Result<Self, HistoryError> {
+        let spilled = crate::source::spill::spill(cfg, data_dir, as_of)?;
+        let sampling = max_rows.map_or(Sampling::ALL, |m| {
+            Sampling::at_most(m, spilled.series(), spilled.periods(), 42)
+        });
+        tracing::info!(
+            events = spilled.timed,
+            series = spilled.series(),
+            periods = spilled.periods(),
+            kept = sampling.fraction.min(1.0),
+            "history spilled; replaying"
+        );
+        let schema = cfg.spec.schema();
+        let mut builder = Builder::new(cfg, &schema, sampling);
+        let bar = crate::display::progress_bar(
+            spilled.periods() as u64,
+            "{elapsed_precise} [{bar:40}] {pos}/{len} periods replayed for the training history",
+            std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        );
+        pipeline::run_chunks(
+            cfg.clock,
+            &cfg.spec,
+            workers,
+            spilled.chunks(cfg.clock, cfg.allowed_lateness_secs),
+            |out| {
+                let before = builder.snapshots.len();
+                builder.epoch(out);
+                bar.inc((builder.snapshots.len() - before) as u64);
+            },
+        )?;
+        bar.finish_and_clear();
+        let mut history = builder.finish(cfg);
+        history.names = history.keys.iter().map(|k| spilled.dict.names(k)).collect();
+        Ok(history)
+    }
+
+    /// [`History::load_until`] of a dataset already read, all rows kept.
     pub fn from_dataset(
         cfg: &Resolved,
         data: files::Dataset,
@@ -111,17 +337,13 @@ impl History {
         Ok(history)
     }
 
-    /// Replays prepared `events` (arrival order); names are left as ids.
+    /// Replays prepared `events` (arrival order), all rows kept; names are left as ids.
     pub fn from_events(
         cfg: &Resolved,
         events: Vec<Event>,
         workers: usize,
     ) -> Result<Self, HistoryError> {
         let schema = cfg.spec.schema();
-        let width = schema.features.len();
-        let demand = schema
-            .index(&format!("sales_lag_0{}", cfg.clock.period_kind().suffix()))
-            .expect("every schema has the current period's demand");
         let plan = pipeline::plan(&cfg.clock, cfg.allowed_lateness_secs, &events, None);
         // Replaying a long history takes a while: a bar on a terminal.
         let bar = crate::display::progress_bar(
@@ -129,37 +351,7 @@ impl History {
             "{elapsed_precise} [{bar:40}] {pos}/{len} epochs replayed for the training history",
             std::io::IsTerminal::is_terminal(&std::io::stderr()),
         );
-        let mut table: HashMap<Key, FeatureVec> = HashMap::new();
-        let mut index: HashMap<Key, usize> = HashMap::new();
-        let mut keys: Vec<Key> = Vec::new();
-        let mut snapshots: Vec<Snapshot> = Vec::new();
-        let mut current: Option<Period> = None;
-        let take = |period: Period,
-                    table: &HashMap<Key, FeatureVec>,
-                    index: &mut HashMap<Key, usize>,
-                    keys: &mut Vec<Key>,
-                    snapshots: &mut Vec<Snapshot>| {
-            // New series in key order, so indices do not depend on hash order.
-            let mut fresh: Vec<Key> = table
-                .keys()
-                .filter(|k| !index.contains_key(k))
-                .copied()
-                .collect();
-            fresh.sort_unstable();
-            for k in fresh {
-                index.insert(k, keys.len());
-                keys.push(k);
-            }
-            let mut values = Vec::with_capacity(keys.len() * width);
-            for k in keys.iter() {
-                natural(&schema, &table[k], &mut values);
-            }
-            snapshots.push(Snapshot {
-                period,
-                n: keys.len(),
-                values,
-            });
-        };
+        let mut builder = Builder::new(cfg, &schema, Sampling::ALL);
         pipeline::run(
             cfg.clock,
             &cfg.spec,
@@ -168,31 +360,11 @@ impl History {
             Arc::new(plan),
             |out| {
                 bar.inc(1);
-                let p = cfg.clock.period_of_epoch(out.epoch);
-                if let Some(c) = current.filter(|c| *c < p) {
-                    take(c, &table, &mut index, &mut keys, &mut snapshots);
-                }
-                current = Some(p);
-                table.extend(out.changed);
+                builder.epoch(out);
             },
         )?;
         bar.finish_and_clear();
-        if let Some(c) = current {
-            take(c, &table, &mut index, &mut keys, &mut snapshots);
-        }
-        let names = keys
-            .iter()
-            .map(|k| (format!("#{:x}", k.store), format!("#{:x}", k.sku)))
-            .collect();
-        Ok(History {
-            on_hand: schema.index("on_hand"),
-            schema,
-            period: cfg.clock.period_kind(),
-            keys,
-            names,
-            snapshots,
-            demand,
-        })
+        Ok(builder.finish(cfg))
     }
 
     /// Features per row.
@@ -209,26 +381,13 @@ impl History {
 
     /// Realised demand of series `i` in the period of snapshot `t` (0 before it appeared).
     pub fn demand(&self, t: usize, i: usize) -> f32 {
-        let s = &self.snapshots[t];
-        if i >= s.n {
-            return 0.0;
-        }
-        let v = s.values[i * self.width() + self.demand];
-        if v.is_nan() {
-            0.0
-        } else {
-            v
-        }
+        self.snapshots[t].demand.get(i).copied().unwrap_or(0.0)
     }
 
     /// Whether series `i` ended the period of snapshot `t` with nothing on hand: its sales in that
     /// period are a lower bound of demand.
     pub fn censored(&self, t: usize, i: usize) -> bool {
-        let s = &self.snapshots[t];
-        match self.on_hand {
-            Some(j) if i < s.n => s.values[i * self.width() + j] <= 0.0,
-            _ => false,
-        }
+        self.snapshots[t].empty.get(i).copied().unwrap_or(false)
     }
 
     /// Whether snapshots are one period apart (no period was skipped).
@@ -236,5 +395,10 @@ impl History {
         self.snapshots
             .windows(2)
             .all(|w| w[1].period == w[0].period + 1)
+    }
+
+    /// Whether every snapshot kept every series' features.
+    pub fn is_whole(&self) -> bool {
+        self.snapshots.iter().all(Snapshot::is_whole)
     }
 }

@@ -67,6 +67,13 @@ pub struct TrainedOn {
     pub rows: usize,
     /// Holdout rows.
     pub validation_rows: usize,
+    /// The share of (series, period) feature rows the history kept (1: all; see `--max-rows`).
+    #[serde(default = "all_rows")]
+    pub row_share: f64,
+}
+
+fn all_rows() -> f64 {
+    1.0
 }
 
 /// How the model was trained.

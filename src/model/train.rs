@@ -67,6 +67,8 @@ pub struct TrainOptions {
     pub weight_average: f64,
     /// Show a progress bar.
     pub progress: bool,
+    /// Log each epoch's losses (where no bar is shown, so a long run is seen to move).
+    pub log_epochs: bool,
 }
 
 impl TrainOptions {
@@ -88,6 +90,7 @@ impl TrainOptions {
             refit: true,
             weight_average: 0.999,
             progress: false,
+            log_epochs: false,
         }
     }
 }
@@ -126,9 +129,8 @@ fn candidates(
     let width = history.width();
     let mut out = Vec::new();
     for t in periods {
-        let snap = &history.snapshots[t];
-        for i in 0..snap.n {
-            let s = norm.scale(snap.row(i, width));
+        for (i, row) in history.snapshots[t].rows(width) {
+            let s = norm.scale(row);
             if s > norm.scale_floor {
                 out.push((t, i, s));
             }
@@ -156,38 +158,66 @@ fn build(
         n,
     };
     for (r, &(t, i, s)) in pairs.iter().enumerate() {
-        let raw = history.snapshots[t].row(i, fw);
+        rows.scale.push(s);
+        // Every candidate's row was kept; a missing one would weigh nothing.
+        let Some(raw) = history.snapshots[t].row(i, fw) else {
+            continue;
+        };
         norm.inputs(raw, s, &mut rows.x[r * width..(r + 1) * width]);
         for h in 0..horizon {
             rows.y[r * horizon + h] = history.demand(t + 1 + h, i) / s;
             let censored = history.censored(t + 1 + h, i);
             rows.w[r * horizon + h] = s * if censored { censored_weight } else { 1.0 };
         }
-        rows.scale.push(s);
-    }
-    // Weights relative to their mean keep the loss in a stable range.
-    let mean = rows.w.iter().map(|v| f64::from(*v)).sum::<f64>() / rows.w.len().max(1) as f64;
-    if mean > 0.0 {
-        for v in &mut rows.w {
-            *v = (f64::from(*v) / mean) as f32;
-        }
     }
     rows
 }
 
+/// Consecutive rows of a [`Rows`] (the training rows, the holdout, or both), with their loss
+/// weights taken relative to their mean, which keeps the loss in a stable range. One matrix
+/// serves the fit, the holdout and the refit.
+#[derive(Clone, Copy)]
+struct View<'a> {
+    rows: &'a Rows,
+    start: usize,
+    n: usize,
+    mean_weight: f64,
+}
+
+impl<'a> View<'a> {
+    fn new(rows: &'a Rows, range: std::ops::Range<usize>) -> Self {
+        let h = rows.w.len() / rows.n.max(1);
+        let w = &rows.w[range.start * h..range.end * h];
+        let mean = w.iter().map(|v| f64::from(*v)).sum::<f64>() / w.len().max(1) as f64;
+        View {
+            rows,
+            start: range.start,
+            n: range.len(),
+            mean_weight: if mean > 0.0 { mean } else { 1.0 },
+        }
+    }
+}
+
+/// The tensors of rows `idx` (relative to the view).
 fn batch_tensors(
-    rows: &Rows,
+    view: View<'_>,
     idx: &[usize],
     width: usize,
     horizon: usize,
 ) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
+    let rows = view.rows;
     let mut x = Vec::with_capacity(idx.len() * width);
     let mut y = Vec::with_capacity(idx.len() * horizon);
     let mut w = Vec::with_capacity(idx.len() * horizon);
     for &r in idx {
+        let r = view.start + r;
         x.extend_from_slice(&rows.x[r * width..(r + 1) * width]);
         y.extend_from_slice(&rows.y[r * horizon..(r + 1) * horizon]);
-        w.extend_from_slice(&rows.w[r * horizon..(r + 1) * horizon]);
+        w.extend(
+            rows.w[r * horizon..(r + 1) * horizon]
+                .iter()
+                .map(|v| (f64::from(*v) / view.mean_weight) as f32),
+        );
     }
     let d = &Device::Cpu;
     Ok((
@@ -198,7 +228,7 @@ fn batch_tensors(
 }
 
 /// Mean weighted loss of `net` over `rows` (no gradient).
-fn evaluate(net: &Mlp, rows: &Rows, width: usize) -> candle_core::Result<f64> {
+fn evaluate(net: &Mlp, rows: View<'_>, width: usize) -> candle_core::Result<f64> {
     let h = net.horizon;
     let (mut total, mut weight) = (0f64, 0f64);
     let all: Vec<usize> = (0..rows.n).collect();
@@ -213,14 +243,16 @@ fn evaluate(net: &Mlp, rows: &Rows, width: usize) -> candle_core::Result<f64> {
 }
 
 /// Pooled holdout metrics in units.
-fn metrics(net: &Mlp, rows: &Rows, width: usize) -> candle_core::Result<Metrics> {
+fn metrics(net: &Mlp, view: View<'_>, width: usize) -> candle_core::Result<Metrics> {
     let h = net.horizon;
-    let all: Vec<usize> = (0..rows.n).collect();
+    let all: Vec<usize> = (0..view.n).collect();
     let mut acc = MetricSums::default();
+    let rows = view.rows;
     for chunk in all.chunks(8192) {
-        let (x, _, _) = batch_tensors(rows, chunk, width, h)?;
+        let (x, _, _) = batch_tensors(view, chunk, width, h)?;
         let out: Vec<Vec<Vec<f32>>> = net.forward(&x)?.to_vec3()?;
         for (q, &r) in out.iter().zip(chunk) {
+            let r = view.start + r;
             let s = f64::from(rows.scale[r]);
             for (k, y) in rows.y[r * h..(r + 1) * h].iter().enumerate() {
                 let y = f64::from(*y) * s;
@@ -294,13 +326,13 @@ impl MetricSums {
 /// Returns the per-epoch losses and the best epoch; the net holds the best weights.
 fn fit(
     net: &Mlp,
-    train: &Rows,
-    holdout: Option<&Rows>,
+    train: View<'_>,
+    holdout: Option<View<'_>>,
     opts: &TrainOptions,
     epochs: usize,
     bar: &indicatif::ProgressBar,
 ) -> Result<(Vec<f64>, Vec<f64>, usize), TrainError> {
-    let width = train.x.len() / train.n.max(1);
+    let width = train.rows.x.len() / train.rows.n.max(1);
     let h = opts.horizon;
     let mut opt = AdamW::new(
         net.vars(),
@@ -330,12 +362,24 @@ fn fit(
         bar.inc(1);
         let Some(holdout) = holdout else {
             bar.set_message(format!("loss {:.4}", train_loss[epoch - 1]));
+            if opts.log_epochs {
+                tracing::info!(epoch, loss = train_loss[epoch - 1], "refit epoch done");
+            }
             continue;
         };
         let current = average.swap_in(net)?;
         let v = evaluate(net, holdout, width)?;
         val_loss.push(v);
         bar.set_message(format!("loss {:.4} holdout {v:.4}", train_loss[epoch - 1]));
+        if opts.log_epochs {
+            // Without a terminal, the log shows that a long run is moving.
+            tracing::info!(
+                epoch,
+                loss = train_loss[epoch - 1],
+                holdout = v,
+                "epoch done"
+            );
+        }
         if best.as_ref().is_none_or(|(b, _, _)| v < *b) {
             let weights = net
                 .vars()
@@ -432,6 +476,9 @@ impl WeightAverage {
 pub struct TrainReport {
     /// Wall-clock seconds.
     pub secs: f64,
+    /// The holdout rows as (snapshot, series): the points the manifest's `validation` metrics
+    /// are measured on (see [`super::backtest::score_points`]).
+    pub holdout: Vec<(usize, usize)>,
 }
 
 /// Trains a model on `history` (read from `data`) with `opts`.
@@ -474,10 +521,17 @@ pub fn train(
     norm.fit(
         train_pairs
             .iter()
-            .map(|&(t, i, s)| (history.snapshots[t].row(i, width), s)),
+            .filter_map(|&(t, i, s)| Some((history.snapshots[t].row(i, width)?, s))),
     );
-    let train_rows = build(history, &norm, &train_pairs, h, opts.censored_weight);
-    let val_rows = build(history, &norm, &val_pairs, h, opts.censored_weight);
+    // One matrix: the training rows, then the holdout's; the refit reads both.
+    let n_train = train_pairs.len();
+    let holdout: Vec<(usize, usize)> = val_pairs.iter().map(|&(t, i, _)| (t, i)).collect();
+    let mut pairs = train_pairs;
+    pairs.extend(val_pairs);
+    let all_rows = build(history, &norm, &pairs, h, opts.censored_weight);
+    drop(pairs);
+    let train_rows = View::new(&all_rows, 0..n_train);
+    let val_rows = View::new(&all_rows, n_train..all_rows.n);
     let in_width = norm.width();
 
     let total_epochs = opts.max_epochs as u64 * if opts.refit { 2 } else { 1 };
@@ -489,21 +543,20 @@ pub fn train(
     let net = Mlp::new(in_width, &opts.hidden, h, opts.seed)?;
     let (train_loss, val_loss, best_epoch) = fit(
         &net,
-        &train_rows,
-        Some(&val_rows),
+        train_rows,
+        Some(val_rows),
         opts,
         opts.max_epochs,
         &bar,
     )?;
-    let validation = metrics(&net, &val_rows, in_width)?;
+    let validation = metrics(&net, val_rows, in_width)?;
     let epochs_run = val_loss.len();
     let mut refit_loss = Vec::new();
     let net = if opts.refit {
         bar.set_length(epochs_run as u64 + best_epoch as u64);
-        let all_pairs: Vec<_> = train_pairs.iter().chain(&val_pairs).copied().collect();
-        let all_rows = build(history, &norm, &all_pairs, h, opts.censored_weight);
         let refit = Mlp::new(in_width, &opts.hidden, h, opts.seed)?;
-        refit_loss = fit(&refit, &all_rows, None, opts, best_epoch, &bar)?.0;
+        let all = View::new(&all_rows, 0..all_rows.n);
+        refit_loss = fit(&refit, all, None, opts, best_epoch, &bar)?.0;
         refit
     } else {
         net
@@ -528,6 +581,7 @@ pub fn train(
             last_period: start_of(last),
             rows: train_rows.n,
             validation_rows: val_rows.n,
+            row_share: history.kept,
         },
         validation,
         training: Training {
@@ -547,6 +601,7 @@ pub fn train(
         model,
         TrainReport {
             secs: started.elapsed().as_secs_f64(),
+            holdout,
         },
     ))
 }

@@ -28,7 +28,7 @@ use dataflows::{Clock, Epoch, Event, FeatureSpec, FeatureVec, Key};
 use differential_dataflow::VecCollection;
 use timely::dataflow::operators::probe::Handle;
 
-use super::schedule::Plan;
+use super::schedule::{Plan, Step};
 
 /// What one closed epoch produced.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -47,6 +47,9 @@ pub enum RunError {
     /// Timely could not start, or a worker panicked.
     #[error("timely worker failed: {0}")]
     Worker(String),
+    /// The input could not be read.
+    #[error("input failed: {0}")]
+    Input(String),
 }
 
 /// What a worker reports after each step.
@@ -123,6 +126,20 @@ fn owner(event: &Event, peers: usize) -> usize {
     (h % peers as u64) as usize
 }
 
+/// Part of a run's input: events and the steps that apply them. Step event indices point into
+/// `events`; rejections are reported as `base` plus that index.
+pub struct Chunk {
+    /// The events.
+    pub events: Arc<Vec<Event>>,
+    /// Steps in epoch order, after every step of the chunks before.
+    pub steps: Vec<Step>,
+    /// Index of the chunk's first event in the whole input.
+    pub base: u32,
+}
+
+/// Why a chunk could not be produced: the run stops with it.
+pub type ChunkError = Box<dyn std::error::Error + Send + Sync>;
+
 /// Runs `plan` over `events` on `workers` threads; calls `on_epoch` for every visited epoch, in
 /// order, on the calling thread.
 pub fn run(
@@ -131,9 +148,65 @@ pub fn run(
     workers: usize,
     events: Arc<Vec<Event>>,
     plan: Arc<Plan>,
-    mut on_epoch: impl FnMut(EpochOutput),
+    on_epoch: impl FnMut(EpochOutput),
+) -> Result<(), RunError> {
+    let steps = Arc::try_unwrap(plan).map_or_else(|p| p.steps.clone(), |p| p.steps);
+    let chunk = Chunk {
+        events,
+        steps,
+        base: 0,
+    };
+    run_chunks(clock, spec, workers, std::iter::once(Ok(chunk)), on_epoch)
+}
+
+/// [`run`] over input produced piece by piece (see [`Chunk`]): `chunks` runs on a thread of its
+/// own, at most two chunks ahead of the slowest worker, so a history larger than memory can be
+/// replayed. An error from `chunks` ends the run with [`RunError::Input`].
+pub fn run_chunks(
+    clock: Clock,
+    spec: &FeatureSpec,
+    workers: usize,
+    chunks: impl Iterator<Item = Result<Chunk, ChunkError>> + Send,
+    on_epoch: impl FnMut(EpochOutput),
 ) -> Result<(), RunError> {
     let workers = workers.max(1);
+    let mut senders = Vec::with_capacity(workers);
+    let mut receivers = Vec::with_capacity(workers);
+    for _ in 0..workers {
+        let (tx, rx) = mpsc::sync_channel::<Arc<Chunk>>(2);
+        senders.push(tx);
+        receivers.push(std::sync::Mutex::new(Some(rx)));
+    }
+    std::thread::scope(|scope| {
+        let producer = scope.spawn(move || -> Result<(), ChunkError> {
+            for chunk in chunks {
+                let chunk = Arc::new(chunk?);
+                for tx in &senders {
+                    if tx.send(Arc::clone(&chunk)).is_err() {
+                        // A worker stopped (a panic, reported by the run): nothing to feed.
+                        return Ok(());
+                    }
+                }
+            }
+            Ok(())
+        });
+        let ran = execute(clock, spec, workers, receivers, on_epoch);
+        let fed = producer
+            .join()
+            .map_err(|_| RunError::Worker("the input thread panicked".into()))?;
+        ran?;
+        fed.map_err(|e| RunError::Input(e.to_string()))
+    })
+}
+
+/// The workers and the merge of their reports (see [`run_chunks`]).
+fn execute(
+    clock: Clock,
+    spec: &FeatureSpec,
+    workers: usize,
+    receivers: Vec<std::sync::Mutex<Option<mpsc::Receiver<Arc<Chunk>>>>>,
+    mut on_epoch: impl FnMut(EpochOutput),
+) -> Result<(), RunError> {
     // Bounded so workers cannot run far ahead of a slow consumer.
     let (tx, rx) = mpsc::sync_channel::<Report>(256);
     let spec = spec.clone();
@@ -143,48 +216,61 @@ pub fn run(
         let index = worker.index();
         let peers = worker.peers();
         let tx = tx.clone();
+        let Some(chunks) = receivers[index].lock().ok().and_then(|mut r| r.take()) else {
+            return;
+        };
         let mut input = FeatureInput::new(clock, &spec);
         let (probe, sink, _) = build(worker, &mut input, &spec);
-        for (s, step) in plan.steps.iter().enumerate() {
-            input.advance_to(step.epoch);
-            let mut rejected = Vec::new();
-            for &i in &step.events {
-                let event = &events[i as usize];
-                if owner(event, peers) != index {
-                    continue;
+        let mut next_chunk = chunks.recv().ok();
+        'chunks: while let Some(chunk) = next_chunk.take() {
+            // The step after a chunk's last is the next chunk's first: fetch it first.
+            next_chunk = chunks.recv().ok();
+            let following = next_chunk.as_ref().and_then(|c| c.steps.first());
+            for (s, step) in chunk.steps.iter().enumerate() {
+                input.advance_to(step.epoch);
+                let mut rejected = Vec::new();
+                for &i in &step.events {
+                    let event = &chunk.events[i as usize];
+                    if owner(event, peers) != index {
+                        continue;
+                    }
+                    if let Err(why) = input.apply(event) {
+                        rejected.push((chunk.base.saturating_add(i), why));
+                    }
                 }
-                if let Err(why) = input.apply(event) {
-                    rejected.push((i, why));
+                let next = chunk
+                    .steps
+                    .get(s + 1)
+                    .or(following)
+                    .map_or(step.epoch + 1, |n| n.epoch);
+                input.advance_to(next);
+                input.flush();
+                worker.step_while(|| probe.less_than(&next) && !abort.raised());
+                if abort.raised() {
+                    // A peer panicked: its share of the epoch will never come.
+                    for dataflow in worker.installed_dataflows() {
+                        worker.drop_dataflow(dataflow);
+                    }
+                    break 'chunks;
                 }
-            }
-            let next = plan.steps.get(s + 1).map_or(step.epoch + 1, |n| n.epoch);
-            input.advance_to(next);
-            input.flush();
-            worker.step_while(|| probe.less_than(&next) && !abort.raised());
-            if abort.raised() {
-                // A peer panicked: its share of the epoch will never come.
-                for dataflow in worker.installed_dataflows() {
-                    worker.drop_dataflow(dataflow);
+                let mut changed: Vec<(Key, FeatureVec)> = Vec::new();
+                sink.borrow_mut().retain(|(time, key, vec)| {
+                    if *time <= step.epoch {
+                        changed.push((*key, vec.clone()));
+                        false
+                    } else {
+                        true
+                    }
+                });
+                let report = Report {
+                    epoch: step.epoch,
+                    changed,
+                    rejected,
+                };
+                if tx.send(report).is_err() {
+                    // The consumer hung up: nothing left to report to.
+                    break 'chunks;
                 }
-                break;
-            }
-            let mut changed: Vec<(Key, FeatureVec)> = Vec::new();
-            sink.borrow_mut().retain(|(time, key, vec)| {
-                if *time <= step.epoch {
-                    changed.push((*key, vec.clone()));
-                    false
-                } else {
-                    true
-                }
-            });
-            let report = Report {
-                epoch: step.epoch,
-                changed,
-                rejected,
-            };
-            if tx.send(report).is_err() {
-                // The consumer hung up: nothing left to report to.
-                break;
             }
         }
     })

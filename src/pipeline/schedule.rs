@@ -117,16 +117,26 @@ pub fn plan(
         marks.observe(event);
         open = open.max(marks.first_open(clock));
     }
-    assigned.sort_unstable();
+    let steps = steps(clock, assigned, None, until);
+    Plan { steps, late }
+}
 
+/// The steps applying `assigned` (epoch, event index) pairs: one per distinct epoch, one at
+/// `until`, and one at the first epoch of every period after `after`'s (or the first epoch's)
+/// through the last, so windows slide through periods without data.
+fn steps(
+    clock: &Clock,
+    mut assigned: Vec<(Epoch, u32)>,
+    after: Option<Epoch>,
+    until: Option<Epoch>,
+) -> Vec<Step> {
+    assigned.sort_unstable();
     let mut epochs: Vec<Epoch> = assigned.iter().map(|(e, _)| *e).collect();
-    if let Some(until) = until {
-        epochs.push(until);
-    }
+    epochs.extend(until);
     epochs.sort_unstable();
     epochs.dedup();
     if let (Some(&lo), Some(&hi)) = (epochs.first(), epochs.last()) {
-        let mut p = clock.period_of_epoch(lo) + 1;
+        let mut p = clock.period_of_epoch(after.unwrap_or(lo)) + 1;
         while p <= clock.period_of_epoch(hi) {
             epochs.push(clock.first_epoch_of_period(p));
             p += 1;
@@ -148,7 +158,81 @@ pub fn plan(
         }
         steps[s].events.push(i);
     }
-    Plan { steps, late }
+    steps
+}
+
+/// Schedules input that arrives chunk by chunk (see [`super::run::Chunk`]) as [`plan`] schedules
+/// it whole, for input whose timed events come in event-time order (a time-sorted dataset read
+/// piece by piece): the steps of each chunk follow those of the chunks before. An event whose
+/// epoch a step of an earlier chunk already passed is late, and is applied in the chunk's first
+/// step, as the worker applies a late record.
+#[derive(Clone, Debug)]
+pub struct Scheduler {
+    clock: Clock,
+    marks: Watermarks,
+    /// The first epoch the watermark has not closed.
+    open: Epoch,
+    /// The first timed event's epoch.
+    first: Option<Epoch>,
+    /// The last step's epoch so far.
+    last: Option<Epoch>,
+    /// Events applied after their own epoch had closed.
+    late: u64,
+}
+
+impl Scheduler {
+    /// Nothing scheduled yet.
+    pub fn new(clock: Clock, allowed_lateness_secs: i64) -> Self {
+        Scheduler {
+            clock,
+            marks: Watermarks::new(allowed_lateness_secs),
+            open: 0,
+            first: None,
+            last: None,
+            late: 0,
+        }
+    }
+
+    /// Late events so far.
+    pub fn late(&self) -> u64 {
+        self.late
+    }
+
+    /// The steps of the next chunk of `events` (arrival order; indices into it). Until a timed
+    /// event has been seen there is no epoch to apply anything in: like [`plan`], a chunk of
+    /// reference data alone gets no step.
+    pub fn chunk(&mut self, events: &[Event]) -> Vec<Step> {
+        let clock = self.clock;
+        if self.first.is_none() {
+            self.first = events
+                .iter()
+                .find_map(|e| e.ts().and_then(|ts| clock.epoch_of(ts)));
+        }
+        let Some(first) = self.first else {
+            return Vec::new();
+        };
+        let floor = self.last.map_or(0, |l| l + 1);
+        let mut assigned: Vec<(Epoch, u32)> = Vec::with_capacity(events.len());
+        for (i, event) in events.iter().enumerate() {
+            let epoch = match event.ts().map(|ts| clock.epoch_of(ts)) {
+                None | Some(None) => self.open.max(first),
+                Some(Some(own)) if own < self.open || own < floor => {
+                    self.late += 1;
+                    self.open
+                }
+                Some(Some(own)) => own,
+            };
+            assigned.push((epoch.max(floor), i as u32));
+            self.marks.observe(event);
+            self.open = self.open.max(self.marks.first_open(&clock));
+        }
+        let Some(hi) = assigned.iter().map(|(e, _)| *e).max() else {
+            return Vec::new();
+        };
+        let steps = steps(&clock, assigned, self.last, None);
+        self.last = Some(hi);
+        steps
+    }
 }
 
 #[cfg(test)]
@@ -190,6 +274,33 @@ mod tests {
         let events = [sale(2000), sale(10)];
         assert_eq!(plan(&clock, 0, &events, None).late, vec![1]);
         assert!(plan(&clock, 3600, &events, None).late.is_empty());
+    }
+
+    #[test]
+    fn chunks_of_sorted_input_get_the_whole_plan_and_late_ones_the_next_step() {
+        let clock = Clock::new(900, PeriodKind::Day).unwrap();
+        let day = 86_400;
+        let events = [
+            sale(day),
+            sale(day + 10),
+            sale(day + 1000),
+            sale(4 * day + 5),
+        ];
+        let whole = plan(&clock, 0, &events, None);
+        let mut s = Scheduler::new(clock, 0);
+        let mut steps = s.chunk(&events[..2]);
+        for mut step in s.chunk(&events[2..]) {
+            step.events.iter_mut().for_each(|i| *i += 2);
+            steps.push(step);
+        }
+        assert_eq!(steps, whole.steps);
+        assert_eq!(s.late(), 0);
+        // A chunk reaching back before the last step is applied in its first step.
+        let back = s.chunk(&[sale(2 * day), sale(5 * day)]);
+        let epochs: Vec<Epoch> = back.iter().map(|s| s.epoch).collect();
+        assert_eq!(epochs, vec![385, 480]);
+        assert_eq!(back[0].events, vec![0]);
+        assert_eq!(s.late(), 1);
     }
 
     #[test]

@@ -207,6 +207,19 @@ impl Dataset {
 
 /// Reads every known file of `dir`, in a fixed order (reference data first).
 pub fn load(dir: &Path) -> Result<Dataset, LoadError> {
+    let mut records = Vec::new();
+    let mut data = scan(dir, &mut |record, origin, _| records.push((record, origin)))?;
+    data.records = records;
+    Ok(data)
+}
+
+/// [`load`] without holding the records: each decoded record goes to `each` with its origin and
+/// the files read so far (the record's own last), in the order [`load`] keeps them. The returned
+/// dataset has every field but `records`.
+pub fn scan(
+    dir: &Path,
+    each: &mut dyn FnMut(Record, Origin, &[FileReport]),
+) -> Result<Dataset, LoadError> {
     if !dir.is_dir() {
         return Err(LoadError::NoDirectory(dir.to_path_buf()));
     }
@@ -253,12 +266,17 @@ pub fn load(dir: &Path) -> Result<Dataset, LoadError> {
         ..Dataset::default()
     };
     for (kind, path) in found {
-        read_file(&mut data, kind, &path)?;
+        read_file(&mut data, kind, &path, each)?;
     }
     Ok(data)
 }
 
-fn read_file(data: &mut Dataset, kind: FileKind, path: &Path) -> Result<(), LoadError> {
+fn read_file(
+    data: &mut Dataset,
+    kind: FileKind,
+    path: &Path,
+    each: &mut dyn FnMut(Record, Origin, &[FileReport]),
+) -> Result<(), LoadError> {
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().to_string())
@@ -268,15 +286,26 @@ fn read_file(data: &mut Dataset, kind: FileKind, path: &Path) -> Result<(), Load
         cause,
     })?;
     let is_csv = path.extension().is_some_and(|e| e == "csv");
-    read_rows(data, kind, &name, path, is_csv, file)
+    read_rows(data, kind, &name, path, is_csv, file, each)
 }
 
 /// Decodes the bytes of one input file of `kind` (CSV with a header, or JSON lines) as
 /// [`load`] reads a file: the fuzz targets and tests drive the decoders through it.
 pub fn decode_bytes(kind: FileKind, csv: bool, bytes: &[u8]) -> Result<Dataset, LoadError> {
     let mut data = Dataset::default();
+    let mut records = Vec::new();
     let name = format!("{}.{}", kind.name(), if csv { "csv" } else { "jsonl" });
-    read_rows(&mut data, kind, &name, Path::new(&name), csv, bytes)?;
+    let mut each = |record, origin, _: &[FileReport]| records.push((record, origin));
+    read_rows(
+        &mut data,
+        kind,
+        &name,
+        Path::new(&name),
+        csv,
+        bytes,
+        &mut each,
+    )?;
+    data.records = records;
     Ok(data)
 }
 
@@ -316,29 +345,30 @@ fn read_rows(
     path: &Path,
     is_csv: bool,
     file: impl std::io::Read,
+    each: &mut dyn FnMut(Record, Origin, &[FileReport]),
 ) -> Result<(), LoadError> {
     let name = name.to_string();
     let file_index = data.files.len() as u32;
-    let mut report = FileReport {
+    // The file's report is listed while it is read, so `each` sees its name; its counts are
+    // final at the end.
+    data.files.push(FileReport {
         name: name.clone(),
         kind,
         rows: 0,
         rejected: 0,
-    };
+    });
     let mut push =
         |result: Result<Record, DecodeError>, line: u64, text: &dyn Fn() -> String| match result {
             Ok(record) => {
-                report.rows += 1;
-                data.records.push((
-                    record,
-                    Origin {
-                        file: file_index,
-                        line,
-                    },
-                ));
+                data.files[file_index as usize].rows += 1;
+                let origin = Origin {
+                    file: file_index,
+                    line,
+                };
+                each(record, origin, &data.files);
             }
             Err(e) => {
-                report.rejected += 1;
+                data.files[file_index as usize].rejected += 1;
                 data.dead_letters.push(DeadLetter {
                     file: name.clone(),
                     line,
@@ -436,11 +466,11 @@ fn read_rows(
             push(result, line, &|| String::from_utf8_lossy(text).into_owned());
         }
     }
+    let report = &data.files[file_index as usize];
     if report.rows == 0 && report.rejected == 0 {
         tracing::warn!(file = %path.display(), "input file holds no rows");
         data.empty.push(name.clone());
     }
-    data.files.push(report);
     Ok(())
 }
 

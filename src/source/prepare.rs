@@ -132,32 +132,78 @@ fn price_plan_from_sales(data: &Dataset, period: dataflows::PeriodKind) -> Vec<(
     }
     let mut out = Vec::new();
     for ((store, sku), periods) in by_series {
-        // Runs of consecutive periods with sales at one mean price.
-        let mut runs: Vec<(dataflows::Period, i64, Origin)> = Vec::new();
+        let mut runs = PriceRuns::default();
+        let mut origins = Vec::new();
         for (p, (sum, n, origin)) in periods {
-            let mean = dataflows::features::div_round(sum, n);
-            if runs.last().is_none_or(|r| r.1 != mean) {
-                runs.push((p, mean, origin));
+            if runs.add_period(p, sum, n) {
+                origins.push(origin);
             }
         }
-        for (i, (start, price, origin)) in runs.iter().enumerate() {
-            let start_ts = period.period_start(*start);
-            let end = match runs.get(i + 1) {
-                Some(next) => period.period_start(next.0) - 1,
-                None => period.period_start(*start + 1) - 1 + LAST_PRICE_HOLDS_SECS,
-            };
-            let entry = Record::PlannedPrice(crate::decode::PlannedPriceRec {
-                price_id: format!("sales:{store}:{sku}:{start}"),
-                store_id: Some(store.to_string()),
-                sku_id: sku.to_string(),
-                start: start_ts,
-                end,
-                price: *price,
-            });
-            out.push((entry, *origin));
+        for (entry, origin) in runs.records(store, sku, period).into_iter().zip(origins) {
+            out.push((entry, origin));
         }
     }
     out
+}
+
+/// One series' runs of periods at one mean sale price (see [`derived_reference`]), from its
+/// periods in increasing order.
+#[derive(Debug, Default)]
+pub struct PriceRuns {
+    /// (first period, mean price) of each run.
+    runs: Vec<(dataflows::Period, i64)>,
+}
+
+impl PriceRuns {
+    /// Adds a period whose sales summed `sum` over `n` priced rows; true if it starts a run.
+    pub fn add_period(&mut self, p: dataflows::Period, sum: i128, n: i128) -> bool {
+        let mean = dataflows::features::div_round(sum, n);
+        let starts = self.runs.last().is_none_or(|r| r.1 != mean);
+        if starts {
+            self.runs.push((p, mean));
+        }
+        starts
+    }
+
+    /// The runs as price plan records, each holding until the next starts and the last for a
+    /// year.
+    pub fn records(&self, store: &str, sku: &str, period: dataflows::PeriodKind) -> Vec<Record> {
+        let runs = &self.runs;
+        runs.iter()
+            .enumerate()
+            .map(|(i, (start, price))| {
+                let end = match runs.get(i + 1) {
+                    Some(next) => period.period_start(next.0) - 1,
+                    None => period.period_start(*start + 1) - 1 + LAST_PRICE_HOLDS_SECS,
+                };
+                Record::PlannedPrice(crate::decode::PlannedPriceRec {
+                    price_id: format!("sales:{store}:{sku}:{start}"),
+                    store_id: Some(store.to_string()),
+                    sku_id: sku.to_string(),
+                    start: period.period_start(*start),
+                    end,
+                    price: *price,
+                })
+            })
+            .collect()
+    }
+}
+
+/// The one-period calendar promotion a promotion-flagged sale in period `p` implies.
+pub fn promo_of_flag(
+    store: &str,
+    sku: &str,
+    p: dataflows::Period,
+    period: dataflows::PeriodKind,
+) -> Record {
+    Record::Promotion(crate::decode::PromotionRec {
+        promo_id: format!("sales:{store}:{sku}:{p}"),
+        store_id: Some(store.to_string()),
+        sku_id: sku.to_string(),
+        start: period.period_start(p),
+        end: period.period_start(p + 1) - 1,
+        discount_pct: None,
+    })
 }
 
 /// A dataset without a promotion calendar whose sales rows carry a `promo` flag: each flagged
@@ -179,15 +225,10 @@ fn promo_calendar_from_sales(
         if !seen.insert((sale.store_id.as_str(), sale.sku_id.as_str(), p)) {
             continue;
         }
-        let promo = Record::Promotion(crate::decode::PromotionRec {
-            promo_id: format!("sales:{}:{}:{p}", sale.store_id, sale.sku_id),
-            store_id: Some(sale.store_id.clone()),
-            sku_id: sale.sku_id.clone(),
-            start: period.period_start(p),
-            end: period.period_start(p + 1) - 1,
-            discount_pct: None,
-        });
-        out.push((promo, *origin));
+        out.push((
+            promo_of_flag(&sale.store_id, &sale.sku_id, p, period),
+            *origin,
+        ));
     }
     out
 }

@@ -259,7 +259,14 @@ pub fn spill(cfg: &Resolved, data_dir: &Path, as_of: Option<i64>) -> Result<Spil
     let mut first_last: Option<(Period, Period)> = None;
     let mut buf = Vec::with_capacity(64);
     let mut failed: Option<std::io::Error> = None;
+    // Reading a chain's files takes a minute: a counter on a terminal.
+    let bar = crate::display::progress_bar(
+        0,
+        "{elapsed_precise} {human_pos} rows read and spilled to time buckets",
+        std::io::IsTerminal::is_terminal(&std::io::stderr()),
+    );
     let mut each = |record: Record, origin: files::Origin, read: &[files::FileReport]| {
+        bar.inc(1);
         let file = || read[origin.file as usize].name.clone();
         *counts.entry(FileKind::of(&record).name()).or_default() += 1;
         if let Err(e) = crate::decode::check_not_future(record.ts(), future_limit) {
@@ -293,6 +300,19 @@ pub fn spill(cfg: &Resolved, data_dir: &Path, as_of: Option<i64>) -> Result<Spil
         if failed.is_some() {
             return;
         }
+        if cfg.clock.epoch_of(ts).is_none() {
+            // Before 1970: the input stage would refuse it. Refused here, it cannot leave a
+            // bucket of its own ahead of the reference data.
+            let why = dataflows::input::Rejection::BeforeEpochZero;
+            dead_letters.push(DeadLetter {
+                file: file(),
+                line: origin.line,
+                reason: why.reason().into(),
+                detail: format!("{why:?}"),
+                record: format!("{record:?}"),
+            });
+            return;
+        }
         let next = keys.len() as u32;
         let i = *index.entry(*key).or_insert(next);
         if i == next {
@@ -321,6 +341,7 @@ pub fn spill(cfg: &Resolved, data_dir: &Path, as_of: Option<i64>) -> Result<Spil
         }
     };
     let data = files::scan(data_dir, &mut each)?;
+    bar.finish_and_clear();
     if let Some(e) = failed {
         return Err(io(e));
     }

@@ -198,6 +198,19 @@ pub enum LoadError {
     NoDirectory(PathBuf),
 }
 
+impl DeadLetter {
+    /// A decoded record refused with `reason` (a stable code) and `detail`.
+    pub fn refused(file: &str, line: u64, reason: &str, detail: String, record: &Record) -> Self {
+        DeadLetter {
+            file: file.to_string(),
+            line,
+            reason: reason.to_string(),
+            detail,
+            record: format!("{record:?}"),
+        }
+    }
+}
+
 impl Dataset {
     /// The file name of an origin.
     pub fn file_name(&self, origin: Origin) -> &str {

@@ -25,10 +25,6 @@ pub struct Prepared {
     pub counts: BTreeMap<&'static str, u64>,
 }
 
-fn record_text(record: &Record) -> String {
-    format!("{record:?}")
-}
-
 /// Turns decoded records into dataflow events: ids, periods for promotions, reference data first
 /// and timed events in event-time order. With `as_of`, drops timed events after it.
 pub fn prepare(cfg: &Resolved, data: Dataset, as_of: Option<i64>) -> Prepared {
@@ -45,13 +41,14 @@ pub fn prepare(cfg: &Resolved, data: Dataset, as_of: Option<i64>) -> Prepared {
         let kind = files::FileKind::of(record).name();
         *counts.entry(kind).or_default() += 1;
         if let Err(e) = crate::decode::check_not_future(record.ts(), future_limit) {
-            dead_letters.push(DeadLetter {
-                file: data.file_name(*origin).to_string(),
-                line: origin.line,
-                reason: e.reason().into(),
-                detail: e.to_string(),
-                record: record_text(record),
-            });
+            let file = data.file_name(*origin);
+            dead_letters.push(DeadLetter::refused(
+                file,
+                origin.line,
+                e.reason(),
+                e.to_string(),
+                record,
+            ));
             continue;
         }
         let event = dict.event(record, period);
@@ -62,13 +59,13 @@ pub fn prepare(cfg: &Resolved, data: Dataset, as_of: Option<i64>) -> Prepared {
                 }
             }
             Ok(e) => reference.push((e, *origin)),
-            Err(collision) => dead_letters.push(DeadLetter {
-                file: data.file_name(*origin).to_string(),
-                line: origin.line,
-                reason: "id_collision".into(),
-                detail: collision.to_string(),
-                record: record_text(record),
-            }),
+            Err(collision) => dead_letters.push(DeadLetter::refused(
+                data.file_name(*origin),
+                origin.line,
+                "id_collision",
+                collision.to_string(),
+                record,
+            )),
         }
     }
     for (record, origin) in derived_reference(&data, period) {

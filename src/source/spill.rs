@@ -267,28 +267,31 @@ pub fn spill(cfg: &Resolved, data_dir: &Path, as_of: Option<i64>) -> Result<Spil
     );
     let mut each = |record: Record, origin: files::Origin, read: &[files::FileReport]| {
         bar.inc(1);
-        let file = || read[origin.file as usize].name.clone();
+        let file = read[origin.file as usize].name.as_str();
         *counts.entry(FileKind::of(&record).name()).or_default() += 1;
         if let Err(e) = crate::decode::check_not_future(record.ts(), future_limit) {
-            dead_letters.push(DeadLetter {
-                file: file(),
-                line: origin.line,
-                reason: e.reason().into(),
-                detail: e.to_string(),
-                record: format!("{record:?}"),
-            });
+            let line = origin.line;
+            dead_letters.push(DeadLetter::refused(
+                file,
+                line,
+                e.reason(),
+                e.to_string(),
+                &record,
+            ));
             return;
         }
         let event = match dict.event(&record, period) {
             Ok(e) => e,
             Err(collision) => {
-                dead_letters.push(DeadLetter {
-                    file: file(),
-                    line: origin.line,
-                    reason: "id_collision".into(),
-                    detail: collision.to_string(),
-                    record: format!("{record:?}"),
-                });
+                let detail = collision.to_string();
+                let line = origin.line;
+                dead_letters.push(DeadLetter::refused(
+                    file,
+                    line,
+                    "id_collision",
+                    detail,
+                    &record,
+                ));
                 return;
             }
         };
@@ -304,13 +307,15 @@ pub fn spill(cfg: &Resolved, data_dir: &Path, as_of: Option<i64>) -> Result<Spil
             // Before 1970: the input stage would refuse it. Refused here, it cannot leave a
             // bucket of its own ahead of the reference data.
             let why = dataflows::input::Rejection::BeforeEpochZero;
-            dead_letters.push(DeadLetter {
-                file: file(),
-                line: origin.line,
-                reason: why.reason().into(),
-                detail: format!("{why:?}"),
-                record: format!("{record:?}"),
-            });
+            let detail = format!("{why:?}");
+            let line = origin.line;
+            dead_letters.push(DeadLetter::refused(
+                file,
+                line,
+                why.reason(),
+                detail,
+                &record,
+            ));
             return;
         }
         let next = keys.len() as u32;

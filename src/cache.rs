@@ -5,7 +5,7 @@
 //! `forecasts.jsonl` record (recommendation included), written with a TTL so series that stop
 //! changing age out. Each advance is one atomic pipeline (`MULTI`/`EXEC`) of `SET .. EX ..`
 //! with the newest record of each series in it; rewriting it is harmless, so a retried advance
-//! is idempotent. As with the mart, the Kafka sink commits its input offsets only after the
+//! is idempotent. As with the mart, the worker commits its input offsets only after the
 //! pipeline succeeded, and retries with backoff while Redis is unreachable.
 
 use crate::records::ForecastRecord;

@@ -12,7 +12,7 @@
 //! - [`ids`]: store/SKU names to the stable ids the dataflow uses.
 //! - [`pipeline`]: replay's driver: scheduling events onto epochs (watermarks, lateness) and
 //!   running the `dataflows` crate's differential dataflow on N timely workers.
-//! - [`kafka`]: the long-running worker on Kafka topics (`run`: the streaming driver, the sink,
+//! - [`kafka`]: the long-running worker on Kafka topics (`stream`: the streaming driver and
 //!   checkpoint cuts), the publisher (`load`), topic admin and the delivery guarantee.
 //! - [`checkpoint`]: checkpoints of the worker's state: format, store, pruning, restore.
 //! - [`forecast`]: the `Forecaster` trait (quantile forecasts) and the baselines (moving
@@ -22,8 +22,11 @@
 //! - [`replenish`]: the order-up-to policy turning a quantile forecast and the stock position
 //!   into a recommendation.
 //! - [`records`]: the records the worker writes (forecast, progress, dead letter).
-//! - [`mart`]: the PostgreSQL inventory mart sink.
-//! - [`cache`]: the Redis cache sink.
+//! - [`output`]: the worker's output path: an advance to its records (`build`, `catch_up`), the
+//!   `Sink` trait and its sinks (`postgres`, `redis`, `kafka`), the shared `retry`, the offset
+//!   `committer`.
+//! - [`mart`]: the PostgreSQL inventory mart (schema, partitions, binary COPY).
+//! - [`cache`]: the Redis lookup cache.
 //! - [`replay`]: the `replay` and `features` commands: files in, forecasts and tables out.
 //! - [`simulate`]: order policies replayed through an inventory model.
 //! - [`http`]: `/metrics`, health checks and the read API.
@@ -53,6 +56,7 @@ pub mod kafka;
 pub mod mart;
 pub mod metrics;
 pub mod model;
+pub mod output;
 pub mod pipeline;
 pub mod records;
 pub mod replay;

@@ -8,7 +8,8 @@
 //!   promotions          events ─► dataflows::input ─► feature dataflow ─► changed (key, features)
 //!                            │
 //!                            ▼  merged per advance of the closed-epoch frontier
-//!                    sink: score ─► stockcast.forecasts ─► stockcast.epochs ─► commit offsets
+//!                    output: score, plan ─► mart, cache ─► stockcast.forecasts ─► stockcast.epochs
+//!                            ─► commit offsets (see [`crate::output`])
 //! ```
 //!
 //! # Delivery guarantee
@@ -32,11 +33,9 @@
 //!   forecasts of an epoch whose progress record is not yet written.
 
 pub mod admin;
-pub mod catch_up;
 pub mod client;
 pub mod load;
 pub mod progress;
-pub mod sink;
 pub mod snapshot;
 pub mod stream;
 pub mod wire;
@@ -49,7 +48,7 @@ use std::sync::Arc;
 /// What a worker run did.
 pub struct WorkerRun {
     /// What the sink wrote.
-    pub stats: sink::SinkStats,
+    pub stats: crate::output::Stats,
     /// The latest forecast of every series scored.
     pub latest: std::collections::HashMap<(String, String), crate::records::ForecastRecord>,
     /// The frontier a previous run had committed, if this run resumed.
@@ -64,9 +63,9 @@ pub enum WorkerError {
     /// The source or the dataflow failed.
     #[error(transparent)]
     Stream(#[from] stream::StreamError),
-    /// The sink could not start.
+    /// The output path could not start, or stopped the run.
     #[error(transparent)]
-    Sink(#[from] sink::SinkError),
+    Output(#[from] crate::output::OutputError),
     /// The forecaster does not fit the feature schema.
     #[error(transparent)]
     Forecaster(#[from] crate::model::ForecasterError),
@@ -164,7 +163,7 @@ pub fn run_worker(
         opts.progress.model_loaded.store(true, Ordering::SeqCst);
         stream::run(cfg, opts, checkpoints, |_, _| true)?;
         return Ok(WorkerRun {
-            stats: sink::SinkStats::default(),
+            stats: crate::output::Stats::default(),
             latest: Default::default(),
             resumed_from,
             secs: started.elapsed().as_secs_f64(),
@@ -172,7 +171,7 @@ pub fn run_worker(
     }
     let (scorer, watch) =
         crate::model::scorer(cfg, opts.progress.metrics.scoring_fallbacks.clone())?;
-    let mut sink = sink::KafkaSink::new(
+    let mut outputs = crate::output::Outputs::new(
         cfg,
         scorer,
         watch,
@@ -181,15 +180,14 @@ pub fn run_worker(
         Arc::clone(&opts.progress),
     )?;
     stream::run(cfg, opts, checkpoints, |closed, dict| {
-        sink.on_closed(closed, dict);
-        sink.failure().is_none()
+        outputs.on_closed(closed, dict)
     })?;
-    if let Some(why) = sink.failure() {
-        return Err(sink::SinkError::Halted(why.to_string()).into());
+    if let Some(why) = outputs.failure() {
+        return Err(crate::output::OutputError::Halted(why.to_string()).into());
     }
     Ok(WorkerRun {
-        stats: sink.stats().clone(),
-        latest: sink.latest(),
+        stats: outputs.stats().clone(),
+        latest: outputs.latest(),
         resumed_from,
         secs: started.elapsed().as_secs_f64(),
     })

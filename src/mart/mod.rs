@@ -20,7 +20,7 @@
 //! UNNEST(..)`, whatever the number of rows: a reader sees all of an advance or none of it.
 //! Writes are idempotent: the history and the epochs ignore rows they already hold and the
 //! current table keeps the newest epoch, so an advance retried after a failure (or
-//! republished after a restart) writes nothing twice. The Kafka sink commits its input
+//! republished after a restart) writes nothing twice. The worker commits its input
 //! offsets only after this commit (see [`crate::kafka`]).
 //!
 //! A failed write is retried by the caller with backoff; the connection is re-established on

@@ -1,0 +1,315 @@
+//! From one advance of the closed frontier to the records every sink writes: dead letters for
+//! the records that could not be used, a scored and planned forecast per changed series, and a
+//! progress record per closed epoch that did anything.
+//!
+//! What is published follows `[output] catch_up` ([`super::catch_up`]); outputs of
+//! epochs a previous run already delivered (below its committed frontier) are left out; and
+//! when the model directory holds a new version, every series seen so far is scored again once,
+//! at the newest closed epoch.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use dataflows::{Clock, Epoch, FeatureVec, Key, Schema};
+
+use super::catch_up;
+use crate::config::{CatchUp, Resolved};
+use crate::display::rfc3339;
+use crate::forecast::ScoreError;
+use crate::ids::Dictionary;
+use crate::kafka::progress::Progress;
+use crate::kafka::stream::{Closed, DeadRecord, Partition};
+use crate::model::scorer::{ModelWatch, Scorer};
+use crate::records::{DeadLetterRecord, EpochRecord, ForecastRecord};
+use crate::replenish::Planner;
+
+/// A dead letter to write: the record, and the bytes it stands for.
+#[derive(Clone, Debug)]
+pub struct DeadLetter {
+    /// What the dead-letter topic receives.
+    pub record: DeadLetterRecord,
+    /// The refused record's bytes (a header on the dead-letter topic), and their full length.
+    pub original: Option<(Vec<u8>, usize)>,
+    /// The reason, for the metrics.
+    pub reason: crate::metrics::Reason,
+}
+
+impl DeadLetter {
+    fn of(d: &DeadRecord) -> DeadLetter {
+        let text = |b: &Option<Vec<u8>>| {
+            b.as_deref()
+                .map(|b| String::from_utf8_lossy(b).into_owned())
+        };
+        DeadLetter {
+            record: DeadLetterRecord {
+                topic: d.partition.topic.clone(),
+                partition: d.partition.partition,
+                offset: d.offset,
+                reason: d.reason.to_string(),
+                detail: d.detail.clone(),
+                key: text(&d.key),
+                value: text(&d.value),
+                value_bytes: d.original_len,
+                value_truncated: d.value.as_ref().is_some_and(|v| v.len() < d.original_len),
+            },
+            original: d.value.clone().map(|v| (v, d.original_len)),
+            reason: d.reason,
+        }
+    }
+}
+
+/// The input offsets an advance makes committable, once every sink holds it.
+#[derive(Clone, Debug)]
+pub struct Commit {
+    /// The first epoch still open (the commit metadata).
+    pub frontier: Epoch,
+    /// Per partition, the offset to commit.
+    pub offsets: Vec<(Partition, i64)>,
+}
+
+/// Everything one advance writes, in the order a consumer should see it.
+#[derive(Debug, Default)]
+pub struct Advance {
+    /// Records that could not be used, since the previous advance.
+    pub dead_letters: Vec<DeadLetter>,
+    /// One per scored series, in epoch order.
+    pub forecasts: Vec<ForecastRecord>,
+    /// One per closed epoch that did anything, and one for the last closed epoch; empty when
+    /// the frontier did not move or a restart is still below what a previous run committed.
+    pub progress: Vec<EpochRecord>,
+    /// What to commit after every sink acknowledged; `None` when nothing is committable.
+    pub commit: Option<Commit>,
+    /// When the dataflow closed the epochs.
+    pub closed_at: Option<Instant>,
+    /// Epochs closed, counting empty ones.
+    pub epochs_closed: u64,
+    /// The newest epoch closed, if the frontier moved.
+    pub newest: Option<Epoch>,
+    /// Records consumed per input kind in the epochs closed.
+    pub consumed: BTreeMap<String, u64>,
+    /// Late events applied in them.
+    pub late: u64,
+}
+
+/// Why an advance could not be turned into records.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// Neither the model nor the baseline could score the changed series.
+    #[error("scoring failed, the baseline too: {0}")]
+    Scoring(#[from] ScoreError),
+}
+
+/// Turns advances into records; holds what that needs between advances.
+pub struct Builder {
+    clock: Clock,
+    schema: Schema,
+    catch_up: CatchUp,
+    planner: Planner,
+    scorer: Scorer,
+    /// Watches the model directory; with it, every series' latest features are kept so a new
+    /// model version can re-score them all.
+    watch: Option<ModelWatch>,
+    features: HashMap<Key, FeatureVec>,
+    /// Outputs of epochs before this were delivered by an earlier run.
+    resume_from: Option<Epoch>,
+    /// Dead letters since the last progress record.
+    dead_unrecorded: u64,
+    progress: Arc<Progress>,
+}
+
+impl Builder {
+    /// A builder scoring with `scorer` (and the new versions `watch` finds); `resume_from` is
+    /// the frontier a previous run committed.
+    pub fn new(
+        cfg: &Resolved,
+        scorer: Scorer,
+        watch: Option<ModelWatch>,
+        resume_from: Option<Epoch>,
+        progress: Arc<Progress>,
+    ) -> Builder {
+        let model = scorer.model();
+        progress.metrics.set_model(model.name(), model.version());
+        progress.model_loaded.store(true, Ordering::SeqCst);
+        let schema = cfg.spec.schema();
+        Builder {
+            clock: cfg.clock,
+            planner: Planner::new(&cfg.replenish, &schema, cfg.clock.period_kind()),
+            schema,
+            catch_up: cfg.output.catch_up,
+            scorer,
+            watch,
+            features: HashMap::new(),
+            resume_from,
+            dead_unrecorded: 0,
+            progress,
+        }
+    }
+
+    /// The event-time end of `epoch`, Unix seconds.
+    pub fn epoch_end(&self, epoch: Epoch) -> i64 {
+        self.clock.epoch_end(epoch)
+    }
+
+    fn suppressed(&self, epoch: Epoch) -> bool {
+        self.resume_from.is_some_and(|r| epoch < r)
+    }
+
+    /// Scores `series` as of `epoch` into `out`; returns the seconds spent scoring.
+    fn score_into(
+        &self,
+        epoch: Epoch,
+        series: &[(Key, FeatureVec)],
+        dict: &Dictionary,
+        out: &mut Vec<ForecastRecord>,
+    ) -> Result<f64, BuildError> {
+        let end = rfc3339(self.clock.epoch_end(epoch));
+        let vecs: Vec<&FeatureVec> = series.iter().map(|(_, v)| v).collect();
+        let started = Instant::now();
+        let forecasts = self.scorer.score(&vecs)?;
+        let secs = started.elapsed().as_secs_f64();
+        let model = self.scorer.model();
+        out.extend(series.iter().zip(&forecasts).map(|((key, vec), f)| {
+            let names = dict.names(key);
+            ForecastRecord::new(&end, names, &self.schema, model, &self.planner, vec, f)
+        }));
+        Ok(secs)
+    }
+
+    /// A new model version, if the watched directory holds one: swapped in.
+    fn new_model(&mut self) -> bool {
+        let Some(model) = self
+            .watch
+            .as_mut()
+            .and_then(|w| w.poll(&self.schema, self.clock.period_kind()))
+        else {
+            return false;
+        };
+        self.progress
+            .metrics
+            .set_model(&model.manifest.name, &model.manifest.version);
+        self.scorer.set_model(Arc::new(model));
+        true
+    }
+
+    /// The records of one advance.
+    pub fn build(&mut self, mut closed: Closed, dict: &Dictionary) -> Result<Advance, BuildError> {
+        let m = &self.progress.metrics;
+        let mut advance = Advance {
+            dead_letters: closed.dead.iter().map(DeadLetter::of).collect(),
+            closed_at: closed.closed_at,
+            epochs_closed: closed.epochs_closed,
+            newest: closed.epochs.last().map(|t| t.epoch),
+            consumed: closed
+                .consumed
+                .iter()
+                .map(|(k, n)| (k.name().to_string(), *n))
+                .collect(),
+            late: closed.late,
+            ..Advance::default()
+        };
+        m.late_events.inc_by(closed.late);
+        self.dead_unrecorded += closed.dead.len() as u64;
+        let advanced = closed.closed_at.is_some();
+        let rescore = advanced && self.new_model();
+        let superseded = catch_up::apply(self.catch_up, &mut closed.changed);
+        let published_superseded = superseded
+            .iter()
+            .filter(|(e, _)| !self.suppressed(**e))
+            .map(|(_, n)| n)
+            .sum();
+        self.progress
+            .metrics
+            .forecasts_superseded
+            .inc_by(published_superseded);
+
+        // Forecast records per epoch, and the series re-scored after a model change.
+        let mut changed_in: BTreeMap<Epoch, u64> = BTreeMap::new();
+        let mut scoring_secs = 0.0;
+        let mut scored_now: HashSet<Key> = HashSet::new();
+        for (epoch, changed) in &closed.changed {
+            if self.watch.is_some() {
+                self.features
+                    .extend(changed.iter().map(|(k, v)| (*k, v.clone())));
+            }
+            if self.suppressed(*epoch) {
+                continue;
+            }
+            scoring_secs += self.score_into(*epoch, changed, dict, &mut advance.forecasts)?;
+            if rescore {
+                scored_now.extend(changed.iter().map(|(k, _)| *k));
+            }
+            changed_in.insert(*epoch, changed.len() as u64);
+        }
+        let mut rescored: Option<(Epoch, u64)> = None;
+        if let Some(e) = advance.newest.filter(|e| rescore && !self.suppressed(*e)) {
+            // A new model version: every other series once, at the newest closed epoch.
+            let rest: Vec<(Key, FeatureVec)> = self
+                .features
+                .iter()
+                .filter(|(k, _)| !scored_now.contains(k))
+                .map(|(k, v)| (*k, v.clone()))
+                .collect();
+            scoring_secs += self.score_into(e, &rest, dict, &mut advance.forecasts)?;
+            rescored = Some((e, rest.len() as u64));
+        }
+        if !advanced {
+            return Ok(advance);
+        }
+        let m = &self.progress.metrics;
+        m.epochs_closed.inc_by(closed.epochs_closed);
+        m.scoring_seconds.observe(scoring_secs);
+        let frontier = closed
+            .frontier
+            .or_else(|| advance.newest.map(|e| e + 1))
+            .unwrap_or(0);
+        // Nothing to record or commit while a restart is still rebuilding what was committed.
+        if self.suppressed(frontier) {
+            return Ok(advance);
+        }
+        let latency_ms = closed
+            .closed_at
+            .map_or(0, |t| t.elapsed().as_millis() as u64);
+        for tally in closed
+            .epochs
+            .iter()
+            .filter(|t| !self.suppressed(t.epoch + 1))
+        {
+            let keys_changed = changed_in.get(&tally.epoch).copied().unwrap_or(0);
+            let keys_scored = keys_changed
+                + rescored
+                    .filter(|(e, _)| *e == tally.epoch)
+                    .map_or(0, |r| r.1);
+            m.keys_changed.observe(keys_changed as f64);
+            m.keys_scored.observe(keys_scored as f64);
+            advance.progress.push(EpochRecord {
+                epoch_end: rfc3339(self.clock.epoch_end(tally.epoch)),
+                frontier: tally.epoch + 1,
+                epochs_closed: tally.epochs_closed,
+                consumed: tally
+                    .consumed
+                    .iter()
+                    .map(|(k, n)| (k.name().to_string(), *n))
+                    .collect(),
+                late: tally.late,
+                dead_letters: 0,
+                keys_changed,
+                keys_superseded: superseded.get(&tally.epoch).copied().unwrap_or(0),
+                keys_scored,
+                offsets: tally.offsets.iter().map(|(p, o)| (p.label(), *o)).collect(),
+                latency_ms,
+            });
+        }
+        if let Some(last) = advance.progress.last_mut() {
+            last.dead_letters = std::mem::take(&mut self.dead_unrecorded);
+        }
+        if !closed.offsets.is_empty() {
+            advance.commit = Some(Commit {
+                frontier,
+                offsets: std::mem::take(&mut closed.offsets),
+            });
+        }
+        Ok(advance)
+    }
+}

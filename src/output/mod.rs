@@ -1,0 +1,239 @@
+//! The worker's output path: for each advance of the closed frontier, the records it makes and
+//! every store they go to, then the input offsets.
+//!
+//! ```text
+//! kafka::stream::run ──► Closed (epochs closed, changed series with their features,
+//!                                dead records, committable offsets)
+//!   build::Builder::build     dead letters; score the changed series (the model, or the
+//!                             baseline where it fails) and plan their orders; [output]
+//!                             catch_up; a progress record per epoch ──► Advance
+//!   for each sink, in order:  retry::write_until_done(sink, &advance)
+//!       postgres::MartSink    history + current tables and progress rows, one transaction
+//!       redis::CacheSink      the newest record of each series, one MULTI/EXEC
+//!       kafka::KafkaSink      dead letters and forecasts, then the progress records
+//!   committer::Committer      input offsets, with the frontier in the metadata
+//! ```
+//!
+//! - **A sink** is one type implementing [`Sink`]: it writes one advance, and may be called
+//!   again with the same advance after an error until it succeeds. [`retry`] is the one place
+//!   that backs off, counts attempts and failures per sink, and reports an outage.
+//! - **Order**: the stores are written first and the Kafka topics last, so a progress record on
+//!   `stockcast.epochs` means every store already holds its epoch's forecasts; the offsets are
+//!   committed only after every sink acknowledged the advance.
+//! - **Halting**: once an advance was not written (the run stopped, or a sink failed for good),
+//!   nothing more is written or committed in this run, so offsets and progress records never
+//!   pass undelivered output; the next run reads again from the committed offsets.
+
+pub mod build;
+pub mod catch_up;
+mod committer;
+pub mod kafka;
+pub mod postgres;
+pub mod redis;
+pub mod retry;
+mod sink;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use crate::config::Resolved;
+use crate::display::rfc3339;
+use crate::ids::Dictionary;
+use crate::kafka::progress::Progress;
+use crate::kafka::stream::Closed;
+use crate::model::scorer::{ModelWatch, Scorer};
+use crate::records::ForecastRecord;
+
+pub use self::build::{Advance, BuildError, Builder, Commit, DeadLetter};
+use self::committer::Committer;
+pub use self::sink::{Context, OutputError, Sink, Stats, Stopping, WriteError, STOP_GRACE};
+
+/// Why an advance was not delivered.
+#[derive(Debug)]
+enum Halt {
+    /// The run was told to stop first.
+    Stopped,
+    /// Delivery cannot succeed: the run stops with this error.
+    Fatal(String),
+}
+
+/// The output path of a worker: builds each advance's records, writes them to every sink,
+/// then commits the input offsets.
+pub struct Outputs {
+    builder: Builder,
+    sinks: Vec<Box<dyn Sink>>,
+    committer: Committer,
+    progress: Arc<Progress>,
+    stop: Stopping,
+    stats: Stats,
+    /// Set once an advance was not delivered: nothing more is written or committed.
+    halted: Option<Halt>,
+}
+
+impl Outputs {
+    /// The configured sinks (the mart and the cache when their URLs are set, then Kafka), a
+    /// builder scoring with `scorer`, and the committer of `cfg`'s consumer group.
+    pub fn new(
+        cfg: &Resolved,
+        scorer: Scorer,
+        watch: Option<ModelWatch>,
+        resume_from: Option<dataflows::Epoch>,
+        stop: Arc<AtomicBool>,
+        progress: Arc<Progress>,
+    ) -> Result<Outputs, OutputError> {
+        let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
+        if !cfg.postgres.url.is_empty() {
+            sinks.push(Box::new(postgres::MartSink::new(&cfg.postgres)?));
+        }
+        if !cfg.redis.url.is_empty() {
+            sinks.push(Box::new(redis::CacheSink::new(&cfg.redis)?));
+        }
+        sinks.push(Box::new(kafka::KafkaSink::new(cfg)?));
+        Ok(Outputs {
+            builder: Builder::new(cfg, scorer, watch, resume_from, Arc::clone(&progress)),
+            sinks,
+            committer: Committer::new(cfg)?,
+            progress,
+            stop: Stopping::new(stop),
+            stats: Stats::default(),
+            halted: None,
+        })
+    }
+
+    /// Why the run failed, if an advance could not be delivered for good.
+    pub fn failure(&self) -> Option<&str> {
+        match &self.halted {
+            Some(Halt::Fatal(why)) => Some(why),
+            _ => None,
+        }
+    }
+
+    /// What was written so far.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// The latest forecast of every series written.
+    pub fn latest(&self) -> HashMap<(String, String), ForecastRecord> {
+        self.progress
+            .latest
+            .read()
+            .map(|l| l.clone())
+            .unwrap_or_default()
+    }
+
+    /// Notes that an advance was not delivered: nothing more is written or committed.
+    fn halt(&mut self, why: Halt) {
+        match &why {
+            Halt::Stopped => tracing::warn!(
+                "stopping with an advance not delivered: nothing later is written or committed; the next run delivers it"
+            ),
+            Halt::Fatal(e) => {
+                tracing::error!(error = %e, "cannot go on; stopping without committing");
+                self.stop.set();
+            }
+        }
+        self.halted.get_or_insert(why);
+    }
+
+    /// Writes one advance to every sink, then commits its offsets; returns whether it was
+    /// delivered (a checkpoint may then count it as out).
+    pub fn on_closed(&mut self, closed: Closed, dict: &Dictionary) -> bool {
+        if self.halted.is_some() {
+            // An earlier advance was not delivered: writing this one could commit past it.
+            return false;
+        }
+        let advance = match self.builder.build(closed, dict) {
+            Ok(a) => a,
+            Err(e) => {
+                self.halt(Halt::Fatal(e.to_string()));
+                return false;
+            }
+        };
+        self.count_closed(&advance);
+        let mut failed = None;
+        for sink in &mut self.sinks {
+            let mut cx = Context {
+                progress: &self.progress,
+                stop: &self.stop,
+                stats: &mut self.stats,
+            };
+            if let Err(e) = retry::write_until_done(sink.as_mut(), &advance, &mut cx) {
+                failed = Some(match e {
+                    WriteError::Fatal(e) => Halt::Fatal(format!("{}: {e}", sink.name())),
+                    _ => Halt::Stopped,
+                });
+                break;
+            }
+        }
+        if let Some(halt) = failed {
+            self.halt(halt);
+            return false;
+        }
+        self.count_written(&advance);
+        if let Some(commit) = &advance.commit {
+            let mut cx = Context {
+                progress: &self.progress,
+                stop: &self.stop,
+                stats: &mut self.stats,
+            };
+            if self.committer.commit(commit, &mut cx).is_err() {
+                self.halt(Halt::Stopped);
+                return false;
+            }
+        }
+        if let Some(t) = advance.closed_at.filter(|_| !advance.progress.is_empty()) {
+            self.progress
+                .metrics
+                .epoch_seconds
+                .observe(t.elapsed().as_secs_f64());
+        }
+        true
+    }
+
+    /// Counts what an advance closed, before it is written.
+    fn count_closed(&mut self, advance: &Advance) {
+        let s = &mut self.stats;
+        for (kind, n) in &advance.consumed {
+            *s.consumed.entry(kind.clone()).or_default() += n;
+        }
+        s.late += advance.late;
+        if advance.closed_at.is_none() {
+            return;
+        }
+        s.advances += 1;
+        s.epochs += advance.epochs_closed;
+        let p = &self.progress;
+        if let Some(e) = advance.newest {
+            let end = self.builder.epoch_end(e);
+            s.last_epoch_end = Some(rfc3339(end));
+            p.last_epoch_end.store(end, Ordering::Relaxed);
+        }
+        p.last_advance
+            .store(chrono::Utc::now().timestamp(), Ordering::Relaxed);
+    }
+
+    /// Counts what every sink acknowledged, and serves its forecasts.
+    fn count_written(&mut self, advance: &Advance) {
+        let m = &self.progress.metrics;
+        for d in &advance.dead_letters {
+            m.dead_letters_written.with_label_values(&[d.reason]).inc();
+            *self
+                .stats
+                .dead_letters
+                .entry(d.reason.to_string())
+                .or_default() += 1;
+        }
+        m.dead_letters_pending
+            .sub(advance.dead_letters.len() as i64);
+        self.stats.forecasts += advance.forecasts.len() as u64;
+        self.stats.progress_records += advance.progress.len() as u64;
+        if let Ok(mut latest) = self.progress.latest.write() {
+            for r in &advance.forecasts {
+                latest.insert((r.store_id.clone(), r.sku_id.clone()), r.clone());
+            }
+            m.api_series.set(latest.len() as i64);
+        }
+    }
+}

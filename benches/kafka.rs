@@ -7,7 +7,13 @@
 //! cargo bench --bench kafka -- --stores 40 --skus 250 --days 28 --partitions 4 --workers 2
 //! cargo bench --bench kafka -- --checkpoint-every 96 --checkpoint-interval 0
 //! cargo bench --bench kafka -- --catch-up latest --model models/daily
+//! cargo bench --bench kafka -- --stores 400 --skus 500 --days 2 --processes 1,2
 //! ```
+//! With `--processes 1,2` the worker runs as that many `stockcast run` processes of one worker
+//! each (a timely cluster on loopback) instead of in this process, once per count, each under a
+//! group of its own; it prints the forecast records every process wrote per second of the
+//! cluster's wall time, and the processes' CPU seconds. With many series and few days this is
+//! the output-heavy case: every day rollover re-scores every daily series.
 //! The worker runs once per `[output] catch_up` setting (`--catch-up latest|every_epoch|both`,
 //! default both), each under a group of its own over the same topics; `--model DIR` scores
 //! with a trained model instead of the baseline.
@@ -28,7 +34,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Instant;
 
-use common::{arg, cpu_secs, load, text_arg};
+use common::{arg, children_cpu_secs, cpu_secs, load, text_arg};
 use stockcast::config::{CatchUp, Config};
 use stockcast::generate::{self, Params};
 use stockcast::kafka::{self, load as publish, stream};
@@ -116,6 +122,19 @@ fn main() {
         wall_clock: stream::system_clock(),
         from_scratch: false,
     };
+    if let Some(counts) = text_arg(&args, "--processes") {
+        for (run_no, n) in counts.split(',').filter_map(|n| n.parse().ok()).enumerate() {
+            for mode in &modes {
+                let mut cfg = cfg.clone();
+                cfg.output.catch_up = *mode;
+                cfg.kafka.group_id =
+                    format!("{}-p{n}-{run_no}-{}", cfg.kafka.group_id, mode.name());
+                cluster_run(&cfg, n);
+            }
+        }
+        println!("load after: {}", load());
+        return;
+    }
     let mut first = None;
     for (run_no, mode) in modes.iter().enumerate() {
         let mut cfg = cfg.clone();
@@ -180,4 +199,86 @@ fn main() {
         );
     }
     println!("load after: {}", load());
+}
+
+/// Runs the worker as `processes` processes of one worker each, until every partition is idle;
+/// prints what they wrote and the CPU they took.
+fn cluster_run(cfg: &stockcast::config::Resolved, processes: usize) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let t = &cfg.kafka.topics;
+    let file = dir.path().join("stockcast.toml");
+    let text = format!(
+        "[output]\ncatch_up = \"{}\"\n[http]\nlisten = \"\"\n[kafka]\nbrokers = \"{}\"\ngroup_id = \"{}\"\nidle_timeout_secs = {}\n\
+         [kafka.topics]\nsales = \"{}\"\nstock = \"{}\"\ncatalog = \"{}\"\nstores = \"{}\"\npromotions = \"{}\"\nprices = \"{}\"\n\
+         forecasts = \"{}\"\nepochs = \"{}\"\ndead_letters = \"{}\"\n",
+        cfg.output.catch_up.name(),
+        cfg.kafka.brokers, cfg.kafka.group_id, cfg.kafka.idle_timeout_secs, t.sales, t.stock,
+        t.catalog, t.stores, t.promotions, t.prices, t.forecasts, t.epochs, t.dead_letters
+    );
+    std::fs::write(&file, text).expect("config file");
+    let hosts = dir.path().join("hosts");
+    let ports: Vec<u16> = (0..processes)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("port"))
+        .collect::<Vec<_>>()
+        .iter()
+        .map(|l| l.local_addr().expect("port").port())
+        .collect();
+    let list: String = ports.iter().map(|p| format!("127.0.0.1:{p}\n")).collect();
+    std::fs::write(&hosts, list).expect("hosts file");
+    println!(
+        "{processes} process(es) x 1 worker, catch_up = \"{}\", load before: {}",
+        cfg.output.catch_up.name(),
+        load()
+    );
+    let cpu0 = children_cpu_secs();
+    let started = Instant::now();
+    let logs: Vec<std::path::PathBuf> = (0..processes)
+        .map(|p| dir.path().join(format!("process-{p}.log")))
+        .collect();
+    let mut children: Vec<std::process::Child> = (0..processes)
+        .map(|p| {
+            let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_stockcast"));
+            c.args(["run", "--workers", "1", "--exit-when-idle", "--config"])
+                .arg(&file);
+            if processes > 1 {
+                c.arg("--hosts")
+                    .arg(&hosts)
+                    .args(["--process", &p.to_string()]);
+            }
+            c.stderr(std::fs::File::create(&logs[p]).expect("log file"))
+                .spawn()
+                .expect("stockcast run")
+        })
+        .collect();
+    for c in &mut children {
+        let status = c.wait().expect("wait");
+        assert!(status.success(), "a process failed: {status:?}");
+    }
+    let wall = started.elapsed().as_secs_f64();
+    let cpu = children_cpu_secs() - cpu0;
+    let written: Vec<u64> = logs
+        .iter()
+        .map(|l| {
+            let text = std::fs::read_to_string(l).unwrap_or_default();
+            let field = " forecasts=";
+            text.rfind(field)
+                .map(|at| {
+                    let rest = &text[at + field.len()..];
+                    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+                    digits.parse().unwrap_or(0)
+                })
+                .unwrap_or(0)
+        })
+        .collect();
+    let total: u64 = written.iter().sum();
+    let busy = (wall - cfg.kafka.idle_timeout_secs as f64).max(1e-9);
+    println!(
+        "  forecast records written per process: {written:?}; wall {wall:.2} s ({} s idle timeout), CPU {cpu:.2} s (all processes)",
+        cfg.kafka.idle_timeout_secs
+    );
+    println!(
+        "  {processes} process(es): {:.0} forecast records/s in all, {:.0} per process",
+        total as f64 / busy,
+        total as f64 / busy / processes as f64
+    );
 }

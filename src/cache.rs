@@ -15,6 +15,11 @@ use crate::records::ForecastRecord;
 #[error("redis: {0}")]
 pub struct CacheError(#[from] redis::RedisError);
 
+/// The key of a series under `prefix`.
+fn key(prefix: &str, store: &str, sku: &str) -> String {
+    format!("{prefix}forecast:{store}:{sku}")
+}
+
 /// A connection to the cache.
 pub struct Cache {
     client: redis::Client,
@@ -36,7 +41,7 @@ impl Cache {
 
     /// The key of a series.
     pub fn key(&self, store: &str, sku: &str) -> String {
-        format!("{}forecast:{store}:{sku}", self.prefix)
+        key(&self.prefix, store, sku)
     }
 
     /// Writes the newest of `records` per series in one atomic pipeline.
@@ -70,5 +75,42 @@ impl Cache {
             self.connection = None;
         }
         Ok(result?)
+    }
+}
+
+/// Reads single series from the cache: how any process of a cluster answers the read API for a
+/// series another process scored.
+#[derive(Clone)]
+pub struct CacheReader {
+    client: redis::Client,
+    prefix: String,
+}
+
+/// How long a lookup may wait for Redis.
+const LOOKUP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+impl CacheReader {
+    /// A reader of the cache at `url` under `prefix`; connects at each lookup.
+    pub fn new(url: &str, prefix: &str) -> Result<Self, CacheError> {
+        Ok(CacheReader {
+            client: redis::Client::open(url)?,
+            prefix: prefix.to_string(),
+        })
+    }
+
+    /// The cached record of a series, if there is one. A value that is not a record (written
+    /// by something else under this prefix) counts as none, with a warning.
+    pub fn get(&self, store: &str, sku: &str) -> Result<Option<ForecastRecord>, CacheError> {
+        let mut c = self.client.get_connection_with_timeout(LOOKUP_TIMEOUT)?;
+        c.set_read_timeout(Some(LOOKUP_TIMEOUT))?;
+        let key = key(&self.prefix, store, sku);
+        let value: Option<Vec<u8>> = redis::cmd("GET").arg(&key).query(&mut c)?;
+        Ok(value.and_then(|v| match serde_json::from_slice(&v) {
+            Ok(rec) => Some(rec),
+            Err(e) => {
+                tracing::warn!(key = %crate::decode::shown(&key), error = %e, "the cached value is not a forecast record");
+                None
+            }
+        }))
     }
 }

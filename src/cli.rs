@@ -165,7 +165,8 @@ pub enum Command {
         listen: Option<String>,
         /// Join a timely cluster: a file listing every process's `host:port`, one per line, in
         /// process order. Each process runs `--workers` threads and reads its workers' share of
-        /// the partitions; process 0 merges, scores and writes the sinks and serves the read API.
+        /// the partitions and scores and writes the series its workers hold; process 0 writes the
+        /// progress records and commits offsets once every process acknowledged its part.
         #[arg(long, env = "STOCKCAST_HOSTS", requires = "process")]
         hosts: Option<PathBuf>,
         /// This process's index in the `--hosts` file, from 0.
@@ -506,10 +507,18 @@ fn worker_command(
     let _server = if listen.is_empty() {
         None
     } else {
+        // In a cluster the other processes' series are read from the shared cache.
+        let cache = if cfg.redis.url.is_empty() {
+            None
+        } else {
+            let reader = crate::cache::CacheReader::new(&cfg.redis.url, &cfg.redis.key_prefix);
+            Some(reader.context("redis.url")?)
+        };
         let server = crate::http::serve(
             &listen,
             std::sync::Arc::clone(&opts.progress),
             cfg.http.stall_secs,
+            cache,
         )
         .with_context(|| format!("serving HTTP on {listen}"))?;
         Some(server)
@@ -519,6 +528,7 @@ fn worker_command(
     tracing::info!(
         epochs = s.epochs,
         forecasts = s.forecasts,
+        progress_records = s.progress_records,
         consumed = ?s.consumed,
         late = s.late,
         dead_letters = ?s.dead_letters,

@@ -279,8 +279,13 @@ pub fn run(opts: &DemoOptions) -> anyhow::Result<()> {
     let progress: Arc<stream::Progress> = Arc::default();
     let _server = if opts.serve {
         crate::signals::stop_on_signals(Arc::clone(&stop)).context("installing signal handlers")?;
-        let server = crate::http::serve(&opts.listen, Arc::clone(&progress), cfg.http.stall_secs)
-            .with_context(|| format!("serving HTTP on {}", opts.listen))?;
+        let server = crate::http::serve(
+            &opts.listen,
+            Arc::clone(&progress),
+            cfg.http.stall_secs,
+            None,
+        )
+        .with_context(|| format!("serving HTTP on {}", opts.listen))?;
         println!(
             "serving: produce to {} (topics stockcast.*); http://{}/v1/recommendations?limit=10, \
              /v1/forecasts/S000/SKU00014, /metrics; Ctrl-C stops and prints the summary",

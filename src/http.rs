@@ -9,8 +9,12 @@
 //! - `GET /v1/recommendations?store=..&limit=..`: the latest records with the largest
 //!   recommended orders first (400 with a message for a bad parameter).
 //!
-//! Everything is served from the worker's own state ([`crate::kafka::stream::Progress`]); no
-//! request reaches Kafka or the dataflow.
+//! Everything is served from the process's own state ([`crate::kafka::stream::Progress`]): the
+//! series its workers hold. In a cluster each process scores its own share of the series, so a
+//! series this process does not hold is read from the shared Redis cache when `[redis]` is
+//! configured (every process writes it); without it, ask the process that holds the series, or
+//! read the mart. The recommendations list covers this process's series. No request reaches
+//! Kafka or the dataflow.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -30,6 +34,8 @@ use crate::kafka::stream::Progress;
 struct App {
     progress: Arc<Progress>,
     stall_secs: i64,
+    /// Where series other processes hold are read.
+    cache: Option<crate::cache::CacheReader>,
 }
 
 /// A running server; dropping it stops it.
@@ -51,8 +57,14 @@ impl Drop for Server {
     }
 }
 
-/// Starts serving `progress` on `listen` (e.g. `127.0.0.1:9898`, or port 0 for any).
-pub fn serve(listen: &str, progress: Arc<Progress>, stall_secs: u64) -> std::io::Result<Server> {
+/// Starts serving `progress` on `listen` (e.g. `127.0.0.1:9898`, or port 0 for any); series it
+/// does not hold are looked up in `cache`, if given.
+pub fn serve(
+    listen: &str,
+    progress: Arc<Progress>,
+    stall_secs: u64,
+    cache: Option<crate::cache::CacheReader>,
+) -> std::io::Result<Server> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -61,6 +73,7 @@ pub fn serve(listen: &str, progress: Arc<Progress>, stall_secs: u64) -> std::io:
     let app = App {
         progress,
         stall_secs: stall_secs.min(i64::MAX as u64) as i64,
+        cache,
     };
     let router = Router::new()
         .route("/metrics", get(metrics))
@@ -157,15 +170,31 @@ fn unavailable() -> Response {
 }
 
 async fn forecast(State(app): State<App>, Path((store, sku)): Path<(String, String)>) -> Response {
-    let Some(latest) = read_latest(&app) else {
-        return unavailable();
+    let local = match read_latest(&app) {
+        None => return unavailable(),
+        Some(latest) => latest.get(&(store.clone(), sku.clone())).cloned(),
     };
-    match latest.get(&(store.clone(), sku.clone())) {
-        Some(rec) => Json(rec.clone()).into_response(),
-        None => error(
-            StatusCode::NOT_FOUND,
-            format!("no forecast for store `{store}`, SKU `{sku}`"),
-        ),
+    if let Some(rec) = local {
+        return Json(rec).into_response();
+    }
+    let not_found = || {
+        let message = format!("no forecast for store `{store}`, SKU `{sku}`");
+        error(StatusCode::NOT_FOUND, message)
+    };
+    let Some(cache) = app.cache.clone() else {
+        return not_found();
+    };
+    let (s, k) = (store.clone(), sku.clone());
+    match tokio::task::spawn_blocking(move || cache.get(&s, &k)).await {
+        Ok(Ok(Some(rec))) => Json(rec).into_response(),
+        Ok(Ok(None)) => not_found(),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "read API: the cache lookup failed");
+            let message =
+                format!("this process does not hold the series and the cache did not answer: {e}");
+            error(StatusCode::SERVICE_UNAVAILABLE, message)
+        }
+        Err(_) => unavailable(),
     }
 }
 

@@ -583,10 +583,38 @@ fn a_cluster_of_two_processes_publishes_what_replay_computes() {
         .map(|(_, value, _)| serde_json::from_slice(&value).unwrap())
         .collect();
     assert_same_forecasts(sorted_forecasts(got), sorted_forecasts(expected.clone()));
-    // Process 0 wrote each of them once; process 1 wrote nothing.
-    let published = format!("forecasts={}", expected.len());
-    assert!(log[0].contains(&published), "{}", log[0]);
-    assert!(log[1].contains("forecasts=0"), "{}", log[1]);
+    // Each process scored and wrote the series its own workers hold, each record once.
+    let count = |text: &str, field: &str| -> usize {
+        let at = text.find(field).expect(field) + field.len();
+        let digits: String = text[at..]
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect();
+        digits.parse().unwrap()
+    };
+    let written: Vec<usize> = log.iter().map(|t| count(t, " forecasts=")).collect();
+    assert!(written.iter().all(|n| *n > 0), "{written:?}");
+    assert_eq!(written.iter().sum::<usize>(), expected.len(), "{written:?}");
+    // Process 0 wrote the progress records once both had written their part: each counts its
+    // epoch's forecasts over both processes.
+    let progress: Vec<wire::EpochRecord> = consume_json(
+        &cfg.kafka,
+        &cfg.kafka.topics.epochs,
+        count(&log[0], "progress_records="),
+    );
+    assert_eq!(count(&log[1], "progress_records="), 0);
+    let mut per_epoch: BTreeMap<String, u64> = BTreeMap::new();
+    for f in &expected {
+        *per_epoch.entry(f.epoch_end.clone()).or_default() += 1;
+    }
+    for r in &progress {
+        let want = per_epoch.remove(&r.epoch_end).unwrap_or(0);
+        assert_eq!((r.keys_changed, r.keys_scored), (want, want), "{r:?}");
+    }
+    assert!(
+        per_epoch.is_empty(),
+        "epochs without a record: {per_epoch:?}"
+    );
     assert_eq!(committed(&cfg, &cfg.kafka.topics.sales, 4), 19_130);
 }
 
@@ -766,7 +794,7 @@ fn the_http_api_and_every_metric_answer_from_a_running_worker() {
     let _data = support::load_generated(&cfg.kafka);
     let opts = options(2);
     let progress = Arc::clone(&opts.progress);
-    let server = stockcast::http::serve("127.0.0.1:0", Arc::clone(&progress), 600).unwrap();
+    let server = stockcast::http::serve("127.0.0.1:0", Arc::clone(&progress), 600, None).unwrap();
     let addr = server.addr;
     let worker = {
         let cfg = cfg.clone();

@@ -7,6 +7,8 @@ use std::time::{Duration, Instant};
 
 use stockcast::cache::Cache;
 
+#[path = "support/http.rs"]
+mod http;
 #[path = "support/kafka.rs"]
 mod kafka_support;
 
@@ -52,24 +54,25 @@ fn connection(url: &str) -> redis::Connection {
         .unwrap_or_else(|e| panic!("no Redis at {url}: {e} (scripts/services.sh starts one)"))
 }
 
+/// A forecast record of series (S1, K1).
+fn rec(epoch: &str, qty: f64) -> stockcast::records::ForecastRecord {
+    serde_json::from_value(serde_json::json!({
+        "epoch_end": epoch, "store_id": "S1", "sku_id": "K1", "schema_hash": "h",
+        "model": "baseline-ma", "model_version": "1", "forecast": [qty],
+        "forecast_p10": [qty], "forecast_p90": [qty], "on_hand": 2.0, "on_order": null,
+        "recommendation": {"order_qty": qty, "order_up_to": 5.0, "reorder_point": 1.0,
+            "cover_periods": null, "stockout_risk": 0.1, "lead_time_days": 7.0,
+            "review_days": 7.0, "service_level": 0.95, "pack_size": 1.0,
+            "min_order_qty": 0.0, "active": true}
+    }))
+    .unwrap()
+}
+
 #[test]
 fn the_newest_record_per_series_is_cached_with_its_ttl() {
     let url = "redis://127.0.0.1:6379/0";
     let prefix = format!("stockcast-test:{}:", kafka_support::nonce('-'));
     let mut cache = Cache::new(url, &prefix, 300).unwrap();
-    let rec = |epoch: &str, qty: f64| {
-        let r: stockcast::records::ForecastRecord = serde_json::from_value(serde_json::json!({
-            "epoch_end": epoch, "store_id": "S1", "sku_id": "K1", "schema_hash": "h",
-            "model": "baseline-ma", "model_version": "1", "forecast": [qty],
-            "forecast_p10": [qty], "forecast_p90": [qty], "on_hand": 2.0, "on_order": null,
-            "recommendation": {"order_qty": qty, "order_up_to": 5.0, "reorder_point": 1.0,
-                "cover_periods": null, "stockout_risk": 0.1, "lead_time_days": 7.0,
-                "review_days": 7.0, "service_level": 0.95, "pack_size": 1.0,
-                "min_order_qty": 0.0, "active": true}
-        }))
-        .unwrap();
-        r
-    };
     let older = rec("2024-01-01T00:15:00Z", 1.0);
     let newer = rec("2024-01-01T00:30:00Z", 2.0);
     cache.write(&[older.clone(), newer.clone()]).unwrap();
@@ -117,4 +120,39 @@ fn a_worker_retries_until_redis_answers_and_caches_every_series() {
         let got: stockcast::records::ForecastRecord = serde_json::from_str(&value).unwrap();
         assert_eq!(&got, want);
     }
+}
+
+/// In a cluster each process holds its own series: the read API of a process that does not
+/// hold one answers from the cache every process writes, and says so when the cache is down.
+#[test]
+fn the_read_api_answers_a_series_another_process_holds_from_the_cache() {
+    let url = "redis://127.0.0.1:6379/0";
+    let prefix = format!("stockcast-test:{}:", kafka_support::nonce('-'));
+    let mut cache = Cache::new(url, &prefix, 300).unwrap();
+    let newer = rec("2024-01-01T00:30:00Z", 2.0);
+    cache.write(std::slice::from_ref(&newer)).unwrap();
+    // This process holds no series at all.
+    let progress = std::sync::Arc::new(stockcast::kafka::stream::Progress::default());
+    let reader = stockcast::cache::CacheReader::new(url, &prefix).unwrap();
+    let server =
+        stockcast::http::serve("127.0.0.1:0", progress.clone(), 600, Some(reader)).unwrap();
+    let (status, body) = http::http_get(server.addr, "/v1/forecasts/S1/K1");
+    assert_eq!(status, 200, "{body}");
+    let got: stockcast::records::ForecastRecord = serde_json::from_str(&body).unwrap();
+    assert_eq!(got, newer);
+    assert_eq!(http::http_get(server.addr, "/v1/forecasts/S1/K2").0, 404);
+    // Without a cache, or with one that does not answer.
+    let alone = stockcast::http::serve("127.0.0.1:0", progress.clone(), 600, None).unwrap();
+    assert_eq!(http::http_get(alone.addr, "/v1/forecasts/S1/K1").0, 404);
+    let dead = format!("redis://127.0.0.1:{}/0", free_port());
+    let reader = stockcast::cache::CacheReader::new(&dead, &prefix).unwrap();
+    let down = stockcast::http::serve("127.0.0.1:0", progress, 600, Some(reader)).unwrap();
+    let (status, body) = http::http_get(down.addr, "/v1/forecasts/S1/K1");
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("cache did not answer"), "{body}");
+    let mut c = connection(url);
+    let _: () = redis::cmd("DEL")
+        .arg(cache.key("S1", "K1"))
+        .query(&mut c)
+        .unwrap();
 }

@@ -11,13 +11,23 @@ pub fn load() -> String {
 
 /// CPU seconds (user + system) of this process so far.
 pub fn cpu_secs() -> f64 {
-    // utime + stime of this process, from /proc/self/stat (clock ticks of 100 Hz).
+    stat_secs(11)
+}
+
+/// CPU seconds (user + system) of this process's children that were waited for.
+pub fn children_cpu_secs() -> f64 {
+    stat_secs(13)
+}
+
+/// The sum of two adjacent clock-tick fields of /proc/self/stat (100 Hz), counted from the
+/// field after the command name: utime and stime at 11, cutime and cstime at 13.
+fn stat_secs(first: usize) -> f64 {
     std::fs::read_to_string("/proc/self/stat")
         .ok()
         .and_then(|s| {
             let rest = s.rsplit_once(')')?.1;
             let f: Vec<&str> = rest.split_whitespace().collect();
-            Some((f[11].parse::<f64>().ok()? + f[12].parse::<f64>().ok()?) / 100.0)
+            Some((f[first].parse::<f64>().ok()? + f[first + 1].parse::<f64>().ok()?) / 100.0)
         })
         .unwrap_or(f64::NAN)
 }

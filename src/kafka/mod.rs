@@ -42,7 +42,6 @@ pub mod wire;
 
 pub use self::client::{client_config, input_topics, partition_owner, Acks};
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 /// What a worker run did.
@@ -72,6 +71,25 @@ pub enum WorkerError {
     /// The checkpoints cannot be read, or were taken with other settings.
     #[error(transparent)]
     Checkpoint(#[from] crate::checkpoint::CheckpointError),
+}
+
+/// Whether a series (by store and SKU name) is held by this process's workers: the dataflow
+/// routes each series to worker `hash(key) % peers`.
+fn series_holder(opts: &stream::StreamOptions) -> impl Fn(&str, &str) -> bool {
+    use differential_dataflow::Hashable;
+    let workers = opts.workers.max(1);
+    let (process, processes) = opts
+        .cluster
+        .as_ref()
+        .map_or((0, 1), |c| (c.process, c.hosts.len()));
+    let peers = (workers * processes) as u64;
+    move |store: &str, sku: &str| {
+        let key = dataflows::Key {
+            store: crate::ids::name_id(store),
+            sku: crate::ids::name_id(sku),
+        };
+        (key.hashed() % peers) as usize / workers == process
+    }
 }
 
 /// Opens `[checkpoint] dir` and reads the checkpoint to restore (none with `--from-scratch`),
@@ -111,7 +129,9 @@ fn open_checkpoints(
             }
             m.checkpoint_bytes.set(l.manifest.bytes() as i64);
             if let Ok(mut latest) = opts.progress.latest.write() {
-                for r in &l.latest {
+                // The read API of a process answers the series its own workers hold.
+                let held = series_holder(opts);
+                for r in l.latest.iter().filter(|r| held(&r.store_id, &r.sku_id)) {
                     latest.insert((r.store_id.clone(), r.sku_id.clone()), r.clone());
                 }
                 m.api_series.set(latest.len() as i64);
@@ -143,7 +163,8 @@ fn open_checkpoints(
 }
 
 /// Runs the worker: resumes after the frontier a previous run committed, consumes, scores and
-/// publishes until `opts` says to stop.
+/// publishes until `opts` says to stop. In a cluster every process scores and writes the series
+/// its workers hold; process 0 also writes the progress records and commits the offsets.
 pub fn run_worker(
     cfg: &crate::config::Resolved,
     opts: &stream::StreamOptions,
@@ -157,18 +178,6 @@ pub fn run_worker(
             "resuming: output resumes at the committed frontier"
         );
     }
-    if opts.cluster.as_ref().is_some_and(|c| !c.is_leader()) {
-        // Process 0 merges, scores and writes; this one reads its workers' partitions and
-        // computes their share of the features.
-        opts.progress.model_loaded.store(true, Ordering::SeqCst);
-        stream::run(cfg, opts, checkpoints, |_, _| true)?;
-        return Ok(WorkerRun {
-            stats: crate::output::Stats::default(),
-            latest: Default::default(),
-            resumed_from,
-            secs: started.elapsed().as_secs_f64(),
-        });
-    }
     let (scorer, watch) =
         crate::model::scorer(cfg, opts.progress.metrics.scoring_fallbacks.clone())?;
     let mut outputs = crate::output::Outputs::new(
@@ -179,9 +188,7 @@ pub fn run_worker(
         opts.stop.clone(),
         Arc::clone(&opts.progress),
     )?;
-    stream::run(cfg, opts, checkpoints, |closed, dict| {
-        outputs.on_closed(closed, dict)
-    })?;
+    stream::run(cfg, opts, checkpoints, &mut outputs)?;
     if let Some(why) = outputs.failure() {
         return Err(crate::output::OutputError::Halted(why.to_string()).into());
     }

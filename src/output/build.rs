@@ -1,6 +1,8 @@
-//! From one advance of the closed frontier to the records every sink writes: dead letters for
-//! the records that could not be used, a scored and planned forecast per changed series, and a
-//! progress record per closed epoch that did anything.
+//! From an advance of the closed frontier to the records every sink writes: on every process,
+//! a scored and planned forecast per series its workers changed ([`Builder::forecasts`]); on
+//! worker 0's process, once every process acknowledged its forecasts, dead letters for the
+//! records that could not be used and a progress record per closed epoch that did anything
+//! ([`Builder::progress`]).
 //!
 //! What is published follows `[output] catch_up` ([`super::catch_up`]); outputs of
 //! epochs a previous run already delivered (below its committed frontier) are left out; and
@@ -20,7 +22,7 @@ use crate::display::rfc3339;
 use crate::forecast::ScoreError;
 use crate::ids::Dictionary;
 use crate::kafka::progress::Progress;
-use crate::kafka::stream::{Closed, DeadRecord, Partition};
+use crate::kafka::stream::{Changed, Closed, DeadRecord, Delivered, Partition};
 use crate::model::scorer::{ModelWatch, Scorer};
 use crate::records::{DeadLetterRecord, EpochRecord, ForecastRecord};
 use crate::replenish::Planner;
@@ -193,8 +195,69 @@ impl Builder {
         true
     }
 
-    /// The records of one advance.
-    pub fn build(&mut self, mut closed: Closed, dict: &Dictionary) -> Result<Advance, BuildError> {
+    /// The forecast records of this process's changed series, and what to acknowledge once
+    /// every sink holds them.
+    pub fn forecasts(
+        &mut self,
+        mut changed: Changed,
+        dict: &Dictionary,
+    ) -> Result<(Advance, Delivered), BuildError> {
+        let rescore = self.new_model();
+        let superseded = catch_up::apply(self.catch_up, &mut changed.changed);
+        let published_superseded = (superseded.iter())
+            .filter(|(e, _)| !self.suppressed(**e))
+            .map(|(_, n)| n)
+            .sum();
+        let m = &self.progress.metrics;
+        m.forecasts_superseded.inc_by(published_superseded);
+        let mut advance = Advance {
+            closed_at: changed.closed_at,
+            newest: changed
+                .frontier
+                .map(|f| f.saturating_sub(1))
+                .or_else(|| changed.changed.last().map(|(e, _)| *e)),
+            ..Advance::default()
+        };
+        let mut scoring_secs = 0.0;
+        let mut scored_now: HashSet<Key> = HashSet::new();
+        for (epoch, series) in &changed.changed {
+            if self.watch.is_some() {
+                self.features
+                    .extend(series.iter().map(|(k, v)| (*k, v.clone())));
+            }
+            if self.suppressed(*epoch) {
+                continue;
+            }
+            scoring_secs += self.score_into(*epoch, series, dict, &mut advance.forecasts)?;
+            if rescore {
+                scored_now.extend(series.iter().map(|(k, _)| *k));
+            }
+        }
+        let mut rescored = BTreeMap::new();
+        if let Some(e) = advance.newest.filter(|e| rescore && !self.suppressed(*e)) {
+            // A new model version: every other series once, at the newest closed epoch.
+            let rest: Vec<(Key, FeatureVec)> = self
+                .features
+                .iter()
+                .filter(|(k, _)| !scored_now.contains(k))
+                .map(|(k, v)| (*k, v.clone()))
+                .collect();
+            scoring_secs += self.score_into(e, &rest, dict, &mut advance.forecasts)?;
+            rescored.insert(e, rest.len() as u64);
+        }
+        self.progress.metrics.scoring_seconds.observe(scoring_secs);
+        let delivered = Delivered {
+            through: changed.frontier,
+            superseded,
+            rescored,
+            ..Delivered::default()
+        };
+        Ok((advance, delivered))
+    }
+
+    /// The dead letters, progress records and offsets of an advance every process
+    /// acknowledged.
+    pub fn progress(&mut self, mut closed: Closed) -> Advance {
         let m = &self.progress.metrics;
         let mut advance = Advance {
             dead_letters: closed.dead.iter().map(DeadLetter::of).collect(),
@@ -211,62 +274,17 @@ impl Builder {
         };
         m.late_events.inc_by(closed.late);
         self.dead_unrecorded += closed.dead.len() as u64;
-        let advanced = closed.closed_at.is_some();
-        let rescore = advanced && self.new_model();
-        let superseded = catch_up::apply(self.catch_up, &mut closed.changed);
-        let published_superseded = superseded
-            .iter()
-            .filter(|(e, _)| !self.suppressed(**e))
-            .map(|(_, n)| n)
-            .sum();
-        self.progress
-            .metrics
-            .forecasts_superseded
-            .inc_by(published_superseded);
-
-        // Forecast records per epoch, and the series re-scored after a model change.
-        let mut changed_in: BTreeMap<Epoch, u64> = BTreeMap::new();
-        let mut scoring_secs = 0.0;
-        let mut scored_now: HashSet<Key> = HashSet::new();
-        for (epoch, changed) in &closed.changed {
-            if self.watch.is_some() {
-                self.features
-                    .extend(changed.iter().map(|(k, v)| (*k, v.clone())));
-            }
-            if self.suppressed(*epoch) {
-                continue;
-            }
-            scoring_secs += self.score_into(*epoch, changed, dict, &mut advance.forecasts)?;
-            if rescore {
-                scored_now.extend(changed.iter().map(|(k, _)| *k));
-            }
-            changed_in.insert(*epoch, changed.len() as u64);
+        if closed.closed_at.is_none() {
+            return advance;
         }
-        let mut rescored: Option<(Epoch, u64)> = None;
-        if let Some(e) = advance.newest.filter(|e| rescore && !self.suppressed(*e)) {
-            // A new model version: every other series once, at the newest closed epoch.
-            let rest: Vec<(Key, FeatureVec)> = self
-                .features
-                .iter()
-                .filter(|(k, _)| !scored_now.contains(k))
-                .map(|(k, v)| (*k, v.clone()))
-                .collect();
-            scoring_secs += self.score_into(e, &rest, dict, &mut advance.forecasts)?;
-            rescored = Some((e, rest.len() as u64));
-        }
-        if !advanced {
-            return Ok(advance);
-        }
-        let m = &self.progress.metrics;
         m.epochs_closed.inc_by(closed.epochs_closed);
-        m.scoring_seconds.observe(scoring_secs);
         let frontier = closed
             .frontier
             .or_else(|| advance.newest.map(|e| e + 1))
             .unwrap_or(0);
         // Nothing to record or commit while a restart is still rebuilding what was committed.
         if self.suppressed(frontier) {
-            return Ok(advance);
+            return advance;
         }
         let latency_ms = closed
             .closed_at
@@ -276,11 +294,8 @@ impl Builder {
             .iter()
             .filter(|t| !self.suppressed(t.epoch + 1))
         {
-            let keys_changed = changed_in.get(&tally.epoch).copied().unwrap_or(0);
-            let keys_scored = keys_changed
-                + rescored
-                    .filter(|(e, _)| *e == tally.epoch)
-                    .map_or(0, |r| r.1);
+            let keys_changed = tally.changed.saturating_sub(tally.superseded);
+            let keys_scored = keys_changed + tally.rescored;
             m.keys_changed.observe(keys_changed as f64);
             m.keys_scored.observe(keys_scored as f64);
             advance.progress.push(EpochRecord {
@@ -295,7 +310,7 @@ impl Builder {
                 late: tally.late,
                 dead_letters: 0,
                 keys_changed,
-                keys_superseded: superseded.get(&tally.epoch).copied().unwrap_or(0),
+                keys_superseded: tally.superseded,
                 keys_scored,
                 offsets: tally.offsets.iter().map(|(p, o)| (p.label(), *o)).collect(),
                 latency_ms,
@@ -310,6 +325,6 @@ impl Builder {
                 offsets: std::mem::take(&mut closed.offsets),
             });
         }
-        Ok(advance)
+        advance
     }
 }

@@ -41,7 +41,7 @@ use crate::config::Resolved;
 use crate::display::rfc3339;
 use crate::ids::Dictionary;
 use crate::kafka::progress::Progress;
-use crate::kafka::stream::Closed;
+use crate::kafka::stream::{Changed, Closed, Delivered, Handler};
 use crate::model::scorer::{ModelWatch, Scorer};
 use crate::records::ForecastRecord;
 
@@ -69,6 +69,9 @@ pub struct Outputs {
     stats: Stats,
     /// Set once an advance was not delivered: nothing more is written or committed.
     halted: Option<Halt>,
+    /// The first epoch whose forecasts are not all in every sink (`None`: all, the run
+    /// finished).
+    through: Option<dataflows::Epoch>,
 }
 
 impl Outputs {
@@ -98,6 +101,7 @@ impl Outputs {
             stop: Stopping::new(stop),
             stats: Stats::default(),
             halted: None,
+            through: Some(0),
         })
     }
 
@@ -137,21 +141,8 @@ impl Outputs {
         self.halted.get_or_insert(why);
     }
 
-    /// Writes one advance to every sink, then commits its offsets; returns whether it was
-    /// delivered (a checkpoint may then count it as out).
-    pub fn on_closed(&mut self, closed: Closed, dict: &Dictionary) -> bool {
-        if self.halted.is_some() {
-            // An earlier advance was not delivered: writing this one could commit past it.
-            return false;
-        }
-        let advance = match self.builder.build(closed, dict) {
-            Ok(a) => a,
-            Err(e) => {
-                self.halt(Halt::Fatal(e.to_string()));
-                return false;
-            }
-        };
-        self.count_closed(&advance);
+    /// Writes `advance` to every sink in order; `false` (and halted) if one did not take it.
+    fn write(&mut self, advance: &Advance) -> bool {
         let mut failed = None;
         for sink in &mut self.sinks {
             let mut cx = Context {
@@ -159,7 +150,7 @@ impl Outputs {
                 stop: &self.stop,
                 stats: &mut self.stats,
             };
-            if let Err(e) = retry::write_until_done(sink.as_mut(), &advance, &mut cx) {
+            if let Err(e) = retry::write_until_done(sink.as_mut(), advance, &mut cx) {
                 failed = Some(match e {
                     WriteError::Fatal(e) => Halt::Fatal(format!("{}: {e}", sink.name())),
                     _ => Halt::Stopped,
@@ -167,29 +158,24 @@ impl Outputs {
                 break;
             }
         }
-        if let Some(halt) = failed {
-            self.halt(halt);
-            return false;
-        }
-        self.count_written(&advance);
-        if let Some(commit) = &advance.commit {
-            let mut cx = Context {
-                progress: &self.progress,
-                stop: &self.stop,
-                stats: &mut self.stats,
-            };
-            if self.committer.commit(commit, &mut cx).is_err() {
-                self.halt(Halt::Stopped);
-                return false;
+        match failed {
+            None => true,
+            Some(halt) => {
+                self.halt(halt);
+                false
             }
         }
-        if let Some(t) = advance.closed_at.filter(|_| !advance.progress.is_empty()) {
-            self.progress
-                .metrics
-                .epoch_seconds
-                .observe(t.elapsed().as_secs_f64());
+    }
+
+    /// Notes an advance of this process's frontier, for the health checks.
+    fn note_advance(&self, newest: Option<dataflows::Epoch>) {
+        let p = &self.progress;
+        if let Some(e) = newest {
+            p.last_epoch_end
+                .fetch_max(self.builder.epoch_end(e), Ordering::Relaxed);
         }
-        true
+        p.last_advance
+            .store(chrono::Utc::now().timestamp(), Ordering::Relaxed);
     }
 
     /// Counts what an advance closed, before it is written.
@@ -204,18 +190,57 @@ impl Outputs {
         }
         s.advances += 1;
         s.epochs += advance.epochs_closed;
-        let p = &self.progress;
         if let Some(e) = advance.newest {
-            let end = self.builder.epoch_end(e);
-            s.last_epoch_end = Some(rfc3339(end));
-            p.last_epoch_end.store(end, Ordering::Relaxed);
+            s.last_epoch_end = Some(rfc3339(self.builder.epoch_end(e)));
         }
-        p.last_advance
-            .store(chrono::Utc::now().timestamp(), Ordering::Relaxed);
+    }
+}
+
+impl Handler for Outputs {
+    fn changed(&mut self, changed: Changed, dict: &Dictionary) -> Delivered {
+        let unchanged = Delivered {
+            through: self.through,
+            ..Delivered::default()
+        };
+        if self.halted.is_some() {
+            // An earlier advance was not delivered: nothing more is.
+            return unchanged;
+        }
+        let (advance, delivered) = match self.builder.forecasts(changed, dict) {
+            Ok(built) => built,
+            Err(e) => {
+                self.halt(Halt::Fatal(e.to_string()));
+                return unchanged;
+            }
+        };
+        self.note_advance(advance.newest);
+        if !advance.forecasts.is_empty() && !self.write(&advance) {
+            return unchanged;
+        }
+        self.stats.forecasts += advance.forecasts.len() as u64;
+        if let Ok(mut latest) = self.progress.latest.write() {
+            for r in &advance.forecasts {
+                latest.insert((r.store_id.clone(), r.sku_id.clone()), r.clone());
+            }
+            self.progress.metrics.api_series.set(latest.len() as i64);
+        }
+        self.through = delivered.through;
+        delivered
     }
 
-    /// Counts what every sink acknowledged, and serves its forecasts.
-    fn count_written(&mut self, advance: &Advance) {
+    fn closed(&mut self, closed: Closed) -> bool {
+        if self.halted.is_some() {
+            // An earlier advance was not delivered: writing this one could commit past it.
+            return false;
+        }
+        let advance = self.builder.progress(closed);
+        self.count_closed(&advance);
+        if advance.closed_at.is_some() {
+            self.note_advance(advance.newest);
+        }
+        if !self.write(&advance) {
+            return false;
+        }
         let m = &self.progress.metrics;
         for d in &advance.dead_letters {
             m.dead_letters_written.with_label_values(&[d.reason]).inc();
@@ -227,13 +252,22 @@ impl Outputs {
         }
         m.dead_letters_pending
             .sub(advance.dead_letters.len() as i64);
-        self.stats.forecasts += advance.forecasts.len() as u64;
         self.stats.progress_records += advance.progress.len() as u64;
-        if let Ok(mut latest) = self.progress.latest.write() {
-            for r in &advance.forecasts {
-                latest.insert((r.store_id.clone(), r.sku_id.clone()), r.clone());
+        if let Some(commit) = &advance.commit {
+            let mut cx = Context {
+                progress: &self.progress,
+                stop: &self.stop,
+                stats: &mut self.stats,
+            };
+            if self.committer.commit(commit, &mut cx).is_err() {
+                self.halt(Halt::Stopped);
+                return false;
             }
-            m.api_series.set(latest.len() as i64);
         }
+        if let Some(t) = advance.closed_at.filter(|_| !advance.progress.is_empty()) {
+            let m = &self.progress.metrics;
+            m.epoch_seconds.observe(t.elapsed().as_secs_f64());
+        }
+        true
     }
 }

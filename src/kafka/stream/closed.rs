@@ -50,8 +50,6 @@ pub struct Closed {
     pub frontier: Option<Epoch>,
     /// Epochs closed by this advance, counting empty ones.
     pub epochs_closed: u64,
-    /// Changed series per closed epoch, in epoch then key order.
-    pub changed: Vec<(Epoch, Vec<(Key, FeatureVec)>)>,
     /// Per partition, the offset below which every record is reflected in closed epochs.
     pub offsets: Vec<(Partition, i64)>,
     /// Records consumed per input kind in the epochs this advance closed (the sum of `epochs`).
@@ -84,4 +82,39 @@ pub struct EpochTally {
     pub late: u64,
     /// Per partition, the offset below which every record is in this or earlier epochs.
     pub offsets: Vec<(Partition, i64)>,
+    /// Series the dataflow changed in this epoch, over every process.
+    pub changed: u64,
+    /// Of those, the ones whose forecast was left out for a later one (`[output] catch_up`).
+    pub superseded: u64,
+    /// Series scored again at this epoch because a new model version came.
+    pub rescored: u64,
+}
+
+/// This process's share of an advance of the closed frontier: the series its workers changed
+/// in the epochs closed, which this process scores and writes.
+#[derive(Debug, Default)]
+pub struct Changed {
+    /// The first epoch still open, or `None` once the run has finished.
+    pub frontier: Option<Epoch>,
+    /// Changed series per closed epoch, in epoch then key order.
+    pub changed: Vec<(Epoch, Vec<(Key, FeatureVec)>)>,
+    /// When the dataflow closed these epochs.
+    pub closed_at: Option<Instant>,
+}
+
+/// A process's acknowledgement of its share: every forecast of the epochs below `through` is
+/// in every sink. Worker 0's process writes a progress record, and commits offsets, only for
+/// epochs every process acknowledged.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Delivered {
+    /// The process.
+    pub process: usize,
+    /// The first epoch not acknowledged yet; `None`: all of them, the run finished.
+    pub through: Option<Epoch>,
+    /// This process's last acknowledgement of the run (it finished, or its output halted).
+    pub last: bool,
+    /// Per epoch, changed series whose forecast a later one superseded.
+    pub superseded: BTreeMap<Epoch, u64>,
+    /// Per epoch, series scored again after a new model version.
+    pub rescored: BTreeMap<Epoch, u64>,
 }

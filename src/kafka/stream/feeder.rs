@@ -23,15 +23,17 @@ use super::closed::*;
 use super::options::*;
 use super::partition::*;
 
-/// What a worker sends to the merging thread. Reports travel through the dataflow to worker 0,
-/// whose process merges them, so they cross process boundaries in a cluster.
+/// What a worker tells worker 0's process, which merges them into the closed advances: the
+/// frontier, the counts, the offsets, the dead letters. Reports travel through the dataflow,
+/// so they cross process boundaries in a cluster.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub(super) struct Report {
     pub(super) worker: usize,
     /// The dataflow's closed frontier as this worker sees it; `None` once it finished.
     pub(super) frontier: Option<Epoch>,
-    pub(super) changed: Vec<(Epoch, Key, FeatureVec)>,
-    pub(super) names: Vec<(Key, String, String)>,
+    /// Series this worker's dataflow changed, per closed epoch (the series themselves go to
+    /// the worker's own process, see [`Changes`]).
+    pub(super) changed: BTreeMap<Epoch, u64>,
     /// (snapshot epoch, partition, offset): committable once the global frontier reaches it.
     pub(super) offsets: Vec<(Epoch, Partition, i64)>,
     /// Records consumed, by the epoch they took effect in and their input kind.
@@ -41,6 +43,16 @@ pub(super) struct Report {
     pub(super) dead: Vec<DeadRecord>,
     /// Checkpoint parts written.
     pub(super) parts: Vec<PartDone>,
+}
+
+/// The series a worker's dataflow changed in closed epochs: they go to the first worker of the
+/// worker's own process, whose thread scores and writes them.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(super) struct Changes {
+    pub(super) worker: usize,
+    /// As in [`Report`]: every change below it is in this message or an earlier one.
+    pub(super) frontier: Option<Epoch>,
+    pub(super) changed: Vec<(Epoch, Key, FeatureVec)>,
 }
 
 /// A worker's input side: partitions, buffered events, the input stage.

@@ -1,11 +1,11 @@
-//! Worker 0's process merges the workers' reports into closed advances, in order.
+//! Worker 0's process merges the workers' reports, and every process's acknowledgements, into
+//! closed advances, in order; each process merges its own workers' changed series.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
 use dataflows::{Epoch, FeatureVec, Key};
 
-use crate::ids::Dictionary;
 use crate::source::files::FileKind;
 
 use crate::kafka::snapshot::PartDone;
@@ -18,7 +18,8 @@ use super::feeder::*;
 pub(super) struct Merger {
     pub(super) frontiers: Vec<Option<Option<Epoch>>>,
     pub(super) emitted: Option<Option<Epoch>>,
-    pub(super) changed: BTreeMap<Epoch, Vec<(Key, FeatureVec)>>,
+    /// Series changed per epoch, over every worker.
+    pub(super) changed: BTreeMap<Epoch, u64>,
     pub(super) offsets: Vec<(Epoch, Partition, i64)>,
     pub(super) consumed: BTreeMap<Epoch, BTreeMap<FileKind, u64>>,
     pub(super) late: BTreeMap<Epoch, u64>,
@@ -27,7 +28,8 @@ pub(super) struct Merger {
     pub(super) committable: BTreeMap<Partition, i64>,
     /// The frontier of the last tally: the first epoch the next one covers.
     pub(super) tallied: Option<Epoch>,
-    pub(super) dict: Dictionary,
+    /// Every process's acknowledgements.
+    pub(super) acks: Acks,
     /// Checkpoint parts reported since the last advance.
     pub(super) parts: Vec<PartDone>,
 }
@@ -49,8 +51,47 @@ pub(super) fn split_closed<V>(
     std::mem::replace(map, keep)
 }
 
+/// What every process acknowledged (see [`Delivered`]).
+#[derive(Default)]
+pub(super) struct Acks {
+    /// Per process, the first epoch it has not acknowledged (`None`: all); `None` before its
+    /// first acknowledgement.
+    through: Vec<Option<Option<Epoch>>>,
+    superseded: BTreeMap<Epoch, u64>,
+    rescored: BTreeMap<Epoch, u64>,
+}
+
+impl Acks {
+    pub(super) fn new(processes: usize) -> Acks {
+        Acks {
+            through: vec![None; processes],
+            ..Acks::default()
+        }
+    }
+
+    pub(super) fn absorb(&mut self, d: Delivered) {
+        if let Some(slot) = self.through.get_mut(d.process) {
+            *slot = Some(d.through);
+        }
+        for (e, n) in d.superseded {
+            *self.superseded.entry(e).or_default() += n;
+        }
+        for (e, n) in d.rescored {
+            *self.rescored.entry(e).or_default() += n;
+        }
+    }
+
+    /// The first epoch some process has not acknowledged, as a rank.
+    fn least(&self) -> Epoch {
+        (self.through.iter())
+            .map(|t| t.map_or(0, rank))
+            .min()
+            .unwrap_or(Epoch::MAX)
+    }
+}
+
 impl Merger {
-    pub(super) fn new(workers: usize) -> Self {
+    pub(super) fn new(workers: usize, processes: usize) -> Self {
         Merger {
             frontiers: vec![None; workers],
             emitted: None,
@@ -61,7 +102,7 @@ impl Merger {
             dead: Vec::new(),
             committable: BTreeMap::new(),
             tallied: None,
-            dict: Dictionary::default(),
+            acks: Acks::new(processes),
             parts: Vec::new(),
         }
     }
@@ -84,12 +125,8 @@ impl Merger {
     /// Takes in one worker's report.
     pub(super) fn absorb(&mut self, r: Report) {
         self.frontiers[r.worker] = Some(r.frontier);
-        for (epoch, key, vec) in r.changed {
-            self.changed.entry(epoch).or_default().push((key, vec));
-        }
-        for (_, store, sku) in &r.names {
-            // Collisions were dead-lettered by the worker that saw the second name.
-            let _ = self.dict.key(store, sku);
+        for (epoch, n) in r.changed {
+            *self.changed.entry(epoch).or_default() += n;
         }
         self.offsets.extend(r.offsets);
         // A worker's counts belong to epochs its input has not left, which no tally covered
@@ -110,15 +147,18 @@ impl Merger {
         self.parts.extend(r.parts);
     }
 
-    /// What closed since the last call (and the dead letters since), if anything.
+    /// What closed, and every process acknowledged, since the last call (and the dead letters
+    /// since), if anything.
     pub(super) fn closed(&mut self) -> Option<Closed> {
-        // The global frontier: the least any worker reported (a worker not yet heard holds 0).
+        // The global frontier: the least any worker reported (a worker not yet heard holds 0),
+        // and no further than every process acknowledged.
         let least = self
             .frontiers
             .iter()
             .map(|f| rank(f.unwrap_or(Some(0))))
             .min()
-            .unwrap_or(0);
+            .unwrap_or(0)
+            .min(self.acks.least());
         let global = (least != Epoch::MAX).then_some(least);
         let advanced = least > self.emitted.map_or(0, rank);
         if !advanced && self.dead.is_empty() && self.parts.is_empty() {
@@ -138,6 +178,8 @@ impl Merger {
         let changed = split_closed(&mut self.changed, global);
         let mut consumed = split_closed(&mut self.consumed, global);
         let mut late = split_closed(&mut self.late, global);
+        let superseded = split_closed(&mut self.acks.superseded, global);
+        let rescored = split_closed(&mut self.acks.rescored, global);
         if self.tallied.is_none() {
             // Until their first advance the inputs sit at epoch 0, so reference records read
             // before any event would date from 1970: count them in the first epoch that
@@ -163,6 +205,7 @@ impl Merger {
         // A tally for every closed epoch that consumed, changed or applied anything, and one
         // for the last closed epoch, so the frontier always shows.
         let mut epochs: BTreeSet<Epoch> = changed.keys().copied().collect();
+        epochs.extend(rescored.keys().copied());
         epochs.extend(consumed.keys().copied());
         epochs.extend(late.keys().copied());
         if let Some(last) = global.and_then(|g| g.checked_sub(1)) {
@@ -189,6 +232,9 @@ impl Merger {
                 epochs_closed: (epoch + 1).saturating_sub(since),
                 consumed: consumed.remove(&epoch).unwrap_or_default(),
                 late: late.remove(&epoch).unwrap_or_default(),
+                changed: changed.get(&epoch).copied().unwrap_or(0),
+                superseded: superseded.get(&epoch).copied().unwrap_or(0),
+                rescored: rescored.get(&epoch).copied().unwrap_or(0),
                 offsets: self
                     .committable
                     .iter()
@@ -210,15 +256,76 @@ impl Merger {
             .iter()
             .map(|(p, o)| (p.clone(), *o))
             .collect();
-        closed.changed = changed
+        closed.closed_at = Some(Instant::now());
+        Some(closed)
+    }
+}
+
+/// A process's changed series, merged from its own workers' [`Changes`].
+pub(super) struct LocalChanges {
+    /// The index of the process's first worker.
+    first: usize,
+    /// Per local worker, the frontier of its last changes.
+    frontiers: Vec<Option<Option<Epoch>>>,
+    /// Per worker of the cluster, the frontier of the last names it sent.
+    heard: Vec<Option<Option<Epoch>>>,
+    emitted: Option<Option<Epoch>>,
+    changed: BTreeMap<Epoch, Vec<(Key, FeatureVec)>>,
+}
+
+impl LocalChanges {
+    /// Merges the changes of workers `first..first + workers`, out of `peers`.
+    pub(super) fn new(first: usize, workers: usize, peers: usize) -> LocalChanges {
+        LocalChanges {
+            first,
+            frontiers: vec![None; workers],
+            heard: vec![None; peers],
+            emitted: None,
+            changed: BTreeMap::new(),
+        }
+    }
+
+    pub(super) fn absorb(&mut self, c: Changes) {
+        let slot = (c.worker.checked_sub(self.first)).and_then(|i| self.frontiers.get_mut(i));
+        if let Some(slot) = slot {
+            *slot = Some(c.frontier);
+        }
+        for (epoch, key, vec) in c.changed {
+            self.changed.entry(epoch).or_default().push((key, vec));
+        }
+    }
+
+    /// Notes that every name `worker` saw below `frontier` arrived.
+    pub(super) fn heard(&mut self, worker: usize, frontier: Option<Epoch>) {
+        if let Some(slot) = self.heard.get_mut(worker) {
+            *slot = Some(frontier);
+        }
+    }
+
+    /// The changes of the epochs every local worker closed since the last call, if the
+    /// frontier moved, and once the names of their series arrived from every worker.
+    pub(super) fn closed(&mut self) -> Option<Changed> {
+        let least = (self.frontiers.iter().chain(&self.heard))
+            .map(|f| rank(f.unwrap_or(Some(0))))
+            .min()
+            .unwrap_or(0);
+        if least <= self.emitted.map_or(0, rank) {
+            return None;
+        }
+        let frontier = (least != Epoch::MAX).then_some(least);
+        self.emitted = Some(frontier);
+        let changed = split_closed(&mut self.changed, frontier)
             .into_iter()
             .map(|(e, mut v)| {
                 v.sort_unstable_by_key(|c| c.0);
                 (e, v)
             })
             .collect();
-        closed.closed_at = Some(Instant::now());
-        Some(closed)
+        Some(Changed {
+            frontier,
+            changed,
+            closed_at: Some(Instant::now()),
+        })
     }
 }
 
@@ -233,15 +340,10 @@ mod tests {
             topic: "sales".into(),
             partition,
         };
-        let key = Key { store: 1, sku: 2 };
         let report = |worker, frontier, changed: Vec<Epoch>, consumed: Vec<(Epoch, u64)>| Report {
             worker,
             frontier,
-            changed: changed
-                .into_iter()
-                .map(|e| (e, key, FeatureVec::from(vec![e as i64])))
-                .collect(),
-            names: Vec::new(),
+            changed: changed.into_iter().map(|e| (e, 1)).collect(),
             offsets: vec![
                 (4, sales(worker as i32), 10),
                 (11, sales(worker as i32), 30),
@@ -254,7 +356,12 @@ mod tests {
             dead: Vec::new(),
             parts: Vec::new(),
         };
-        let mut merger = Merger::new(2);
+        let mut merger = Merger::new(2, 1);
+        // The one process acknowledged everything.
+        merger.acks.absorb(Delivered {
+            through: None,
+            ..Delivered::default()
+        });
         // Worker 0 read reference data before its first advance, at epoch 0.
         merger.absorb(report(
             0,
@@ -279,8 +386,8 @@ mod tests {
         // not counted), epoch 9 (late event; the last closed), nothing between.
         assert_eq!(tallies, vec![(3, 1, 8, 0), (9, 6, 0, 2)]);
         assert_eq!(closed.epochs_closed, 7);
-        assert_eq!(closed.changed.len(), 1);
-        assert_eq!(closed.changed[0].1.len(), 2);
+        // Both workers changed a series in epoch 3.
+        assert_eq!(closed.epochs[0].changed, 2);
         // Offsets noted before the advance to 4 hold from epoch 3 on; those of 11 not yet.
         assert_eq!(
             closed.epochs[0].offsets,
@@ -306,5 +413,47 @@ mod tests {
             vec![(sales(0), 30), (sales(1), 30)]
         );
         assert_eq!(closed.consumed.get(&FileKind::Sales), Some(&6));
+    }
+
+    #[test]
+    fn an_advance_waits_for_every_process_and_carries_their_counts() {
+        let report = |frontier| Report {
+            worker: 0,
+            frontier: Some(frontier),
+            changed: BTreeMap::from([(2, 4), (7, 3)]),
+            offsets: Vec::new(),
+            consumed: BTreeMap::new(),
+            late: BTreeMap::new(),
+            dead: Vec::new(),
+            parts: Vec::new(),
+        };
+        let ack =
+            |process, through, superseded: &[(Epoch, u64)], rescored: &[(Epoch, u64)]| Delivered {
+                process,
+                through: Some(through),
+                last: false,
+                superseded: superseded.iter().copied().collect(),
+                rescored: rescored.iter().copied().collect(),
+            };
+        let mut merger = Merger::new(1, 2);
+        merger.absorb(report(10));
+        merger.acks.absorb(ack(0, 10, &[(2, 1)], &[]));
+        // Process 1 has acknowledged nothing: nothing closes.
+        assert!(merger.closed().is_none());
+        merger.acks.absorb(ack(1, 6, &[], &[(5, 9)]));
+        let closed = merger.closed().unwrap();
+        assert_eq!(closed.frontier, Some(6));
+        let tallies: Vec<(Epoch, u64, u64, u64)> = (closed.epochs.iter())
+            .map(|t| (t.epoch, t.changed, t.superseded, t.rescored))
+            .collect();
+        // Epoch 2 changed (one superseded), epoch 5 re-scored and the last closed.
+        assert_eq!(tallies, vec![(2, 4, 1, 0), (5, 0, 0, 9)]);
+        merger.acks.absorb(ack(1, 10, &[], &[]));
+        let closed = merger.closed().unwrap();
+        assert_eq!(closed.frontier, Some(10));
+        assert_eq!(
+            closed.epochs.iter().map(|t| t.epoch).collect::<Vec<_>>(),
+            vec![7, 9]
+        );
     }
 }

@@ -26,9 +26,15 @@
 //!
 //! # Processes
 //! Workers may span several processes (a timely cluster, [`Cluster`]); partitions are assigned
-//! by global worker index, so each process reads only its workers' share. Every worker sends its
-//! reports (changed series, committable offsets, counts, dead letters) through the dataflow to
-//! worker 0, whose process merges them and calls the sinks; the other processes only compute.
+//! by global worker index, so each process reads only its workers' share, and the dataflow
+//! routes each series to the worker that holds its state. Through the dataflow (`outbox`):
+//! - every worker sends the series it changed to the first worker of its own process, whose
+//!   thread scores and writes them ([`Handler::changed`]) and acknowledges them ([`Delivered`]);
+//! - every worker sends its report (frontier, counts, committable offsets, dead letters) to
+//!   worker 0, and every process its acknowledgements; worker 0's process merges them into the
+//!   advances every process acknowledged ([`Handler::closed`]: progress records, dead letters,
+//!   the offset commit).
+//!
 //! A worker told to stop says so in its beacon, and every worker that sees it stops too: a
 //! signal to any process shuts the whole cluster down cleanly (outputs flushed, offsets
 //! committed by process 0).
@@ -50,8 +56,9 @@
 //! - `feeder`: a worker's input side (decoding, epochs, the input stage, advances), over its
 //!   partitions as `partition` tracks them (watermarks, held and replayed records, idleness);
 //! - `beacon`: the watermarks the workers share, and the target they agree on;
-//! - `outbox`: each worker's reports, through the dataflow, to worker 0;
-//! - `merger`: worker 0's process merges them into closed advances ([`Closed`]);
+//! - `outbox`: what the workers send each other, through the dataflow;
+//! - `merger`: each process merges its workers' changed series ([`Changed`]), and worker 0's
+//!   process the reports and acknowledgements into closed advances ([`Closed`]);
 //! - `closed`: what the caller receives; `lag`: the consumer lag, measured beside the workers.
 
 use std::sync::atomic::Ordering;
@@ -75,19 +82,32 @@ mod outbox;
 mod partition;
 mod worker;
 
-pub use self::closed::{Closed, DeadRecord, EpochTally, MAX_DEAD_KEY_BYTES, MAX_DEAD_VALUE_BYTES};
+pub use self::closed::{
+    Changed, Closed, DeadRecord, Delivered, EpochTally, MAX_DEAD_KEY_BYTES, MAX_DEAD_VALUE_BYTES,
+};
 pub use self::offsets::{commit_metadata, committed_frontier};
 pub use self::options::{system_clock, Cluster, StreamError, StreamOptions};
-use self::{feeder::*, lag::*, merger::*, worker::*};
+use self::{lag::*, merger::*, outbox::Msg, worker::*};
 
-/// Runs the workers until they finish (`exit_when_idle`) or `stop` is set; calls `on_closed`
-/// on this thread for every advance of the closed frontier, in order, with the names of every
-/// series seen so far.
+/// What the thread that called [`run`] does with the advances of the closed frontier.
+pub trait Handler {
+    /// Scores and writes the series this process's workers changed in the epochs closed;
+    /// returns what is now in every sink (`process` and `last` are filled in by the caller).
+    fn changed(&mut self, changed: Changed, dict: &Dictionary) -> Delivered;
+
+    /// On worker 0's process: an advance every process acknowledged. Writes its progress
+    /// records and dead letters and commits its offsets; returns whether it was delivered.
+    fn closed(&mut self, closed: Closed) -> bool;
+}
+
+/// Runs the workers until they finish (`exit_when_idle`) or `stop` is set; hands `handler`, on
+/// this thread and in order, this process's changed series and (on worker 0's process) every
+/// advance all processes acknowledged.
 pub fn run(
     cfg: &Resolved,
     opts: &StreamOptions,
     checkpoints: Option<Arc<Checkpoints>>,
-    mut on_closed: impl FnMut(Closed, &Dictionary) -> bool,
+    handler: &mut dyn Handler,
 ) -> Result<(), StreamError> {
     let workers = opts.workers.max(1);
     let (config, peers) = match &opts.cluster {
@@ -106,13 +126,21 @@ pub fn run(
             workers * c.hosts.len(),
         ),
     };
-    let (tx, rx) = mpsc::sync_channel::<Result<Report, String>>(64);
+    let (tx, rx) = mpsc::sync_channel::<Result<Msg, String>>(64);
+    // This thread's acknowledgements, passed on to worker 0 by the process's first worker.
+    let (ack_tx, ack_rx) = mpsc::channel::<Delivered>();
+    let ack_rx = std::sync::Mutex::new(Some(ack_rx));
     let cfg2 = cfg.clone();
     let opts2 = opts.clone();
     let checkpoints2 = checkpoints.clone();
     let guards = timely::execute(config, move |worker| {
         let tx = tx.clone();
-        if let Err(e) = work(worker, &cfg2, &opts2, checkpoints2.as_deref(), &tx) {
+        let acks = if worker.index().is_multiple_of(workers) {
+            ack_rx.lock().ok().and_then(|mut a| a.take())
+        } else {
+            None
+        };
+        if let Err(e) = work(worker, &cfg2, &opts2, checkpoints2.as_deref(), &tx, acks) {
             // Tell the merger, and stop the other workers.
             opts2.stop.store(true, Ordering::SeqCst);
             let _ = tx.send(Err(e));
@@ -121,22 +149,26 @@ pub fn run(
     .map_err(StreamError::Worker)?;
 
     let _lag = spawn_lag_probe(cfg, opts);
-    let mut merger = Merger::new(peers);
     let processes = opts.cluster.as_ref().map_or(1, |c| c.hosts.len());
+    let process = opts.cluster.as_ref().map_or(0, |c| c.process);
+    let leader = process == 0;
+    let mut merger = Merger::new(peers, processes);
+    let mut local = LocalChanges::new(process * workers, workers, peers);
+    let mut dict = Dictionary::default();
     let mut coordinator = checkpoints
         .as_ref()
-        .filter(|_| opts.cluster.as_ref().is_none_or(Cluster::is_leader))
+        .filter(|_| leader)
         .map(|c| snapshot::Coordinator::new(Arc::clone(c), Arc::clone(&opts.progress), processes));
     if let Some(loaded) = checkpoints.as_ref().and_then(|c| c.restore.as_ref()) {
         merger.restored(loaded.manifest.epoch);
     }
     let mut failure = None;
     while let Ok(first) = rx.recv() {
-        // Whatever queued while the sink was busy goes out as one advance: under load the
-        // sink writes fewer, larger batches instead of falling further behind.
-        for report in std::iter::once(first).chain(rx.try_iter()) {
-            match report {
-                Ok(report) => {
+        // Whatever queued while the sinks were busy goes out as one advance: under load they
+        // write fewer, larger batches instead of falling further behind.
+        for msg in std::iter::once(first).chain(rx.try_iter()) {
+            match msg {
+                Ok(Msg::Report(report)) => {
                     // Counted as read, whether or not their epochs closed yet.
                     let read: u64 = report.consumed.values().sum();
                     opts.progress.consumed.fetch_add(read, Ordering::SeqCst);
@@ -144,18 +176,41 @@ pub fn run(
                     pending.add(report.dead.len() as i64);
                     merger.absorb(report);
                 }
+                Ok(Msg::Changes(changes)) => local.absorb(changes),
+                Ok(Msg::Names {
+                    worker,
+                    frontier,
+                    names,
+                }) => {
+                    for (_, store, sku) in &names {
+                        // Collisions were dead-lettered by the worker that saw the second name.
+                        let _ = dict.key(store, sku);
+                    }
+                    local.heard(worker, frontier);
+                }
+                Ok(Msg::Delivered(d)) => merger.acks.absorb(d),
                 Err(e) => {
                     failure.get_or_insert(e);
                 }
             }
         }
-        if let Some(mut closed) = merger.closed() {
-            let p = &opts.progress;
-            if let Some(f) = closed.frontier {
-                p.frontier.fetch_max(f, Ordering::SeqCst);
+        if let Some(changed) = local.closed() {
+            if let Some(f) = changed.frontier {
+                opts.progress.frontier.fetch_max(f, Ordering::SeqCst);
             }
+            let last = changed.frontier.is_none();
+            let mut delivered = handler.changed(changed, &dict);
+            delivered.process = process;
+            delivered.last = last;
+            // Gone only if the first worker stopped, which ends the run anyway.
+            let _ = ack_tx.send(delivered);
+        }
+        if !leader {
+            continue;
+        }
+        if let Some(mut closed) = merger.closed() {
             let parts = std::mem::take(&mut closed.checkpoint_parts);
-            let delivered = on_closed(closed, &merger.dict);
+            let delivered = handler.closed(closed);
             if let Some(c) = &mut coordinator {
                 c.absorb(parts);
                 if delivered {

@@ -38,8 +38,9 @@ pub struct StreamOptions {
 }
 
 /// The processes of a timely cluster: each runs `workers` threads, and worker `w` of process `p`
-/// is worker `p * workers + w` of the cluster. Process 0 merges every worker's output and owns the
-/// sinks and the read API; every process consumes the partitions its workers own.
+/// is worker `p * workers + w` of the cluster. Every process consumes the partitions its workers
+/// own and scores and writes the series they hold; process 0 writes the progress records and
+/// commits the offsets once every process acknowledged its forecasts.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Cluster {
     /// This process's index into `hosts`.

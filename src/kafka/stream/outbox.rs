@@ -1,13 +1,16 @@
-//! The channel of reports from every worker to worker 0, through the dataflow.
+//! The channel between the workers, through the dataflow: reports and acknowledgements to
+//! worker 0, changed series to the first worker of their own process.
 
 use std::cell::RefCell;
-use std::collections::HashSet;
+use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::sync::mpsc;
 
-use dataflows::Epoch;
+use dataflows::{Epoch, Key};
+use serde::{Deserialize, Serialize};
 use timely::dataflow::operators::vec::Input;
 
+use super::closed::Delivered;
 use super::feeder::*;
 
 /// Most advances a worker may have waiting for the dataflow to close them before it stops
@@ -15,123 +18,209 @@ use super::feeder::*;
 /// in Kafka rather than in memory.
 pub(super) const MAX_OPEN_ADVANCES: usize = 64;
 
-/// The channel of reports to worker 0, which hands them to its process's merging thread.
+/// What travels through the outbox, each to its own destination.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(super) enum Msg {
+    /// To worker 0: a worker's frontier, counts, offsets and dead letters.
+    Report(Report),
+    /// To the first worker of the sender's process: the series it changed.
+    Changes(Changes),
+    /// To the first worker of every process: the names of series first seen, and the
+    /// sender's frontier (a process scores the changes below it only once every worker's
+    /// names below it arrived).
+    Names {
+        worker: usize,
+        frontier: Option<Epoch>,
+        names: Vec<(Key, String, String)>,
+    },
+    /// To worker 0: what a process's output acknowledged.
+    Delivered(Delivered),
+}
+
+/// The channel between the workers: reports and acknowledgements to worker 0, changed series
+/// to the first worker of their own process, names to every process. The first worker of each
+/// process hands what arrived to its process's thread.
 pub(super) struct Outbox {
-    /// `None` once this worker sent its final report.
-    pub(super) input: Option<timely::dataflow::InputHandleVec<u64, Report>>,
+    /// `None` once this worker sent its last message.
+    pub(super) input: Option<timely::dataflow::InputHandleVec<u64, (usize, Msg)>>,
     pub(super) probe: timely::dataflow::operators::probe::Handle<u64>,
-    /// Reports that arrived here (worker 0 only).
-    pub(super) inbox: Rc<RefCell<Vec<Report>>>,
-    /// Workers whose final report was forwarded: all of them ends the run.
-    pub(super) finished: HashSet<usize>,
-    pub(super) peers: usize,
-    pub(super) leader: bool,
+    /// Messages that arrived here (first workers only).
+    pub(super) inbox: Rc<RefCell<Vec<(usize, Msg)>>>,
+    index: usize,
+    /// Workers per process.
+    workers: usize,
+    peers: usize,
+    /// The process thread's acknowledgements, for worker 0 (first workers only).
+    acks: Option<mpsc::Receiver<Delivered>>,
+    /// The process thread's last acknowledgement was passed on.
+    last_ack: bool,
 }
 
 impl Outbox {
-    pub(super) fn new(worker: &mut timely::worker::Worker, index: usize, peers: usize) -> Self {
+    pub(super) fn new(
+        worker: &mut timely::worker::Worker,
+        workers: usize,
+        acks: Option<mpsc::Receiver<Delivered>>,
+    ) -> Self {
         use timely::dataflow::channels::pact::Pipeline;
         use timely::dataflow::operators::generic::operator::Operator;
         use timely::dataflow::operators::{Exchange, Probe};
 
-        let inbox: Rc<RefCell<Vec<Report>>> = Rc::default();
+        let inbox: Rc<RefCell<Vec<(usize, Msg)>>> = Rc::default();
         let (input, probe) = worker.dataflow::<u64, _, _>(|scope| {
-            let (handle, stream) = scope.new_input::<Report>();
-            let (probe, stream) = stream.exchange(|_| 0).probe();
+            let (handle, stream) = scope.new_input::<(usize, Msg)>();
+            let (probe, stream) = stream.exchange(|(to, _)| *to as u64).probe();
             let inbox = Rc::clone(&inbox);
-            stream.sink(Pipeline, "Reports", move |(input, _)| {
+            stream.sink(Pipeline, "Outbox", move |(input, _)| {
                 input.for_each(|_, data| inbox.borrow_mut().append(data));
             });
             (handle, probe)
         });
+        let index = worker.index();
+        let workers = workers.max(1);
+        let acks = acks.filter(|_| index.is_multiple_of(workers));
         Outbox {
             input: Some(input),
             probe,
             inbox,
-            finished: HashSet::new(),
-            peers,
-            leader: index == 0,
+            index,
+            workers,
+            peers: worker.peers(),
+            last_ack: acks.is_none(),
+            acks,
         }
     }
 
-    pub(super) fn send(&mut self, report: Report) {
+    /// The first worker of `worker`'s process.
+    fn first_of(&self, worker: usize) -> usize {
+        worker / self.workers * self.workers
+    }
+
+    fn push(&mut self, to: usize, msg: Msg) {
         if let Some(input) = &mut self.input {
-            input.send(report);
-            // Closing the round pushes the report out (the exchange holds back data sent
-            // within an open round).
+            input.send((to, msg));
+        }
+    }
+
+    /// Sends this worker's report, its changed series and the names it learned.
+    pub(super) fn send(
+        &mut self,
+        (report, changes, names): (Report, Changes, Vec<(Key, String, String)>),
+    ) {
+        let (worker, frontier) = (report.worker, report.frontier);
+        self.push(0, Msg::Report(report));
+        self.push(self.first_of(self.index), Msg::Changes(changes));
+        for first in (0..self.peers).step_by(self.workers) {
+            let names = names.clone();
+            self.push(
+                first,
+                Msg::Names {
+                    worker,
+                    frontier,
+                    names,
+                },
+            );
+        }
+        self.close_round();
+    }
+
+    /// Closing the round pushes what was sent out (the exchange holds back data sent within an
+    /// open round).
+    fn close_round(&mut self) {
+        if let Some(input) = &mut self.input {
             let next = *input.time() + 1;
             input.advance_to(next);
         }
     }
 
-    /// Hands what arrived to the merging thread (a bounded channel: a slow sink blocks worker 0,
-    /// which holds the closed frontier of the whole cluster back).
+    /// Passes the process thread's acknowledgements on to worker 0.
+    fn pass_acks(&mut self) {
+        let Some(acks) = &self.acks else { return };
+        let got: Vec<Delivered> = acks.try_iter().collect();
+        if got.is_empty() {
+            return;
+        }
+        for d in got {
+            self.last_ack |= d.last;
+            self.push(0, Msg::Delivered(d));
+        }
+        self.close_round();
+    }
+
+    /// Hands what arrived to the process thread (a bounded channel: a slow sink blocks the
+    /// worker, which holds the closed frontier of the whole cluster back), and passes its
+    /// acknowledgements on.
     pub(super) fn forward(
         &mut self,
-        tx: &mpsc::SyncSender<Result<Report, String>>,
+        tx: &mpsc::SyncSender<Result<Msg, String>>,
     ) -> Result<(), String> {
+        self.pass_acks();
         let arrived = std::mem::take(&mut *self.inbox.borrow_mut());
-        for r in arrived {
-            if r.frontier.is_none() {
-                self.finished.insert(r.worker);
-            }
-            tx.send(Ok(r))
+        for (_, msg) in arrived {
+            tx.send(Ok(msg))
                 .map_err(|_| "the output thread stopped".to_string())?;
         }
         Ok(())
     }
 
-    /// Closes this worker's side and steps until every report reached worker 0 (which waits
-    /// for the final report of every worker).
+    /// Steps until every message reached its destination: a first worker first waits for its
+    /// process thread's last acknowledgement, which needs the last changes of every worker of
+    /// the process, forwarded here.
     pub(super) fn finish(
         mut self,
         worker: &mut timely::worker::Worker,
-        tx: &mpsc::SyncSender<Result<Report, String>>,
+        tx: &mpsc::SyncSender<Result<Msg, String>>,
     ) -> Result<(), String> {
-        self.input = None;
         loop {
             self.forward(tx)?;
-            let done = if self.leader {
-                self.finished.len() >= self.peers
-            } else {
-                self.probe.done()
-            };
-            if done {
-                return Ok(());
+            if self.last_ack {
+                self.input = None;
+            }
+            if self.input.is_none() && self.probe.done() {
+                return self.forward(tx);
             }
             worker.step();
         }
     }
 }
 
+/// What this worker tells the others since its last report: the report for worker 0, the
+/// series it changed in closed epochs, and the names it learned.
 pub(super) fn report(
     worker: usize,
     frontier: Option<Epoch>,
     sink: &crate::pipeline::run::Changes,
     feeder: &mut Feeder,
-) -> Report {
+) -> (Report, Changes, Vec<(Key, String, String)>) {
     let mut changed = Vec::new();
+    let mut counts: BTreeMap<Epoch, u64> = BTreeMap::new();
     let floor = feeder.restore_floor;
     sink.borrow_mut().retain(|(t, k, v)| {
         if frontier.is_none_or(|f| *t < f) {
             // A restore's own changes repeat what the checkpointed run emitted.
             if *t >= floor {
                 changed.push((*t, *k, v.clone()));
+                *counts.entry(*t).or_default() += 1;
             }
             false
         } else {
             true
         }
     });
-    Report {
+    let report = Report {
         worker,
         frontier,
-        changed,
-        names: std::mem::take(&mut feeder.names),
+        changed: counts,
         offsets: feeder.committable(frontier),
         consumed: std::mem::take(&mut feeder.consumed),
         late: std::mem::take(&mut feeder.late),
         dead: std::mem::take(&mut feeder.dead),
         parts: std::mem::take(&mut feeder.parts_done),
-    }
+    };
+    let changes = Changes {
+        worker,
+        frontier,
+        changed,
+    };
+    (report, changes, std::mem::take(&mut feeder.names))
 }

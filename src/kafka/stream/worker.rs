@@ -34,7 +34,8 @@ pub(super) fn work(
     cfg: &Resolved,
     opts: &StreamOptions,
     checkpoints: Option<&Checkpoints>,
-    tx: &mpsc::SyncSender<Result<Report, String>>,
+    tx: &mpsc::SyncSender<Result<Msg, String>>,
+    acks: Option<mpsc::Receiver<super::closed::Delivered>>,
 ) -> Result<(), String> {
     let index = worker.index();
     let peers = worker.peers();
@@ -141,7 +142,7 @@ pub(super) fn work(
         handle
     });
 
-    let mut outbox = Outbox::new(worker, index, peers);
+    let mut outbox = Outbox::new(worker, opts.workers, acks);
     let follower = opts.cluster.as_ref().is_some_and(|c| !c.is_leader());
 
     let lateness = cfg.allowed_lateness_secs;

@@ -27,6 +27,10 @@ use crate::model::scorer::{ModelWatch, Scorer};
 use crate::records::{DeadLetterRecord, EpochRecord, ForecastRecord};
 use crate::replenish::Planner;
 
+/// Most forecast records the sinks are handed at once: a backfill that changes millions of
+/// series is written in parts of this size, so memory stays bounded.
+pub const CHUNK: usize = 16_384;
+
 /// A dead letter to write: the record, and the bytes it stands for.
 #[derive(Clone, Debug)]
 pub struct DeadLetter {
@@ -195,13 +199,15 @@ impl Builder {
         true
     }
 
-    /// The forecast records of this process's changed series, and what to acknowledge once
-    /// every sink holds them.
+    /// Scores this process's changed series and hands `write` their forecast records, [`CHUNK`]
+    /// at a time (the last part fewer), in epoch order; returns what to acknowledge once `write` took them
+    /// all, or `None` if it refused one (the output halted).
     pub fn forecasts(
         &mut self,
         mut changed: Changed,
         dict: &Dictionary,
-    ) -> Result<(Advance, Delivered), BuildError> {
+        mut write: impl FnMut(&Advance) -> bool,
+    ) -> Result<Option<Delivered>, BuildError> {
         let rescore = self.new_model();
         let superseded = catch_up::apply(self.catch_up, &mut changed.changed);
         let published_superseded = (superseded.iter())
@@ -210,49 +216,67 @@ impl Builder {
             .sum();
         let m = &self.progress.metrics;
         m.forecasts_superseded.inc_by(published_superseded);
-        let mut advance = Advance {
+        let newest = changed
+            .frontier
+            .map(|f| f.saturating_sub(1))
+            .or_else(|| changed.changed.last().map(|(e, _)| *e));
+        let mut chunk = Advance {
             closed_at: changed.closed_at,
-            newest: changed
-                .frontier
-                .map(|f| f.saturating_sub(1))
-                .or_else(|| changed.changed.last().map(|(e, _)| *e)),
+            newest,
             ..Advance::default()
         };
         let mut scoring_secs = 0.0;
         let mut scored_now: HashSet<Key> = HashSet::new();
-        for (epoch, series) in &changed.changed {
+        let mut rest: Vec<(Epoch, Vec<(Key, FeatureVec)>)> = Vec::new();
+        for (epoch, series) in std::mem::take(&mut changed.changed) {
             if self.watch.is_some() {
                 self.features
                     .extend(series.iter().map(|(k, v)| (*k, v.clone())));
             }
-            if self.suppressed(*epoch) {
+            if self.suppressed(epoch) {
                 continue;
             }
-            scoring_secs += self.score_into(*epoch, series, dict, &mut advance.forecasts)?;
             if rescore {
                 scored_now.extend(series.iter().map(|(k, _)| *k));
             }
+            rest.push((epoch, series));
         }
         let mut rescored = BTreeMap::new();
-        if let Some(e) = advance.newest.filter(|e| rescore && !self.suppressed(*e)) {
+        if let Some(e) = newest.filter(|e| rescore && !self.suppressed(*e)) {
             // A new model version: every other series once, at the newest closed epoch.
-            let rest: Vec<(Key, FeatureVec)> = self
+            let others: Vec<(Key, FeatureVec)> = self
                 .features
                 .iter()
                 .filter(|(k, _)| !scored_now.contains(k))
                 .map(|(k, v)| (*k, v.clone()))
                 .collect();
-            scoring_secs += self.score_into(e, &rest, dict, &mut advance.forecasts)?;
-            rescored.insert(e, rest.len() as u64);
+            rescored.insert(e, others.len() as u64);
+            rest.push((e, others));
+        }
+        for (epoch, series) in &rest {
+            let mut left: &[(Key, FeatureVec)] = series;
+            while !left.is_empty() {
+                let (part, after) = left.split_at(left.len().min(CHUNK - chunk.forecasts.len()));
+                scoring_secs += self.score_into(*epoch, part, dict, &mut chunk.forecasts)?;
+                left = after;
+                if chunk.forecasts.len() >= CHUNK {
+                    if !write(&chunk) {
+                        return Ok(None);
+                    }
+                    chunk.forecasts.clear();
+                }
+            }
+        }
+        if !chunk.forecasts.is_empty() && !write(&chunk) {
+            return Ok(None);
         }
         self.progress.metrics.scoring_seconds.observe(scoring_secs);
-        let delivered = Delivered {
+        Ok(Some(Delivered {
             through: changed.frontier,
             superseded,
             rescored,
             ..Delivered::default()
-        };
-        Ok((advance, delivered))
+        }))
     }
 
     /// The dead letters, progress records and offsets of an advance every process
@@ -326,5 +350,65 @@ impl Builder {
             });
         }
         advance
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    #[test]
+    fn a_large_advance_is_handed_over_in_chunks_in_epoch_order() {
+        let origin = Path::new("<test>");
+        let cfg = crate::config::Config::parse("", origin)
+            .and_then(|c| c.resolve(origin))
+            .unwrap();
+        let fallbacks = prometheus::IntCounter::new("fallbacks", "test").unwrap();
+        let (scorer, watch) = crate::model::scorer(&cfg, fallbacks).unwrap();
+        let progress = Arc::new(Progress::default());
+        // A restart that resumes at epoch 1: epoch 0 was delivered before.
+        let mut builder = Builder::new(&cfg, scorer, watch, Some(1), progress);
+        let width = cfg.spec.schema().features.len();
+        let series = |store: u64, n: usize| -> Vec<(Key, FeatureVec)> {
+            (0..n as u64)
+                .map(|sku| (Key { store, sku }, FeatureVec::from(vec![0; width])))
+                .collect()
+        };
+        let changed = || Changed {
+            frontier: Some(4),
+            changed: vec![
+                (0, series(0, 5)),
+                (1, series(1, CHUNK + 10)),
+                (3, series(3, CHUNK)),
+            ],
+            closed_at: None,
+        };
+        let dict = Dictionary::default();
+        let mut chunks: Vec<Vec<String>> = Vec::new();
+        let delivered = builder
+            .forecasts(changed(), &dict, |a| {
+                chunks.push(a.forecasts.iter().map(|r| r.epoch_end.clone()).collect());
+                true
+            })
+            .unwrap()
+            .expect("every chunk taken");
+        assert_eq!(delivered.through, Some(4));
+        let sizes: Vec<usize> = chunks.iter().map(Vec::len).collect();
+        assert_eq!(sizes, vec![CHUNK, CHUNK, 10]);
+        let end = |e| rfc3339(cfg.clock.epoch_end(e));
+        let mut want = vec![end(1); CHUNK + 10];
+        want.extend(vec![end(3); CHUNK]);
+        assert_eq!(chunks.concat(), want);
+        // A sink that refuses the second chunk: nothing is acknowledged.
+        let mut calls = 0;
+        let refused = builder
+            .forecasts(changed(), &dict, |_| {
+                calls += 1;
+                calls < 2
+            })
+            .unwrap();
+        assert!(refused.is_none());
+        assert_eq!(calls, 2);
     }
 }

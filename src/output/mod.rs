@@ -143,27 +143,26 @@ impl Outputs {
 
     /// Writes `advance` to every sink in order; `false` (and halted) if one did not take it.
     fn write(&mut self, advance: &Advance) -> bool {
-        let mut failed = None;
-        for sink in &mut self.sinks {
-            let mut cx = Context {
-                progress: &self.progress,
-                stop: &self.stop,
-                stats: &mut self.stats,
-            };
-            if let Err(e) = retry::write_until_done(sink.as_mut(), advance, &mut cx) {
-                failed = Some(match e {
-                    WriteError::Fatal(e) => Halt::Fatal(format!("{}: {e}", sink.name())),
-                    _ => Halt::Stopped,
-                });
-                break;
-            }
-        }
-        match failed {
-            None => true,
-            Some(halt) => {
+        let Outputs {
+            sinks,
+            progress,
+            stop,
+            stats,
+            ..
+        } = self;
+        match write_all(sinks, advance, progress, stop, stats) {
+            Ok(()) => true,
+            Err(halt) => {
                 self.halt(halt);
                 false
             }
+        }
+    }
+
+    /// Logs, and acts on, the halt a chunk's write just recorded.
+    fn halted_now(&mut self) {
+        if let Some(halt) = self.halted.take() {
+            self.halt(halt);
         }
     }
 
@@ -196,6 +195,30 @@ impl Outputs {
     }
 }
 
+/// Writes `advance` to every sink in order, each until it is acknowledged; why not otherwise.
+fn write_all(
+    sinks: &mut [Box<dyn Sink>],
+    advance: &Advance,
+    progress: &Progress,
+    stop: &Stopping,
+    stats: &mut Stats,
+) -> Result<(), Halt> {
+    for sink in sinks {
+        let mut cx = Context {
+            progress,
+            stop,
+            stats,
+        };
+        if let Err(e) = retry::write_until_done(sink.as_mut(), advance, &mut cx) {
+            return Err(match e {
+                WriteError::Fatal(e) => Halt::Fatal(format!("{}: {e}", sink.name())),
+                _ => Halt::Stopped,
+            });
+        }
+    }
+    Ok(())
+}
+
 impl Handler for Outputs {
     fn changed(&mut self, changed: Changed, dict: &Dictionary) -> Delivered {
         let unchanged = Delivered {
@@ -206,24 +229,41 @@ impl Handler for Outputs {
             // An earlier advance was not delivered: nothing more is.
             return unchanged;
         }
-        let (advance, delivered) = match self.builder.forecasts(changed, dict) {
-            Ok(built) => built,
+        self.note_advance(changed.frontier.map(|f| f.saturating_sub(1)));
+        let Outputs {
+            builder,
+            sinks,
+            progress,
+            stop,
+            stats,
+            halted,
+            ..
+        } = self;
+        let mut write = |chunk: &Advance| {
+            if let Err(halt) = write_all(sinks, chunk, progress, stop, stats) {
+                halted.get_or_insert(halt);
+                return false;
+            }
+            stats.forecasts += chunk.forecasts.len() as u64;
+            if let Ok(mut latest) = progress.latest.write() {
+                for r in &chunk.forecasts {
+                    latest.insert((r.store_id.clone(), r.sku_id.clone()), r.clone());
+                }
+                progress.metrics.api_series.set(latest.len() as i64);
+            }
+            true
+        };
+        let delivered = match builder.forecasts(changed, dict, &mut write) {
+            Ok(Some(d)) => d,
+            Ok(None) => {
+                self.halted_now();
+                return unchanged;
+            }
             Err(e) => {
                 self.halt(Halt::Fatal(e.to_string()));
                 return unchanged;
             }
         };
-        self.note_advance(advance.newest);
-        if !advance.forecasts.is_empty() && !self.write(&advance) {
-            return unchanged;
-        }
-        self.stats.forecasts += advance.forecasts.len() as u64;
-        if let Ok(mut latest) = self.progress.latest.write() {
-            for r in &advance.forecasts {
-                latest.insert((r.store_id.clone(), r.sku_id.clone()), r.clone());
-            }
-            self.progress.metrics.api_series.set(latest.len() as i64);
-        }
         self.through = delivered.through;
         delivered
     }

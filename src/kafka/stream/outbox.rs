@@ -18,6 +18,10 @@ use super::feeder::*;
 /// in Kafka rather than in memory.
 pub(super) const MAX_OPEN_ADVANCES: usize = 64;
 
+/// How long a worker with nothing to do parks before it looks again at what does not wake it
+/// (the process thread's acknowledgements, the consumer).
+pub(super) const PARK: std::time::Duration = std::time::Duration::from_millis(2);
+
 /// What travels through the outbox, each to its own destination.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub(super) enum Msg {
@@ -179,7 +183,9 @@ impl Outbox {
             if self.input.is_none() && self.probe.done() {
                 return self.forward(tx);
             }
-            worker.step();
+            // Waiting here can be long (the process thread writing its last advance): park
+            // until a message arrives, or briefly, to look for the thread's acknowledgement.
+            worker.step_or_park(Some(PARK));
         }
     }
 }

@@ -232,7 +232,13 @@ pub(super) fn work(
             beacons.flush();
             last_beacon = Some(beacon);
         }
-        worker.step();
+        if full || draining {
+            // Not polling, so not waiting in the consumer either: park rather than spin while
+            // the dataflow or a peer catches up.
+            worker.step_or_park(Some(PARK));
+        } else {
+            worker.step();
+        }
         // Everyone stops once every worker drains; the target below then comes from the
         // final beacons, so all close their inputs at the same epoch.
         let all_draining = board.borrow().iter().all(|b| b.is_some_and(|b| b.draining));
@@ -357,7 +363,7 @@ pub(super) fn work(
     drop(beacons);
     feeder.input.close();
     while !probe.done() {
-        worker.step();
+        worker.step_or_park(Some(PARK));
         outbox.forward(tx)?;
         let frontier = probe.with_frontier(|f| f.first().copied());
         // The report of the finished dataflow (`None`) is the last one, sent below: worker 0

@@ -271,6 +271,15 @@ fn cluster_run(cfg: &stockcast::config::Resolved, processes: usize) {
         })
         .collect();
     let total: u64 = written.iter().sum();
+    // Each process's last line: what it consumed, wrote, dead-lettered and applied late.
+    for (p, log) in logs.iter().enumerate() {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        let last = text.lines().rev().find(|l| l.contains("worker stopped"));
+        let fields = last
+            .and_then(|l| l.split_once("worker stopped"))
+            .map_or("", |(_, f)| f);
+        println!("  process {p}:{fields}");
+    }
     let busy = (wall - cfg.kafka.idle_timeout_secs as f64).max(1e-9);
     println!(
         "  forecast records written per process: {written:?}; wall {wall:.2} s ({} s idle timeout), CPU {cpu:.2} s (all processes)",

@@ -126,7 +126,7 @@ pub fn run(
             workers * c.hosts.len(),
         ),
     };
-    let (tx, rx) = mpsc::sync_channel::<Result<Msg, String>>(64);
+    let (tx, rx) = mpsc::sync_channel::<Result<Msg, StreamError>>(64);
     // This thread's acknowledgements, passed on to worker 0 by the process's first worker.
     let (ack_tx, ack_rx) = mpsc::channel::<Delivered>();
     let ack_rx = std::sync::Mutex::new(Some(ack_rx));
@@ -224,7 +224,7 @@ pub fn run(
         result.map_err(StreamError::Worker)?;
     }
     match failure {
-        Some(e) => Err(StreamError::Kafka(e)),
+        Some(e) => Err(e),
         None => Ok(()),
     }
 }

@@ -31,16 +31,14 @@ pub(super) fn assign(
     for (kind, topic) in input_topics(kafka) {
         let md = consumer
             .fetch_metadata(Some(topic), START_TIMEOUT)
-            .map_err(|e| StreamError::Kafka(format!("metadata of topic `{topic}`: {e}")))?;
+            .map_err(StreamError::request(format!("metadata of topic `{topic}`")))?;
         let t = md
             .topics()
             .iter()
             .find(|t| t.name() == topic)
-            .ok_or_else(|| StreamError::Kafka(format!("topic `{topic}` does not exist")))?;
+            .ok_or_else(|| StreamError::MissingTopic(topic.to_string()))?;
         if t.error().is_some() || t.partitions().is_empty() {
-            return Err(StreamError::Kafka(format!(
-                "topic `{topic}` does not exist or has no partitions (create it, e.g. with `stockcast load`)"
-            )));
+            return Err(StreamError::MissingTopic(topic.to_string()));
         }
         for p in t.partitions() {
             if partition_owner(p.id(), kafka.partition_offset, peers) == index {
@@ -62,7 +60,7 @@ pub(super) fn assign(
     } else {
         consumer
             .committed_offsets(tpl.clone(), START_TIMEOUT)
-            .map_err(|e| StreamError::Kafka(format!("committed offsets: {e}")))?
+            .map_err(StreamError::request("committed offsets"))?
     };
     let mut out = Vec::new();
     for p in mine {
@@ -83,12 +81,15 @@ pub(super) fn assign(
             }
         };
         tpl.set_partition_offset(&p.topic, p.partition, start)
-            .map_err(|e| StreamError::Kafka(e.to_string()))?;
+            .map_err(StreamError::request(format!(
+                "start offset of {}",
+                p.label()
+            )))?;
         out.push((p, c));
     }
     consumer
         .assign(&tpl)
-        .map_err(|e| StreamError::Kafka(format!("assign: {e}")))?;
+        .map_err(StreamError::request("assign"))?;
     Ok(out)
 }
 
@@ -123,7 +124,7 @@ pub(super) fn consumer(cfg: &Resolved) -> Result<BaseConsumer, StreamError> {
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
         .create()
-        .map_err(|e| StreamError::Kafka(format!("consumer: {}", cfg.kafka.scrub(e))))
+        .map_err(|e| StreamError::Client(cfg.kafka.scrub(e)))
 }
 
 /// The epoch stored with committed offsets: outputs of epochs before it were acknowledged.
@@ -143,7 +144,7 @@ pub fn committed_frontier(cfg: &Resolved) -> Result<Option<Epoch>, StreamError> 
     for (_, topic) in input_topics(&cfg.kafka) {
         let md = consumer
             .fetch_metadata(Some(topic), START_TIMEOUT)
-            .map_err(|e| StreamError::Kafka(format!("metadata of topic `{topic}`: {e}")))?;
+            .map_err(StreamError::request(format!("metadata of topic `{topic}`")))?;
         for t in md.topics() {
             for p in t.partitions() {
                 tpl.add_partition(topic, p.id());
@@ -155,7 +156,7 @@ pub fn committed_frontier(cfg: &Resolved) -> Result<Option<Epoch>, StreamError> 
     }
     let committed = consumer
         .committed_offsets(tpl, START_TIMEOUT)
-        .map_err(|e| StreamError::Kafka(format!("committed offsets: {e}")))?;
+        .map_err(StreamError::request("committed offsets"))?;
     let elements = committed.elements();
     if let Some(f) = elements
         .iter()
@@ -181,8 +182,10 @@ pub(super) fn last_progress_frontier(
     consumer: &BaseConsumer,
     topic: &str,
 ) -> Result<Option<Epoch>, StreamError> {
-    let kafka_err =
-        |e: rdkafka::error::KafkaError| StreamError::Kafka(format!("reading `{topic}`: {e}"));
+    let kafka_err = |source| StreamError::Request {
+        what: format!("reading `{topic}`"),
+        source,
+    };
     let md = consumer
         .fetch_metadata(Some(topic), START_TIMEOUT)
         .map_err(kafka_err)?;
@@ -225,10 +228,10 @@ pub(super) fn last_progress_frontier(
             break;
         }
         if started.elapsed() > START_TIMEOUT {
-            return Err(StreamError::Kafka(format!(
-                "reading `{topic}` to find where output stopped took over {}s",
-                START_TIMEOUT.as_secs()
-            )));
+            return Err(StreamError::Timeout {
+                what: format!("reading `{topic}` to find where output stopped"),
+                secs: START_TIMEOUT.as_secs(),
+            });
         }
     }
     consumer.unassign().map_err(kafka_err)?;

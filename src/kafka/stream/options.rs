@@ -91,12 +91,46 @@ pub fn system_clock() -> Arc<dyn Fn() -> i64 + Send + Sync> {
 /// Why a run failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StreamError {
-    /// A client could not be created or the topics could not be read at start.
-    #[error("kafka: {0}")]
-    Kafka(String),
-    /// Timely could not start, or a worker failed.
+    /// The Kafka consumer could not be created (any secret of the client settings scrubbed).
+    #[error("kafka consumer: {0}")]
+    Client(String),
+    /// Kafka did not answer a request the run needs.
+    #[error("kafka: {what}: {source}")]
+    Request {
+        /// What was asked, e.g. the metadata of a topic.
+        what: String,
+        /// The client's answer.
+        source: rdkafka::error::KafkaError,
+    },
+    /// Kafka did not finish a request the run needs in time.
+    #[error("kafka: {what} took over {secs} s")]
+    Timeout {
+        /// What was asked.
+        what: String,
+        /// How long the run waited.
+        secs: u64,
+    },
+    /// An input topic does not exist, or has no partitions.
+    #[error(
+        "topic `{0}` does not exist or has no partitions (create it, e.g. with `stockcast load`)"
+    )]
+    MissingTopic(String),
+    /// Timely could not start the workers, or a worker thread panicked.
     #[error("timely worker failed: {0}")]
     Worker(String),
+    /// The thread that merges and writes the workers' output stopped first.
+    #[error("the output thread stopped")]
+    OutputGone,
+}
+
+impl StreamError {
+    /// A request `what` that Kafka answered with `source`.
+    pub(super) fn request(
+        what: impl Into<String>,
+    ) -> impl FnOnce(rdkafka::error::KafkaError) -> StreamError {
+        let what = what.into();
+        move |source| StreamError::Request { what, source }
+    }
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@ use timely::dataflow::operators::vec::Input;
 
 use super::closed::Delivered;
 use super::feeder::*;
+use super::options::StreamError;
 
 /// Most advances a worker may have waiting for the dataflow to close them before it stops
 /// reading: while the sinks or a slower peer hold the closed frontier back, unread records wait
@@ -156,13 +157,12 @@ impl Outbox {
     /// acknowledgements on.
     pub(super) fn forward(
         &mut self,
-        tx: &mpsc::SyncSender<Result<Msg, String>>,
-    ) -> Result<(), String> {
+        tx: &mpsc::SyncSender<Result<Msg, StreamError>>,
+    ) -> Result<(), StreamError> {
         self.pass_acks();
         let arrived = std::mem::take(&mut *self.inbox.borrow_mut());
         for (_, msg) in arrived {
-            tx.send(Ok(msg))
-                .map_err(|_| "the output thread stopped".to_string())?;
+            tx.send(Ok(msg)).map_err(|_| StreamError::OutputGone)?;
         }
         Ok(())
     }
@@ -173,8 +173,8 @@ impl Outbox {
     pub(super) fn finish(
         mut self,
         worker: &mut timely::worker::Worker,
-        tx: &mpsc::SyncSender<Result<Msg, String>>,
-    ) -> Result<(), String> {
+        tx: &mpsc::SyncSender<Result<Msg, StreamError>>,
+    ) -> Result<(), StreamError> {
         loop {
             self.forward(tx)?;
             if self.last_ack {

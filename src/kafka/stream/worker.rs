@@ -34,15 +34,15 @@ pub(super) fn work(
     cfg: &Resolved,
     opts: &StreamOptions,
     checkpoints: Option<&Checkpoints>,
-    tx: &mpsc::SyncSender<Result<Msg, String>>,
+    tx: &mpsc::SyncSender<Result<Msg, StreamError>>,
     acks: Option<mpsc::Receiver<super::closed::Delivered>>,
-) -> Result<(), String> {
+) -> Result<(), StreamError> {
     let index = worker.index();
     let peers = worker.peers();
-    let consumer = consumer(cfg).map_err(|e| e.to_string())?;
+    let consumer = consumer(cfg)?;
     // Idleness checks go through a client of their own: on the reading consumer's connection
     // they would queue behind fetch requests that wait up to fetch.wait.max.ms for data.
-    let prober = self::consumer(cfg).map_err(|e| e.to_string())?;
+    let prober = self::consumer(cfg)?;
     let restore = checkpoints.and_then(|c| c.restore.as_ref());
     let start_at: HashMap<(String, i32), i64> = restore
         .iter()
@@ -55,8 +55,7 @@ pub(super) fn work(
     let lost = restore
         .is_none()
         .then_some(&opts.progress.metrics.history_lost_partitions);
-    let assigned =
-        assign(&consumer, cfg, index, peers, &start_at, lost).map_err(|e| e.to_string())?;
+    let assigned = assign(&consumer, cfg, index, peers, &start_at, lost)?;
     opts.progress.worker_assigned(opts.workers.max(1));
     tracing::info!(
         worker = index,

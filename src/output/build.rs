@@ -200,13 +200,13 @@ impl Builder {
     }
 
     /// Scores this process's changed series and hands `write` their forecast records, [`CHUNK`]
-    /// at a time (the last part fewer), in epoch order; returns what to acknowledge once `write` took them
+    /// at a time (the last part fewer), in epoch order (`write` may take the records); returns what to acknowledge once `write` took them
     /// all, or `None` if it refused one (the output halted).
     pub fn forecasts(
         &mut self,
         mut changed: Changed,
         dict: &Dictionary,
-        mut write: impl FnMut(&Advance) -> bool,
+        mut write: impl FnMut(&mut Advance) -> bool,
     ) -> Result<Option<Delivered>, BuildError> {
         let rescore = self.new_model();
         let superseded = catch_up::apply(self.catch_up, &mut changed.changed);
@@ -260,14 +260,14 @@ impl Builder {
                 scoring_secs += self.score_into(*epoch, part, dict, &mut chunk.forecasts)?;
                 left = after;
                 if chunk.forecasts.len() >= CHUNK {
-                    if !write(&chunk) {
+                    if !write(&mut chunk) {
                         return Ok(None);
                     }
                     chunk.forecasts.clear();
                 }
             }
         }
-        if !chunk.forecasts.is_empty() && !write(&chunk) {
+        if !chunk.forecasts.is_empty() && !write(&mut chunk) {
             return Ok(None);
         }
         self.progress.metrics.scoring_seconds.observe(scoring_secs);

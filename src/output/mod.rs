@@ -239,15 +239,16 @@ impl Handler for Outputs {
             halted,
             ..
         } = self;
-        let mut write = |chunk: &Advance| {
+        let mut write = |chunk: &mut Advance| {
             if let Err(halt) = write_all(sinks, chunk, progress, stop, stats) {
                 halted.get_or_insert(halt);
                 return false;
             }
             stats.forecasts += chunk.forecasts.len() as u64;
             if let Ok(mut latest) = progress.latest.write() {
-                for r in &chunk.forecasts {
-                    latest.insert((r.store_id.clone(), r.sku_id.clone()), r.clone());
+                // Written everywhere: the records move into what the read API serves.
+                for r in chunk.forecasts.drain(..) {
+                    latest.insert((r.store_id.clone(), r.sku_id.clone()), r);
                 }
                 progress.metrics.api_series.set(latest.len() as i64);
             }

@@ -1,25 +1,29 @@
 //! The worker's output path: for each advance of the closed frontier, the records it makes and
-//! every store they go to, then the input offsets.
+//! every store they go to, then the input offsets. Every process runs one, on the thread that
+//! called [`crate::kafka::stream::run`] (which calls it as its [`Handler`]).
 //!
 //! ```text
-//! kafka::stream::run ──► Closed (epochs closed, changed series with their features,
-//!                                dead records, committable offsets)
-//!   build::Builder::build     dead letters; score the changed series (the model, or the
-//!                             baseline where it fails) and plan their orders; [output]
-//!                             catch_up; a progress record per epoch ──► Advance
-//!   for each sink, in order:  retry::write_until_done(sink, &advance)
-//!       postgres::MartSink    history + current tables and progress rows, one transaction
-//!       redis::CacheSink      the newest record of each series, one MULTI/EXEC
-//!       kafka::KafkaSink      dead letters and forecasts, then the progress records
-//!   committer::Committer      input offsets, with the frontier in the metadata
+//! every process:  Changed (the series its own workers changed in the epochs closed)
+//!   build::Builder::forecasts  catch_up; score (the model, or the baseline where it fails);
+//!                              plan; forecast records, 16,384 at a time ──► Advance
+//!   for each sink, in order:   retry::write_until_done(sink, &advance)
+//!       postgres::MartSink     history and current tables, one transaction
+//!       redis::CacheSink       the newest record of each series, one MULTI/EXEC
+//!       kafka::KafkaSink       stockcast.forecasts
+//!   ──► Delivered, through the dataflow to process 0
+//! process 0:      Closed (an advance every process acknowledged: counts, dead records,
+//!                 committable offsets)
+//!   build::Builder::progress   dead letters, a progress record per epoch ──► Advance
+//!   for each sink, in order:   the mart's progress rows; the dead letters, then the
+//!                              progress records on Kafka
+//!   committer::Committer       input offsets, with the frontier in the metadata
 //! ```
 //!
 //! - **A sink** is one type implementing [`Sink`]: it writes one advance, and may be called
 //!   again with the same advance after an error until it succeeds. [`retry`] is the one place
 //!   that backs off, counts attempts and failures per sink, and reports an outage.
-//! - **Order**: the stores are written first and the Kafka topics last, so a progress record on
-//!   `stockcast.epochs` means every store already holds its epoch's forecasts; the offsets are
-//!   committed only after every sink acknowledged the advance.
+//! - **Order**: a progress record is written only once every process's forecasts of its epoch
+//!   are in every sink, and the offsets are committed only after that.
 //! - **Halting**: once an advance was not written (the run stopped, or a sink failed for good),
 //!   nothing more is written or committed in this run, so offsets and progress records never
 //!   pass undelivered output; the next run reads again from the committed offsets.

@@ -10,10 +10,16 @@
 
 use crate::records::ForecastRecord;
 
-/// Why the cache could not be written.
+/// Why the cache could not be written or read.
 #[derive(Debug, thiserror::Error)]
-#[error("redis: {0}")]
-pub struct CacheError(#[from] redis::RedisError);
+pub enum CacheError {
+    /// Redis failed or could not be reached.
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    /// A record could not be encoded (a bug: retrying cannot help).
+    #[error("cannot encode a forecast record: {0}")]
+    Encode(#[from] serde_json::Error),
+}
 
 /// The key of a series under `prefix`.
 fn key(prefix: &str, store: &str, sku: &str) -> String {
@@ -57,7 +63,7 @@ impl Cache {
         let mut pipe = redis::pipe();
         pipe.atomic();
         for ((store, sku), r) in newest {
-            let value = serde_json::to_string(r).unwrap_or_default();
+            let value = crate::records::json::to_vec(r)?;
             pipe.set_ex(self.key(store, sku), value, self.ttl_secs)
                 .ignore();
         }

@@ -2,6 +2,8 @@
 //! record on the forecasts topic, a row of the mart, an entry of the cache and the read API),
 //! the progress record of a closed epoch, and a dead letter.
 
+pub mod json;
+
 use std::collections::BTreeMap;
 
 use dataflows::{FeatureVec, Schema};

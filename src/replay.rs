@@ -308,10 +308,13 @@ fn write_forecasts(
     named.sort_by(|a, b| a.0.cmp(&b.0));
     let vecs: Vec<&FeatureVec> = named.iter().map(|(_, v)| *v).collect();
     let forecasts = scorer.score(&vecs).map_err(std::io::Error::other)?;
+    let mut buf = Vec::with_capacity(2048);
     for ((names, vec), f) in named.into_iter().zip(&forecasts) {
         let line = ForecastRecord::new(epoch_end, names, schema, scorer.model(), planner, vec, f);
-        serde_json::to_writer(&mut *w, &line)?;
-        w.write_all(b"\n")?;
+        buf.clear();
+        crate::records::json::write(&line, &mut buf)?;
+        buf.push(b'\n');
+        w.write_all(&buf)?;
     }
     Ok(())
 }

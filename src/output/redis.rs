@@ -3,7 +3,7 @@
 
 use super::build::Advance;
 use super::sink::{Context, OutputError, Sink, WriteError};
-use crate::cache::Cache;
+use crate::cache::{Cache, CacheError};
 use crate::config::RedisConfig;
 
 /// Writes advances into the cache.
@@ -26,9 +26,10 @@ impl Sink for CacheSink {
     }
 
     fn write(&mut self, advance: &Advance, _: &mut Context<'_>) -> Result<u64, WriteError> {
-        self.0
-            .write(&advance.forecasts)
-            .map_err(WriteError::transient)?;
+        self.0.write(&advance.forecasts).map_err(|e| match e {
+            CacheError::Encode(_) => WriteError::Fatal(Box::new(e)),
+            CacheError::Redis(_) => WriteError::transient(e),
+        })?;
         Ok(advance.forecasts.len() as u64)
     }
 }

@@ -826,7 +826,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 },
             )?;
             for d in &r.rejected {
-                tracing::warn!(file = %d.file, line = d.line, reason = %d.reason, detail = %d.detail, "row not published");
+                tracing::warn!(at = %d.source, reason = %d.reason, detail = %d.detail, "row not published");
             }
             tracing::info!(published = ?r.published, rejected = r.rejected.len(), secs = format!("{:.2}", r.secs), records_per_sec = format!("{:.0}", r.records_per_sec), "load done");
         }

@@ -21,7 +21,8 @@
 //!   scoring threads, report charts.
 //! - [`replenish`]: the order-up-to policy turning a quantile forecast and the stock position
 //!   into a recommendation.
-//! - [`records`]: the records the worker writes (forecast, progress, dead letter).
+//! - [`records`]: the records the worker writes (forecast, progress, dead letter: one type for
+//!   file rows and topic records, `records::dead`), and their JSON (`records::json`).
 //! - [`output`]: the worker's output path: an advance to its records (`build`, `catch_up`), the
 //!   `Sink` trait and its sinks (`postgres`, `redis`, `kafka`), the shared `retry`, the offset
 //!   `committer`.

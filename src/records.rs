@@ -2,7 +2,10 @@
 //! record on the forecasts topic, a row of the mart, an entry of the cache and the read API),
 //! the progress record of a closed epoch, and a dead letter.
 
+pub mod dead;
 pub mod json;
+
+pub use self::dead::{DeadContent, DeadLetterRecord, DeadSource};
 
 use std::collections::BTreeMap;
 
@@ -121,31 +124,4 @@ pub struct EpochRecord {
     /// Milliseconds from the frontier's advance in the dataflow to the acknowledgement of the
     /// advance's records.
     pub latency_ms: u64,
-}
-
-/// One record on `stockcast.dead-letters`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct DeadLetterRecord {
-    /// Topic the record came from.
-    pub topic: String,
-    /// Its partition.
-    pub partition: i32,
-    /// Its offset.
-    pub offset: i64,
-    /// Stable reason code (`malformed`, `missing_field`, `too_late`, ...).
-    pub reason: String,
-    /// Human-readable detail.
-    pub detail: String,
-    /// The record's key, as text where it is UTF-8 (else lossily).
-    pub key: Option<String>,
-    /// The record's value, as text where it is UTF-8 (else lossily). The exact original bytes
-    /// travel beside it in the Kafka header [`crate::kafka::wire::ORIGINAL_VALUE_HEADER`]. At most
-    /// [`crate::kafka::stream::MAX_DEAD_VALUE_BYTES`] of the original: see `value_bytes`.
-    pub value: Option<String>,
-    /// The original value's length in bytes.
-    #[serde(default)]
-    pub value_bytes: usize,
-    /// Whether `value` (and the header) hold only the start of the original value.
-    #[serde(default)]
-    pub value_truncated: bool,
 }

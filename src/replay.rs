@@ -29,8 +29,9 @@ use crate::display::{progress_bar, rfc3339};
 use crate::ids::Dictionary;
 use crate::model::scorer::Scorer;
 use crate::pipeline::{self, EpochOutput};
+use crate::records::DeadLetterRecord;
 use crate::records::ForecastRecord;
-use crate::source::files::{self, DeadLetter, LoadError, Origin};
+use crate::source::files::{self, LoadError, Origin};
 use crate::source::prepare::prepare;
 
 /// Why a replay failed as a whole.
@@ -134,15 +135,15 @@ fn refused(
     events: &[Event],
     index: u32,
     why: &dataflows::input::Rejection,
-) -> DeadLetter {
+) -> DeadLetterRecord {
     let origin = origins[index as usize];
-    DeadLetter {
-        file: data_files[origin.file as usize].name.clone(),
-        line: origin.line,
-        reason: why.reason().to_string(),
-        detail: format!("{why:?}"),
-        record: format!("{:?}", events[index as usize]),
-    }
+    DeadLetterRecord::row(
+        &data_files[origin.file as usize].name,
+        origin.line,
+        why.reason(),
+        format!("{why:?}"),
+        format!("{:?}", events[index as usize]),
+    )
 }
 
 /// Options of `replay`.
@@ -179,11 +180,12 @@ pub fn replay(cfg: &Resolved, opts: &ReplayOptions) -> Result<Summary, ReplayErr
     let mut forecasts = create(&forecasts_path)?;
     let mut dead = create(&dead_path)?;
     let mut dead_counts: BTreeMap<String, u64> = BTreeMap::new();
-    let mut write_dead = |d: &DeadLetter, dead: &mut BufWriter<File>| -> std::io::Result<()> {
-        *dead_counts.entry(d.reason.clone()).or_default() += 1;
-        serde_json::to_writer(&mut *dead, d)?;
-        dead.write_all(b"\n")
-    };
+    let mut write_dead =
+        |d: &DeadLetterRecord, dead: &mut BufWriter<File>| -> std::io::Result<()> {
+            *dead_counts.entry(d.reason.clone()).or_default() += 1;
+            dead.write_all(&crate::records::json::to_vec(d)?)?;
+            dead.write_all(b"\n")
+        };
     for d in &prepared.dead_letters {
         write_dead(d, &mut dead).map_err(write_err(&dead_path))?;
     }

@@ -493,11 +493,22 @@ fn hostile_input_a_cut_and_sigterm_then_a_restart_publish_exactly_replay() {
     for (_, v, _) in &letters {
         assert!(v.len() < 200_000, "a dead letter of {} bytes", v.len());
         let d: wire::DeadLetterRecord = serde_json::from_slice(v).unwrap();
+        let wire::DeadSource::Topic {
+            topic: from,
+            partition,
+            offset,
+        } = &d.source
+        else {
+            panic!("a dead letter on Kafka names no topic: {d:?}");
+        };
         if d.reason == "undeliverable" {
             undeliverable += 1;
-            assert_eq!(d.topic, cfg.kafka.topics.dead_letters);
+            assert_eq!(from, &cfg.kafka.topics.dead_letters);
             // The refused dead letter's first bytes name the record it was about.
-            let text = d.value.unwrap_or_default();
+            let text = match &d.content {
+                wire::DeadContent::Message { value, .. } => value.clone().unwrap_or_default(),
+                other => panic!("an undeliverable notice without the record: {other:?}"),
+            };
             let topic = text
                 .split(r#""topic":""#)
                 .nth(1)
@@ -523,7 +534,7 @@ fn hostile_input_a_cut_and_sigterm_then_a_restart_publish_exactly_replay() {
             continue;
         }
         found
-            .entry((d.topic.clone(), d.partition, d.offset))
+            .entry((from.clone(), *partition, *offset))
             .or_default()
             .insert(d.reason.clone());
     }

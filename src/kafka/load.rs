@@ -16,7 +16,8 @@ use serde::Serialize;
 
 use crate::config::KafkaConfig;
 use crate::decode::Record;
-use crate::source::files::{self, DeadLetter};
+use crate::records::dead::DeadLetterRecord;
+use crate::source::files;
 
 use super::client::{client_config, Acks};
 use super::{admin, wire};
@@ -41,7 +42,7 @@ pub struct LoadReport {
     /// Records published per topic.
     pub published: std::collections::BTreeMap<String, u64>,
     /// Rows that could not be decoded (not published).
-    pub rejected: Vec<DeadLetter>,
+    pub rejected: Vec<DeadLetterRecord>,
     /// Wall-clock seconds.
     pub secs: f64,
     /// Records per second.

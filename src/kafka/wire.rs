@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
-pub use crate::records::{DeadLetterRecord, EpochRecord};
+pub use crate::records::{DeadContent, DeadLetterRecord, DeadSource, EpochRecord};
 
 use crate::decode::Record;
 use crate::display::rfc3339;

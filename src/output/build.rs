@@ -24,45 +24,34 @@ use crate::ids::Dictionary;
 use crate::kafka::progress::Progress;
 use crate::kafka::stream::{Changed, Closed, DeadRecord, Delivered, Partition};
 use crate::model::scorer::{ModelWatch, Scorer};
-use crate::records::{DeadLetterRecord, EpochRecord, ForecastRecord};
+use crate::records::{DeadContent, DeadLetterRecord, DeadSource, EpochRecord, ForecastRecord};
 use crate::replenish::Planner;
 
 /// Most forecast records the sinks are handed at once: a backfill that changes millions of
 /// series is written in parts of this size, so memory stays bounded.
 pub const CHUNK: usize = 16_384;
 
-/// A dead letter to write: the record, and the bytes it stands for.
-#[derive(Clone, Debug)]
-pub struct DeadLetter {
-    /// What the dead-letter topic receives.
-    pub record: DeadLetterRecord,
-    /// The refused record's bytes (a header on the dead-letter topic), and their full length.
-    pub original: Option<(Vec<u8>, usize)>,
-    /// The reason, for the metrics.
-    pub reason: crate::metrics::Reason,
-}
-
-impl DeadLetter {
-    fn of(d: &DeadRecord) -> DeadLetter {
-        let text = |b: &Option<Vec<u8>>| {
-            b.as_deref()
-                .map(|b| String::from_utf8_lossy(b).into_owned())
-        };
-        DeadLetter {
-            record: DeadLetterRecord {
-                topic: d.partition.topic.clone(),
-                partition: d.partition.partition,
-                offset: d.offset,
-                reason: d.reason.to_string(),
-                detail: d.detail.clone(),
-                key: text(&d.key),
-                value: text(&d.value),
-                value_bytes: d.original_len,
-                value_truncated: d.value.as_ref().is_some_and(|v| v.len() < d.original_len),
-            },
-            original: d.value.clone().map(|v| (v, d.original_len)),
-            reason: d.reason,
-        }
+/// The dead letter of a record the input side could not use.
+fn dead_letter(d: &DeadRecord) -> DeadLetterRecord {
+    let text = |b: &Option<Vec<u8>>| {
+        b.as_deref()
+            .map(|b| String::from_utf8_lossy(b).into_owned())
+    };
+    DeadLetterRecord {
+        source: DeadSource::Topic {
+            topic: d.partition.topic.clone(),
+            partition: d.partition.partition,
+            offset: d.offset,
+        },
+        reason: d.reason.to_string(),
+        detail: d.detail.clone(),
+        content: DeadContent::Message {
+            key: text(&d.key),
+            value: text(&d.value),
+            value_bytes: d.original_len,
+            value_truncated: d.value.as_ref().is_some_and(|v| v.len() < d.original_len),
+        },
+        original: d.value.clone().map(|v| (v, d.original_len)),
     }
 }
 
@@ -79,7 +68,7 @@ pub struct Commit {
 #[derive(Debug, Default)]
 pub struct Advance {
     /// Records that could not be used, since the previous advance.
-    pub dead_letters: Vec<DeadLetter>,
+    pub dead_letters: Vec<DeadLetterRecord>,
     /// One per scored series, in epoch order.
     pub forecasts: Vec<ForecastRecord>,
     /// One per closed epoch that did anything, and one for the last closed epoch; empty when
@@ -284,7 +273,7 @@ impl Builder {
     pub fn progress(&mut self, mut closed: Closed) -> Advance {
         let m = &self.progress.metrics;
         let mut advance = Advance {
-            dead_letters: closed.dead.iter().map(DeadLetter::of).collect(),
+            dead_letters: closed.dead.iter().map(dead_letter).collect(),
             closed_at: closed.closed_at,
             epochs_closed: closed.epochs_closed,
             newest: closed.epochs.last().map(|t| t.epoch),

@@ -49,7 +49,7 @@ use crate::kafka::stream::{Changed, Closed, Delivered, Handler};
 use crate::model::scorer::{ModelWatch, Scorer};
 use crate::records::ForecastRecord;
 
-pub use self::build::{Advance, BuildError, Builder, Commit, DeadLetter};
+pub use self::build::{Advance, BuildError, Builder, Commit};
 use self::committer::Committer;
 pub use self::sink::{Context, OutputError, Sink, Stats, Stopping, WriteError, STOP_GRACE};
 
@@ -288,12 +288,10 @@ impl Handler for Outputs {
         }
         let m = &self.progress.metrics;
         for d in &advance.dead_letters {
-            m.dead_letters_written.with_label_values(&[d.reason]).inc();
-            *self
-                .stats
-                .dead_letters
-                .entry(d.reason.to_string())
-                .or_default() += 1;
+            m.dead_letters_written
+                .with_label_values(&[d.reason.as_str()])
+                .inc();
+            *self.stats.dead_letters.entry(d.reason.clone()).or_default() += 1;
         }
         m.dead_letters_pending
             .sub(advance.dead_letters.len() as i64);

@@ -11,7 +11,7 @@
 //! Other files (e.g. `calendar.csv`, `sell_prices.csv`) are listed as ignored.
 //!
 //! # Error handling
-//! A row that cannot be decoded becomes a [`DeadLetter`] with its file, line, reason and text;
+//! A row that cannot be decoded becomes a [`DeadLetterRecord`] with its file, line, reason and text;
 //! reading goes on. Only an unreadable directory or file, or a CSV file without a header, stops
 //! the load, with the path in the error.
 
@@ -23,6 +23,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::decode::{self, CsvRow, DecodeError, JsonRow, Record, Row};
+use crate::records::dead::DeadLetterRecord;
 
 /// Kinds of input file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -128,21 +129,6 @@ pub struct Origin {
     pub line: u64,
 }
 
-/// A record that could not be used, with why.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct DeadLetter {
-    /// File name.
-    pub file: String,
-    /// 1-based line number.
-    pub line: u64,
-    /// Stable reason code.
-    pub reason: String,
-    /// Human explanation.
-    pub detail: String,
-    /// The record's text as read.
-    pub record: String,
-}
-
 /// One file read.
 #[derive(Clone, Debug, Serialize)]
 pub struct FileReport {
@@ -162,7 +148,7 @@ pub struct Dataset {
     /// Records with their origin.
     pub records: Vec<(Record, Origin)>,
     /// Rows that failed to decode.
-    pub dead_letters: Vec<DeadLetter>,
+    pub dead_letters: Vec<DeadLetterRecord>,
     /// Files read, in the order read.
     pub files: Vec<FileReport>,
     /// Files present but not part of the layout.
@@ -198,17 +184,15 @@ pub enum LoadError {
     NoDirectory(PathBuf),
 }
 
-impl DeadLetter {
-    /// A decoded record refused with `reason` (a stable code) and `detail`.
-    pub fn refused(file: &str, line: u64, reason: &str, detail: String, record: &Record) -> Self {
-        DeadLetter {
-            file: file.to_string(),
-            line,
-            reason: reason.to_string(),
-            detail,
-            record: format!("{record:?}"),
-        }
-    }
+/// The dead letter of a decoded record refused with `reason` (a stable code) and `detail`.
+pub fn refused(
+    file: &str,
+    line: u64,
+    reason: &str,
+    detail: String,
+    record: &Record,
+) -> DeadLetterRecord {
+    DeadLetterRecord::row(file, line, reason, detail, format!("{record:?}"))
 }
 
 impl Dataset {
@@ -382,13 +366,9 @@ fn read_rows(
             }
             Err(e) => {
                 data.files[file_index as usize].rejected += 1;
-                data.dead_letters.push(DeadLetter {
-                    file: name.clone(),
-                    line,
-                    reason: e.reason().to_string(),
-                    detail: e.to_string(),
-                    record: text(),
-                });
+                let (reason, detail) = (e.reason(), e.to_string());
+                data.dead_letters
+                    .push(DeadLetterRecord::row(&name, line, reason, detail, text()));
             }
         };
     if is_csv {
@@ -490,6 +470,7 @@ fn read_rows(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::records::dead::{DeadContent, DeadSource};
 
     #[test]
     fn bytes_that_are_not_utf8_are_dead_letters_with_their_line_and_text() {
@@ -508,13 +489,11 @@ mod tests {
         let dl: Vec<(&str, u64, &str, &str)> = data
             .dead_letters
             .iter()
-            .map(|d| {
-                (
-                    d.file.as_str(),
-                    d.line,
-                    d.reason.as_str(),
-                    d.record.as_str(),
-                )
+            .map(|d| match (&d.source, &d.content) {
+                (DeadSource::File { file, line }, DeadContent::Row { record }) => {
+                    (file.as_str(), *line, d.reason.as_str(), record.as_str())
+                }
+                other => panic!("not a file's dead letter: {other:?}"),
             })
             .collect();
         assert_eq!(

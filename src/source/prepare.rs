@@ -9,7 +9,8 @@ use dataflows::Event;
 use crate::config::Resolved;
 use crate::decode::Record;
 use crate::ids::Dictionary;
-use crate::source::files::{self, Dataset, DeadLetter, Origin};
+use crate::records::dead::DeadLetterRecord;
+use crate::source::files::{self, Dataset, Origin};
 
 /// Events ready for the dataflow, in arrival order, with where each came from.
 pub struct Prepared {
@@ -20,7 +21,7 @@ pub struct Prepared {
     /// Names of stores and SKUs.
     pub dict: Dictionary,
     /// Rows refused while preparing (decode errors, id collisions).
-    pub dead_letters: Vec<DeadLetter>,
+    pub dead_letters: Vec<DeadLetterRecord>,
     /// Records read per kind.
     pub counts: BTreeMap<&'static str, u64>,
 }
@@ -42,7 +43,7 @@ pub fn prepare(cfg: &Resolved, data: Dataset, as_of: Option<i64>) -> Prepared {
         *counts.entry(kind).or_default() += 1;
         if let Err(e) = crate::decode::check_not_future(record.ts(), future_limit) {
             let file = data.file_name(*origin);
-            dead_letters.push(DeadLetter::refused(
+            dead_letters.push(files::refused(
                 file,
                 origin.line,
                 e.reason(),
@@ -59,7 +60,7 @@ pub fn prepare(cfg: &Resolved, data: Dataset, as_of: Option<i64>) -> Prepared {
                 }
             }
             Ok(e) => reference.push((e, *origin)),
-            Err(collision) => dead_letters.push(DeadLetter::refused(
+            Err(collision) => dead_letters.push(files::refused(
                 data.file_name(*origin),
                 origin.line,
                 "id_collision",

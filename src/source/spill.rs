@@ -20,12 +20,13 @@ use std::sync::Arc;
 
 use dataflows::{Clock, Event, Key, Period, PeriodKind, StockKind};
 
-use super::files::{self, DeadLetter, FileKind, LoadError};
+use super::files::{self, FileKind, LoadError};
 use super::prepare::{promo_of_flag, PriceRuns};
 use crate::config::Resolved;
 use crate::decode::Record;
 use crate::ids::Dictionary;
 use crate::pipeline::{Chunk, ChunkError, Scheduler};
+use crate::records::dead::DeadLetterRecord;
 
 /// Why a dataset could not be spilled.
 #[derive(Debug, thiserror::Error)]
@@ -53,7 +54,7 @@ pub struct Spilled {
     /// Names of stores and SKUs.
     pub dict: Dictionary,
     /// Rows refused (decode errors, future times, id collisions).
-    pub dead_letters: Vec<DeadLetter>,
+    pub dead_letters: Vec<DeadLetterRecord>,
     /// Records read per kind.
     pub counts: BTreeMap<&'static str, u64>,
     /// Timed events spilled.
@@ -271,7 +272,7 @@ pub fn spill(cfg: &Resolved, data_dir: &Path, as_of: Option<i64>) -> Result<Spil
         *counts.entry(FileKind::of(&record).name()).or_default() += 1;
         if let Err(e) = crate::decode::check_not_future(record.ts(), future_limit) {
             let line = origin.line;
-            dead_letters.push(DeadLetter::refused(
+            dead_letters.push(files::refused(
                 file,
                 line,
                 e.reason(),
@@ -285,13 +286,7 @@ pub fn spill(cfg: &Resolved, data_dir: &Path, as_of: Option<i64>) -> Result<Spil
             Err(collision) => {
                 let detail = collision.to_string();
                 let line = origin.line;
-                dead_letters.push(DeadLetter::refused(
-                    file,
-                    line,
-                    "id_collision",
-                    detail,
-                    &record,
-                ));
+                dead_letters.push(files::refused(file, line, "id_collision", detail, &record));
                 return;
             }
         };
@@ -309,13 +304,7 @@ pub fn spill(cfg: &Resolved, data_dir: &Path, as_of: Option<i64>) -> Result<Spil
             let why = dataflows::input::Rejection::BeforeEpochZero;
             let detail = format!("{why:?}");
             let line = origin.line;
-            dead_letters.push(DeadLetter::refused(
-                file,
-                line,
-                why.reason(),
-                detail,
-                &record,
-            ));
+            dead_letters.push(files::refused(file, line, why.reason(), detail, &record));
             return;
         }
         let next = keys.len() as u32;

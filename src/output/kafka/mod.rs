@@ -33,7 +33,7 @@ use self::acks::{refused_for_good, SinkAcks};
 use super::build::Advance;
 use super::sink::{Context, OutputError, Sink, WriteError};
 use crate::config::{KafkaConfig, Resolved};
-use crate::records::{json, DeadLetterRecord};
+use crate::records::{json, DeadContent, DeadLetterRecord, DeadSource};
 
 use crate::kafka::wire::{ORIGINAL_LENGTH_HEADER, ORIGINAL_VALUE_HEADER};
 
@@ -50,8 +50,9 @@ const UNDELIVERABLE_PREFIX_BYTES: usize = 1024;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum OutKind {
     Forecast,
-    /// A dead letter, with its reason.
-    DeadLetter(crate::metrics::Reason),
+    DeadLetter,
+    /// The dead letter that stands for a record the broker refused for good.
+    Undeliverable,
     Progress,
 }
 
@@ -59,7 +60,7 @@ impl OutKind {
     fn name(self) -> &'static str {
         match self {
             OutKind::Forecast => "forecast",
-            OutKind::DeadLetter(_) => "dead_letter",
+            OutKind::DeadLetter | OutKind::Undeliverable => "dead_letter",
             OutKind::Progress => "progress",
         }
     }
@@ -214,14 +215,18 @@ impl KafkaSink {
             acked: 0,
         };
         let encode = |e: serde_json::Error| WriteError::Fatal(Box::new(e));
-        for l in &advance.dead_letters {
-            let r = &l.record;
+        for r in &advance.dead_letters {
             let key = |b: &mut Vec<u8>| {
-                let _ = write!(b, "{}/{}@{}", r.topic, r.partition, r.offset);
+                let _ = write!(b, "{}", r.source);
             };
-            let kind = OutKind::DeadLetter(l.reason);
-            d.push(Topic::DeadLetters, kind, key, r, l.original.clone())
-                .map_err(encode)?;
+            d.push(
+                Topic::DeadLetters,
+                OutKind::DeadLetter,
+                key,
+                r,
+                r.original.clone(),
+            )
+            .map_err(encode)?;
         }
         for r in &advance.forecasts {
             let key = |b: &mut Vec<u8>| {
@@ -330,7 +335,7 @@ impl KafkaSink {
     ) -> Result<usize, WriteError> {
         let out = &d.batch[i];
         let topic = self.topic(out.topic);
-        if out.kind == OutKind::DeadLetter("undeliverable") {
+        if out.kind == OutKind::Undeliverable {
             return Err(WriteError::Fatal(Box::new(
                 ProduceError::DeadLetterTopicRefuses {
                     topic: topic.to_string(),
@@ -346,15 +351,20 @@ impl KafkaSink {
         tracing::error!(topic, key = %key, bytes = value.len(), record = kind, %error, "a record was refused for good; an undeliverable dead letter replaces it");
         let prefix = &value[..value.len().min(UNDELIVERABLE_PREFIX_BYTES)];
         let letter = DeadLetterRecord {
-            topic: topic.to_string(),
-            partition: -1,
-            offset: -1,
+            source: DeadSource::Topic {
+                topic: topic.to_string(),
+                partition: -1,
+                offset: -1,
+            },
             reason: "undeliverable".into(),
             detail: format!("the {kind} record was refused for good: {error}"),
-            key: Some(key),
-            value: Some(String::from_utf8_lossy(prefix).into_owned()),
-            value_bytes: value.len(),
-            value_truncated: prefix.len() < value.len(),
+            content: DeadContent::Message {
+                key: Some(key),
+                value: Some(String::from_utf8_lossy(prefix).into_owned()),
+                value_bytes: value.len(),
+                value_truncated: prefix.len() < value.len(),
+            },
+            original: None,
         };
         *cx.stats
             .dead_letters
@@ -365,7 +375,7 @@ impl KafkaSink {
             b.extend_from_slice(b"undeliverable/");
             b.extend_from_slice(topic.as_bytes());
         };
-        let kind = OutKind::DeadLetter("undeliverable");
+        let kind = OutKind::Undeliverable;
         d.push(Topic::DeadLetters, kind, key, &letter, None)
             .map_err(|e| WriteError::Fatal(Box::new(e)))
     }
@@ -464,7 +474,7 @@ impl Sink for KafkaSink {
                 self.failures = 0;
                 // The undeliverable dead letters that stood in for refused records are out.
                 let notices = (d.batch.iter())
-                    .filter(|o| o.kind == OutKind::DeadLetter("undeliverable"))
+                    .filter(|o| o.kind == OutKind::Undeliverable)
                     .count() as u64;
                 let written = &cx.progress.metrics.dead_letters_written;
                 written

@@ -302,6 +302,12 @@ impl LocalChanges {
         }
     }
 
+    /// Changed series absorbed but not handed over yet (their epochs did not close everywhere,
+    /// or their names did not arrive).
+    pub(super) fn pending(&self) -> usize {
+        self.changed.values().map(Vec::len).sum()
+    }
+
     /// The changes of the epochs every local worker closed since the last call, if the
     /// frontier moved, and once the names of their series arrived from every worker.
     pub(super) fn closed(&mut self) -> Option<Changed> {
@@ -455,5 +461,37 @@ mod tests {
             closed.epochs.iter().map(|t| t.epoch).collect::<Vec<_>>(),
             vec![7, 9]
         );
+    }
+
+    #[test]
+    fn local_changes_wait_for_every_worker_and_count_what_they_hold() {
+        let vec = || FeatureVec::from(vec![0; 2]);
+        let key = |sku| Key { store: 1, sku };
+        // A process of workers 0 and 1, in a cluster of 3.
+        let mut local = LocalChanges::new(0, 2, 3);
+        local.absorb(Changes {
+            worker: 0,
+            frontier: Some(5),
+            changed: vec![(3, key(1), vec()), (4, key(2), vec())],
+        });
+        local.absorb(Changes {
+            worker: 1,
+            frontier: Some(4),
+            changed: vec![(3, key(3), vec())],
+        });
+        for w in 0..2 {
+            local.heard(w, Some(5));
+        }
+        // Worker 2's names have not arrived.
+        assert!(local.closed().is_none());
+        assert_eq!(local.pending(), 3);
+        local.heard(2, Some(9));
+        let changed = local.closed().expect("epochs below 4 closed everywhere");
+        assert_eq!(changed.frontier, Some(4));
+        let keys: Vec<(Epoch, usize)> =
+            changed.changed.iter().map(|(e, v)| (*e, v.len())).collect();
+        assert_eq!(keys, vec![(3, 2)]);
+        // Epoch 4 waits for worker 1: a stop now leaves it unwritten, and says so.
+        assert_eq!(local.pending(), 1);
     }
 }

@@ -220,6 +220,15 @@ pub fn run(
             }
         }
     }
+    let unwritten = local.pending();
+    if unwritten > 0 {
+        // Stopped (a signal, a failure) before these epochs closed on every worker: none of
+        // their offsets were committed, and the next run reads and writes them again.
+        tracing::warn!(
+            series = unwritten,
+            "stopping with changed series not handed to the sinks; the next run writes them"
+        );
+    }
     for result in guards.join() {
         result.map_err(StreamError::Worker)?;
     }

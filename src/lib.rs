@@ -24,8 +24,8 @@
 //! - [`records`]: the records the worker writes (forecast, progress, dead letter: one type for
 //!   file rows and topic records, `records::dead`), and their JSON (`records::json`).
 //! - [`output`]: the worker's output path: an advance to its records (`build`, `catch_up`), the
-//!   `Sink` trait and its sinks (`postgres`, `redis`, `kafka`), the shared `retry`, the offset
-//!   `committer`.
+//!   `Sink` trait and its sinks (`postgres`, `redis`, `kafka`, and replay's `files`), the shared
+//!   `retry`, the offset `committer`.
 //! - [`mart`]: the PostgreSQL inventory mart (schema, partitions, binary COPY).
 //! - [`cache`]: the Redis lookup cache.
 //! - [`replay`]: the `replay` and `features` commands: files in, forecasts and tables out.

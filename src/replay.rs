@@ -2,8 +2,9 @@
 //!
 //! ```text
 //! DIR -> source::files::load -> prepare (ids, milli-units, time order) -> pipeline::plan
-//!     -> pipeline::run -> per closed epoch: score changed series -> forecasts.jsonl
-//!                                            refused events       -> dead_letters.jsonl
+//!     -> pipeline::run -> per closed epoch: an output::Advance (refused events as dead
+//!                         letters, the changed series scored into forecast records)
+//!                         -> output::files::FilesSink -> dead_letters.jsonl, forecasts.jsonl
 //!     -> summary.json
 //! ```
 //! Replay presents a dataset's timed events in event-time order (ties in file order): it
@@ -18,6 +19,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -27,7 +29,10 @@ use serde::Serialize;
 use crate::config::Resolved;
 use crate::display::{progress_bar, rfc3339};
 use crate::ids::Dictionary;
+use crate::kafka::progress::Progress;
 use crate::model::scorer::Scorer;
+use crate::output::files::{FileError, FilesSink};
+use crate::output::{Advance, Context, Sink, Stats, Stopping, WriteError};
 use crate::pipeline::{self, EpochOutput};
 use crate::records::DeadLetterRecord;
 use crate::records::ForecastRecord;
@@ -54,6 +59,21 @@ pub enum ReplayError {
     /// The dataflow failed.
     #[error(transparent)]
     Run(#[from] pipeline::RunError),
+    /// Neither the model nor the baseline could score.
+    #[error(transparent)]
+    Scoring(#[from] crate::forecast::ScoreError),
+    /// The output files could not be written.
+    #[error("output: {0}")]
+    Output(#[from] WriteError),
+}
+
+impl From<FileError> for ReplayError {
+    fn from(e: FileError) -> Self {
+        ReplayError::Write {
+            path: e.path,
+            source: e.source,
+        }
+    }
 }
 
 /// Summary of keys scored per epoch.
@@ -175,20 +195,30 @@ pub fn replay(cfg: &Resolved, opts: &ReplayOptions) -> Result<Summary, ReplayErr
     let planner = crate::replenish::Planner::new(&cfg.replenish, &schema, cfg.clock.period_kind());
     let plan = pipeline::plan(&cfg.clock, cfg.allowed_lateness_secs, &events, None);
 
-    let forecasts_path = opts.out.join("forecasts.jsonl");
-    let dead_path = opts.out.join("dead_letters.jsonl");
-    let mut forecasts = create(&forecasts_path)?;
-    let mut dead = create(&dead_path)?;
+    // The files are a sink like the worker's stores; nothing here stops or retries.
+    let mut files = FilesSink::create(&opts.out)?;
+    let (sink_progress, stop, mut stats) = (
+        Progress::default(),
+        Stopping::new(Arc::new(AtomicBool::new(false))),
+        Stats::default(),
+    );
     let mut dead_counts: BTreeMap<String, u64> = BTreeMap::new();
-    let mut write_dead =
-        |d: &DeadLetterRecord, dead: &mut BufWriter<File>| -> std::io::Result<()> {
+    let mut write = |advance: Advance| -> Result<(), ReplayError> {
+        for d in &advance.dead_letters {
             *dead_counts.entry(d.reason.clone()).or_default() += 1;
-            dead.write_all(&crate::records::json::to_vec(d)?)?;
-            dead.write_all(b"\n")
+        }
+        let mut cx = Context {
+            progress: &sink_progress,
+            stop: &stop,
+            stats: &mut stats,
         };
-    for d in &prepared.dead_letters {
-        write_dead(d, &mut dead).map_err(write_err(&dead_path))?;
-    }
+        files.write(&advance, &mut cx)?;
+        Ok(())
+    };
+    write(Advance {
+        dead_letters: prepared.dead_letters.clone(),
+        ..Advance::default()
+    })?;
 
     let progress = progress_bar(
         plan.steps.len() as u64,
@@ -211,23 +241,26 @@ pub fn replay(cfg: &Resolved, opts: &ReplayOptions) -> Result<Summary, ReplayErr
         progress.inc(1);
         let end = rfc3339(cfg.clock.epoch_end(out.epoch));
         first_end.get_or_insert_with(|| end.clone());
-        let result = (|| -> std::io::Result<()> {
-            for (i, why) in &out.rejected {
-                let letter = refused(&file_reports, &prepared.origins, &events, *i, why);
-                write_dead(&letter, &mut dead)?;
-            }
-            write_forecasts(
-                &mut forecasts,
+        let result = (|| -> Result<(), ReplayError> {
+            let dead_letters = (out.rejected.iter())
+                .map(|(i, why)| refused(&file_reports, &prepared.origins, &events, *i, why))
+                .collect();
+            let forecasts = forecast_records(
                 &end,
                 &schema,
                 &scorer,
                 &planner,
                 &prepared.dict,
                 &out.changed,
-            )
+            )?;
+            write(Advance {
+                dead_letters,
+                forecasts,
+                ..Advance::default()
+            })
         })();
         if let Err(e) = result {
-            io_error = Some(write_err(&forecasts_path)(e));
+            io_error = Some(e);
         }
         let n = out.changed.len() as u64;
         scored.total += n;
@@ -246,8 +279,7 @@ pub fn replay(cfg: &Resolved, opts: &ReplayOptions) -> Result<Summary, ReplayErr
     if let Some(e) = io_error {
         return Err(e);
     }
-    forecasts.flush().map_err(write_err(&forecasts_path))?;
-    dead.flush().map_err(write_err(&dead_path))?;
+    files.finish()?;
     scored.mean = if epochs > 0 {
         scored.total as f64 / epochs as f64
     } else {
@@ -295,30 +327,27 @@ fn distinct_keys(events: &[Event]) -> u64 {
     keys.len() as u64
 }
 
-/// Scores the changed series of one epoch and writes their lines, in name order.
-fn write_forecasts(
-    w: &mut impl Write,
+/// The forecast records of one epoch's changed series, in name order.
+fn forecast_records(
     epoch_end: &str,
     schema: &Schema,
     scorer: &Scorer,
     planner: &crate::replenish::Planner,
     dict: &Dictionary,
     changed: &[(Key, FeatureVec)],
-) -> std::io::Result<()> {
+) -> Result<Vec<ForecastRecord>, crate::forecast::ScoreError> {
     let mut named: Vec<((String, String), &FeatureVec)> =
         changed.iter().map(|(k, v)| (dict.names(k), v)).collect();
     named.sort_by(|a, b| a.0.cmp(&b.0));
     let vecs: Vec<&FeatureVec> = named.iter().map(|(_, v)| *v).collect();
-    let forecasts = scorer.score(&vecs).map_err(std::io::Error::other)?;
-    let mut buf = Vec::with_capacity(2048);
-    for ((names, vec), f) in named.into_iter().zip(&forecasts) {
-        let line = ForecastRecord::new(epoch_end, names, schema, scorer.model(), planner, vec, f);
-        buf.clear();
-        crate::records::json::write(&line, &mut buf)?;
-        buf.push(b'\n');
-        w.write_all(&buf)?;
-    }
-    Ok(())
+    let forecasts = scorer.score(&vecs)?;
+    Ok(named
+        .into_iter()
+        .zip(&forecasts)
+        .map(|((names, vec), f)| {
+            ForecastRecord::new(epoch_end, names, schema, scorer.model(), planner, vec, f)
+        })
+        .collect())
 }
 
 /// What `features` wrote.

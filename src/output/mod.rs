@@ -31,6 +31,7 @@
 pub mod build;
 pub mod catch_up;
 mod committer;
+pub mod files;
 pub mod kafka;
 pub mod postgres;
 pub mod redis;

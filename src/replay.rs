@@ -216,7 +216,7 @@ pub fn replay(cfg: &Resolved, opts: &ReplayOptions) -> Result<Summary, ReplayErr
         Ok(())
     };
     write(Advance {
-        dead_letters: prepared.dead_letters.clone(),
+        dead_letters: std::mem::take(&mut prepared.dead_letters),
         ..Advance::default()
     })?;
 

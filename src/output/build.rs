@@ -189,8 +189,9 @@ impl Builder {
     }
 
     /// Scores this process's changed series and hands `write` their forecast records, [`CHUNK`]
-    /// at a time (the last part fewer), in epoch order (`write` may take the records); returns what to acknowledge once `write` took them
-    /// all, or `None` if it refused one (the output halted).
+    /// at a time (the last part fewer), in epoch order (`write` may take the records); returns
+    /// what to acknowledge once `write` took them all, or `None` if it refused one (the output
+    /// halted).
     pub fn forecasts(
         &mut self,
         mut changed: Changed,

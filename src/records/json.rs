@@ -36,13 +36,6 @@ pub fn to_vec<T: Serialize + ?Sized>(value: &T) -> serde_json::Result<Vec<u8>> {
     Ok(out)
 }
 
-/// `value`'s JSON as a string (see [`write`]).
-pub fn to_string<T: Serialize + ?Sized>(value: &T) -> serde_json::Result<String> {
-    let bytes = to_vec(value)?;
-    // serde_json writes only UTF-8; the conversion cannot fail, and fails loudly if it did.
-    String::from_utf8(bytes).map_err(|e| serde_json::Error::io(io::Error::other(e)))
-}
-
 /// serde_json's compact formatter, with the fast path for numbers of three decimals.
 struct Decimals;
 
@@ -118,7 +111,7 @@ mod tests {
     }
 
     fn ours(x: f64) -> String {
-        to_string(&x).unwrap()
+        String::from_utf8(to_vec(&x).unwrap()).unwrap()
     }
 
     #[test]

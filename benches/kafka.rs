@@ -8,7 +8,10 @@
 //! cargo bench --bench kafka -- --checkpoint-every 96 --checkpoint-interval 0
 //! cargo bench --bench kafka -- --catch-up latest --model models/daily
 //! cargo bench --bench kafka -- --stores 400 --skus 500 --days 2 --processes 1,2
+//! cargo bench --bench kafka -- --mart
 //! ```
+//! With `--mart` the worker writes to a PostgreSQL mart as well as to Kafka (a database of the
+//! run's own on `STOCKCAST_TEST_POSTGRES`'s server, dropped at the end; in-process runs only).
 //! With `--processes 1,2` the worker runs as that many `stockcast run` processes of one worker
 //! each (a timely cluster on loopback) instead of in this process, once per count, each under a
 //! group of its own; it prints the forecast records every process wrote per second of the
@@ -34,12 +37,15 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Instant;
 
-use common::{arg, children_cpu_secs, cpu_secs, load, text_arg};
+use common::{arg, children_cpu_secs, cpu_secs, load, postgres_admin, text_arg};
 use stockcast::config::{CatchUp, Config};
 use stockcast::generate::{self, Params};
 use stockcast::kafka::{self, load as publish, stream};
 
 fn main() {
+    // As the worker's main does (see the functions' notes).
+    stockcast::disable_transparent_huge_pages();
+    stockcast::model::scorer::serial_kernels();
     let args: Vec<String> = std::env::args().collect();
     if std::env::var_os("RUST_LOG").is_some() {
         // The worker's logs, when asked for (e.g. RUST_LOG=stockcast=info).
@@ -91,6 +97,7 @@ fn main() {
     if let Some(model) = text_arg(&args, "--model") {
         config.forecast.model_dir = Some(model.into());
     }
+    let mart = args.iter().any(|a| a == "--mart");
     let cfg = config.resolve(Path::new("<bench>")).expect("config");
 
     println!(
@@ -141,6 +148,12 @@ fn main() {
         cfg.output.catch_up = *mode;
         // Each setting reads the topics from the start, under a group of its own.
         cfg.kafka.group_id = format!("{}-{run_no}", cfg.kafka.group_id);
+        // With --mart, the forecasts go to a PostgreSQL mart too, in a database of the run's own.
+        let db = mart.then(|| format!("stockcast_bench_kafka_{nonce}_{run_no}"));
+        if let Some(db) = &db {
+            postgres_admin(&format!("CREATE DATABASE {db}"));
+            cfg.postgres.url = format!("host=127.0.0.1 user=postgres dbname={db}");
+        }
         println!("catch_up = \"{}\", load before: {}", mode.name(), load());
         let cpu0 = cpu_secs();
         let started = Instant::now();
@@ -171,6 +184,11 @@ fn main() {
             run.stats.forecasts as f64 / busy,
             consumed as f64 / cpu.max(1e-9)
         );
+        if let Some(db) = &db {
+            postgres_admin(&format!("DROP DATABASE {db} WITH (FORCE)"));
+            // The checkpoint restart below writes to Kafka only.
+            cfg.postgres.url.clear();
+        }
         first.get_or_insert((cfg, progress, busy));
     }
     let (cfg, progress, busy) = first.expect("one catch-up setting");

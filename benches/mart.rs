@@ -11,26 +11,10 @@ mod common;
 
 use std::time::Instant;
 
-use common::{arg, cpu_secs, load};
+use common::{arg, cpu_secs, load, postgres_admin as admin};
 use stockcast::mart::Mart;
 use stockcast::records::{EpochRecord, ForecastRecord};
 use stockcast::replenish::Advice;
-
-fn admin(sql: &str) {
-    let url = std::env::var("STOCKCAST_TEST_POSTGRES")
-        .unwrap_or_else(|_| "host=127.0.0.1 user=postgres dbname=postgres".into());
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    rt.block_on(async {
-        let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-            .await
-            .unwrap_or_else(|e| panic!("no PostgreSQL at {url}: {e} (scripts/services.sh)"));
-        tokio::spawn(conn);
-        client.simple_query(sql).await.expect(sql);
-    });
-}
 
 /// A daily forecast record as the worker writes it (28 periods of three quantiles).
 fn record(i: usize, epoch_end: &str) -> ForecastRecord {

@@ -1,7 +1,15 @@
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
+    stockcast::disable_transparent_huge_pages();
     let cli = stockcast::cli::Cli::parse();
+    if matches!(
+        cli.command,
+        stockcast::cli::Command::Run { .. } | stockcast::cli::Command::Replay { .. }
+    ) {
+        // Before any thread starts (see the function's notes).
+        stockcast::model::scorer::serial_kernels();
+    }
     stockcast::telemetry::init_tracing(cli.log_json);
     match stockcast::cli::run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,

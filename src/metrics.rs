@@ -82,7 +82,7 @@ pub struct Metrics {
     pub keys_changed: Histogram,
     /// Series scored, per advance.
     pub keys_scored: Histogram,
-    /// Seconds to score one advance's series.
+    /// Seconds the output path waited for the scoring threads in one advance.
     pub scoring_seconds: Histogram,
     /// Series the baseline scored because the model could not.
     pub scoring_fallbacks: IntCounter,
@@ -229,7 +229,8 @@ impl Metrics {
             )),
             scoring_seconds: reg!(histogram(
                 "stockcast_scoring_seconds",
-                "Seconds to score the series of one advance.",
+                "Seconds the output path waited for the scoring threads in one advance (they score \
+                 the next part while it writes the previous one).",
                 seconds_buckets()
             )),
             scoring_fallbacks: reg!(IntCounter::new(

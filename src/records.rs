@@ -62,7 +62,6 @@ impl ForecastRecord {
         vec: &FeatureVec,
         forecast: &Forecast,
     ) -> Self {
-        let value = |name: &str| schema.index(name).and_then(|i| schema.value(vec, i));
         ForecastRecord {
             epoch_end: epoch_end.to_string(),
             store_id,
@@ -80,8 +79,8 @@ impl ForecastRecord {
             forecast: round3(&forecast.p50),
             forecast_p10: round3(&forecast.p10),
             forecast_p90: round3(&forecast.p90),
-            on_hand: value("on_hand"),
-            on_order: value("on_order"),
+            on_hand: planner.on_hand(schema, vec),
+            on_order: planner.on_order(schema, vec),
             recommendation: planner.advise(schema, vec, forecast),
         }
     }

@@ -160,6 +160,16 @@ impl Planner {
         }
     }
 
+    /// Units on hand in `vec`, where stock movements were seen.
+    pub fn on_hand(&self, schema: &Schema, vec: &FeatureVec) -> Option<f64> {
+        self.at.on_hand.and_then(|i| schema.value(vec, i))
+    }
+
+    /// Units on order in `vec`, where stock movements were seen.
+    pub fn on_order(&self, schema: &Schema, vec: &FeatureVec) -> Option<f64> {
+        self.at.on_order.and_then(|i| schema.value(vec, i))
+    }
+
     /// The advice for a series with features `vec` (of the planner's schema) and `forecast`.
     pub fn advise(&self, schema: &Schema, vec: &FeatureVec, forecast: &Forecast) -> Advice {
         let value = |i: Option<usize>| i.and_then(|i| schema.value(vec, i));

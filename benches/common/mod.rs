@@ -58,3 +58,21 @@ pub fn text_arg(args: &[String], name: &str) -> Option<String> {
         .and_then(|i| args.get(i + 1))
         .cloned()
 }
+
+/// Runs `sql` on the PostgreSQL server of `STOCKCAST_TEST_POSTGRES` (default
+/// `host=127.0.0.1 user=postgres dbname=postgres`): the benches create and drop their databases.
+pub fn postgres_admin(sql: &str) {
+    let url = std::env::var("STOCKCAST_TEST_POSTGRES")
+        .unwrap_or_else(|_| "host=127.0.0.1 user=postgres dbname=postgres".into());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+            .await
+            .unwrap_or_else(|e| panic!("no PostgreSQL at {url}: {e} (scripts/services.sh)"));
+        tokio::spawn(conn);
+        client.simple_query(sql).await.expect(sql);
+    });
+}

@@ -62,6 +62,7 @@ pub struct Schema {
 
 impl Schema {
     /// Position of a feature by name.
+    #[inline]
     pub fn index(&self, name: &str) -> Option<usize> {
         self.features.iter().position(|f| f.name == name)
     }
@@ -72,6 +73,7 @@ impl Schema {
     }
 
     /// Value of feature `i` in natural units, `None` when missing.
+    #[inline]
     pub fn value(&self, vec: &FeatureVec, i: usize) -> Option<f64> {
         vec.raw(i).map(|v| v as f64 / self.features[i].scale as f64)
     }

@@ -469,6 +469,7 @@ impl From<&[i64]> for FeatureVec {
 
 impl FeatureVec {
     /// The raw scaled value of feature `i`, or `None` when missing.
+    #[inline]
     pub fn raw(&self, i: usize) -> Option<i64> {
         self.0.get(i).copied().filter(|v| *v != MISSING)
     }

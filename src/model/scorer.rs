@@ -22,6 +22,22 @@ use dataflows::{FeatureVec, PeriodKind, Schema};
 use super::{read_manifest, ModelError, QuantileModel, MANIFEST_FILE};
 use crate::forecast::{Fallback, Forecast, Forecaster, ScoreError};
 
+/// Keeps candle's kernels on the thread that calls them, unless the environment already says
+/// how many threads they use (`RAYON_NUM_THREADS`, `CANDLE_NUM_THREADS`). The worker scores on
+/// its own scoring threads (`forecast.scoring_threads`), one batch each; candle's pools on top
+/// of that spin at their barriers while the batches are small. In the `kafka` bench with the
+/// model, serial kernels cost about a sixth less CPU with `latest` and a quarter less with
+/// `every_epoch`. Training keeps candle's threads: only the commands that score call this.
+///
+/// Call it first thing in `main`, before any thread starts: it sets environment variables.
+pub fn serial_kernels() {
+    for var in ["RAYON_NUM_THREADS", "CANDLE_NUM_THREADS"] {
+        if std::env::var_os(var).is_none() {
+            std::env::set_var(var, "1");
+        }
+    }
+}
+
 struct Job {
     model: Arc<dyn Forecaster>,
     /// Position of the batch's first vector in the caller's list.
@@ -157,6 +173,13 @@ impl Scorer {
     /// Scores `vecs`, in order, on the scoring threads. A batch the model cannot score is
     /// scored by the baseline (see the module docs); an error means the baseline failed too.
     pub fn score(&self, vecs: &[&FeatureVec]) -> Result<Vec<Forecast>, ScoreError> {
+        self.submit(vecs).wait()
+    }
+
+    /// Starts scoring `vecs` on the scoring threads and returns at once (unless every thread is
+    /// busy and the queue full); [`Pending::wait`] gives the forecasts. The caller can build
+    /// and write the previous batch's records meanwhile.
+    pub fn submit(&self, vecs: &[&FeatureVec]) -> Pending {
         let (reply, results) = mpsc::channel();
         let mut sent = 0;
         if let Some(jobs) = &self.jobs {
@@ -173,9 +196,31 @@ impl Scorer {
                 sent += 1;
             }
         }
-        drop(reply);
-        let mut out: Vec<Option<Forecast>> = vec![None; vecs.len()];
-        for (first, forecasts) in results.iter().take(sent) {
+        Pending {
+            vecs: vecs.iter().map(|v| (*v).clone()).collect(),
+            results,
+            sent,
+            model: Arc::clone(&self.model),
+            rescue: self.rescue.clone(),
+        }
+    }
+}
+
+/// Forecasts on their way from the scoring threads ([`Scorer::submit`]).
+pub struct Pending {
+    vecs: Vec<FeatureVec>,
+    results: Receiver<(usize, Result<Vec<Forecast>, ScoreError>)>,
+    sent: usize,
+    model: Arc<dyn Forecaster>,
+    rescue: Rescue,
+}
+
+impl Pending {
+    /// The forecasts, in the order of the vectors submitted; the baseline's for batches no
+    /// thread answered.
+    pub fn wait(self) -> Result<Vec<Forecast>, ScoreError> {
+        let mut out: Vec<Option<Forecast>> = vec![None; self.vecs.len()];
+        for (first, forecasts) in self.results.iter().take(self.sent) {
             for (k, f) in forecasts?.into_iter().enumerate() {
                 out[first + k] = Some(f);
             }
@@ -188,7 +233,7 @@ impl Scorer {
             }
         }
         if !missing.is_empty() {
-            let batch: Vec<&FeatureVec> = missing.iter().map(|i| vecs[*i]).collect();
+            let batch: Vec<&FeatureVec> = missing.iter().map(|i| &self.vecs[*i]).collect();
             let why = "no scoring thread answered (one panicked or they stopped)".to_string();
             let rescued = self.rescue.fall_back(self.model.as_ref(), &batch, why)?;
             for (i, f) in missing.into_iter().zip(rescued) {

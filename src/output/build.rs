@@ -19,17 +19,20 @@ use dataflows::{Clock, Epoch, FeatureVec, Key, Schema};
 use super::catch_up;
 use crate::config::{CatchUp, Resolved};
 use crate::display::rfc3339;
-use crate::forecast::ScoreError;
+use crate::forecast::{Forecast, ScoreError};
 use crate::ids::Dictionary;
 use crate::kafka::progress::Progress;
 use crate::kafka::stream::{Changed, Closed, DeadRecord, Delivered, Partition};
-use crate::model::scorer::{ModelWatch, Scorer};
+use crate::model::scorer::{ModelWatch, Pending, Scorer};
 use crate::records::{DeadContent, DeadLetterRecord, DeadSource, EpochRecord, ForecastRecord};
 use crate::replenish::Planner;
 
 /// Most forecast records the sinks are handed at once: a backfill that changes millions of
 /// series is written in parts of this size, so memory stays bounded.
 pub const CHUNK: usize = 16_384;
+
+/// Series to score and write together, each with the epoch it changed in.
+type Part<'a> = Vec<(Epoch, &'a (Key, FeatureVec))>;
 
 /// The dead letter of a record the input side could not use.
 fn dead_letter(d: &DeadRecord) -> DeadLetterRecord {
@@ -151,25 +154,33 @@ impl Builder {
         self.resume_from.is_some_and(|r| epoch < r)
     }
 
-    /// Scores `series` as of `epoch` into `out`; returns the seconds spent scoring.
-    fn score_into(
+    /// The records of `series`, each as of its epoch, scored `forecasts` (in the same order),
+    /// into `out`.
+    fn records_into(
         &self,
-        epoch: Epoch,
-        series: &[(Key, FeatureVec)],
+        series: &[(Epoch, &(Key, FeatureVec))],
+        forecasts: &[Forecast],
         dict: &Dictionary,
         out: &mut Vec<ForecastRecord>,
-    ) -> Result<f64, BuildError> {
-        let end = rfc3339(self.clock.epoch_end(epoch));
-        let vecs: Vec<&FeatureVec> = series.iter().map(|(_, v)| v).collect();
-        let started = Instant::now();
-        let forecasts = self.scorer.score(&vecs)?;
-        let secs = started.elapsed().as_secs_f64();
+    ) {
         let model = self.scorer.model();
-        out.extend(series.iter().zip(&forecasts).map(|((key, vec), f)| {
+        let mut end: Option<(Epoch, String)> = None;
+        for ((epoch, (key, vec)), f) in series.iter().zip(forecasts) {
+            if end.as_ref().is_none_or(|(e, _)| e != epoch) {
+                end = Some((*epoch, rfc3339(self.clock.epoch_end(*epoch))));
+            }
+            let end = end.as_ref().map_or("", |(_, s)| s.as_str());
             let names = dict.names(key);
-            ForecastRecord::new(&end, names, &self.schema, model, &self.planner, vec, f)
-        }));
-        Ok(secs)
+            out.push(ForecastRecord::new(
+                end,
+                names,
+                &self.schema,
+                model,
+                &self.planner,
+                vec,
+                f,
+            ));
+        }
     }
 
     /// A new model version, if the watched directory holds one: swapped in.
@@ -243,22 +254,34 @@ impl Builder {
             rescored.insert(e, others.len() as u64);
             rest.push((e, others));
         }
-        for (epoch, series) in &rest {
-            let mut left: &[(Key, FeatureVec)] = series;
-            while !left.is_empty() {
-                let (part, after) = left.split_at(left.len().min(CHUNK - chunk.forecasts.len()));
-                scoring_secs += self.score_into(*epoch, part, dict, &mut chunk.forecasts)?;
-                left = after;
-                if chunk.forecasts.len() >= CHUNK {
-                    if !write(&mut chunk) {
-                        return Ok(None);
-                    }
-                    chunk.forecasts.clear();
+        // Scoring runs one part ahead: while the output path builds and writes one part's
+        // records, the scoring threads score the next. A part holds series of many epochs: in a
+        // backfill with `every_epoch` most epochs change too few series to keep them busy.
+        let mut all = rest
+            .iter()
+            .flat_map(|(epoch, series)| series.iter().map(move |s| (*epoch, s)));
+        let mut in_flight: Option<(Part, Pending)> = None;
+        loop {
+            let part: Part = all.by_ref().take(CHUNK).collect();
+            let next = (!part.is_empty()).then(|| {
+                let vecs: Vec<&FeatureVec> = part.iter().map(|(_, (_, v))| v).collect();
+                let pending = self.scorer.submit(&vecs);
+                (part, pending)
+            });
+            let Some((done, pending)) = std::mem::replace(&mut in_flight, next) else {
+                if in_flight.is_none() {
+                    break;
                 }
+                continue;
+            };
+            let started = Instant::now();
+            let forecasts = pending.wait()?;
+            scoring_secs += started.elapsed().as_secs_f64();
+            self.records_into(&done, &forecasts, dict, &mut chunk.forecasts);
+            if !write(&mut chunk) {
+                return Ok(None);
             }
-        }
-        if !chunk.forecasts.is_empty() && !write(&mut chunk) {
-            return Ok(None);
+            chunk.forecasts.clear();
         }
         self.progress.metrics.scoring_seconds.observe(scoring_secs);
         Ok(Some(Delivered {

@@ -605,8 +605,6 @@ struct CheckpointRun {
 }
 
 fn main() {
-    // As the worker's main does (see the function's notes).
-    stockcast::disable_transparent_huge_pages();
     let args: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| a != "--bench")

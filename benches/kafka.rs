@@ -43,8 +43,7 @@ use stockcast::generate::{self, Params};
 use stockcast::kafka::{self, load as publish, stream};
 
 fn main() {
-    // As the worker's main does (see the functions' notes).
-    stockcast::disable_transparent_huge_pages();
+    // As the worker's main does (see the function's notes).
     stockcast::model::scorer::serial_kernels();
     let args: Vec<String> = std::env::args().collect();
     if std::env::var_os("RUST_LOG").is_some() {

@@ -73,26 +73,3 @@ pub mod telemetry;
 /// feature benchmark's CPU time.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-/// Turns off transparent huge pages for this process; programs built on this library call it
-/// first thing (the worker's `main`, the benchmarks that run the worker in process).
-///
-/// mimalloc hands freed pages back to the kernel in 64 KiB pieces and asks for huge pages where
-/// the system allows them. Together, each page fault after such a return made the kernel zero a
-/// whole 2 MiB page: in the `kafka` bench's `every_epoch` runs that zeroing took a fifth of the
-/// worker's CPU time, and with 4 KiB pages less than half of that. Failure (an old kernel, a
-/// platform without the call) leaves the system's setting in place, which is only slower.
-pub fn disable_transparent_huge_pages() {
-    #[cfg(target_os = "linux")]
-    {
-        // SAFETY: PR_SET_THP_DISABLE takes integer arguments only and changes no memory this
-        // process can see; its result is checked.
-        let result = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
-        if result != 0 {
-            tracing::debug!(
-                error = %std::io::Error::last_os_error(),
-                "could not turn off transparent huge pages"
-            );
-        }
-    }
-}

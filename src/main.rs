@@ -1,7 +1,6 @@
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
-    stockcast::disable_transparent_huge_pages();
     let cli = stockcast::cli::Cli::parse();
     if matches!(
         cli.command,

@@ -9,6 +9,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 
+use dataflows::model::IdHash;
 use dataflows::{Epoch, Key};
 
 use crate::config::CatchUp;
@@ -22,8 +23,9 @@ pub fn apply<V>(mode: CatchUp, changed: &mut [(Epoch, Vec<(Key, V)>)]) -> BTreeM
     if mode == CatchUp::EveryEpoch || changed.len() < 2 {
         return superseded;
     }
-    // Walk back from the newest epoch: a key seen there is newer than anything earlier.
-    let mut seen: HashSet<Key> = HashSet::new();
+    // Walk back from the newest epoch: a key seen there is newer than anything earlier. Keys
+    // are hashes of names, as in the dataflow's own sets (see `IdHash`).
+    let mut seen: HashSet<Key, IdHash> = HashSet::default();
     for (epoch, series) in changed.iter_mut().rev() {
         let before = series.len();
         series.retain(|(key, _)| seen.insert(*key));

@@ -42,7 +42,9 @@ struct Job {
     model: Arc<dyn Forecaster>,
     /// Position of the batch's first vector in the caller's list.
     first: usize,
-    vecs: Vec<FeatureVec>,
+    /// The caller's list, shared by every batch of it; this batch is `first..first + len`.
+    vecs: Arc<[FeatureVec]>,
+    len: usize,
     reply: mpsc::Sender<(usize, Result<Vec<Forecast>, ScoreError>)>,
 }
 
@@ -143,7 +145,8 @@ impl Scorer {
                             Err(_) => return,
                         };
                         let Ok(job) = job else { return };
-                        let refs: Vec<&FeatureVec> = job.vecs.iter().collect();
+                        let batch = &job.vecs[job.first..job.first + job.len];
+                        let refs: Vec<&FeatureVec> = batch.iter().collect();
                         let out = rescue.score(job.model.as_ref(), &refs);
                         // The caller may have gone; nothing to do then.
                         let _ = job.reply.send((job.first, out));
@@ -180,14 +183,18 @@ impl Scorer {
     /// busy and the queue full); [`Pending::wait`] gives the forecasts. The caller can build
     /// and write the previous batch's records meanwhile.
     pub fn submit(&self, vecs: &[&FeatureVec]) -> Pending {
+        // One copy of the list (reference counts only), shared by the batches and by the
+        // baseline should a batch not come back.
+        let vecs: Arc<[FeatureVec]> = vecs.iter().map(|v| (*v).clone()).collect();
         let (reply, results) = mpsc::channel();
         let mut sent = 0;
         if let Some(jobs) = &self.jobs {
-            for (k, chunk) in vecs.chunks(self.batch).enumerate() {
+            for first in (0..vecs.len()).step_by(self.batch) {
                 let job = Job {
                     model: Arc::clone(&self.model),
-                    first: k * self.batch,
-                    vecs: chunk.iter().map(|v| (*v).clone()).collect(),
+                    first,
+                    vecs: Arc::clone(&vecs),
+                    len: self.batch.min(vecs.len() - first),
                     reply: reply.clone(),
                 };
                 if jobs.send(job).is_err() {
@@ -197,7 +204,7 @@ impl Scorer {
             }
         }
         Pending {
-            vecs: vecs.iter().map(|v| (*v).clone()).collect(),
+            vecs,
             results,
             sent,
             model: Arc::clone(&self.model),
@@ -208,7 +215,7 @@ impl Scorer {
 
 /// Forecasts on their way from the scoring threads ([`Scorer::submit`]).
 pub struct Pending {
-    vecs: Vec<FeatureVec>,
+    vecs: Arc<[FeatureVec]>,
     results: Receiver<(usize, Result<Vec<Forecast>, ScoreError>)>,
     sent: usize,
     model: Arc<dyn Forecaster>,

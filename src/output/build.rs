@@ -183,6 +183,21 @@ impl Builder {
         }
     }
 
+    /// The next part of up to [`CHUNK`] series from `series`, handed to the scoring threads;
+    /// `None` when none is left.
+    fn submit_part<'a>(
+        &self,
+        series: &mut impl Iterator<Item = (Epoch, &'a (Key, FeatureVec))>,
+    ) -> Option<(Part<'a>, Pending)> {
+        let part: Part = series.take(CHUNK).collect();
+        if part.is_empty() {
+            return None;
+        }
+        let vecs: Vec<&FeatureVec> = part.iter().map(|(_, (_, v))| v).collect();
+        let pending = self.scorer.submit(&vecs);
+        Some((part, pending))
+    }
+
     /// A new model version, if the watched directory holds one: swapped in.
     fn new_model(&mut self) -> bool {
         let Some(model) = self
@@ -260,24 +275,13 @@ impl Builder {
         let mut all = rest
             .iter()
             .flat_map(|(epoch, series)| series.iter().map(move |s| (*epoch, s)));
-        let mut in_flight: Option<(Part, Pending)> = None;
-        loop {
-            let part: Part = all.by_ref().take(CHUNK).collect();
-            let next = (!part.is_empty()).then(|| {
-                let vecs: Vec<&FeatureVec> = part.iter().map(|(_, (_, v))| v).collect();
-                let pending = self.scorer.submit(&vecs);
-                (part, pending)
-            });
-            let Some((done, pending)) = std::mem::replace(&mut in_flight, next) else {
-                if in_flight.is_none() {
-                    break;
-                }
-                continue;
-            };
+        let mut next = self.submit_part(&mut all);
+        while let Some((part, pending)) = next {
+            next = self.submit_part(&mut all);
             let started = Instant::now();
             let forecasts = pending.wait()?;
             scoring_secs += started.elapsed().as_secs_f64();
-            self.records_into(&done, &forecasts, dict, &mut chunk.forecasts);
+            self.records_into(&part, &forecasts, dict, &mut chunk.forecasts);
             if !write(&mut chunk) {
                 return Ok(None);
             }

@@ -19,7 +19,8 @@
 //! the output-heavy case: every day rollover re-scores every daily series.
 //! The worker runs once per `[output] catch_up` setting (`--catch-up latest|every_epoch|both`,
 //! default both), each under a group of its own over the same topics; `--model DIR` scores
-//! with a trained model instead of the baseline.
+//! with a trained model instead of the baseline, `--scoring-batch N` sets
+//! `forecast.scoring_batch`.
 //! With `--checkpoint-every N`, the worker checkpoints into a temporary directory at every N-th
 //! epoch (and at least `--checkpoint-interval` seconds apart, default 0), and a second run on
 //! the same topics restores the last checkpoint and drains: its time is a restart's, against
@@ -95,6 +96,9 @@ fn main() {
     }
     if let Some(model) = text_arg(&args, "--model") {
         config.forecast.model_dir = Some(model.into());
+    }
+    if let Some(n) = text_arg(&args, "--scoring-batch") {
+        config.forecast.scoring_batch = Some(n.parse().expect("--scoring-batch: a number"));
     }
     let mart = args.iter().any(|a| a == "--mart");
     let cfg = config.resolve(Path::new("<bench>")).expect("config");

@@ -3,8 +3,8 @@
 //! - `GET /metrics`: every metric of [`crate::metrics::Metrics`] in the Prometheus text format;
 //! - `GET /healthz`: 200 while the process runs and epochs advance (503 once no epoch closed for
 //!   `stall_secs`, counted from the start until the first one closes);
-//! - `GET /readyz`: 200 once partitions are assigned, a forecaster is loaded and the sink's last
-//!   write succeeded, else 503 naming what is missing;
+//! - `GET /readyz`: 200 once partitions are assigned, a forecaster is loaded and every sink's
+//!   last write succeeded, else 503 naming what is missing (and the sinks that failed);
 //! - `GET /v1/forecasts/{store}/{sku}`: the latest forecast record of a series (404 if unknown);
 //! - `GET /v1/recommendations?store=..&limit=..`: the latest records with the largest
 //!   recommended orders first (400 with a message for a bad parameter).
@@ -142,9 +142,10 @@ async fn readyz(State(app): State<App>) -> Response {
     if !p.model_loaded.load(Ordering::Relaxed) {
         missing.push("no forecaster loaded");
     }
-    if !p.sink_ok.load(Ordering::Relaxed) {
-        missing.push("the sink's last write failed");
-    }
+    let failing = p.failing_sinks();
+    let failing =
+        (!failing.is_empty()).then(|| format!("the last write failed in: {}", failing.join(", ")));
+    missing.extend(failing.as_deref());
     if missing.is_empty() {
         (StatusCode::OK, "ready\n").into_response()
     } else {

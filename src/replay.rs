@@ -2,8 +2,9 @@
 //!
 //! ```text
 //! DIR -> source::files::load -> prepare (ids, milli-units, time order) -> pipeline::plan
-//!     -> pipeline::run -> per closed epoch: an output::Advance (refused events as dead
-//!                         letters, the changed series scored into forecast records)
+//!     -> pipeline::run -> per closed epoch: refused events as dead letters; the changed
+//!                         series, in name order, through output::build::Builder (the
+//!                         worker's: scored, planned, forecast records, every epoch's)
 //!                         -> output::files::FilesSink -> dead_letters.jsonl, forecasts.jsonl
 //!     -> summary.json
 //! ```
@@ -28,14 +29,12 @@ use serde::Serialize;
 
 use crate::config::Resolved;
 use crate::display::{progress_bar, rfc3339};
-use crate::ids::Dictionary;
 use crate::kafka::progress::Progress;
-use crate::model::scorer::Scorer;
+use crate::kafka::stream::Changed;
 use crate::output::files::{FileError, FilesSink};
-use crate::output::{Advance, Context, Sink, Stats, Stopping, WriteError};
+use crate::output::{Advance, Builder, Context, Sink, Stats, Stopping, WriteError};
 use crate::pipeline::{self, EpochOutput};
 use crate::records::DeadLetterRecord;
-use crate::records::ForecastRecord;
 use crate::source::files::{self, LoadError, Origin};
 use crate::source::prepare::prepare;
 
@@ -61,7 +60,7 @@ pub enum ReplayError {
     Run(#[from] pipeline::RunError),
     /// Neither the model nor the baseline could score.
     #[error(transparent)]
-    Scoring(#[from] crate::forecast::ScoreError),
+    Scoring(#[from] crate::output::BuildError),
     /// The output files could not be written.
     #[error("output: {0}")]
     Output(#[from] WriteError),
@@ -192,7 +191,10 @@ pub fn replay(cfg: &Resolved, opts: &ReplayOptions) -> Result<Summary, ReplayErr
     let fallbacks = prometheus::IntCounter::new("scoring_fallbacks", "replay's own count")
         .expect("a valid counter");
     let (scorer, _) = crate::model::scorer(cfg, fallbacks.clone())?;
-    let planner = crate::replenish::Planner::new(&cfg.replenish, &schema, cfg.clock.period_kind());
+    let model = scorer.model().name().to_string();
+    // The same builder as the worker's, so a replay's records are the worker's records.
+    let mut builder =
+        Builder::new(cfg, scorer, None, None, Arc::new(Progress::default())).every_epoch();
     let plan = pipeline::plan(&cfg.clock, cfg.allowed_lateness_secs, &events, None);
 
     // The files are a sink like the worker's stores; nothing here stops or retries.
@@ -203,7 +205,7 @@ pub fn replay(cfg: &Resolved, opts: &ReplayOptions) -> Result<Summary, ReplayErr
         Stats::default(),
     );
     let mut dead_counts: BTreeMap<String, u64> = BTreeMap::new();
-    let mut write = |advance: Advance| -> Result<(), ReplayError> {
+    let mut write = |advance: &Advance| -> Result<(), WriteError> {
         for d in &advance.dead_letters {
             *dead_counts.entry(d.reason.clone()).or_default() += 1;
         }
@@ -212,10 +214,9 @@ pub fn replay(cfg: &Resolved, opts: &ReplayOptions) -> Result<Summary, ReplayErr
             stop: &stop,
             stats: &mut stats,
         };
-        files.write(&advance, &mut cx)?;
-        Ok(())
+        files.write(advance, &mut cx).map(|_| ())
     };
-    write(Advance {
+    write(&Advance {
         dead_letters: std::mem::take(&mut prepared.dead_letters),
         ..Advance::default()
     })?;
@@ -233,7 +234,7 @@ pub fn replay(cfg: &Resolved, opts: &ReplayOptions) -> Result<Summary, ReplayErr
     let mut last_end = None;
     let late = plan.late.len() as u64;
     let keys = distinct_keys(&events);
-    let output = |out: EpochOutput| {
+    let output = |mut out: EpochOutput| {
         if io_error.is_some() {
             return;
         }
@@ -241,28 +242,39 @@ pub fn replay(cfg: &Resolved, opts: &ReplayOptions) -> Result<Summary, ReplayErr
         progress.inc(1);
         let end = rfc3339(cfg.clock.epoch_end(out.epoch));
         first_end.get_or_insert_with(|| end.clone());
+        let n = out.changed.len() as u64;
         let result = (|| -> Result<(), ReplayError> {
             let dead_letters = (out.rejected.iter())
                 .map(|(i, why)| refused(&file_reports, &prepared.origins, &events, *i, why))
                 .collect();
-            let forecasts = forecast_records(
-                &end,
-                &schema,
-                &scorer,
-                &planner,
-                &prepared.dict,
-                &out.changed,
-            )?;
-            write(Advance {
+            write(&Advance {
                 dead_letters,
-                forecasts,
                 ..Advance::default()
-            })
+            })?;
+            // Each epoch's records in name order, whatever the worker count.
+            let dict = &prepared.dict;
+            out.changed.sort_by_cached_key(|(k, _)| dict.names(k));
+            let changed = Changed {
+                frontier: Some(out.epoch + 1),
+                changed: vec![(out.epoch, out.changed)],
+                closed_at: None,
+            };
+            let mut refused = None;
+            let taken = builder.forecasts(changed, dict, |chunk| match write(chunk) {
+                Ok(()) => true,
+                Err(e) => {
+                    refused = Some(e);
+                    false
+                }
+            })?;
+            match (taken, refused) {
+                (_, Some(e)) => Err(e.into()),
+                _ => Ok(()),
+            }
         })();
         if let Err(e) = result {
             io_error = Some(e);
         }
-        let n = out.changed.len() as u64;
         scored.total += n;
         scored.max = scored.max.max(n);
         last_end = Some(end);
@@ -295,7 +307,7 @@ pub fn replay(cfg: &Resolved, opts: &ReplayOptions) -> Result<Summary, ReplayErr
         schema_hash: schema.hash.clone(),
         features: schema.features.len(),
         scoring_fallbacks: fallbacks.get(),
-        model: scorer.model().name().to_string(),
+        model,
         events_read: prepared.counts.clone(),
         late_events: late,
         dead_letters: dead_counts,
@@ -325,29 +337,6 @@ fn distinct_keys(events: &[Event]) -> u64 {
     keys.sort_unstable();
     keys.dedup();
     keys.len() as u64
-}
-
-/// The forecast records of one epoch's changed series, in name order.
-fn forecast_records(
-    epoch_end: &str,
-    schema: &Schema,
-    scorer: &Scorer,
-    planner: &crate::replenish::Planner,
-    dict: &Dictionary,
-    changed: &[(Key, FeatureVec)],
-) -> Result<Vec<ForecastRecord>, crate::forecast::ScoreError> {
-    let mut named: Vec<((String, String), &FeatureVec)> =
-        changed.iter().map(|(k, v)| (dict.names(k), v)).collect();
-    named.sort_by(|a, b| a.0.cmp(&b.0));
-    let vecs: Vec<&FeatureVec> = named.iter().map(|(_, v)| *v).collect();
-    let forecasts = scorer.score(&vecs)?;
-    Ok(named
-        .into_iter()
-        .zip(&forecasts)
-        .map(|((names, vec), f)| {
-            ForecastRecord::new(epoch_end, names, schema, scorer.model(), planner, vec, f)
-        })
-        .collect())
 }
 
 /// What `features` wrote.

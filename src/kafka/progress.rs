@@ -28,8 +28,8 @@ pub struct Progress {
     pub assigned: AtomicBool,
     /// A forecaster is loaded.
     pub model_loaded: AtomicBool,
-    /// The sink's last write succeeded (true before the first).
-    pub sink_ok: AtomicBool,
+    /// The sinks whose last write failed (none before the first write).
+    pub sinks_failing: std::sync::Mutex<std::collections::BTreeSet<&'static str>>,
     /// Workers that have their partitions assigned.
     pub(super) assigned_workers: std::sync::atomic::AtomicUsize,
     /// Next offset to read of every assigned partition, for the consumer lag.
@@ -49,7 +49,7 @@ impl Default for Progress {
             watermark: AtomicI64::new(i64::MIN),
             assigned: AtomicBool::new(false),
             model_loaded: AtomicBool::new(false),
-            sink_ok: AtomicBool::new(true),
+            sinks_failing: Default::default(),
             assigned_workers: Default::default(),
             positions: Default::default(),
         }
@@ -66,6 +66,22 @@ impl std::fmt::Debug for Progress {
 }
 
 impl Progress {
+    /// Notes whether `sink`'s last write succeeded.
+    pub fn set_sink_ok(&self, sink: &'static str, ok: bool) {
+        let mut failing = self.sinks_failing.lock().unwrap_or_else(|p| p.into_inner());
+        if ok {
+            failing.remove(sink);
+        } else {
+            failing.insert(sink);
+        }
+    }
+
+    /// The sinks whose last write failed, in name order.
+    pub fn failing_sinks(&self) -> Vec<&'static str> {
+        let failing = self.sinks_failing.lock().unwrap_or_else(|p| p.into_inner());
+        failing.iter().copied().collect()
+    }
+
     /// Sets the lag gauges against the wall clock `now` (Unix seconds). A lag is never negative:
     /// event time ahead of the wall clock (up to `time.max_future_secs`) reads as 0.
     pub fn refresh_lags(&self, now: i64) {

@@ -145,6 +145,13 @@ impl Builder {
         }
     }
 
+    /// Publishes every epoch's forecast of every changed series, whatever `[output] catch_up`
+    /// says: replay's files hold the whole history.
+    pub fn every_epoch(mut self) -> Builder {
+        self.catch_up = CatchUp::EveryEpoch;
+        self
+    }
+
     /// The event-time end of `epoch`, Unix seconds.
     pub fn epoch_end(&self, epoch: Epoch) -> i64 {
         self.clock.epoch_end(epoch)

@@ -6,7 +6,7 @@
 //! every process:  Changed (the series its own workers changed in the epochs closed)
 //!   build::Builder::forecasts  catch_up; score (the model, or the baseline where it fails);
 //!                              plan; forecast records, 16,384 at a time ──► Advance
-//!   for each sink, in order:   retry::write_until_done(sink, &advance)
+//!   every sink, at once:       retry::write_until_done(sink, &advance), a thread each
 //!       postgres::MartSink     history and current tables, one transaction
 //!       redis::CacheSink       the newest record of each series, one MULTI/EXEC
 //!       kafka::KafkaSink       stockcast.forecasts
@@ -14,7 +14,7 @@
 //! process 0:      Closed (an advance every process acknowledged: counts, dead records,
 //!                 committable offsets)
 //!   build::Builder::progress   dead letters, a progress record per epoch ──► Advance
-//!   for each sink, in order:   the mart's progress rows; the dead letters, then the
+//!   every sink, at once:       the mart's progress rows; the dead letters, then the
 //!                              progress records on Kafka
 //!   committer::Committer       input offsets, with the frontier in the metadata
 //! ```
@@ -146,7 +146,7 @@ impl Outputs {
         self.halted.get_or_insert(why);
     }
 
-    /// Writes `advance` to every sink in order; `false` (and halted) if one did not take it.
+    /// Writes `advance` to every sink; `false` (and halted) if one did not take it.
     fn write(&mut self, advance: &Advance) -> bool {
         let Outputs {
             sinks,
@@ -200,7 +200,12 @@ impl Outputs {
     }
 }
 
-/// Writes `advance` to every sink in order, each until it is acknowledged; why not otherwise.
+/// Writes `advance` to every sink, each until it is acknowledged; why not otherwise.
+///
+/// The sinks write at the same time, one thread each: a store's round trips (the mart's
+/// transaction, the broker's acknowledgements) then overlap the others' work instead of adding
+/// to it. The call returns once every sink acknowledged or gave up; a sink that fails for good
+/// stops the run, so the others stop retrying.
 fn write_all(
     sinks: &mut [Box<dyn Sink>],
     advance: &Advance,
@@ -208,20 +213,56 @@ fn write_all(
     stop: &Stopping,
     stats: &mut Stats,
 ) -> Result<(), Halt> {
-    for sink in sinks {
+    let write_one = |sink: &mut Box<dyn Sink>, stats: &mut Stats| {
         let mut cx = Context {
             progress,
             stop,
             stats,
         };
-        if let Err(e) = retry::write_until_done(sink.as_mut(), advance, &mut cx) {
-            return Err(match e {
-                WriteError::Fatal(e) => Halt::Fatal(format!("{}: {e}", sink.name())),
-                _ => Halt::Stopped,
+        retry::write_until_done(sink.as_mut(), advance, &mut cx).map_err(|e| match e {
+            WriteError::Fatal(e) => {
+                stop.set();
+                Halt::Fatal(format!("{}: {e}", sink.name()))
+            }
+            _ => Halt::Stopped,
+        })
+    };
+    let (first, others) = match sinks {
+        [] => return Ok(()),
+        [only] => return write_one(only, stats),
+        [first, others @ ..] => (first, others),
+    };
+    let results: Vec<(Result<(), Halt>, Stats)> = std::thread::scope(|scope| {
+        let threads: Vec<_> = (others.iter_mut())
+            .map(|sink| {
+                scope.spawn(move || {
+                    let mut own = Stats::default();
+                    (write_one(sink, &mut own), own)
+                })
+            })
+            .collect();
+        let mut results = vec![(write_one(first, stats), Stats::default())];
+        for t in threads {
+            // A sink that panicked is a bug; it fails the advance like a fatal error.
+            let r = t.join().unwrap_or_else(|_| {
+                stop.set();
+                (Err(Halt::Fatal("a sink panicked".into())), Stats::default())
             });
+            results.push(r);
+        }
+        results
+    });
+    let mut outcome = Ok(());
+    for (result, own) in results {
+        stats.absorb(own);
+        if let Err(halt) = result {
+            // A fatal error says more than a stop it caused.
+            if !matches!(outcome, Err(Halt::Fatal(_))) {
+                outcome = Err(halt);
+            }
         }
     }
-    Ok(())
+    outcome
 }
 
 impl Handler for Outputs {

@@ -1,7 +1,6 @@
 //! The retry every sink shares: back off, count each attempt, report an outage once, give up
 //! only when the run stops or the sink says no attempt can succeed.
 
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use super::build::Advance;
@@ -15,13 +14,13 @@ pub(super) const OUTAGE_ATTEMPTS: u32 = 5;
 
 /// Counts one write attempt of `sink`: `written` records on success, else a failure; the
 /// outcome is what `/readyz` reports.
-pub(super) fn count_attempt(progress: &Progress, sink: &str, written: Option<u64>) {
+pub(super) fn count_attempt(progress: &Progress, sink: &'static str, written: Option<u64>) {
     let m = &progress.metrics;
     match written {
         Some(n) => m.sink_writes.with_label_values(&[sink]).inc_by(n),
         None => m.sink_failures.with_label_values(&[sink]).inc(),
     }
-    progress.sink_ok.store(written.is_some(), Ordering::Relaxed);
+    progress.set_sink_ok(sink, written.is_some());
 }
 
 /// The wait before attempt `attempt + 1`: 0.2 s doubling to 6.4 s.
@@ -131,7 +130,7 @@ mod tests {
         let m = &progress.metrics;
         assert_eq!(m.sink_failures.with_label_values(&["flaky"]).get(), 2);
         assert_eq!(m.sink_writes.with_label_values(&["flaky"]).get(), 7);
-        assert!(progress.sink_ok.load(Ordering::Relaxed));
+        assert!(progress.failing_sinks().is_empty());
     }
 
     #[test]
@@ -144,7 +143,7 @@ mod tests {
         let (result, _, progress) = run(&mut sink, true);
         assert!(matches!(result, Err(WriteError::Stopped)));
         assert_eq!(sink.calls, 1);
-        assert!(!progress.sink_ok.load(Ordering::Relaxed));
+        assert!(!progress.failing_sinks().is_empty());
         let mut sink = Flaky {
             fails: 5,
             calls: 0,

@@ -78,6 +78,28 @@ pub struct Stats {
     pub last_epoch_end: Option<String>,
 }
 
+impl Stats {
+    /// Adds what another writer counted (a sink writing on a thread of its own).
+    pub fn absorb(&mut self, other: Stats) {
+        self.advances += other.advances;
+        self.progress_records += other.progress_records;
+        self.epochs += other.epochs;
+        self.forecasts += other.forecasts;
+        for (kind, n) in other.consumed {
+            *self.consumed.entry(kind).or_default() += n;
+        }
+        self.late += other.late;
+        for (reason, n) in other.dead_letters {
+            *self.dead_letters.entry(reason).or_default() += n;
+        }
+        self.retries += other.retries;
+        self.producers_replaced += other.producers_replaced;
+        if other.last_epoch_end.is_some() {
+            self.last_epoch_end = other.last_epoch_end;
+        }
+    }
+}
+
 /// Why the output path could not start, or stopped the run.
 #[derive(Debug, thiserror::Error)]
 pub enum OutputError {

@@ -119,7 +119,6 @@ pub fn run_with_sink_down_for_8s<T>(
     sink: &str,
     bring_up: impl FnOnce() -> T,
 ) -> (stockcast::kafka::WorkerRun, Arc<stream::Progress>, T) {
-    use std::sync::atomic::Ordering;
     use std::time::{Duration, Instant};
     let opts = options(2);
     let progress = Arc::clone(&opts.progress);
@@ -130,7 +129,7 @@ pub fn run_with_sink_down_for_8s<T>(
     let up_at = Instant::now() + Duration::from_secs(8);
     let mut saw_unready = false;
     while Instant::now() < up_at {
-        saw_unready |= !progress.sink_ok.load(Ordering::SeqCst);
+        saw_unready |= !progress.failing_sinks().is_empty();
         std::thread::sleep(Duration::from_millis(100));
     }
     let up = bring_up();

@@ -1,5 +1,6 @@
 //! Feature-maintenance benchmarks; prints figures (with the machine's load) rather than timing
-//! assertions.
+//! assertions. Longer than 600 lines: every scenario (throughput, latency, memory and the rest)
+//! uses this file's helpers that feed generated events and report the figures.
 //!
 //! ```text
 //! cargo bench --bench features                       # all scenarios at their default sizes

@@ -1,6 +1,9 @@
 //! Checkpoints against the real broker: a restart from a checkpoint reads only what follows it
 //! and publishes what an uninterrupted run does, into any number of workers; SIGKILL at random
 //! moments of a live run loses nothing; corrupt and foreign checkpoints are handled as said.
+//!
+//! Longer than 600 lines: the scenarios share the helpers here that write, corrupt and read
+//! checkpoints.
 
 #[path = "support/kafka.rs"]
 mod support;

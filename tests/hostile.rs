@@ -6,6 +6,9 @@
 //! good, a network cut mid-run, SIGTERM while the cut lasts, and a restart with
 //! `--exit-when-idle`. What both runs published must be exactly replay's forecasts, and every
 //! bad record must be on the dead-letter topic with its reason.
+//!
+//! Longer than 600 lines: the bad records, the cut, the signal and the checks of both runs are
+//! one scenario, read top to bottom.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Mutex;

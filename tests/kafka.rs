@@ -1,5 +1,8 @@
 //! The worker against a real Kafka-protocol broker (tansu, started by `scripts/kafka-broker.sh`,
 //! which the test command runs). Each test uses its own topics and consumer group.
+//!
+//! Longer than 600 lines: one test per behaviour of the worker against the broker, with the
+//! helpers only they use; `support/kafka.rs` holds what other test files share.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

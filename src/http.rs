@@ -143,9 +143,10 @@ async fn readyz(State(app): State<App>) -> Response {
         missing.push("no forecaster loaded");
     }
     let failing = p.failing_sinks();
-    let failing =
-        (!failing.is_empty()).then(|| format!("the last write failed in: {}", failing.join(", ")));
-    missing.extend(failing.as_deref());
+    let failed = format!("the last write failed in: {}", failing.join(", "));
+    if !failing.is_empty() {
+        missing.push(&failed);
+    }
     if missing.is_empty() {
         (StatusCode::OK, "ready\n").into_response()
     } else {

@@ -260,17 +260,14 @@ pub fn replay(cfg: &Resolved, opts: &ReplayOptions) -> Result<Summary, ReplayErr
                 closed_at: None,
             };
             let mut refused = None;
-            let taken = builder.forecasts(changed, dict, |chunk| match write(chunk) {
+            builder.forecasts(changed, dict, |chunk| match write(chunk) {
                 Ok(()) => true,
                 Err(e) => {
                     refused = Some(e);
                     false
                 }
             })?;
-            match (taken, refused) {
-                (_, Some(e)) => Err(e.into()),
-                _ => Ok(()),
-            }
+            refused.map_or(Ok(()), |e| Err(e.into()))
         })();
         if let Err(e) = result {
             io_error = Some(e);

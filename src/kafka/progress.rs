@@ -29,7 +29,7 @@ pub struct Progress {
     /// A forecaster is loaded.
     pub model_loaded: AtomicBool,
     /// The sinks whose last write failed (none before the first write).
-    pub sinks_failing: std::sync::Mutex<std::collections::BTreeSet<&'static str>>,
+    sinks_failing: std::sync::Mutex<std::collections::BTreeSet<&'static str>>,
     /// Workers that have their partitions assigned.
     pub(super) assigned_workers: std::sync::atomic::AtomicUsize,
     /// Next offset to read of every assigned partition, for the consumer lag.

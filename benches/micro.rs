@@ -1,7 +1,7 @@
-//! Criterion micro-benchmarks of the pure hot paths: decoding a sale row, and evaluating one
-//! series' features (done once per changed series per epoch), both with the full pass over
-//! the window (`compute`, the definition) and from a window's running totals (`compute_ring`,
-//! what the features operator runs).
+//! Criterion micro-benchmarks of the pure hot paths: decoding a sale (a CSV row, and a Kafka
+//! record's JSON value), and evaluating one series' features (done once per changed series per
+//! epoch), both with the full pass over the window (`compute`, the definition) and from a
+//! window's running totals (`compute_ring`, what the features operator runs).
 
 use std::collections::HashMap;
 
@@ -9,6 +9,7 @@ use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use dataflows::features::{compute, compute_ring, PeriodRing, RingPlan, SeriesState};
 use dataflows::{Agg, FeatureSpec};
 use stockcast::decode::{self, CsvRow};
+use stockcast::source::files::FileKind;
 
 fn decode_sale(c: &mut Criterion) {
     let header: HashMap<String, usize> = [
@@ -41,6 +42,11 @@ fn decode_sale(c: &mut Criterion) {
             };
             black_box(decode::sale(&row).unwrap())
         })
+    });
+    // A sale as the worker reads it from Kafka (the value `stockcast load` writes).
+    let value = br#"{"event_id":"e1","ts":"2024-03-01T10:15:00Z","store_id":"S001","sku_id":"SKU00042","qty":2,"unit_price":3.49,"promo":true}"#;
+    c.bench_function("decode/sale_json_value", |b| {
+        b.iter(|| black_box(FileKind::Sales.decode_json(black_box(value)).unwrap()))
     });
     c.bench_function("decode/parse_milli", |b| {
         b.iter(|| black_box(decode::parse_milli("qty", black_box("24924.5")).unwrap()))

@@ -8,7 +8,7 @@
 //! - [`source`]: a dataset directory read (`files`) and turned into the dataflow's events
 //!   (`prepare`), or spilled to time buckets on disk and read back a bucket at a time (`spill`).
 //! - [`decode`]: pure decoding of CSV/JSON records into typed sales, movements, reference data,
-//!   and the reasons a record is refused.
+//!   and the reasons a record is refused; a JSON object read as borrowed fields (`decode::json`).
 //! - [`ids`]: store/SKU names to the stable ids the dataflow uses.
 //! - [`pipeline`]: replay's driver: scheduling events onto epochs (watermarks, lateness) and
 //!   running the `dataflows` crate's differential dataflow on N timely workers.

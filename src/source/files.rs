@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::decode::{self, CsvRow, DecodeError, JsonRow, Record, Row};
+use crate::decode::{self, CsvRow, DecodeError, JsonFields, Record, Row};
 use crate::records::dead::DeadLetterRecord;
 
 /// Kinds of input file.
@@ -100,11 +100,8 @@ impl FileKind {
 
     /// Decodes one JSON object (a JSON-lines row or a Kafka record value).
     pub fn decode_json(self, bytes: &[u8]) -> Result<Record, DecodeError> {
-        match serde_json::from_slice::<serde_json::Value>(bytes) {
-            Ok(serde_json::Value::Object(map)) => self.decode(&JsonRow(&map)),
-            Ok(_) => Err(DecodeError::Malformed("not a JSON object".into())),
-            Err(e) => Err(DecodeError::Malformed(e.to_string())),
-        }
+        let fields = JsonFields::parse(bytes).map_err(DecodeError::Malformed)?;
+        self.decode(&fields)
     }
 
     /// Decodes one row.

@@ -47,8 +47,12 @@ pub struct ForecastRecord {
     pub recommendation: crate::replenish::Advice,
 }
 
-fn round3(xs: &[f64]) -> Vec<f64> {
-    xs.iter().map(|x| (x * 1000.0).round() / 1000.0).collect()
+/// `xs` rounded to 3 decimals, in place.
+fn round3(mut xs: Vec<f64>) -> Vec<f64> {
+    for x in &mut xs {
+        *x = (*x * 1000.0).round() / 1000.0;
+    }
+    xs
 }
 
 impl ForecastRecord {
@@ -60,8 +64,10 @@ impl ForecastRecord {
         forecaster: &dyn Forecaster,
         planner: &crate::replenish::Planner,
         vec: &FeatureVec,
-        forecast: &Forecast,
+        forecast: Forecast,
     ) -> Self {
+        // Planned from the forecast as scored; its quantiles then move into the record.
+        let recommendation = planner.advise(schema, vec, &forecast);
         ForecastRecord {
             epoch_end: epoch_end.to_string(),
             store_id,
@@ -76,12 +82,12 @@ impl ForecastRecord {
                 .as_ref()
                 .map_or_else(|| forecaster.version().to_string(), |f| f.version.clone()),
             fallback_reason: forecast.fallback.as_ref().map(|f| f.reason.clone()),
-            forecast: round3(&forecast.p50),
-            forecast_p10: round3(&forecast.p10),
-            forecast_p90: round3(&forecast.p90),
+            forecast: round3(forecast.p50),
+            forecast_p10: round3(forecast.p10),
+            forecast_p90: round3(forecast.p90),
             on_hand: planner.on_hand(schema, vec),
             on_order: planner.on_order(schema, vec),
-            recommendation: planner.advise(schema, vec, forecast),
+            recommendation,
         }
     }
 }

@@ -327,18 +327,30 @@ impl QuantileModel {
             scales.push(s);
         }
         let x = Tensor::from_vec(x, (rows.len(), width), &Device::Cpu)?;
-        let out: Vec<Vec<Vec<f32>>> = self.net.forward(&x)?.to_vec3()?;
-        Ok(out
+        // One flat copy of the (rows, 3, horizon) quantiles rather than a vector per row and
+        // quantile.
+        let y = self.net.forward(&x)?;
+        let (n, quantiles, horizon) = y.dims3()?;
+        if (n, quantiles) != (rows.len(), 3) {
+            return Err(candle_core::Error::Msg(format!(
+                "the network gave ({n}, {quantiles}, {horizon}) for {} rows",
+                rows.len()
+            )));
+        }
+        let out: Vec<f32> = y.flatten_all()?.to_vec1()?;
+        Ok(scales
             .into_iter()
-            .zip(scales)
+            .enumerate()
+            .map(|(r, s)| (&out[r * 3 * horizon..(r + 1) * 3 * horizon], s))
             .map(|(q, s)| {
-                let units = |v: &Vec<f32>| -> Vec<f64> {
+                let units = |k: usize| -> Vec<f64> {
+                    let v = &q[k * horizon..(k + 1) * horizon];
                     v.iter().map(|x| f64::from((x * s).max(0.0))).collect()
                 };
                 Forecast {
-                    p10: units(&q[0]),
-                    p50: units(&q[1]),
-                    p90: units(&q[2]),
+                    p10: units(0),
+                    p50: units(1),
+                    p90: units(2),
                     fallback: None,
                 }
             })

@@ -166,7 +166,7 @@ impl Builder {
     fn records_into(
         &self,
         series: &[(Epoch, &(Key, FeatureVec))],
-        forecasts: &[Forecast],
+        forecasts: Vec<Forecast>,
         dict: &Dictionary,
         out: &mut Vec<ForecastRecord>,
     ) {
@@ -288,7 +288,7 @@ impl Builder {
             let started = Instant::now();
             let forecasts = pending.wait()?;
             scoring_secs += started.elapsed().as_secs_f64();
-            self.records_into(&part, &forecasts, dict, &mut chunk.forecasts);
+            self.records_into(&part, forecasts, dict, &mut chunk.forecasts);
             if !write(&mut chunk) {
                 return Ok(None);
             }

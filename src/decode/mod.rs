@@ -341,25 +341,24 @@ pub fn parse_milli(field: &'static str, text: &str) -> Result<i64, DecodeError> 
         field,
         value: shown(text),
     };
-    // Plain decimals, nearly every number, skip the checks for words and exponents.
+    // Words and exponents only where a byte is neither a digit, a sign nor a point: plain
+    // decimals, nearly every number, go straight to the exact parse below.
     let plain = text
         .bytes()
         .all(|b| b.is_ascii_digit() || matches!(b, b'-' | b'+' | b'.'));
-    let lower = if plain {
-        Cow::Borrowed(text)
-    } else {
-        Cow::Owned(text.to_ascii_lowercase())
-    };
-    if lower.contains("nan") || lower.contains("inf") {
-        return Err(non_finite());
-    }
-    if lower.contains('e') {
-        let x: f64 = text.parse().map_err(|_| bad())?;
-        let m = (x * 1000.0).round();
-        if !m.is_finite() || m.abs() > MAX_ABS_MILLI as f64 {
+    if !plain {
+        let lower = text.to_ascii_lowercase();
+        if lower.contains("nan") || lower.contains("inf") {
             return Err(non_finite());
         }
-        return Ok(m as i64);
+        if lower.contains('e') {
+            let x: f64 = text.parse().map_err(|_| bad())?;
+            let m = (x * 1000.0).round();
+            if !m.is_finite() || m.abs() > MAX_ABS_MILLI as f64 {
+                return Err(non_finite());
+            }
+            return Ok(m as i64);
+        }
     }
     let (neg, body) = match text.as_bytes().first() {
         Some(b'-') => (true, &text[1..]),

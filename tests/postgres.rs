@@ -200,7 +200,8 @@ fn an_advance_lands_atomically_and_a_retry_writes_nothing_twice() {
         count(
             &rt,
             &url,
-            "SELECT count(*) FROM stockcast_forecasts WHERE epoch_end = '2024-01-01T00:30:00Z' AND order_qty = 2"
+            "SELECT count(*) FROM stockcast_forecasts WHERE epoch_end = '2024-01-01T00:30:00Z'
+                 AND order_qty = 2 AND forecast_total = 8"
         ),
         n
     );
@@ -392,9 +393,10 @@ fn a_mart_of_the_first_schema_is_migrated_with_its_history_into_partitions() {
         ),
         1
     );
-    // Writes go on into the new tables, idempotently.
+    // Writes go on into the new tables, idempotently. One advance with two records of a
+    // series, the newer first: the current table takes the newer.
     let r = record(1, 1, "2024-03-02T10:00:00Z", 2.5);
-    mart.write(&[r, record(1, 1, "2024-03-03T10:00:00Z", 1.0)], &[])
+    mart.write(&[record(1, 1, "2024-03-03T10:00:00Z", 1.0), r], &[])
         .unwrap();
     assert_eq!(
         count(&rt, &url, "SELECT count(*) FROM stockcast_forecast_history"),
@@ -403,6 +405,14 @@ fn a_mart_of_the_first_schema_is_migrated_with_its_history_into_partitions() {
     assert_eq!(
         back("SELECT record::text FROM stockcast_forecast_records WHERE store_id = 'S1'"),
         [record(1, 1, "2024-03-03T10:00:00Z", 1.0)]
+    );
+    assert_eq!(
+        count(
+            &rt,
+            &url,
+            "SELECT count(*) FROM stockcast_forecasts WHERE store_id = 'S1' AND forecast_total = 4"
+        ),
+        1
     );
 }
 

@@ -30,12 +30,12 @@ pub mod schema;
 
 pub use schema::MIGRATIONS;
 
-use std::collections::BTreeSet;
-use std::time::Duration;
+use std::collections::{BTreeSet, HashMap};
+use std::time::{Duration, SystemTime};
 
 use chrono::NaiveDate;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
-use tokio_postgres::types::Type;
+use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, NoTls};
 
 use crate::records::EpochRecord;
@@ -122,6 +122,7 @@ impl Mart {
                     }
                 });
                 migrate(&mut client).await?;
+                client.batch_execute(schema::STAGING_BUFFERS).await?;
                 Ok::<_, tokio_postgres::Error>(client)
             })?;
             self.client = Some(client);
@@ -207,8 +208,9 @@ impl Mart {
             let t = chrono::DateTime::parse_from_rfc3339(&r.epoch_end)
                 .map_err(|e| MartError::Record(format!("epoch_end {:?}: {e}", r.epoch_end)))?;
             days.insert(t.with_timezone(&chrono::Utc).date_naive());
-            times.push(std::time::SystemTime::from(t));
+            times.push(SystemTime::from(t));
         }
+        let newest = newest_of_each_series(records, &times);
         let missing: Vec<NaiveDate> = days.difference(&self.partitions).copied().collect();
         let epoch_ends: Vec<&str> = progress.iter().map(|p| p.epoch_end.as_str()).collect();
         let frontiers: Vec<i64> = progress.iter().map(|p| p.frontier as i64).collect();
@@ -224,21 +226,19 @@ impl Mart {
         } = self;
         let client = client.as_mut().expect("connected above");
         runtime.block_on(async {
-            let tx = client.transaction().await?;
+            let mut tx = client.transaction().await?;
             for day in &missing {
                 tx.batch_execute(&schema::create_partition(*day)).await?;
             }
             if !records.is_empty() {
                 tx.batch_execute(schema::CREATE_STAGING).await?;
                 let sink = tx.copy_in(&schema::copy_statement()).await?;
-                let types: Vec<Type> = schema::RECORD_COLUMNS
-                    .iter()
-                    .map(|(_, ty)| ty.clone())
-                    .collect();
-                let writer = BinaryCopyInWriter::new(sink, &types);
+                let writer = BinaryCopyInWriter::new(sink, &schema::copy_types());
                 let mut writer = std::pin::pin!(writer);
-                for (r, time) in records.iter().zip(&times) {
+                for ((r, time), newest) in records.iter().zip(&times).zip(&newest) {
                     let a = &r.recommendation;
+                    // Summed in order from 0, as PostgreSQL's `sum` over the array would.
+                    let total = r.forecast.iter().fold(0.0, |sum, x| sum + x);
                     writer
                         .as_mut()
                         .write(&[
@@ -265,11 +265,24 @@ impl Mart {
                             &a.pack_size,
                             &a.min_order_qty,
                             &a.active,
+                            &total,
+                            newest,
                         ])
                         .await?;
                 }
                 writer.finish().await?;
-                tx.execute(schema::INSERT_HISTORY, &[]).await?;
+                // A plain insert is a third cheaper than one that checks each row for a
+                // conflict; an advance written before (a retry, a republish after a restart)
+                // fails it, and is inserted again skipping the rows the history holds.
+                let first = tx.savepoint("history").await?;
+                match first.execute(&schema::insert_history(false), &[]).await {
+                    Ok(_) => first.commit().await?,
+                    Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
+                        first.rollback().await?;
+                        tx.execute(&schema::insert_history(true), &[]).await?;
+                    }
+                    Err(e) => return Err(e),
+                }
                 tx.execute(&schema::upsert_current(), &[]).await?;
             }
             tx.execute(
@@ -287,6 +300,26 @@ impl Mart {
         self.partitions.extend(missing);
         Ok(())
     }
+}
+
+/// Whether each record is its series' newest in `records` (the later of two at the same time).
+fn newest_of_each_series(records: &[ForecastRecord], times: &[SystemTime]) -> Vec<bool> {
+    let mut newest: HashMap<(&str, &str), usize> = HashMap::with_capacity(records.len());
+    for (i, r) in records.iter().enumerate() {
+        newest
+            .entry((r.store_id.as_str(), r.sku_id.as_str()))
+            .and_modify(|n| {
+                if times[i] >= times[*n] {
+                    *n = i;
+                }
+            })
+            .or_insert(i);
+    }
+    let mut flags = vec![false; records.len()];
+    for i in newest.into_values() {
+        flags[i] = true;
+    }
+    flags
 }
 
 /// Applies the migrations the database lacks; concurrent workers serialise on a table lock.

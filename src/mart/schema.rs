@@ -198,16 +198,39 @@ const TYPED_AND_PARTITIONED: &str = concat!(
     " AS record FROM stockcast_forecast_history;"
 );
 
-/// The staging table an advance's records are copied into (emptied at commit).
+/// The staging table an advance's records are copied into (emptied at commit): the record
+/// columns, then `forecast_total` and whether the row is the newest of its series in the
+/// advance, both computed by the writer so that the upsert of the current table neither sums
+/// arrays nor sorts.
 pub const CREATE_STAGING: &str = "CREATE TEMP TABLE IF NOT EXISTS stockcast_forecasts_in
-    (LIKE stockcast_forecast_history) ON COMMIT DELETE ROWS";
+    (LIKE stockcast_forecast_history, forecast_total double precision NOT NULL,
+     newest boolean NOT NULL) ON COMMIT DELETE ROWS";
+
+/// The staging table's columns after the record's, in the binary `COPY`.
+pub const STAGING_EXTRA_COLUMNS: [(&str, Type); 2] =
+    [("forecast_total", Type::FLOAT8), ("newest", Type::BOOL)];
+
+/// The staging table's session buffers. Temporary tables live in them and spill to disk
+/// beyond (PostgreSQL's default, 8 MB, holds about 6,000 daily records). Set before the
+/// session first touches a temporary table; memory is taken only as used.
+pub const STAGING_BUFFERS: &str = "SET temp_buffers = '128MB'";
 
 /// The binary `COPY` into the staging table.
 pub fn copy_statement() -> String {
+    let extra = STAGING_EXTRA_COLUMNS.map(|(name, _)| name).join(", ");
     format!(
-        "COPY stockcast_forecasts_in ({}) FROM STDIN (FORMAT binary)",
+        "COPY stockcast_forecasts_in ({}, {extra}) FROM STDIN (FORMAT binary)",
         column_list()
     )
+}
+
+/// The column types of the binary `COPY`, in its order.
+pub fn copy_types() -> Vec<Type> {
+    RECORD_COLUMNS
+        .iter()
+        .chain(&STAGING_EXTRA_COLUMNS)
+        .map(|(_, ty)| ty.clone())
+        .collect()
 }
 
 fn column_list() -> String {
@@ -218,9 +241,20 @@ fn column_list() -> String {
         .join(", ")
 }
 
-/// From the staging table into the history; rows it holds already are left alone.
-pub const INSERT_HISTORY: &str = "INSERT INTO stockcast_forecast_history
-    SELECT * FROM stockcast_forecasts_in ON CONFLICT DO NOTHING";
+/// From the staging table into the history; with `skip_held`, rows it holds already are left
+/// alone, without, they fail the statement.
+pub fn insert_history(skip_held: bool) -> String {
+    let columns = column_list();
+    let conflict = if skip_held {
+        " ON CONFLICT DO NOTHING"
+    } else {
+        ""
+    };
+    format!(
+        "INSERT INTO stockcast_forecast_history ({columns})
+         SELECT {columns} FROM stockcast_forecasts_in{conflict}"
+    )
+}
 
 /// From the staging table, the newest record of each series into the current table; an older
 /// epoch never overwrites a newer one.
@@ -236,9 +270,7 @@ pub fn upsert_current() -> String {
         .join(", ");
     format!(
         "INSERT INTO stockcast_forecasts AS f ({columns}, forecast_total)
-         SELECT DISTINCT ON (store_id, sku_id) {columns},
-             (SELECT coalesce(sum(x), 0) FROM unnest(forecast) AS x)
-         FROM stockcast_forecasts_in ORDER BY store_id, sku_id, epoch_end DESC
+         SELECT {columns}, forecast_total FROM stockcast_forecasts_in WHERE newest
          ON CONFLICT (store_id, sku_id) DO UPDATE SET {updated}
          WHERE f.epoch_end <= EXCLUDED.epoch_end"
     )

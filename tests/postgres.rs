@@ -196,6 +196,25 @@ fn an_advance_lands_atomically_and_a_retry_writes_nothing_twice() {
         2 * n
     );
     assert_eq!(count(&rt, &url, "SELECT count(*) FROM stockcast_epochs"), 3);
+    // An advance cut differently after a restart: part of it is in the history already, the
+    // rest is new. The held rows are skipped, the new ones land.
+    let overlapping: Vec<ForecastRecord> = (0..100)
+        .map(|i| record(i % 50, i / 50, "2024-01-01T00:30:00Z", 2.0))
+        .chain((0..100).map(|i| record(i % 50, i / 50, "2024-01-01T00:45:00Z", 3.0)))
+        .collect();
+    mart.write(&overlapping, &[]).unwrap();
+    assert_eq!(
+        count(&rt, &url, "SELECT count(*) FROM stockcast_forecast_history"),
+        2 * n + 100
+    );
+    assert_eq!(
+        count(
+            &rt,
+            &url,
+            "SELECT count(*) FROM stockcast_forecasts WHERE epoch_end = '2024-01-01T00:45:00Z'"
+        ),
+        100
+    );
     assert_eq!(
         count(
             &rt,
@@ -203,7 +222,7 @@ fn an_advance_lands_atomically_and_a_retry_writes_nothing_twice() {
             "SELECT count(*) FROM stockcast_forecasts WHERE epoch_end = '2024-01-01T00:30:00Z'
                  AND order_qty = 2 AND forecast_total = 8"
         ),
-        n
+        n - 100
     );
     // The current row carries the whole record.
     let json = &query(

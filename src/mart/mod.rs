@@ -210,7 +210,10 @@ impl Mart {
             days.insert(t.with_timezone(&chrono::Utc).date_naive());
             times.push(SystemTime::from(t));
         }
-        let newest = newest_of_each_series(records, &times);
+        let series = records
+            .iter()
+            .map(|r| (r.store_id.as_str(), r.sku_id.as_str()));
+        let newest = newest_of_each_series(series, &times);
         let missing: Vec<NaiveDate> = days.difference(&self.partitions).copied().collect();
         let epoch_ends: Vec<&str> = progress.iter().map(|p| p.epoch_end.as_str()).collect();
         let frontiers: Vec<i64> = progress.iter().map(|p| p.frontier as i64).collect();
@@ -302,20 +305,24 @@ impl Mart {
     }
 }
 
-/// Whether each record is its series' newest in `records` (the later of two at the same time).
-fn newest_of_each_series(records: &[ForecastRecord], times: &[SystemTime]) -> Vec<bool> {
-    let mut newest: HashMap<(&str, &str), usize> = HashMap::with_capacity(records.len());
-    for (i, r) in records.iter().enumerate() {
+/// Whether each record, given by its series and time, is its series' newest. Of two at the same
+/// time the first counts, as in the history, which keeps the first row of a key.
+fn newest_of_each_series<'a>(
+    series: impl Iterator<Item = (&'a str, &'a str)>,
+    times: &[SystemTime],
+) -> Vec<bool> {
+    let mut newest: HashMap<(&str, &str), usize> = HashMap::with_capacity(times.len());
+    for (i, key) in series.enumerate().take(times.len()) {
         newest
-            .entry((r.store_id.as_str(), r.sku_id.as_str()))
+            .entry(key)
             .and_modify(|n| {
-                if times[i] >= times[*n] {
+                if times[i] > times[*n] {
                     *n = i;
                 }
             })
             .or_insert(i);
     }
-    let mut flags = vec![false; records.len()];
+    let mut flags = vec![false; times.len()];
     for i in newest.into_values() {
         flags[i] = true;
     }
@@ -354,4 +361,29 @@ async fn migrate(client: &mut Client) -> Result<(), tokio_postgres::Error> {
         tracing::info!(version, "postgres mart migrated");
     }
     tx.commit().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_series_newest_record_is_flagged_the_first_of_a_tie() {
+        let records = [
+            ("A", "2024-01-02T00:00:00Z"),
+            ("B", "2024-01-01T00:00:00Z"),
+            ("A", "2024-01-01T00:00:00Z"),
+            ("B", "2024-01-01T00:00:00Z"),
+            ("C", "2024-01-01T00:00:00Z"),
+        ];
+        let times: Vec<SystemTime> = records
+            .iter()
+            .map(|(_, t)| chrono::DateTime::parse_from_rfc3339(t).unwrap().into())
+            .collect();
+        let series = records.iter().map(|(store, _)| (*store, "K"));
+        assert_eq!(
+            newest_of_each_series(series, &times),
+            [true, true, false, false, true]
+        );
+    }
 }

@@ -213,7 +213,7 @@ impl Mart {
         let series = records
             .iter()
             .map(|r| (r.store_id.as_str(), r.sku_id.as_str()));
-        let newest = newest_of_each_series(series, &times);
+        let newest = newest_of_each_series(series.zip(times.iter().copied()));
         let missing: Vec<NaiveDate> = days.difference(&self.partitions).copied().collect();
         let epoch_ends: Vec<&str> = progress.iter().map(|p| p.epoch_end.as_str()).collect();
         let frontiers: Vec<i64> = progress.iter().map(|p| p.frontier as i64).collect();
@@ -308,22 +308,17 @@ impl Mart {
 /// Whether each record, given by its series and time, is its series' newest. Of two at the same
 /// time the first counts, as in the history, which keeps the first row of a key.
 fn newest_of_each_series<'a>(
-    series: impl Iterator<Item = (&'a str, &'a str)>,
-    times: &[SystemTime],
+    records: impl ExactSizeIterator<Item = ((&'a str, &'a str), SystemTime)>,
 ) -> Vec<bool> {
-    let mut newest: HashMap<(&str, &str), usize> = HashMap::with_capacity(times.len());
-    for (i, key) in series.enumerate().take(times.len()) {
-        newest
-            .entry(key)
-            .and_modify(|n| {
-                if times[i] > times[*n] {
-                    *n = i;
-                }
-            })
-            .or_insert(i);
+    let mut flags = vec![false; records.len()];
+    let mut newest: HashMap<(&str, &str), (usize, SystemTime)> = HashMap::new();
+    for (i, (series, time)) in records.enumerate() {
+        let held = newest.entry(series).or_insert((i, time));
+        if time > held.1 {
+            *held = (i, time);
+        }
     }
-    let mut flags = vec![false; times.len()];
-    for i in newest.into_values() {
+    for (i, _) in newest.into_values() {
         flags[i] = true;
     }
     flags
@@ -376,13 +371,12 @@ mod tests {
             ("B", "2024-01-01T00:00:00Z"),
             ("C", "2024-01-01T00:00:00Z"),
         ];
-        let times: Vec<SystemTime> = records
-            .iter()
-            .map(|(_, t)| chrono::DateTime::parse_from_rfc3339(t).unwrap().into())
-            .collect();
-        let series = records.iter().map(|(store, _)| (*store, "K"));
+        let series = records.iter().map(|(store, t)| {
+            let time = chrono::DateTime::parse_from_rfc3339(t).unwrap().into();
+            ((*store, "K"), time)
+        });
         assert_eq!(
-            newest_of_each_series(series, &times),
+            newest_of_each_series(series),
             [true, true, false, false, true]
         );
     }

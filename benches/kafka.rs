@@ -44,8 +44,13 @@ use stockcast::generate::{self, Params};
 use stockcast::kafka::{self, load as publish, stream};
 
 fn main() {
-    // As the worker's main does (see the function's notes).
+    // As the worker's main does (see the functions' notes).
     stockcast::model::scorer::serial_kernels();
+    let huge_pages = if stockcast::memory::no_transparent_huge_pages() {
+        "off"
+    } else {
+        "as the system and MIMALLOC_ALLOW_THP say"
+    };
     let args: Vec<String> = std::env::args().collect();
     if std::env::var_os("RUST_LOG").is_some() {
         // The worker's logs, when asked for (e.g. RUST_LOG=stockcast=info).
@@ -104,7 +109,7 @@ fn main() {
     let cfg = config.resolve(Path::new("<bench>")).expect("config");
 
     println!(
-        "kafka end to end: {} series ({stores} stores x {skus} SKUs), {days} days, {events} events, {partitions} partitions, {workers} workers",
+        "kafka end to end: {} series ({stores} stores x {skus} SKUs), {days} days, {events} events, {partitions} partitions, {workers} workers; transparent huge pages {huge_pages}",
         stores * skus
     );
     let loaded = publish::load(

@@ -34,6 +34,7 @@
 //! - [`metrics`]: the Prometheus metrics, declared once.
 //! - [`telemetry`]: logging and Sentry.
 //! - [`signals`]: graceful shutdown on SIGINT and SIGTERM.
+//! - [`memory`]: the process allocator (mimalloc) and the worker's page policy.
 //! - [`display`]: instants as RFC 3339 text, progress bars.
 //! - [`demo`]: the embedded default: an in-process Kafka mock cluster fed by the generator.
 //! - [`generate`]: the seeded synthetic data generator behind `generate`, the demo and benches.
@@ -55,6 +56,7 @@ pub mod http;
 pub mod ids;
 pub mod kafka;
 pub mod mart;
+pub mod memory;
 pub mod metrics;
 pub mod model;
 pub mod output;
@@ -66,10 +68,3 @@ pub mod signals;
 pub mod simulate;
 pub mod source;
 pub mod telemetry;
-
-/// The process allocator of every program built on this library (the worker, its tests and
-/// benchmarks): mimalloc. The feature dataflow allocates and frees feature vectors and message
-/// buffers at a high rate across worker threads, where glibc's malloc took about a sixth of the
-/// feature benchmark's CPU time.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;

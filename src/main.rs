@@ -6,8 +6,9 @@ fn main() -> std::process::ExitCode {
         cli.command,
         stockcast::cli::Command::Run { .. } | stockcast::cli::Command::Replay { .. }
     ) {
-        // Before any thread starts (see the function's notes).
+        // Before any thread starts (see the functions' notes).
         stockcast::model::scorer::serial_kernels();
+        stockcast::memory::no_transparent_huge_pages();
     }
     stockcast::telemetry::init_tracing(cli.log_json);
     match stockcast::cli::run(cli) {

@@ -21,8 +21,8 @@ fn record(i: usize, epoch_end: &str) -> ForecastRecord {
     let q = (i % 17) as f64 * 0.37;
     ForecastRecord {
         epoch_end: epoch_end.into(),
-        store_id: format!("store-{:03}", i % 100),
-        sku_id: format!("sku-{:06}", i / 100),
+        store_id: format!("store-{:03}", i % 100).into(),
+        sku_id: format!("sku-{:06}", i / 100).into(),
         schema_hash: "9f3c2a1b7e6d5c4b".into(),
         model: "stockcast-mlp".into(),
         model_version: "a1b2c3d4e5f60718".into(),

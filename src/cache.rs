@@ -58,7 +58,7 @@ impl Cache {
         let mut newest: std::collections::HashMap<(&str, &str), &ForecastRecord> =
             Default::default();
         for r in records {
-            newest.insert((r.store_id.as_str(), r.sku_id.as_str()), r);
+            newest.insert((&*r.store_id, &*r.sku_id), r);
         }
         let mut pipe = redis::pipe();
         pipe.atomic();

@@ -401,11 +401,7 @@ pub fn run(opts: &DemoOptions) -> anyhow::Result<()> {
 }
 
 /// Prints the series with the largest forecast demand as of the last epoch each was scored.
-pub fn print_top(
-    latest: &std::collections::HashMap<(String, String), crate::records::ForecastRecord>,
-    last: Option<&str>,
-    horizon: u32,
-) {
+pub fn print_top(latest: &crate::records::Latest, last: Option<&str>, horizon: u32) {
     let mut rows: Vec<(f64, &crate::records::ForecastRecord)> = latest
         .values()
         .map(|r| (r.forecast.iter().sum(), r))

@@ -159,7 +159,7 @@ fn error(status: StatusCode, message: String) -> Response {
     (status, Json(serde_json::json!({ "error": message }))).into_response()
 }
 
-type Latest = std::collections::HashMap<(String, String), crate::records::ForecastRecord>;
+use crate::records::Latest;
 
 /// The latest records; `None` if a writer panicked while holding them.
 fn read_latest(app: &App) -> Option<std::sync::RwLockReadGuard<'_, Latest>> {
@@ -174,7 +174,9 @@ fn unavailable() -> Response {
 async fn forecast(State(app): State<App>, Path((store, sku)): Path<(String, String)>) -> Response {
     let local = match read_latest(&app) {
         None => return unavailable(),
-        Some(latest) => latest.get(&(store.clone(), sku.clone())).cloned(),
+        Some(latest) => latest
+            .get(&(Arc::from(store.as_str()), Arc::from(sku.as_str())))
+            .cloned(),
     };
     if let Some(rec) = local {
         return Json(rec).into_response();
@@ -231,7 +233,7 @@ async fn recommendations(
     };
     let mut rows: Vec<&crate::records::ForecastRecord> = latest
         .values()
-        .filter(|r| q.store.as_ref().is_none_or(|s| *s == r.store_id))
+        .filter(|r| q.store.as_deref().is_none_or(|s| s == &*r.store_id))
         .filter(|r| r.recommendation.order_qty.is_some_and(|o| o > 0.0))
         .collect();
     rows.sort_by(|a, b| {

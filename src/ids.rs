@@ -5,6 +5,7 @@
 //! to an id already taken (astronomically rare, but then loud rather than silently merged).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use dataflows::features::fnv1a64;
 use dataflows::model::{Id, ItemAttrs, PlannedPrice, Promotion};
@@ -25,13 +26,16 @@ pub struct Collision {
 /// Names by id: (store names, SKU names).
 pub type Names = (Vec<(Id, String)>, Vec<(Id, String)>);
 
+/// The (store, SKU) names of a series, shared by reference count.
+pub type SeriesNames = (Arc<str>, Arc<str>);
+
 /// Names by id, for stores and SKUs.
 #[derive(Debug, Default, Clone)]
 pub struct Dictionary {
-    /// Store names by id.
-    stores: HashMap<Id, String>,
-    /// SKU names by id.
-    skus: HashMap<Id, String>,
+    /// Store names by id, shared with the records that carry them.
+    stores: HashMap<Id, Arc<str>>,
+    /// SKU names by id, shared likewise.
+    skus: HashMap<Id, Arc<str>>,
 }
 
 /// The id of a store or SKU name (without registering it).
@@ -39,16 +43,16 @@ pub fn name_id(name: &str) -> Id {
     fnv1a64(name.as_bytes())
 }
 
-fn intern(map: &mut HashMap<Id, String>, name: &str) -> Result<Id, Collision> {
+fn intern(map: &mut HashMap<Id, Arc<str>>, name: &str) -> Result<Id, Collision> {
     let id = name_id(name);
     match map.get(&id) {
-        Some(existing) if existing != name => Err(Collision {
-            existing: existing.clone(),
+        Some(existing) if &**existing != name => Err(Collision {
+            existing: existing.to_string(),
             new: name.to_string(),
         }),
         Some(_) => Ok(id),
         None => {
-            map.insert(id, name.to_string());
+            map.insert(id, Arc::from(name));
             Ok(id)
         }
     }
@@ -57,8 +61,8 @@ fn intern(map: &mut HashMap<Id, String>, name: &str) -> Result<Id, Collision> {
 impl Dictionary {
     /// Every name held: (store names, SKU names) by id, sorted by id.
     pub fn export(&self) -> Names {
-        let sorted = |m: &HashMap<Id, String>| {
-            let mut v: Vec<(Id, String)> = m.iter().map(|(k, v)| (*k, v.clone())).collect();
+        let sorted = |m: &HashMap<Id, Arc<str>>| {
+            let mut v: Vec<(Id, String)> = m.iter().map(|(k, v)| (*k, v.to_string())).collect();
             v.sort_unstable_by_key(|e| e.0);
             v
         };
@@ -68,10 +72,14 @@ impl Dictionary {
     /// Takes in names exported by [`Dictionary::export`] (a name already held stays).
     pub fn import(&mut self, stores: &[(Id, String)], skus: &[(Id, String)]) {
         for (id, name) in stores {
-            self.stores.entry(*id).or_insert_with(|| name.clone());
+            self.stores
+                .entry(*id)
+                .or_insert_with(|| Arc::from(name.as_str()));
         }
         for (id, name) in skus {
-            self.skus.entry(*id).or_insert_with(|| name.clone());
+            self.skus
+                .entry(*id)
+                .or_insert_with(|| Arc::from(name.as_str()));
         }
     }
 
@@ -145,10 +153,13 @@ impl Dictionary {
         })
     }
 
-    /// The names of a key; ids never registered show as `#<hex>`.
-    pub fn names(&self, key: &Key) -> (String, String) {
-        let name = |m: &HashMap<Id, String>, id: Id| {
-            m.get(&id).cloned().unwrap_or_else(|| format!("#{id:016x}"))
+    /// The names of a key, shared (a reference count each, no copy); ids never registered
+    /// show as `#<hex>`.
+    pub fn names(&self, key: &Key) -> SeriesNames {
+        let name = |m: &HashMap<Id, Arc<str>>, id: Id| {
+            m.get(&id)
+                .cloned()
+                .unwrap_or_else(|| format!("#{id:016x}").into())
         };
         (name(&self.stores, key.store), name(&self.skus, key.sku))
     }
@@ -173,10 +184,7 @@ mod tests {
         let mut d = Dictionary::default();
         let k = d.key("CA_1", "HOBBIES_1_001").unwrap();
         assert_eq!(k, d.key("CA_1", "HOBBIES_1_001").unwrap());
-        assert_eq!(
-            d.names(&k),
-            ("CA_1".to_string(), "HOBBIES_1_001".to_string())
-        );
+        assert_eq!(d.names(&k), (Arc::from("CA_1"), Arc::from("HOBBIES_1_001")));
         assert_eq!(k.store, fnv1a64(b"CA_1"));
     }
 }

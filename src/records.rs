@@ -8,6 +8,7 @@ pub mod json;
 pub use self::dead::{DeadContent, DeadLetterRecord, DeadSource};
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use dataflows::{FeatureVec, Schema};
 use serde::{Deserialize, Serialize};
@@ -18,18 +19,18 @@ use crate::forecast::{Forecast, Forecaster};
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ForecastRecord {
     /// End of the epoch whose closing changed the series' features (RFC 3339).
-    pub epoch_end: String,
+    pub epoch_end: Arc<str>,
     /// Store name.
-    pub store_id: String,
+    pub store_id: Arc<str>,
     /// SKU name.
-    pub sku_id: String,
+    pub sku_id: Arc<str>,
     /// Hash of the feature schema the forecast was computed from.
-    pub schema_hash: String,
+    pub schema_hash: Arc<str>,
     /// The forecaster that scored (e.g. `baseline-ma`): the configured model, or the baseline
     /// when the model could not score this series' batch.
-    pub model: String,
+    pub model: Arc<str>,
     /// Its version.
-    pub model_version: String,
+    pub model_version: Arc<str>,
     /// Why the baseline scored instead of the configured model; absent when the model scored.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fallback_reason: Option<String>,
@@ -55,33 +56,67 @@ fn round3(mut xs: Vec<f64>) -> Vec<f64> {
     xs
 }
 
+/// The latest forecast record of each series, by (store, SKU) name: what the read API serves.
+pub type Latest = std::collections::HashMap<crate::ids::SeriesNames, ForecastRecord>;
+
+/// What the forecast records of one epoch, scored by one forecaster, have in common: each record
+/// holds these by reference count rather than by copy.
+#[derive(Clone, Debug)]
+pub struct Stamp {
+    /// End of the epoch (RFC 3339).
+    pub epoch_end: Arc<str>,
+    /// The feature schema's hash.
+    pub schema_hash: Arc<str>,
+    /// The forecaster's name.
+    pub model: Arc<str>,
+    /// Its version.
+    pub model_version: Arc<str>,
+}
+
+impl Stamp {
+    /// The stamp of `forecaster`'s records under `schema`, at the end of the epoch `epoch_end`.
+    pub fn new(epoch_end: Arc<str>, schema: &Schema, forecaster: &dyn Forecaster) -> Stamp {
+        Stamp {
+            epoch_end,
+            schema_hash: schema.hash.as_str().into(),
+            model: forecaster.name().into(),
+            model_version: forecaster.version().into(),
+        }
+    }
+}
+
 impl ForecastRecord {
     /// The record of one scored series.
     pub fn new(
-        epoch_end: &str,
-        (store_id, sku_id): (String, String),
+        stamp: &Stamp,
+        (store_id, sku_id): (Arc<str>, Arc<str>),
         schema: &Schema,
-        forecaster: &dyn Forecaster,
         planner: &crate::replenish::Planner,
         vec: &FeatureVec,
         forecast: Forecast,
     ) -> Self {
         // Planned from the forecast as scored; its quantiles then move into the record.
         let recommendation = planner.advise(schema, vec, &forecast);
+        let (model, model_version, fallback_reason) = match &forecast.fallback {
+            Some(f) => (
+                f.model.as_str().into(),
+                f.version.as_str().into(),
+                Some(f.reason.clone()),
+            ),
+            None => (
+                Arc::clone(&stamp.model),
+                Arc::clone(&stamp.model_version),
+                None,
+            ),
+        };
         ForecastRecord {
-            epoch_end: epoch_end.to_string(),
+            epoch_end: Arc::clone(&stamp.epoch_end),
             store_id,
             sku_id,
-            schema_hash: schema.hash.clone(),
-            model: forecast
-                .fallback
-                .as_ref()
-                .map_or_else(|| forecaster.name().to_string(), |f| f.model.clone()),
-            model_version: forecast
-                .fallback
-                .as_ref()
-                .map_or_else(|| forecaster.version().to_string(), |f| f.version.clone()),
-            fallback_reason: forecast.fallback.as_ref().map(|f| f.reason.clone()),
+            schema_hash: Arc::clone(&stamp.schema_hash),
+            model,
+            model_version,
+            fallback_reason,
             forecast: round3(forecast.p50),
             forecast_p10: round3(forecast.p10),
             forecast_p90: round3(forecast.p90),

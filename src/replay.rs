@@ -361,7 +361,7 @@ pub fn feature_table(
     let events = std::mem::take(&mut prepared.events);
     let table = latest_features(cfg, events, as_of, workers)?;
     let schema = cfg.spec.schema();
-    let mut rows: Vec<((String, String), &FeatureVec)> = table
+    let mut rows: Vec<(crate::ids::SeriesNames, &FeatureVec)> = table
         .iter()
         .map(|(k, v)| (prepared.dict.names(k), v))
         .collect();
@@ -375,7 +375,7 @@ pub fn feature_table(
     header.extend(schema.names().map(str::to_string));
     w.write_record(&header).map_err(csv_err)?;
     for ((store, sku), vec) in &rows {
-        let mut record = vec![store.clone(), sku.clone()];
+        let mut record = vec![store.to_string(), sku.to_string()];
         record.extend((0..schema.features.len()).map(|i| format_value(&schema, vec, i)));
         w.write_record(&record).map_err(csv_err)?;
     }

@@ -64,7 +64,7 @@ fn m5_mini_through_kafka_equals_replay_with_4_partitions_and_2_workers() {
         .collect();
     let mut per_epoch: BTreeMap<String, u64> = BTreeMap::new();
     for f in &expected {
-        *per_epoch.entry(f.epoch_end.clone()).or_default() += 1;
+        *per_epoch.entry(f.epoch_end.to_string()).or_default() += 1;
     }
     let expected_first = per_epoch.keys().next().unwrap().clone();
     assert_same_forecasts(sorted_forecasts(got), sorted_forecasts(expected));
@@ -157,7 +157,7 @@ fn m5_mini_catching_up_with_latest_publishes_each_series_current_forecast_once_p
     let newest = |records: &[ForecastRecord]| {
         let mut m: BTreeMap<(String, String), String> = BTreeMap::new();
         for r in records {
-            let k = (r.store_id.clone(), r.sku_id.clone());
+            let k = (r.store_id.to_string(), r.sku_id.to_string());
             if m.get(&k).is_none_or(|l| {
                 serde_json::from_str::<ForecastRecord>(l).unwrap().epoch_end < r.epoch_end
             }) {
@@ -175,10 +175,10 @@ fn m5_mini_catching_up_with_latest_publishes_each_series_current_forecast_once_p
     );
     let mut per_epoch: BTreeMap<String, (u64, u64)> = BTreeMap::new();
     for f in &expected {
-        per_epoch.entry(f.epoch_end.clone()).or_default().0 += 1;
+        per_epoch.entry(f.epoch_end.to_string()).or_default().0 += 1;
     }
     for f in &got {
-        per_epoch.entry(f.epoch_end.clone()).or_default().1 += 1;
+        per_epoch.entry(f.epoch_end.to_string()).or_default().1 += 1;
     }
     let mut superseded = 0;
     for r in &epochs {
@@ -252,8 +252,8 @@ fn malformed_records_are_dead_lettered_with_their_bytes_and_reason() {
     let total: u64 = run.stats.dead_letters.values().sum();
     assert_eq!(total, bad.len() as u64, "{:?}", run.stats.dead_letters);
     // Every good sale counted: the last forecast saw 20 days of 2 units.
-    let last = &run.latest[&("S1".to_string(), "A".to_string())];
-    assert_eq!(last.epoch_end, "2024-03-20T10:15:00Z");
+    let last = &run.latest[&(Arc::from("S1"), Arc::from("A"))];
+    assert_eq!(&*last.epoch_end, "2024-03-20T10:15:00Z");
 
     let letters = consume(&cfg.kafka, &cfg.kafka.topics.dead_letters, bad.len());
     assert_eq!(letters.len(), bad.len());
@@ -422,7 +422,7 @@ fn a_30_second_broker_outage_loses_and_double_counts_nothing() {
     );
     assert_eq!(run.stats.late, 0);
     // The final state equals one replay of the data: the latest forecast of every series.
-    let mut want: std::collections::HashMap<(String, String), ForecastRecord> = Default::default();
+    let mut want: stockcast::records::Latest = Default::default();
     for r in expected {
         want.insert((r.store_id.clone(), r.sku_id.clone()), r);
     }
@@ -608,7 +608,7 @@ fn a_cluster_of_two_processes_publishes_what_replay_computes() {
     assert_eq!(count(&log[1], "progress_records="), 0);
     let mut per_epoch: BTreeMap<String, u64> = BTreeMap::new();
     for f in &expected {
-        *per_epoch.entry(f.epoch_end.clone()).or_default() += 1;
+        *per_epoch.entry(f.epoch_end.to_string()).or_default() += 1;
     }
     for r in &progress {
         let want = per_epoch.remove(&r.epoch_end).unwrap_or(0);
@@ -745,15 +745,15 @@ fn a_new_model_version_rescores_every_series_once_then_only_changed_ones() {
     assert_eq!(records.len() as u64, run.stats.forecasts);
     let switch = records
         .iter()
-        .filter(|r| r.model_version == v2)
-        .map(|r| r.epoch_end.clone())
+        .filter(|r| *r.model_version == *v2)
+        .map(|r| r.epoch_end.to_string())
         .min()
         .expect("no record of the new version");
     // Before the switch only v1 scored, from it on only v2.
     for r in &records {
-        let want = if r.epoch_end < switch { &v1 } else { &v2 };
+        let want = if *r.epoch_end < *switch { &v1 } else { &v2 };
         assert_eq!(
-            &r.model_version, want,
+            &*r.model_version, want,
             "{} {}:{}",
             r.epoch_end, r.store_id, r.sku_id
         );
@@ -776,8 +776,8 @@ fn a_new_model_version_rescores_every_series_once_then_only_changed_ones() {
     assert!(*switch_end >= switch);
     let mut renewed: Vec<(&str, &str)> = records
         .iter()
-        .filter(|r| r.model_version == v2 && r.epoch_end <= *switch_end)
-        .map(|r| (r.store_id.as_str(), r.sku_id.as_str()))
+        .filter(|r| *r.model_version == *v2 && *r.epoch_end <= **switch_end)
+        .map(|r| (&*r.store_id, &*r.sku_id))
         .collect();
     renewed.sort_unstable();
     renewed.dedup();

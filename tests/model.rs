@@ -5,6 +5,7 @@
 mod common;
 
 use std::path::Path;
+use std::sync::Arc;
 
 use common::{resolved, shared};
 use dataflows::PeriodKind;
@@ -172,7 +173,7 @@ fn replay_scores_with_the_model_and_says_which_model_scored() {
     let baseline = run(&cfg, &tmp.path().join("baseline"));
     assert_eq!(baseline.model, "baseline-ma");
     let lines = forecast_lines(&tmp.path().join("baseline"));
-    assert!(lines.iter().all(|r| r.model == "baseline-ma"));
+    assert!(lines.iter().all(|r| &*r.model == "baseline-ma"));
 
     cfg.model.dir = Some(model_dir.clone());
     let scored = run(&cfg, &tmp.path().join("model"));
@@ -184,14 +185,14 @@ fn replay_scores_with_the_model_and_says_which_model_scored() {
     );
     assert!(lines
         .iter()
-        .all(|r| r.model == "stockcast-mlp" && r.model_version == model.manifest.version));
+        .all(|r| &*r.model == "stockcast-mlp" && *r.model_version == *model.manifest.version));
     // The record's quantiles are the model's own forecast of that series' features.
     let last = history.snapshots.last().unwrap();
     let rows: Vec<&[f32]> = last.rows(history.width()).map(|(_, r)| r).collect();
     let expected = model.forecast_rows(&rows).unwrap();
     // Only changed series are scored: a series' last record is from its last change, and
     // its features then are its final ones.
-    let mut latest: std::collections::HashMap<(String, String), &ForecastRecord> =
+    let mut latest: std::collections::HashMap<(Arc<str>, Arc<str>), &ForecastRecord> =
         std::collections::HashMap::new();
     for r in &lines {
         latest.insert((r.store_id.clone(), r.sku_id.clone()), r);

@@ -85,8 +85,8 @@ fn count(rt: &tokio::runtime::Runtime, url: &str, sql: &str) -> i64 {
 fn record(store: usize, sku: usize, epoch_end: &str, qty: f64) -> ForecastRecord {
     ForecastRecord {
         epoch_end: epoch_end.into(),
-        store_id: format!("S{store}"),
-        sku_id: format!("K{sku}"),
+        store_id: format!("S{store}").into(),
+        sku_id: format!("K{sku}").into(),
         schema_hash: "h".into(),
         model: "baseline-ma".into(),
         model_version: "1".into(),

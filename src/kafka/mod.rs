@@ -49,7 +49,7 @@ pub struct WorkerRun {
     /// What the sink wrote.
     pub stats: crate::output::Stats,
     /// The latest forecast of every series scored.
-    pub latest: std::collections::HashMap<(String, String), crate::records::ForecastRecord>,
+    pub latest: crate::records::Latest,
     /// The frontier a previous run had committed, if this run resumed.
     pub resumed_from: Option<dataflows::Epoch>,
     /// Wall-clock seconds.

@@ -14,7 +14,7 @@ pub struct Progress {
     /// Every Prometheus metric.
     pub metrics: crate::metrics::Metrics,
     /// The latest forecast record of every series scored, by (store, SKU) name.
-    pub latest: std::sync::RwLock<HashMap<(String, String), crate::records::ForecastRecord>>,
+    pub latest: std::sync::RwLock<crate::records::Latest>,
     /// Wall-clock Unix seconds of the last advance of the closed epochs (0 before).
     pub last_advance: AtomicI64,
     /// Wall-clock Unix seconds when this process's worker state was created: stall detection

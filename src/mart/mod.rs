@@ -144,7 +144,7 @@ impl Mart {
             self.partitions.clear();
             return result;
         }
-        if let Some(newest) = records.iter().map(|r| r.epoch_end.as_str()).max() {
+        if let Some(newest) = records.iter().map(|r| &*r.epoch_end).max() {
             if let Err(e) = self.retain(day_of(newest)?) {
                 // The write itself succeeded; the next advance tries again.
                 tracing::warn!(error = %e, "postgres: dropping old history partitions failed");
@@ -210,9 +210,7 @@ impl Mart {
             days.insert(t.with_timezone(&chrono::Utc).date_naive());
             times.push(SystemTime::from(t));
         }
-        let series = records
-            .iter()
-            .map(|r| (r.store_id.as_str(), r.sku_id.as_str()));
+        let series = records.iter().map(|r| (&*r.store_id, &*r.sku_id));
         let newest = newest_of_each_series(series.zip(times.iter().copied()));
         let missing: Vec<NaiveDate> = days.difference(&self.partitions).copied().collect();
         let epoch_ends: Vec<&str> = progress.iter().map(|p| p.epoch_end.as_str()).collect();
@@ -245,12 +243,12 @@ impl Mart {
                     writer
                         .as_mut()
                         .write(&[
-                            &r.store_id,
-                            &r.sku_id,
+                            &&*r.store_id,
+                            &&*r.sku_id,
                             time,
-                            &r.schema_hash,
-                            &r.model,
-                            &r.model_version,
+                            &&*r.schema_hash,
+                            &&*r.model,
+                            &&*r.model_version,
                             &r.fallback_reason,
                             &r.forecast,
                             &r.forecast_p10,

@@ -46,7 +46,7 @@ pub struct History {
     /// Series in order of first appearance: index `i` is `keys[i]`.
     pub keys: Vec<Key>,
     /// Store and SKU names per series.
-    pub names: Vec<(String, String)>,
+    pub names: Vec<crate::ids::SeriesNames>,
     /// Snapshots in period order, one per period from the first to the last with data.
     pub snapshots: Vec<Snapshot>,
     /// The share of (series, period) feature rows kept (1: all).
@@ -243,7 +243,12 @@ impl<'a> Builder<'a> {
         let names = self
             .keys
             .iter()
-            .map(|k| (format!("#{:x}", k.store), format!("#{:x}", k.sku)))
+            .map(|k| {
+                (
+                    format!("#{:x}", k.store).into(),
+                    format!("#{:x}", k.sku).into(),
+                )
+            })
             .collect();
         History {
             schema: self.schema.clone(),

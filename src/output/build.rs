@@ -24,7 +24,9 @@ use crate::ids::Dictionary;
 use crate::kafka::progress::Progress;
 use crate::kafka::stream::{Changed, Closed, DeadRecord, Delivered, Partition};
 use crate::model::scorer::{ModelWatch, Pending, Scorer};
-use crate::records::{DeadContent, DeadLetterRecord, DeadSource, EpochRecord, ForecastRecord};
+use crate::records::{
+    DeadContent, DeadLetterRecord, DeadSource, EpochRecord, ForecastRecord, Stamp,
+};
 use crate::replenish::Planner;
 
 /// Most forecast records the sinks are handed at once: a backfill that changes millions of
@@ -171,18 +173,19 @@ impl Builder {
         out: &mut Vec<ForecastRecord>,
     ) {
         let model = self.scorer.model();
-        let mut end: Option<(Epoch, String)> = None;
+        let mut stamp: Option<(Epoch, Stamp)> = None;
         for ((epoch, (key, vec)), f) in series.iter().zip(forecasts) {
-            if end.as_ref().is_none_or(|(e, _)| e != epoch) {
-                end = Some((*epoch, rfc3339(self.clock.epoch_end(*epoch))));
-            }
-            let end = end.as_ref().map_or("", |(_, s)| s.as_str());
-            let names = dict.names(key);
+            let current = match stamp.take() {
+                Some((e, st)) if e == *epoch => (e, st),
+                _ => {
+                    let end = rfc3339(self.clock.epoch_end(*epoch)).into();
+                    (*epoch, Stamp::new(end, &self.schema, model))
+                }
+            };
             out.push(ForecastRecord::new(
-                end,
-                names,
+                &stamp.insert(current).1,
+                dict.names(key),
                 &self.schema,
-                model,
                 &self.planner,
                 vec,
                 f,
@@ -412,7 +415,12 @@ mod tests {
         let mut chunks: Vec<Vec<String>> = Vec::new();
         let delivered = builder
             .forecasts(changed(), &dict, |a| {
-                chunks.push(a.forecasts.iter().map(|r| r.epoch_end.clone()).collect());
+                chunks.push(
+                    a.forecasts
+                        .iter()
+                        .map(|r| r.epoch_end.to_string())
+                        .collect(),
+                );
                 true
             })
             .unwrap()

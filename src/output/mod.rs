@@ -38,7 +38,6 @@ pub mod redis;
 pub mod retry;
 mod sink;
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -48,7 +47,6 @@ use crate::ids::Dictionary;
 use crate::kafka::progress::Progress;
 use crate::kafka::stream::{Changed, Closed, Delivered, Handler};
 use crate::model::scorer::{ModelWatch, Scorer};
-use crate::records::ForecastRecord;
 
 pub use self::build::{Advance, BuildError, Builder, Commit};
 use self::committer::Committer;
@@ -124,7 +122,7 @@ impl Outputs {
     }
 
     /// The latest forecast of every series written.
-    pub fn latest(&self) -> HashMap<(String, String), ForecastRecord> {
+    pub fn latest(&self) -> crate::records::Latest {
         self.progress
             .latest
             .read()

@@ -455,7 +455,7 @@ impl Spilled {
                 }
             }
         }
-        let mut plans: Vec<((String, String), Vec<Record>)> = Vec::new();
+        let mut plans: Vec<(crate::ids::SeriesNames, Vec<Record>)> = Vec::new();
         for (key, mut s) in self.keys.iter().zip(state) {
             if let Some((q, sum, n)) = s.current.take() {
                 s.runs.add_period(q, sum, n);

@@ -275,7 +275,7 @@ impl Feeder {
         if let Some(key) = event.key() {
             if self.known.insert(key) {
                 let (store, sku) = self.dict.names(&key);
-                self.names.push((key, store, sku));
+                self.names.push((key, store.to_string(), sku.to_string()));
             }
         }
         let Some(ts) = event.ts() else {
@@ -544,7 +544,7 @@ impl Feeder {
         for (key, rec, _) in &series {
             if *rec == Rec::Registered && self.known.insert(*key) {
                 let (store, sku) = self.dict.names(key);
-                self.names.push((*key, store, sku));
+                self.names.push((*key, store.to_string(), sku.to_string()));
             }
         }
         self.max_epoch = self

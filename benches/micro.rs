@@ -1,7 +1,10 @@
 //! Criterion micro-benchmarks of the pure hot paths: decoding a sale (a CSV row, and a Kafka
-//! record's JSON value), and evaluating one series' features (done once per changed series per
+//! record's JSON value), evaluating one series' features (done once per changed series per
 //! epoch), both with the full pass over the window (`compute`, the definition) and from a
-//! window's running totals (`compute_ring`, what the features operator runs).
+//! window's running totals (`compute_ring`, what the features operator runs), and writing one
+//! forecast record's JSON (done once per record for the Kafka sink).
+
+mod common;
 
 use std::collections::HashMap;
 
@@ -105,10 +108,23 @@ fn evaluate_from_running_totals(c: &mut Criterion) {
     }
 }
 
+fn forecast_json(c: &mut Criterion) {
+    let record = common::forecast_record(4242, "2024-03-01T00:00:00Z");
+    let mut out = Vec::with_capacity(4096);
+    c.bench_function("records/forecast_json", |b| {
+        b.iter(|| {
+            out.clear();
+            stockcast::records::json::write(black_box(&record), &mut out).unwrap();
+            black_box(out.len())
+        })
+    });
+}
+
 criterion_group!(
     benches,
     decode_sale,
     evaluate_features,
-    evaluate_from_running_totals
+    evaluate_from_running_totals,
+    forecast_json
 );
 criterion_main!(benches);

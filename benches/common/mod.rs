@@ -76,3 +76,35 @@ pub fn postgres_admin(sql: &str) {
         client.simple_query(sql).await.expect(sql);
     });
 }
+
+/// A daily forecast record as the worker writes it (28 periods of three quantiles).
+pub fn forecast_record(i: usize, epoch_end: &str) -> stockcast::records::ForecastRecord {
+    let q = (i % 17) as f64 * 0.37;
+    stockcast::records::ForecastRecord {
+        epoch_end: epoch_end.into(),
+        store_id: format!("store-{:03}", i % 100).into(),
+        sku_id: format!("sku-{:06}", i / 100).into(),
+        schema_hash: "9f3c2a1b7e6d5c4b".into(),
+        model: "stockcast-mlp".into(),
+        model_version: "a1b2c3d4e5f60718".into(),
+        fallback_reason: None,
+        forecast: (0..28).map(|h| q + h as f64 * 0.013).collect(),
+        forecast_p10: (0..28).map(|h| q * 0.4 + h as f64 * 0.01).collect(),
+        forecast_p90: (0..28).map(|h| q * 1.9 + h as f64 * 0.02).collect(),
+        on_hand: Some(12.0),
+        on_order: Some(6.0),
+        recommendation: stockcast::replenish::Advice {
+            order_qty: Some(q.ceil()),
+            order_up_to: q * 14.0,
+            reorder_point: q * 7.0,
+            cover_periods: Some(3.2),
+            stockout_risk: Some(0.04),
+            lead_time_days: 7.0,
+            review_days: 7.0,
+            service_level: 0.95,
+            pack_size: 1.0,
+            min_order_qty: 0.0,
+            active: true,
+        },
+    }
+}

@@ -18,8 +18,8 @@ const THP_VARIABLE: &str = "MIMALLOC_ALLOW_THP";
 /// vectors, the scoring batches, the records of an advance. Each first touch of a huge page
 /// then costs a 2 MiB fault, zeroed and, on a host whose memory is fragmented, compacted first;
 /// profiles showed the kernel zeroing pages in about a fifth of the worker's samples. With 4 KiB
-/// pages the `kafka` bench with the model made 6% to 25% more events per CPU-second in every
-/// alternating pair. The dataflow alone, at steady state with its windows in memory, is about a
+/// pages the `kafka` bench with the model made more events per CPU-second in 11 of 12
+/// alternating pairs (up to 27% more). The dataflow alone, at steady state with its windows in memory, is about a
 /// tenth slower without huge pages (fewer TLB hits); docs/benchmarks.md has both figures.
 ///
 /// Returns whether they are off: false where the operator chose, or the kernel refused.

@@ -172,18 +172,16 @@ impl Builder {
         dict: &Dictionary,
         out: &mut Vec<ForecastRecord>,
     ) {
-        let model = self.scorer.model();
-        let mut stamp: Option<(Epoch, Stamp)> = None;
+        // The model's strings once per call; only the epoch's end changes along the part.
+        let mut stamp = Stamp::new("".into(), &self.schema, self.scorer.model());
+        let mut stamped: Option<Epoch> = None;
         for ((epoch, (key, vec)), f) in series.iter().zip(forecasts) {
-            let current = match stamp.take() {
-                Some((e, st)) if e == *epoch => (e, st),
-                _ => {
-                    let end = rfc3339(self.clock.epoch_end(*epoch)).into();
-                    (*epoch, Stamp::new(end, &self.schema, model))
-                }
-            };
+            if stamped != Some(*epoch) {
+                stamp.epoch_end = rfc3339(self.clock.epoch_end(*epoch)).into();
+                stamped = Some(*epoch);
+            }
             out.push(ForecastRecord::new(
-                &stamp.insert(current).1,
+                &stamp,
                 dict.names(key),
                 &self.schema,
                 &self.planner,

@@ -12,6 +12,7 @@ use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use dataflows::features::{compute, compute_ring, PeriodRing, RingPlan, SeriesState};
 use dataflows::{Agg, FeatureSpec};
 use stockcast::decode::{self, CsvRow};
+use stockcast::records::json::Json;
 use stockcast::source::files::FileKind;
 
 fn decode_sale(c: &mut Criterion) {
@@ -111,7 +112,16 @@ fn evaluate_from_running_totals(c: &mut Criterion) {
 fn forecast_json(c: &mut Criterion) {
     let record = common::forecast_record(4242, "2024-03-01T00:00:00Z");
     let mut out = Vec::with_capacity(4096);
+    // What the sinks write: the record's own writer.
     c.bench_function("records/forecast_json", |b| {
+        b.iter(|| {
+            out.clear();
+            black_box(&record).write_json(&mut out).unwrap();
+            black_box(out.len())
+        })
+    });
+    // The same bytes through serde with the fast number formatter, for comparison.
+    c.bench_function("records/forecast_json_serde", |b| {
         b.iter(|| {
             out.clear();
             stockcast::records::json::write(black_box(&record), &mut out).unwrap();

@@ -8,6 +8,7 @@
 //! is idempotent. As with the mart, the worker commits its input offsets only after the
 //! pipeline succeeded, and retries with backoff while Redis is unreachable.
 
+use crate::records::json::Json;
 use crate::records::ForecastRecord;
 
 /// Why the cache could not be written or read.
@@ -63,7 +64,8 @@ impl Cache {
         let mut pipe = redis::pipe();
         pipe.atomic();
         for ((store, sku), r) in newest {
-            let value = crate::records::json::to_vec(r)?;
+            let mut value = Vec::with_capacity(2048);
+            r.write_json(&mut value)?;
             pipe.set_ex(self.key(store, sku), value, self.ttl_secs)
                 .ignore();
         }

@@ -77,6 +77,10 @@ pub fn postgres_admin(sql: &str) {
     });
 }
 
+fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+
 /// A daily forecast record as the worker writes it (28 periods of three quantiles).
 pub fn forecast_record(i: usize, epoch_end: &str) -> stockcast::records::ForecastRecord {
     let q = (i % 17) as f64 * 0.37;
@@ -88,9 +92,10 @@ pub fn forecast_record(i: usize, epoch_end: &str) -> stockcast::records::Forecas
         model: "stockcast-mlp".into(),
         model_version: "a1b2c3d4e5f60718".into(),
         fallback_reason: None,
-        forecast: (0..28).map(|h| q + h as f64 * 0.013).collect(),
-        forecast_p10: (0..28).map(|h| q * 0.4 + h as f64 * 0.01).collect(),
-        forecast_p90: (0..28).map(|h| q * 1.9 + h as f64 * 0.02).collect(),
+        // Rounded to three decimals, as the worker's records are.
+        forecast: (0..28).map(|h| round3(q + h as f64 * 0.013)).collect(),
+        forecast_p10: (0..28).map(|h| round3(q * 0.4 + h as f64 * 0.01)).collect(),
+        forecast_p90: (0..28).map(|h| round3(q * 1.9 + h as f64 * 0.02)).collect(),
         on_hand: Some(12.0),
         on_order: Some(6.0),
         recommendation: stockcast::replenish::Advice {

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use super::build::Advance;
 use super::sink::{Context, Sink, WriteError};
-use crate::records::json;
+use crate::records::json::Json;
 
 /// A file that could not be created or written.
 #[derive(Debug, thiserror::Error)]
@@ -49,14 +49,10 @@ impl Lines {
     }
 
     /// Writes `records`, one line each, encoding them in `buf`.
-    fn write<T: serde::Serialize>(
-        &mut self,
-        records: &[T],
-        buf: &mut Vec<u8>,
-    ) -> Result<(), FileError> {
+    fn write<T: Json>(&mut self, records: &[T], buf: &mut Vec<u8>) -> Result<(), FileError> {
         for r in records {
             buf.clear();
-            json::write(r, buf).map_err(|e| self.fail(e.into()))?;
+            r.write_json(buf).map_err(|e| self.fail(e.into()))?;
             buf.push(b'\n');
             self.out.write_all(buf).map_err(|e| self.fail(e))?;
         }

@@ -33,7 +33,8 @@ use self::acks::{refused_for_good, SinkAcks};
 use super::build::Advance;
 use super::sink::{Context, OutputError, Sink, WriteError};
 use crate::config::{KafkaConfig, Resolved};
-use crate::records::{json, DeadContent, DeadLetterRecord, DeadSource};
+use crate::records::json::Json;
+use crate::records::{DeadContent, DeadLetterRecord, DeadSource};
 
 use crate::kafka::wire::{ORIGINAL_LENGTH_HEADER, ORIGINAL_VALUE_HEADER};
 
@@ -132,13 +133,13 @@ impl Delivery {
         topic: Topic,
         kind: OutKind,
         key: impl FnOnce(&mut Vec<u8>),
-        value: &impl serde::Serialize,
+        value: &impl Json,
         original: Option<(Vec<u8>, usize)>,
     ) -> Result<usize, serde_json::Error> {
         let start = self.bytes.len();
         key(&mut self.bytes);
         let mid = self.bytes.len();
-        if let Err(e) = json::write(value, &mut self.bytes) {
+        if let Err(e) = value.write_json(&mut self.bytes) {
             self.bytes.truncate(start);
             return Err(e);
         }

@@ -27,6 +27,11 @@ fn key(prefix: &str, store: &str, sku: &str) -> String {
     format!("{prefix}forecast:{store}:{sku}")
 }
 
+/// How long connecting, or any one read or write of a pipeline, may wait for Redis before the
+/// write fails (and is retried on a new connection): a server that accepts and never answers
+/// must not stall the worker.
+const WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// A connection to the cache.
 pub struct Cache {
     client: redis::Client,
@@ -72,7 +77,9 @@ impl Cache {
         let result = match self.connection.as_mut() {
             Some(c) => pipe.query::<()>(c),
             None => {
-                let mut c = self.client.get_connection()?;
+                let mut c = self.client.get_connection_with_timeout(WRITE_TIMEOUT)?;
+                c.set_read_timeout(Some(WRITE_TIMEOUT))?;
+                c.set_write_timeout(Some(WRITE_TIMEOUT))?;
                 let r = pipe.query::<()>(&mut c);
                 self.connection = Some(c);
                 r

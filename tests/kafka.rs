@@ -374,7 +374,7 @@ fn a_30_second_broker_outage_loses_and_double_counts_nothing() {
     std::thread::sleep(Duration::from_secs(30));
     proxy.set_cut(false);
     let t0 = Instant::now();
-    let loaded = loader.join().unwrap();
+    let loaded = support::join_within(loader, "the loader");
     eprintln!("outage test: loader done {:?} after the cut", t0.elapsed());
     assert_eq!(loaded.published[&cfg.kafka.topics.sales], 19_130);
     // The outage interrupted the stream: at 2,000/s the load alone takes under 10 s.
@@ -402,7 +402,7 @@ fn a_30_second_broker_outage_loses_and_double_counts_nothing() {
     }
     eprintln!("outage test: outputs seen {:?} after the cut", t0.elapsed());
     stop.store(true, Ordering::SeqCst);
-    let run = worker.join().unwrap();
+    let run = support::join_within(worker, "the worker");
     eprintln!(
         "outage test: worker stopped {:?} after the cut; late {}, sink retries {}, producers replaced {}, forecasts {}",
         t0.elapsed(),
@@ -735,7 +735,7 @@ fn a_new_model_version_rescores_every_series_once_then_only_changed_ones() {
         std::thread::sleep(Duration::from_millis(100));
     }
     versions[1].save(&model_dir).unwrap();
-    let run = worker.join().unwrap();
+    let run = support::join_within(worker, "the worker");
 
     let records: Vec<ForecastRecord> = consume_json(
         &cfg.kafka,
@@ -813,7 +813,7 @@ fn the_http_api_and_every_metric_answer_from_a_running_worker() {
     let (status, body) = http_get(addr, "/readyz");
     assert_eq!(status, 200, "{body}");
     assert_eq!(http_get(addr, "/healthz").0, 200);
-    let run = worker.join().unwrap();
+    let run = support::join_within(worker, "the worker");
     assert!(run.stats.forecasts > 0);
     // The state: 8 series, each with many records (one per period with sales, attributes...).
     let m = &progress.metrics;

@@ -578,8 +578,8 @@ fn postgres_restarted_mid_run_loses_nothing() {
         !loader.is_finished(),
         "the stream ended before the restart; it proves nothing"
     );
-    let loaded = loader.join().unwrap();
-    let run = worker.join().unwrap();
+    let loaded = kafka_support::join_within(loader, "the loader");
+    let run = kafka_support::join_within(worker, "the worker");
 
     let m = &progress.metrics;
     assert!(m.sink_failures.with_label_values(&["postgres"]).get() > 0);

@@ -2,6 +2,8 @@
 //! `scripts/services.sh`) and one this test starts late on a port of its own, so a worker first
 //! meets an unreachable cache, retries, and loses nothing.
 
+use std::os::unix::net::UnixStream;
+use std::path::Path;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
@@ -20,19 +22,21 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// A redis-server of the test's own, killed when dropped.
+/// A redis-server of the test's own on a Unix socket (no TCP port another test could take
+/// between choosing it and binding it), killed when dropped.
 struct Server(Child);
 
 impl Server {
-    fn start(port: u16) -> Self {
+    fn start(socket: &Path) -> Self {
         let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--port", "0", "--unixsocket"])
+            .arg(socket)
             .args(["--save", "", "--appendonly", "no"])
             .stdout(std::process::Stdio::null())
             .spawn()
             .expect("redis-server (scripts/services.sh installs it)");
         let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        while UnixStream::connect(socket).is_err() {
             assert!(Instant::now() < deadline, "redis-server did not start");
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -97,14 +101,15 @@ fn the_newest_record_per_series_is_cached_with_its_ttl() {
 
 #[test]
 fn a_worker_retries_until_redis_answers_and_caches_every_series() {
-    let port = free_port();
-    let url = format!("redis://127.0.0.1:{port}/0");
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("redis.sock");
+    let url = format!("redis+unix://{}", socket.display());
     let mut cfg = kafka_support::config("cache", "day");
     cfg.redis.url = url.clone();
     let _data = kafka_support::load_generated(&cfg.kafka);
-    // Nothing listens on the port for the first 8 s.
+    // Nothing listens on the socket for the first 8 s.
     let (run, _, _server) =
-        kafka_support::run_with_sink_down_for_8s(&cfg, "redis", || Server::start(port));
+        kafka_support::run_with_sink_down_for_8s(&cfg, "redis", || Server::start(&socket));
 
     let mut c = connection(&url);
     let keys: Vec<String> = redis::cmd("KEYS")
@@ -120,6 +125,24 @@ fn a_worker_retries_until_redis_answers_and_caches_every_series() {
         let got: stockcast::records::ForecastRecord = serde_json::from_str(&value).unwrap();
         assert_eq!(&got, want);
     }
+}
+
+/// A server that accepts the connection and never answers fails the write in bounded time, so
+/// the retry (and a stop) can take over, instead of stalling the worker.
+#[test]
+fn a_cache_that_never_answers_fails_the_write_in_bounded_time() {
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("redis://{}/0", silent.local_addr().unwrap());
+    let mut cache = Cache::new(&url, "stockcast-test:", 300).unwrap();
+    let started = Instant::now();
+    let result = cache.write(&[rec("2024-01-01T00:30:00Z", 2.0)]);
+    assert!(result.is_err(), "a write nothing answered succeeded");
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "{:?}",
+        started.elapsed()
+    );
+    drop(silent);
 }
 
 /// In a cluster each process holds its own series: the read API of a process that does not

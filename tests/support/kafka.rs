@@ -111,6 +111,27 @@ pub fn load_generated(kafka: &KafkaConfig) -> tempfile::TempDir {
     tmp
 }
 
+/// How long a test waits for a worker (or another thread it started) to finish before it fails:
+/// far above any run of the suite, so only a hang reaches it, and it ends the test with a
+/// message instead of holding the whole suite until CI's limit.
+pub const HANG_LIMIT: Duration = Duration::from_secs(600);
+
+/// The result of `thread`, which must finish within [`HANG_LIMIT`]; a panic of the thread is
+/// passed on.
+pub fn join_within<T>(thread: std::thread::JoinHandle<T>, what: &str) -> T {
+    let started = Instant::now();
+    while !thread.is_finished() {
+        assert!(
+            started.elapsed() < HANG_LIMIT,
+            "{what} did not finish within {HANG_LIMIT:?}: a hang"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    thread
+        .join()
+        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+}
+
 /// Runs a worker on `cfg` whose sink `sink` is unreachable for its first 8 s: `bring_up`
 /// makes it reachable then. Checks that the failures showed in readiness and the metrics, and
 /// returns the run and its live state.
@@ -133,7 +154,7 @@ pub fn run_with_sink_down_for_8s<T>(
         std::thread::sleep(Duration::from_millis(100));
     }
     let up = bring_up();
-    let run = worker.join().unwrap();
+    let run = join_within(worker, "the worker");
     assert!(saw_unready, "the failed writes showed in readiness");
     let m = &progress.metrics;
     assert!(m.sink_failures.with_label_values(&[sink]).get() > 0);

@@ -242,6 +242,29 @@ fn an_advance_lands_atomically_and_a_retry_writes_nothing_twice() {
 }
 
 /// The history names of the partitions that exist, in order.
+/// A server that accepts the connection and never answers fails each attempt once the answer
+/// timeout passed, so the retry (and a stop) can take over, instead of stalling the worker.
+#[test]
+fn a_server_that_never_answers_fails_each_attempt_in_bounded_time() {
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let url = format!("host=127.0.0.1 port={port} user=postgres dbname=test");
+    let mut mart = Mart::new(&url)
+        .unwrap()
+        .with_answer_timeout(Duration::from_secs(2));
+    let records = vec![record(1, 1, "2024-01-01T00:15:00Z", 1.0)];
+    for _ in 0..2 {
+        let started = std::time::Instant::now();
+        let err = mart.write(&records, &[]).unwrap_err();
+        assert!(
+            matches!(err, stockcast::mart::MartError::Timeout { .. }),
+            "{err}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(30));
+    }
+    drop(silent);
+}
+
 fn partitions(rt: &tokio::runtime::Runtime, url: &str) -> Vec<String> {
     query(
         rt,

@@ -60,6 +60,14 @@ pub enum MartError {
     /// A record the mart cannot place (an `epoch_end` that is not RFC 3339).
     #[error("postgres: {0}")]
     Record(String),
+    /// PostgreSQL did not answer in time; the connection was dropped.
+    #[error("postgres: {what} did not finish within {secs} s; the connection was dropped")]
+    Timeout {
+        /// What was waiting: connecting, a write, dropping old partitions.
+        what: &'static str,
+        /// The limit it reached.
+        secs: u64,
+    },
 }
 
 /// A connection to the mart, with its own single-threaded runtime.
@@ -67,15 +75,41 @@ pub struct Mart {
     url: String,
     runtime: tokio::runtime::Runtime,
     client: Option<Client>,
+    /// The task driving `client`'s connection, stopped with it.
+    connection: Option<tokio::task::JoinHandle<()>>,
     /// History partitions known to exist (forgotten after a failed write).
     partitions: BTreeSet<NaiveDate>,
     /// Days of history kept before the newest written; 0 keeps everything.
     retention_days: u32,
     /// The newest day retention was applied for.
     retained_to: Option<NaiveDate>,
+    /// How long an attempt may wait for answers ([`ANSWER_TIMEOUT`] unless set).
+    answer_timeout: Duration,
 }
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long connecting and migrating, one advance's transaction, or dropping old partitions
+/// may take before the attempt fails and the connection is dropped: a server that accepted the
+/// connection and stopped answering must not hold the worker for ever. An advance is written
+/// in parts of at most [`crate::output::build::CHUNK`] records, seconds of work.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// `work`, on `runtime`, failed with [`MartError::Timeout`] after `limit`.
+fn within<T, E: Into<MartError>>(
+    runtime: &tokio::runtime::Runtime,
+    limit: Duration,
+    what: &'static str,
+    work: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, MartError> {
+    runtime
+        .block_on(async { tokio::time::timeout(limit, work).await })
+        .map_err(|_| MartError::Timeout {
+            what,
+            secs: limit.as_secs(),
+        })?
+        .map_err(Into::into)
+}
 
 impl Mart {
     /// A mart at `url` (a libpq connection string or URL); connects (and applies missing
@@ -88,9 +122,11 @@ impl Mart {
             url: url.to_string(),
             runtime,
             client: None,
+            connection: None,
             partitions: BTreeSet::new(),
             retention_days: 0,
             retained_to: None,
+            answer_timeout: ANSWER_TIMEOUT,
         })
     }
 
@@ -98,6 +134,13 @@ impl Mart {
     /// partitions are dropped after a write.
     pub fn with_retention(mut self, days: u32) -> Self {
         self.retention_days = days;
+        self
+    }
+
+    /// Fails an attempt (connecting, a write) that waited `limit` for answers, instead of
+    /// after [`ANSWER_TIMEOUT`].
+    pub fn with_answer_timeout(mut self, limit: Duration) -> Self {
+        self.answer_timeout = limit;
         self
     }
 
@@ -111,23 +154,40 @@ impl Mart {
     /// The live client, reconnecting (and migrating) if there is none or it closed.
     fn client(&mut self) -> Result<&Client, MartError> {
         if self.client.as_ref().is_none_or(Client::is_closed) {
-            self.client = None;
+            self.disconnect();
             let mut config: tokio_postgres::Config = self.url.parse()?;
             config.connect_timeout(CONNECT_TIMEOUT);
-            let client = self.runtime.block_on(async {
+            let mut task = None;
+            let connected = within(&self.runtime, self.answer_timeout, "connecting", async {
                 let (mut client, connection) = config.connect(NoTls).await?;
-                tokio::spawn(async move {
+                task = Some(tokio::spawn(async move {
                     if let Err(e) = connection.await {
                         tracing::warn!(error = %e, "postgres connection closed");
                     }
-                });
+                }));
                 migrate(&mut client).await?;
                 client.batch_execute(schema::STAGING_BUFFERS).await?;
                 Ok::<_, tokio_postgres::Error>(client)
-            })?;
-            self.client = Some(client);
+            });
+            self.connection = task;
+            match connected {
+                Ok(client) => self.client = Some(client),
+                Err(e) => {
+                    self.disconnect();
+                    return Err(e);
+                }
+            }
         }
         Ok(self.client.as_ref().expect("set above"))
+    }
+
+    /// Drops the connection, and stops the task driving it: a server that stopped answering
+    /// would otherwise hold that task and its socket for ever.
+    fn disconnect(&mut self) {
+        self.client = None;
+        if let Some(task) = self.connection.take() {
+            task.abort();
+        }
     }
 
     /// Writes one advance, its forecast `records` (in epoch order) and its progress records
@@ -140,7 +200,7 @@ impl Mart {
         let result = self.try_write(records, progress);
         if result.is_err() {
             // Start from a fresh connection, and check partitions again, next time.
-            self.client = None;
+            self.disconnect();
             self.partitions.clear();
             return result;
         }
@@ -148,7 +208,7 @@ impl Mart {
             if let Err(e) = self.retain(day_of(newest)?) {
                 // The write itself succeeded; the next advance tries again.
                 tracing::warn!(error = %e, "postgres: dropping old history partitions failed");
-                self.client = None;
+                self.disconnect();
             }
         }
         Ok(())
@@ -163,10 +223,14 @@ impl Mart {
         let cutoff = newest - chrono::Days::new(u64::from(self.retention_days));
         self.client()?;
         let Mart {
-            runtime, client, ..
+            runtime,
+            client,
+            answer_timeout: limit,
+            ..
         } = self;
+        let limit = *limit;
         let client = client.as_mut().expect("connected above");
-        let dropped = runtime.block_on(async {
+        let dropped = within(runtime, limit, "dropping old history partitions", async {
             let rows = client.query(schema::LIST_PARTITIONS, &[]).await?;
             let mut dropped = Vec::new();
             for row in rows {
@@ -223,10 +287,14 @@ impl Mart {
             .collect();
         self.client()?;
         let Mart {
-            runtime, client, ..
+            runtime,
+            client,
+            answer_timeout: limit,
+            ..
         } = self;
+        let limit = *limit;
         let client = client.as_mut().expect("connected above");
-        runtime.block_on(async {
+        within(runtime, limit, "writing an advance", async {
             let mut tx = client.transaction().await?;
             for day in &missing {
                 tx.batch_execute(&schema::create_partition(*day)).await?;

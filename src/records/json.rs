@@ -228,13 +228,20 @@ fn milli_digits(m: i64, mut put: impl FnMut(u8)) {
     if m < 0 {
         put(b'-');
     }
-    let mut unit = 1;
-    while unit <= whole / 10 {
-        unit *= 10;
+    // The whole part's digits, last first: dividing by the constant 10 is a multiplication,
+    // where dividing by a power of ten found at run time was a division per digit.
+    let mut digits = [0u8; 20];
+    let (mut n, mut rest) = (0, whole);
+    loop {
+        digits[n] = b'0' + (rest % 10) as u8;
+        n += 1;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
     }
-    while unit > 0 {
-        put(b'0' + (whole / unit % 10) as u8);
-        unit /= 10;
+    for d in digits[..n].iter().rev() {
+        put(*d);
     }
     put(b'.');
     if frac == 0 {

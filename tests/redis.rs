@@ -14,14 +14,6 @@ mod http;
 #[path = "support/kafka.rs"]
 mod kafka_support;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// A redis-server of the test's own on a Unix socket (no TCP port another test could take
 /// between choosing it and binding it), killed when dropped.
 struct Server(Child);
@@ -167,7 +159,12 @@ fn the_read_api_answers_a_series_another_process_holds_from_the_cache() {
     // Without a cache, or with one that does not answer.
     let alone = stockcast::http::serve("127.0.0.1:0", progress.clone(), 600, None).unwrap();
     assert_eq!(http::http_get(alone.addr, "/v1/forecasts/S1/K1").0, 404);
-    let dead = format!("redis://127.0.0.1:{}/0", free_port());
+    // A socket path nothing listens on (a TCP port could be taken by another test's socket).
+    let nowhere = tempfile::tempdir().unwrap();
+    let dead = format!(
+        "redis+unix://{}",
+        nowhere.path().join("none.sock").display()
+    );
     let reader = stockcast::cache::CacheReader::new(&dead, &prefix).unwrap();
     let down = stockcast::http::serve("127.0.0.1:0", progress, 600, Some(reader)).unwrap();
     let (status, body) = http::http_get(down.addr, "/v1/forecasts/S1/K1");

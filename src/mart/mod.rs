@@ -222,13 +222,10 @@ impl Mart {
         }
         let cutoff = newest - chrono::Days::new(u64::from(self.retention_days));
         self.client()?;
+        let limit = self.answer_timeout;
         let Mart {
-            runtime,
-            client,
-            answer_timeout: limit,
-            ..
+            runtime, client, ..
         } = self;
-        let limit = *limit;
         let client = client.as_mut().expect("connected above");
         let dropped = within(runtime, limit, "dropping old history partitions", async {
             let rows = client.query(schema::LIST_PARTITIONS, &[]).await?;
@@ -286,13 +283,10 @@ impl Mart {
             .map(|p| serde_json::to_string(p).unwrap_or_default())
             .collect();
         self.client()?;
+        let limit = self.answer_timeout;
         let Mart {
-            runtime,
-            client,
-            answer_timeout: limit,
-            ..
+            runtime, client, ..
         } = self;
-        let limit = *limit;
         let client = client.as_mut().expect("connected above");
         within(runtime, limit, "writing an advance", async {
             let mut tx = client.transaction().await?;

@@ -257,7 +257,7 @@ pub fn replay(cfg: &Resolved, opts: &ReplayOptions) -> Result<Summary, ReplayErr
             let changed = Changed {
                 frontier: Some(out.epoch + 1),
                 changed: vec![(out.epoch, out.changed)],
-                closed_at: None,
+                ..Changed::default()
             };
             let mut refused = None;
             builder.forecasts(changed, dict, |chunk| match write(chunk) {

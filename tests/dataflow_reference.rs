@@ -6,6 +6,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use dataflows::emit::{Collapsed, Emission};
 use dataflows::{Epoch, FeatureSpec, FeatureVec, Key, PeriodKind};
 use stockcast::pipeline;
 
@@ -124,21 +125,22 @@ fn the_stream_has_late_and_too_late_events() {
     );
 }
 
-/// The streaming worker advances its input through many epochs before the dataflow runs, so
-/// one message can carry updates of several times. The changes per epoch must still be those of
-/// stepping epoch by epoch.
-#[test]
-fn feeding_many_epochs_before_stepping_changes_nothing_per_epoch() {
-    let spec = common::small_spec(PeriodKind::Day);
-    let clock = common::clock_for(PeriodKind::Day);
-    let events = common::random_events(7, PeriodKind::Day, 300);
-    let plan = pipeline::plan(&clock, 0, &events, None);
-    let mut stepped: BTreeMap<Epoch, Vec<(Key, FeatureVec)>> = BTreeMap::new();
+/// Changed series per epoch, in key order.
+type ByEpoch = BTreeMap<Epoch, Vec<(Key, FeatureVec)>>;
+
+/// The changes per epoch of stepping `plan` epoch by epoch, on one worker.
+fn stepped(
+    clock: dataflows::Clock,
+    spec: &FeatureSpec,
+    events: &[dataflows::Event],
+    plan: &pipeline::Plan,
+) -> ByEpoch {
+    let mut stepped = BTreeMap::new();
     pipeline::run(
         clock,
-        &spec,
+        spec,
         1,
-        Arc::new(events.clone()),
+        Arc::new(events.to_vec()),
         Arc::new(plan.clone()),
         |out| {
             if !out.changed.is_empty() {
@@ -147,12 +149,27 @@ fn feeding_many_epochs_before_stepping_changes_nothing_per_epoch() {
         },
     )
     .unwrap();
+    stepped
+}
 
-    let batched = timely::execute_directly(move |worker| {
+/// Runs `plan` on one worker in chunks of `chunk` steps, each fed in before the dataflow runs
+/// at all, emitting as `emission` says: the changes per epoch, what the dataflow left out, and
+/// the first epoch of each chunk.
+fn batched(
+    clock: dataflows::Clock,
+    spec: &FeatureSpec,
+    events: Vec<dataflows::Event>,
+    plan: pipeline::Plan,
+    chunk: usize,
+    emission: Emission,
+) -> (ByEpoch, Collapsed, Vec<Epoch>) {
+    let spec = spec.clone();
+    timely::execute_directly(move |worker| {
         let mut input = dataflows::input::FeatureInput::new(clock, &spec);
-        let (probe, sink, _) = pipeline::run::build(worker, &mut input, &spec);
-        // Each chunk of 20 steps goes in before the dataflow runs at all.
-        for chunk in plan.steps.chunks(20) {
+        let (probe, sink, view) = pipeline::run::build(worker, &mut input, &spec, emission);
+        let mut starts = Vec::new();
+        for chunk in plan.steps.chunks(chunk) {
+            starts.push(chunk[0].epoch);
             for step in chunk {
                 input.advance_to(step.epoch);
                 for &i in &step.events {
@@ -169,14 +186,80 @@ fn feeding_many_epochs_before_stepping_changes_nothing_per_epoch() {
         while !probe.done() {
             worker.step();
         }
-        by_epoch(&sink)
-    });
+        (by_epoch(&sink), view.take_collapsed(None), starts)
+    })
+}
+
+/// The small daily spec, a random stream of events, its plan, and the changes of stepping it.
+fn daily_run() -> (
+    FeatureSpec,
+    dataflows::Clock,
+    Vec<dataflows::Event>,
+    pipeline::Plan,
+    ByEpoch,
+) {
+    let spec = common::small_spec(PeriodKind::Day);
+    let clock = common::clock_for(PeriodKind::Day);
+    let events = common::random_events(7, PeriodKind::Day, 300);
+    let plan = pipeline::plan(&clock, 0, &events, None);
+    let stepped = stepped(clock, &spec, &events, &plan);
+    (spec, clock, events, plan, stepped)
+}
+
+/// The streaming worker advances its input through many epochs before the dataflow runs, so
+/// one message can carry updates of several times. The changes per epoch must still be those of
+/// stepping epoch by epoch.
+#[test]
+fn feeding_many_epochs_before_stepping_changes_nothing_per_epoch() {
+    let (spec, clock, events, plan, stepped) = daily_run();
+    let (batched, collapsed, _) = batched(clock, &spec, events, plan, 20, Emission::EveryEpoch);
+    assert!(collapsed.is_empty());
     assert_eq!(batched.len(), stepped.len());
     for (epoch, changes) in &stepped {
         assert_eq!(
             batched.get(epoch),
             Some(changes),
             "changes at epoch {epoch}"
+        );
+    }
+}
+
+/// With `Emission::LastOfBatch` (the worker's `catch_up = "latest"`), each batch of epochs emits
+/// a series once, its last change in the batch; every change before it in the batch is counted
+/// at its epoch instead, and each batch's span covers them.
+#[test]
+fn the_last_of_a_batch_is_the_last_change_and_the_others_are_counted() {
+    let (spec, clock, events, plan, stepped) = daily_run();
+    let (last, collapsed, starts) = batched(clock, &spec, events, plan, 20, Emission::LastOfBatch);
+    let batch_of = |epoch: Epoch| starts.partition_point(|s| *s <= epoch);
+    // Per batch and series, its changes when stepping epoch by epoch, in epoch order.
+    let mut per_batch: BTreeMap<(usize, Key), Vec<(Epoch, FeatureVec)>> = BTreeMap::new();
+    for (epoch, changes) in &stepped {
+        for (key, vec) in changes {
+            let runs = per_batch.entry((batch_of(*epoch), *key)).or_default();
+            runs.push((*epoch, vec.clone()));
+        }
+    }
+    let mut want = ByEpoch::new();
+    let mut superseded: BTreeMap<Epoch, u64> = BTreeMap::new();
+    for ((_, key), mut changes) in per_batch {
+        let (epoch, vec) = changes.pop().expect("a change");
+        want.entry(epoch).or_default().push((key, vec));
+        for (epoch, _) in changes {
+            *superseded.entry(epoch).or_default() += 1;
+        }
+    }
+    assert!(
+        superseded.values().sum::<u64>() > 100,
+        "the batches should hold several changes of a series: {superseded:?}"
+    );
+    assert_eq!(last, want);
+    assert_eq!(collapsed.superseded, superseded);
+    for epoch in superseded.keys() {
+        assert!(
+            (collapsed.spans.iter()).any(|(first, end)| first <= epoch && epoch < end),
+            "epoch {epoch} outside every span {:?}",
+            collapsed.spans
         );
     }
 }
@@ -196,7 +279,7 @@ fn continue_from(
     restore: Option<(&dataflows::input::Reference, &[SeriesRecord])>,
 ) -> BTreeMap<Epoch, Vec<(Key, FeatureVec)>> {
     let mut input = dataflows::input::FeatureInput::new(clock, spec);
-    let (probe, sink, view) = pipeline::run::build(worker, &mut input, spec);
+    let (probe, sink, view) = pipeline::run::build(worker, &mut input, spec, Emission::EveryEpoch);
     let first = plan.steps[from].epoch;
     if let Some((reference, series)) = restore {
         input.restore(first - 1, reference, series.to_vec(), &view);
@@ -278,7 +361,8 @@ fn a_restored_checkpoint_continues_like_the_uninterrupted_run() {
                 let whole = continue_from(worker, clock, &spec, &events, &plan, 0, None);
                 // The run up to the cut, then its checkpoint.
                 let mut input = dataflows::input::FeatureInput::new(clock, &spec);
-                let (probe, _, view) = pipeline::run::build(worker, &mut input, &spec);
+                let (probe, _, view) =
+                    pipeline::run::build(worker, &mut input, &spec, Emission::EveryEpoch);
                 feed_steps(worker, &mut input, &probe, &events, &plan, 0..cut);
                 let mut series = Vec::new();
                 view.export(|k, r, a| series.push((k, r, a)));

@@ -20,14 +20,16 @@
 //! and nothing else.
 //!
 //! The output is a collection; at each epoch its updates are exactly a retraction of the old and
-//! an insertion of the new vector for each series whose features changed, and nothing else.
+//! an insertion of the new vector for each series whose features changed, and nothing else. With
+//! [`Emission::LastOfBatch`] (the Kafka worker with `catch_up = "latest"`) that holds at the end
+//! of each batch of epochs the operator completes in one run: a series that changed at several
+//! of them is emitted once, at the last, and the others are counted ([`Collapsed`]).
 //!
 //! Longer than 600 lines: the features operator (state table, batching, fetch-ahead, emission,
 //! checkpoint export and restore) is one unit on the hot path and reads best in one place.
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
-use std::sync::Arc;
 
 use differential_dataflow::difference::{Abelian, IsZero, Semigroup};
 use differential_dataflow::hashable::Hashable;
@@ -37,6 +39,7 @@ use timely::dataflow::operators::vec::Broadcast;
 use timely::dataflow::operators::{Capability, Operator};
 use timely::dataflow::Scope;
 
+use crate::emit::{emit, fingerprint, Collapsed, Emission, Emitted, Latest, VecPool};
 use crate::features::{evaluate_ring, prefetch, FeatureSpec, PeriodRing, RingPlan, SeriesState};
 use crate::input::Inputs;
 use crate::model::{Agg, Dated, FeatureVec, Id, Key, Rec};
@@ -53,6 +56,8 @@ pub struct StateView {
     /// A checkpoint's series records waiting for the operator's next run, with the epoch whose
     /// state they are.
     pending: Rc<RefCell<Option<Restore>>>,
+    /// What [`Emission::LastOfBatch`] left out since the caller last took it.
+    collapsed: Rc<RefCell<Collapsed>>,
 }
 
 /// A checkpoint's state handed to the features operator: the epoch it is the state as of,
@@ -110,6 +115,13 @@ impl StateView {
     pub fn restore(&self, epoch: Epoch, records: Vec<SeriesRecord>) {
         *self.pending.borrow_mut() = Some((epoch, records));
     }
+
+    /// Takes what [`Emission::LastOfBatch`] left out in the epochs below `frontier` (all of
+    /// them with `None`). Read between runs of the operator, with `frontier` at most the
+    /// dataflow's frontier, this never splits a batch: its epochs all lie on one side.
+    pub fn take_collapsed(&self, frontier: Option<Epoch>) -> Collapsed {
+        self.collapsed.borrow_mut().split_below(frontier)
+    }
 }
 
 /// Builds the feature dataflow in `scope` over `inputs`; returns the feature collection and a
@@ -118,6 +130,16 @@ pub fn features<'s>(
     scope: Scope<'s, Epoch>,
     inputs: &mut Inputs,
     spec: &FeatureSpec,
+) -> (VecCollection<'s, Epoch, (Key, FeatureVec)>, StateView) {
+    features_with(scope, inputs, spec, Emission::EveryEpoch)
+}
+
+/// [`features`], emitting as `emission` says.
+pub fn features_with<'s>(
+    scope: Scope<'s, Epoch>,
+    inputs: &mut Inputs,
+    spec: &FeatureSpec,
+    emission: Emission,
 ) -> (VecCollection<'s, Epoch, (Key, FeatureVec)>, StateView) {
     // Per-series records from the input stage, with their totals as differences.
     let series = inputs.series.to_collection(scope);
@@ -164,7 +186,13 @@ pub fn features<'s>(
     let ticks = inputs.ticks.to_collection(scope);
 
     let view = StateView::default();
-    let features = series_features(series.concat(reference_records), ticks, spec, &view);
+    let features = series_features(
+        series.concat(reference_records),
+        ticks,
+        spec,
+        &view,
+        emission,
+    );
     (features, view)
 }
 
@@ -231,106 +259,6 @@ struct Series {
     batch: u64,
 }
 
-/// A feature vector as emitted, with a fingerprint of its values. Vectors with different
-/// fingerprints differ, so telling whether a series' features changed rarely reads the values
-/// of the vector emitted before, which have usually left the cache by then.
-#[derive(Clone, Debug)]
-struct Emitted {
-    vec: FeatureVec,
-    fingerprint: u64,
-}
-
-/// A cheap fingerprint of feature values: their sum weighted by distinct odd numbers, so that
-/// a change of any single value changes it. The products are independent of each other, so
-/// the processor overlaps them (a hasher's chain of multiplications cannot be overlapped). A
-/// collision only costs a comparison of the values.
-fn fingerprint(values: &[i64]) -> u64 {
-    values
-        .iter()
-        .zip((1u64..).step_by(2))
-        .fold(0, |sum, (v, weight)| {
-            sum.wrapping_add((*v as u64).wrapping_mul(weight))
-        })
-}
-
-impl Emitted {
-    /// Whether these are the features `values`, of fingerprint `fingerprint`.
-    fn is(&self, fingerprint: u64, values: &[i64]) -> bool {
-        self.fingerprint == fingerprint && *self.vec.0 == *values
-    }
-}
-
-/// How many vectors a worker keeps for reuse, at most (about 9 MB of the default daily schema).
-const SPARE_VECTORS: usize = 16 * 1024;
-
-/// How many reuses ahead the pool fetches a spare vector's lines.
-const SPARE_AHEAD: usize = 8;
-
-/// Feature vectors to write new features into, reclaimed from retractions.
-///
-/// A new vector freshly allocated lands wherever the allocator's free list points, in lines
-/// that left the cache long ago: profiles showed writing it, then waiting for the writes
-/// before the next shared-counter update, costing about a third of a steady-state epoch. The
-/// operator keeps instead a clone of each vector it retracts; once the retraction has been
-/// consumed downstream (by the next batch, as a rule), that clone is the only holder and the
-/// vector is reused, its lines fetched a few reuses ahead. A vector someone downstream still
-/// holds is simply let go.
-#[derive(Default)]
-struct VecPool {
-    /// Vectors retracted in the current batch, shared with their retraction.
-    retired: Vec<FeatureVec>,
-    /// Vectors held nowhere else, the most recently reclaimed last.
-    spare: Vec<Arc<[i64]>>,
-}
-
-impl VecPool {
-    /// Keeps `vec`, just retracted, for reuse once the retraction is consumed.
-    fn retire(&mut self, vec: &FeatureVec) {
-        if self.retired.len() + self.spare.len() < SPARE_VECTORS {
-            self.retired.push(vec.clone());
-        }
-    }
-
-    /// Moves the vectors retired earlier that nobody else holds any more to the spares; the
-    /// others are let go.
-    fn reclaim(&mut self) {
-        let mut retired = self.retired.drain(..);
-        loop {
-            if let Some(ahead) = retired.as_slice().get(SPARE_AHEAD) {
-                // The reference counts lie just before the values.
-                prefetch(ahead.0.as_ptr().cast::<u8>().wrapping_sub(16));
-            }
-            let Some(mut vec) = retired.next() else {
-                break;
-            };
-            if Arc::get_mut(&mut vec.0).is_some() {
-                self.spare.push(vec.0);
-            }
-        }
-    }
-
-    /// A vector holding `values`: a spare one where there is one of that width.
-    fn make(&mut self, values: &[i64]) -> FeatureVec {
-        if let Some(ahead) = self
-            .spare
-            .len()
-            .checked_sub(SPARE_AHEAD + 1)
-            .map(|i| &self.spare[i])
-        {
-            // From the reference counts, just before the values, to the last value.
-            let start = ahead.as_ptr().cast::<u8>().wrapping_sub(16);
-            prefetch_bytes(start, 16 + std::mem::size_of_val(&**ahead));
-        }
-        if let Some(mut vec) = self.spare.pop() {
-            if let Some(slot) = Arc::get_mut(&mut vec).filter(|v| v.len() == values.len()) {
-                slot.copy_from_slice(values);
-                return FeatureVec(vec);
-            }
-        }
-        FeatureVec::from(values)
-    }
-}
-
 /// What evaluating a series takes besides the series.
 struct Evaluator {
     /// The features to compute.
@@ -341,6 +269,8 @@ struct Evaluator {
     scratch: SeriesState,
     /// Vectors to keep new features in.
     vecs: VecPool,
+    /// New features not emitted yet ([`Emission::LastOfBatch`]).
+    unsent: Vec<i64>,
 }
 
 impl Series {
@@ -536,49 +466,9 @@ fn prefetch_value<T>(value: &T) {
 }
 
 /// Asks the processor to fetch the cache lines of the `bytes` bytes from `start`.
-fn prefetch_bytes(start: *const u8, bytes: usize) {
+pub(crate) fn prefetch_bytes(start: *const u8, bytes: usize) {
     for offset in (0..bytes).step_by(64) {
         prefetch(start.wrapping_add(offset));
-    }
-}
-
-/// Emits the change from `old` to the features just evaluated, if any, and leaves those in
-/// `old`: `new` is their fingerprint (`None`: no features), the values are in the evaluator's
-/// buffer. Unchanged features cost no vector. With `quiet` (a restore's epoch), the features
-/// are kept but nothing is emitted.
-fn emit<CB>(
-    session: &mut CB,
-    key: Key,
-    (time, quiet): (Epoch, bool),
-    old: &mut Option<Emitted>,
-    new: Option<u64>,
-    ev: &mut Evaluator,
-) where
-    CB: FnMut(((Key, FeatureVec), Epoch, isize)),
-{
-    let values = ev.scratch.last_values();
-    let unchanged = match (&*old, new) {
-        (Some(o), Some(fingerprint)) => o.is(fingerprint, values),
-        (o, n) => o.is_none() && n.is_none(),
-    };
-    if unchanged {
-        return;
-    }
-    if quiet {
-        *old = new.map(|fingerprint| Emitted {
-            vec: ev.vecs.make(values),
-            fingerprint,
-        });
-        return;
-    }
-    if let Some(o) = old.take() {
-        ev.vecs.retire(&o.vec);
-        session(((key, o.vec), time, -1));
-    }
-    if let Some(fingerprint) = new {
-        let vec = ev.vecs.make(values);
-        session(((key, vec.clone()), time, 1));
-        *old = Some(Emitted { vec, fingerprint });
     }
 }
 
@@ -599,6 +489,7 @@ pub fn series_features<'s>(
     ticks: VecCollection<'s, Epoch, Period>,
     spec: &FeatureSpec,
     view: &StateView,
+    emission: Emission,
 ) -> VecCollection<'s, Epoch, (Key, FeatureVec)> {
     let spec = spec.clone();
     let view = view.clone();
@@ -623,6 +514,7 @@ pub fn series_features<'s>(
                 scratch: SeriesState::new(&spec),
                 spec: spec.clone(),
                 vecs: VecPool::default(),
+                unsent: Vec::new(),
             };
             let mut ready: Vec<Update> = Vec::new();
             // The current period as of the completed epochs; `None` before the first tick.
@@ -710,6 +602,10 @@ pub fn series_features<'s>(
                     epoch
                 });
                 let at = |time: Epoch| (time, quiet_through.is_some_and(|q| time <= q));
+                // A restore's batch emits every epoch: its quiet epochs keep what they evaluate.
+                let collapse = emission == Emission::LastOfBatch && quiet_through.is_none();
+                let mut collapsed = view.collapsed.borrow_mut();
+                let mut span = None;
                 // The retractions of the last batch have been consumed by now, as a rule.
                 ev.vecs.reclaim();
                 let mut session = output.session(&cap);
@@ -743,6 +639,7 @@ pub fn series_features<'s>(
                     series.batch = batch;
                     let before = series.records();
                     let mut old = series.features.take();
+                    let mut latest = Latest::new();
                     let mut r = 0;
                     loop {
                         let update = ready.get(i).filter(|u| (u.0).0 == key).map(|u| u.1);
@@ -758,7 +655,24 @@ pub fn series_features<'s>(
                             r += 1;
                         }
                         let new = series.features_at(&mut ev, period_at(r));
-                        emit(&mut give, key, at(time), &mut old, new, &mut ev);
+                        if collapse {
+                            let (scratch, unsent) = (&mut ev.scratch, &mut ev.unsent);
+                            latest.see(time, new, &old, scratch, unsent, &mut collapsed, &mut span);
+                        } else {
+                            let values = ev.scratch.last_values();
+                            emit(
+                                &mut give,
+                                key,
+                                at(time),
+                                &mut old,
+                                new,
+                                values,
+                                &mut ev.vecs,
+                            );
+                        }
+                    }
+                    if collapse {
+                        latest.finish(&mut give, key, &mut old, &ev.unsent, &mut ev.vecs);
                     }
                     held = held + series.records() - before;
                     if series.is_empty() {
@@ -783,43 +697,39 @@ pub fn series_features<'s>(
                         }
                         let before = series.records();
                         let mut old = series.features.take();
+                        let mut latest = Latest::new();
                         for (r, (time, _)) in rolls.iter().enumerate() {
                             let new = series.features_at(&mut ev, period_at(r + 1));
-                            emit(&mut give, *key, at(*time), &mut old, new, &mut ev);
+                            if collapse {
+                                let (scratch, unsent) = (&mut ev.scratch, &mut ev.unsent);
+                                let span = &mut span;
+                                latest.see(*time, new, &old, scratch, unsent, &mut collapsed, span);
+                            } else {
+                                let values = ev.scratch.last_values();
+                                emit(
+                                    &mut give,
+                                    *key,
+                                    at(*time),
+                                    &mut old,
+                                    new,
+                                    values,
+                                    &mut ev.vecs,
+                                );
+                            }
+                        }
+                        if collapse {
+                            latest.finish(&mut give, *key, &mut old, &ev.unsent, &mut ev.vecs);
                         }
                         series.features = old;
                         held = held + series.records() - before;
                     }
+                }
+                if let Some(span) = span {
+                    collapsed.spans.push(span);
                 }
                 now = period_at(rolls.len());
                 view.size.set((state.len() as u64, held));
             }
         })
         .as_collection()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn pool_reuses_only_vectors_nobody_else_holds() {
-        let mut pool = VecPool::default();
-        let kept = FeatureVec::from(vec![1, 2, 3]);
-        let dropped = FeatureVec::from(vec![4, 5, 6]);
-        pool.retire(&kept);
-        pool.retire(&dropped);
-        let dropped_at = dropped.0.as_ptr();
-        drop(dropped);
-        pool.reclaim();
-        // Only the vector whose other holder let go is spare; `kept` is untouched.
-        assert_eq!(pool.spare.len(), 1);
-        let reused = pool.make(&[7, 8, 9]);
-        assert_eq!(reused.0.as_ptr(), dropped_at);
-        assert_eq!(*reused.0, [7, 8, 9]);
-        assert_eq!(*kept.0, [1, 2, 3]);
-        // Without a spare of the right width, a new vector.
-        let fresh = pool.make(&[1]);
-        assert_eq!(*fresh.0, [1]);
-    }
 }

@@ -836,6 +836,12 @@ impl SeriesState {
         &self.out
     }
 
+    /// Swaps the buffer of [`SeriesState::last_values`] with `other`: keeps the values without
+    /// copying them (the next evaluation overwrites what `other` held).
+    pub(crate) fn swap_values(&mut self, other: &mut Vec<i64>) {
+        std::mem::swap(&mut self.out, other);
+    }
+
     /// An empty state for a spec's retention.
     pub fn new(spec: &FeatureSpec) -> Self {
         let r = spec.retention() as usize;

@@ -14,9 +14,12 @@
 //!   promotion upserts.
 //! - [`dataflow`]: the differential dataflow from those inputs to changed feature vectors,
 //!   ending in the `series_features` operator that owns each series' state.
+//! - [`emit`]: how that operator turns evaluations into updates: every changed epoch, or the
+//!   last of each batch with the ones it replaced counted.
 //! - [`table`]: that operator's table of series, built for lookups prefetched in stages.
 
 pub mod dataflow;
+pub mod emit;
 pub mod features;
 pub mod input;
 pub mod model;

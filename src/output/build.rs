@@ -233,7 +233,11 @@ impl Builder {
         mut write: impl FnMut(&mut Advance) -> bool,
     ) -> Result<Option<Delivered>, BuildError> {
         let rescore = self.new_model();
-        let superseded = catch_up::apply(self.catch_up, &mut changed.changed);
+        let mut superseded = catch_up::apply(self.catch_up, &mut changed.changed);
+        // And those the dataflow left out already.
+        for (epoch, n) in std::mem::take(&mut changed.superseded) {
+            *superseded.entry(epoch).or_default() += n;
+        }
         let published_superseded = (superseded.iter())
             .filter(|(e, _)| !self.suppressed(**e))
             .map(|(_, n)| n)
@@ -407,7 +411,7 @@ mod tests {
                 (1, series(1, CHUNK + 10)),
                 (3, series(3, CHUNK)),
             ],
-            closed_at: None,
+            ..Changed::default()
         };
         let dict = Dictionary::default();
         let mut chunks: Vec<Vec<String>> = Vec::new();

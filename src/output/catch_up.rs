@@ -6,6 +6,12 @@
 //! stale before they could be written. With [`CatchUp::Latest`] only that last one is kept;
 //! the progress record of each epoch counts what it published and what was superseded, so a
 //! consumer reading up to the last progress record still sees every series' current forecast.
+//!
+//! With `Latest` the Kafka worker's dataflow already leaves out most of them: a series that
+//! changed at several epochs the features operator completed in one run is emitted once, at
+//! the last (`dataflows::emit::Emission::LastOfBatch`), and the others arrive as counts
+//! (`Changed::superseded`). What is left here are the series that changed in several runs of
+//! one advance.
 
 use std::collections::{BTreeMap, HashSet};
 

@@ -23,6 +23,7 @@ use std::sync::mpsc;
 use std::sync::Arc;
 
 use dataflows::dataflow::StateView;
+use dataflows::emit::Emission;
 use dataflows::input::{FeatureInput, Rejection};
 use dataflows::{Clock, Epoch, Event, FeatureSpec, FeatureVec, Key};
 use differential_dataflow::VecCollection;
@@ -83,18 +84,21 @@ impl Drop for RaiseOnPanic {
 /// Changed series collected from the dataflow on one worker, with the epoch they changed in.
 pub type Changes = Rc<RefCell<Vec<(Epoch, Key, FeatureVec)>>>;
 
-/// Builds the feature dataflow on `worker` from `input`'s sessions; returns its probe, the
-/// buffer its changed series (insertions only) are collected in, and its state size.
+/// Builds the feature dataflow on `worker` from `input`'s sessions, emitting as `emission` says;
+/// returns its probe, the buffer its changed series (insertions only) are collected in, and
+/// its state view.
 pub fn build(
     worker: &mut timely::worker::Worker,
     input: &mut FeatureInput,
     spec: &FeatureSpec,
+    emission: Emission,
 ) -> (Handle<Epoch>, Changes, StateView) {
     let sink: Changes = Rc::default();
     let mut size = StateView::default();
     let probe = worker.dataflow::<Epoch, _, _>(|scope| {
         let features: VecCollection<'_, Epoch, (Key, FeatureVec)>;
-        (features, size) = dataflows::dataflow::features(scope, input.inputs_mut(), spec);
+        (features, size) =
+            dataflows::dataflow::features_with(scope, input.inputs_mut(), spec, emission);
         let sink = Rc::clone(&sink);
         features
             .inspect_batch(move |_time, batch| {
@@ -220,7 +224,7 @@ fn execute(
             return;
         };
         let mut input = FeatureInput::new(clock, &spec);
-        let (probe, sink, _) = build(worker, &mut input, &spec);
+        let (probe, sink, _) = build(worker, &mut input, &spec, Emission::EveryEpoch);
         let mut next_chunk = chunks.recv().ok();
         'chunks: while let Some(chunk) = next_chunk.take() {
             // The step after a chunk's last is the next chunk's first: fetch it first.

@@ -98,6 +98,9 @@ pub struct Changed {
     pub frontier: Option<Epoch>,
     /// Changed series per closed epoch, in epoch then key order.
     pub changed: Vec<(Epoch, Vec<(Key, FeatureVec)>)>,
+    /// Per closed epoch, changed series the dataflow left out of `changed` because a later
+    /// epoch of this share changed them again (`catch_up = "latest"`).
+    pub superseded: BTreeMap<Epoch, u64>,
     /// When the dataflow closed these epochs.
     pub closed_at: Option<Instant>,
 }

@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use dataflows::emit::Collapsed;
 use dataflows::input::FeatureInput;
 use dataflows::{Clock, Epoch, Event, FeatureVec, Key};
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -53,6 +54,8 @@ pub(super) struct Changes {
     /// As in [`Report`]: every change below it is in this message or an earlier one.
     pub(super) frontier: Option<Epoch>,
     pub(super) changed: Vec<(Epoch, Key, FeatureVec)>,
+    /// What the dataflow left out of `changed` below the frontier (`catch_up = "latest"`).
+    pub(super) collapsed: Collapsed,
 }
 
 /// A worker's input side: partitions, buffered events, the input stage.

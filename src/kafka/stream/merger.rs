@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
+use dataflows::emit::Collapsed;
 use dataflows::{Epoch, FeatureVec, Key};
 
 use crate::source::files::FileKind;
@@ -271,6 +272,8 @@ pub(super) struct LocalChanges {
     heard: Vec<Option<Option<Epoch>>>,
     emitted: Option<Option<Epoch>>,
     changed: BTreeMap<Epoch, Vec<(Key, FeatureVec)>>,
+    /// What the workers' dataflows left out, not handed over yet.
+    collapsed: Collapsed,
 }
 
 impl LocalChanges {
@@ -282,6 +285,7 @@ impl LocalChanges {
             heard: vec![None; peers],
             emitted: None,
             changed: BTreeMap::new(),
+            collapsed: Collapsed::default(),
         }
     }
 
@@ -293,6 +297,7 @@ impl LocalChanges {
         for (epoch, key, vec) in c.changed {
             self.changed.entry(epoch).or_default().push((key, vec));
         }
+        self.collapsed.absorb(c.collapsed);
     }
 
     /// Notes that every name `worker` saw below `frontier` arrived.
@@ -311,15 +316,25 @@ impl LocalChanges {
     /// The changes of the epochs every local worker closed since the last call, if the
     /// frontier moved, and once the names of their series arrived from every worker.
     pub(super) fn closed(&mut self) -> Option<Changed> {
-        let least = (self.frontiers.iter().chain(&self.heard))
+        let mut least = (self.frontiers.iter().chain(&self.heard))
             .map(|f| rank(f.unwrap_or(Some(0))))
             .min()
             .unwrap_or(0);
+        // One worker's dataflow may have left out a series' vector of an epoch below `least`
+        // for one at or above it, which another worker's frontier holds back: close before it.
+        while let Some(first) = (self.collapsed.spans.iter())
+            .filter(|(first, last)| *first < least && least <= *last)
+            .map(|(first, _)| *first)
+            .min()
+        {
+            least = first;
+        }
         if least <= self.emitted.map_or(0, rank) {
             return None;
         }
         let frontier = (least != Epoch::MAX).then_some(least);
         self.emitted = Some(frontier);
+        let superseded = self.collapsed.split_below(frontier).superseded;
         let changed = split_closed(&mut self.changed, frontier)
             .into_iter()
             .map(|(e, mut v)| {
@@ -330,6 +345,7 @@ impl LocalChanges {
         Some(Changed {
             frontier,
             changed,
+            superseded,
             closed_at: Some(Instant::now()),
         })
     }
@@ -473,11 +489,13 @@ mod tests {
             worker: 0,
             frontier: Some(5),
             changed: vec![(3, key(1), vec()), (4, key(2), vec())],
+            collapsed: Collapsed::default(),
         });
         local.absorb(Changes {
             worker: 1,
             frontier: Some(4),
             changed: vec![(3, key(3), vec())],
+            collapsed: Collapsed::default(),
         });
         for w in 0..2 {
             local.heard(w, Some(5));
@@ -493,5 +511,48 @@ mod tests {
         assert_eq!(keys, vec![(3, 2)]);
         // Epoch 4 waits for worker 1: a stop now leaves it unwritten, and says so.
         assert_eq!(local.pending(), 1);
+    }
+
+    #[test]
+    fn local_changes_never_close_between_a_left_out_vector_and_the_one_that_replaced_it() {
+        let vec = || FeatureVec::from(vec![0; 2]);
+        let key = |sku| Key { store: 1, sku };
+        let mut local = LocalChanges::new(0, 2, 2);
+        for w in 0..2 {
+            local.heard(w, Some(20));
+        }
+        // Worker 0 completed epochs 2..10 in one batch: series 1 changed at 3 and again at 8,
+        // and only the vector of 8 was emitted.
+        local.absorb(Changes {
+            worker: 0,
+            frontier: Some(10),
+            changed: vec![(8, key(1), vec())],
+            collapsed: Collapsed {
+                superseded: BTreeMap::from([(3, 1)]),
+                spans: vec![(3, 8)],
+            },
+        });
+        local.absorb(Changes {
+            worker: 1,
+            frontier: Some(5),
+            changed: vec![(4, key(2), vec())],
+            collapsed: Collapsed::default(),
+        });
+        // Closing at 5 would count series 1 as superseded at 3 without its vector of 8.
+        let changed = local.closed().expect("the epochs before 3");
+        assert_eq!(changed.frontier, Some(3));
+        assert!(changed.changed.is_empty() && changed.superseded.is_empty());
+        assert!(local.closed().is_none());
+        local.absorb(Changes {
+            worker: 1,
+            frontier: Some(12),
+            changed: Vec::new(),
+            collapsed: Collapsed::default(),
+        });
+        let changed = local.closed().expect("worker 1 caught up");
+        assert_eq!(changed.frontier, Some(10));
+        let epochs: Vec<Epoch> = changed.changed.iter().map(|(e, _)| *e).collect();
+        assert_eq!(epochs, vec![4, 8]);
+        assert_eq!(changed.superseded, BTreeMap::from([(3, 1)]));
     }
 }

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::sync::mpsc;
 
+use dataflows::dataflow::StateView;
 use dataflows::{Epoch, Key};
 use serde::{Deserialize, Serialize};
 use timely::dataflow::operators::vec::Input;
@@ -195,7 +196,7 @@ impl Outbox {
 pub(super) fn report(
     worker: usize,
     frontier: Option<Epoch>,
-    sink: &crate::pipeline::run::Changes,
+    (sink, view): (&crate::pipeline::run::Changes, &StateView),
     feeder: &mut Feeder,
 ) -> (Report, Changes, Vec<(Key, String, String)>) {
     let mut changed = Vec::new();
@@ -213,6 +214,13 @@ pub(super) fn report(
             true
         }
     });
+    // Series the dataflow left out count as changed, as they would without it.
+    let mut collapsed = view.take_collapsed(frontier);
+    collapsed.superseded = collapsed.superseded.split_off(&floor);
+    collapsed.spans.retain(|(_, last)| *last >= floor);
+    for (epoch, n) in &collapsed.superseded {
+        *counts.entry(*epoch).or_default() += n;
+    }
     let report = Report {
         worker,
         frontier,
@@ -227,6 +235,7 @@ pub(super) fn report(
         worker,
         frontier,
         changed,
+        collapsed,
     };
     (report, changes, std::mem::take(&mut feeder.names))
 }

@@ -7,12 +7,13 @@ use std::sync::atomic::Ordering;
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
+use dataflows::emit::Emission;
 use dataflows::input::FeatureInput;
 use dataflows::Epoch;
 use timely::dataflow::operators::core::Inspect;
 use timely::dataflow::operators::vec::{Broadcast, Input};
 
-use crate::config::Resolved;
+use crate::config::{CatchUp, Resolved};
 use crate::ids::Dictionary;
 
 use crate::kafka::progress::Progress;
@@ -115,7 +116,13 @@ pub(super) fn work(
     };
     let max_future = cfg.max_future_secs;
 
-    let (probe, sink, size) = crate::pipeline::run::build(worker, &mut feeder.input, &cfg.spec);
+    // With `catch_up = "latest"` only a batch's last vector of a series can be published.
+    let emission = match cfg.output.catch_up {
+        CatchUp::Latest => Emission::LastOfBatch,
+        CatchUp::EveryEpoch => Emission::EveryEpoch,
+    };
+    let (probe, sink, size) =
+        crate::pipeline::run::build(worker, &mut feeder.input, &cfg.spec, emission);
     if let Some(loaded) = restore {
         feeder.restore(loaded, (index, peers), idle_after, &size);
         feeder.input.flush();
@@ -353,7 +360,7 @@ pub(super) fn work(
                     .last_advance
                     .store(chrono::Utc::now().timestamp(), Ordering::Relaxed);
             }
-            outbox.send(report(index, frontier, &sink, &mut feeder));
+            outbox.send(report(index, frontier, (&sink, &size), &mut feeder));
             reported = Some(frontier);
             last_report = Instant::now();
         }
@@ -368,7 +375,7 @@ pub(super) fn work(
         // The report of the finished dataflow (`None`) is the last one, sent below: worker 0
         // stops at the first it sees from every worker.
         if reported != Some(frontier) && frontier.is_some() {
-            outbox.send(report(index, frontier, &sink, &mut feeder));
+            outbox.send(report(index, frontier, (&sink, &size), &mut feeder));
             reported = Some(frontier);
         }
     }
@@ -391,7 +398,7 @@ pub(super) fn work(
         done.extend(w.close());
         feeder.parts_done.extend(done);
     }
-    outbox.send(report(index, None, &sink, &mut feeder));
+    outbox.send(report(index, None, (&sink, &size), &mut feeder));
     outbox.finish(worker, tx)
 }
 

@@ -1,6 +1,9 @@
 //! The PostgreSQL inventory mart against a real server (127.0.0.1:5432, started by
 //! `scripts/services.sh`): an advance lands atomically, a retried advance writes nothing twice,
 //! and a worker whose database is down retries and loses nothing once it is back.
+//!
+//! Slightly over 600 lines: the tests share one server, its setup and its helpers, which read
+//! best next to the tests that use them.
 
 mod common;
 

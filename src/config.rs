@@ -56,12 +56,29 @@ pub struct Config {
 }
 
 /// `[output]`.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OutputConfig {
     /// Which forecasts an advance that closes several epochs publishes.
     #[serde(default)]
     pub catch_up: CatchUp,
+    /// Most changed series (with their feature vectors) a process holds between its workers
+    /// and its sinks before the workers stop reading.
+    #[serde(default = "default_max_held_series")]
+    pub max_held_series: usize,
+}
+
+impl Default for OutputConfig {
+    fn default() -> Self {
+        OutputConfig {
+            catch_up: CatchUp::default(),
+            max_held_series: default_max_held_series(),
+        }
+    }
+}
+
+fn default_max_held_series() -> usize {
+    256 * 1024
 }
 
 /// Which forecasts an advance of the closed epochs publishes. Live, epochs close one at a time
@@ -832,6 +849,12 @@ impl Config {
                 format!("{batch} must be between 1 and 1000000"),
             ));
         }
+        if self.output.max_held_series == 0 {
+            return Err(invalid(
+                "output.max_held_series",
+                "must be at least 1".into(),
+            ));
+        }
         Ok(Resolved {
             model: ModelSettings {
                 dir: self.forecast.model_dir.clone(),
@@ -1116,6 +1139,12 @@ mod tests {
         .unwrap();
         let msg = c.resolve(Path::new("c.toml")).unwrap_err().to_string();
         assert!(msg.contains("forecast.horizon_periods"), "{msg}");
+        let c = Config::parse("[output]\nmax_held_series = 0\n", Path::new("c.toml")).unwrap();
+        let msg = c.resolve(Path::new("c.toml")).unwrap_err().to_string();
+        assert!(
+            msg.contains("c.toml") && msg.contains("output.max_held_series"),
+            "{msg}"
+        );
     }
 
     #[test]

@@ -88,6 +88,8 @@ pub struct Metrics {
     pub scoring_fallbacks: IntCounter,
     /// Forecasts not published because a later epoch of the same advance had a newer one.
     pub forecasts_superseded: IntCounter,
+    /// Times a worker stopped reading because its process held `[output] max_held_series`.
+    pub input_paused: IntCounter,
     /// Seconds from an advance's report to its last acknowledgement.
     pub epoch_seconds: Histogram,
     /// Records or batches written, by sink.
@@ -242,6 +244,11 @@ impl Metrics {
                 "stockcast_forecasts_superseded_total",
                 "Forecasts left out because a later epoch of the same advance changed the series \
                  again ([output] catch_up = \"latest\"): a backfill or restart catching up."
+            )),
+            input_paused: reg!(IntCounter::new(
+                "stockcast_input_paused_total",
+                "Times a worker stopped reading and feeding the dataflow because its process held \
+                 [output] max_held_series changed series its sinks had not written."
             )),
             epoch_seconds: reg!(histogram(
                 "stockcast_epoch_seconds",

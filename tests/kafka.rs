@@ -120,6 +120,36 @@ fn m5_mini_through_kafka_equals_replay_with_4_partitions_and_2_workers() {
     assert_eq!(committed(&cfg, &cfg.kafka.topics.sales, 4), 19_130);
 }
 
+/// A process that holds `[output] max_held_series` changed series its sinks have not written
+/// stops reading and holds its input until they are written. With a limit of one series it
+/// pauses after nearly every step of the backfill, and must neither hang nor lose a record:
+/// the output is replay's, and every offset is committed.
+#[test]
+fn a_process_at_its_limit_of_held_series_pauses_and_loses_nothing() {
+    let mut cfg = config("held", "day");
+    cfg.output.max_held_series = 1;
+    // Several polls' worth of records per worker, so that there is something left to read
+    // when the limit is reached.
+    let dir = support::load_generated_chain(&cfg.kafka, (10, 50, 40), 4);
+    let data = dir.path().to_path_buf();
+    let opts = options(2);
+    let progress = Arc::clone(&opts.progress);
+    let worker = {
+        let cfg = cfg.clone();
+        std::thread::spawn(move || kafka::run_worker(&cfg, &opts).unwrap())
+    };
+    let run = support::join_within(worker, "the worker");
+    let paused = progress.metrics.input_paused.get();
+    assert!(paused > 0, "the workers never reached the limit");
+    let expected = replay_forecasts(&cfg, &data);
+    assert_eq!(run.stats.forecasts as usize, expected.len());
+    let got: Vec<ForecastRecord> =
+        consume_json(&cfg.kafka, &cfg.kafka.topics.forecasts, expected.len());
+    assert_same_forecasts(sorted_forecasts(got), sorted_forecasts(expected));
+    let sales = run.stats.consumed["sales"];
+    assert_eq!(committed(&cfg, &cfg.kafka.topics.sales, 4), sales as i64);
+}
+
 /// `catch_up = "latest"` on a backfill: each series once per advance, at the last epoch it
 /// changed in. Every record published is replay's record of that series and epoch; every
 /// epoch's progress record accounts for all of replay's records of that epoch (published or

@@ -34,6 +34,9 @@ pub struct Progress {
     pub(super) assigned_workers: std::sync::atomic::AtomicUsize,
     /// Next offset to read of every assigned partition, for the consumer lag.
     pub(super) positions: std::sync::Mutex<HashMap<(String, i32), i64>>,
+    /// Changed series this process's workers handed over and its sinks have not written yet
+    /// (the workers stop reading while there are `[output] max_held_series`).
+    pub(super) held_series: std::sync::atomic::AtomicUsize,
 }
 
 impl Default for Progress {
@@ -52,6 +55,7 @@ impl Default for Progress {
             sinks_failing: Default::default(),
             assigned_workers: Default::default(),
             positions: Default::default(),
+            held_series: Default::default(),
         }
     }
 }

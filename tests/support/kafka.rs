@@ -99,15 +99,25 @@ pub fn load_dir(kafka: &KafkaConfig, dir: &Path, partitions: i32) -> load::LoadR
 /// A small generated dataset (2 stores x 4 SKUs x 60 days, with stock movements) published
 /// into `kafka`'s topics; keep the directory alive as long as needed.
 pub fn load_generated(kafka: &KafkaConfig) -> tempfile::TempDir {
+    load_generated_chain(kafka, (2, 4, 60), 2)
+}
+
+/// A generated dataset of `(stores, skus, days)` published into `kafka`'s topics over
+/// `partitions` partitions; keep the directory alive as long as needed.
+pub fn load_generated_chain(
+    kafka: &KafkaConfig,
+    (stores, skus, days): (u32, u32, u32),
+    partitions: i32,
+) -> tempfile::TempDir {
     let tmp = tempfile::tempdir().unwrap();
     let params = stockcast::generate::Params {
-        stores: 2,
-        skus: 4,
-        days: 60,
+        stores,
+        skus,
+        days,
         ..Default::default()
     };
     stockcast::generate::generate_to_dir(&params, tmp.path()).unwrap();
-    load_dir(kafka, tmp.path(), 2);
+    load_dir(kafka, tmp.path(), partitions);
     tmp
 }
 

@@ -38,9 +38,10 @@
 //! A worker told to stop says so in its beacon, and every worker that sees it stops too: a
 //! signal to any process shuts the whole cluster down cleanly (outputs flushed, offsets
 //! committed by process 0).
-//! A worker stops reading while `MAX_OPEN_ADVANCES` (64) of its advances wait to be closed, so a
-//! slow sink (which blocks worker 0, and with it the closed frontier) leaves the backlog in
-//! Kafka, not in memory.
+//! A worker stops reading while `MAX_OPEN_ADVANCES` (64) of its advances wait to be closed, or
+//! while its process holds `[output] max_held_series` changed series its sinks have not written,
+//! so a slow sink (which blocks worker 0, and with it the closed frontier) leaves the backlog in
+//! Kafka, not in memory. What was read still closes: its epochs need no more input.
 //!
 //! # Error handling
 //! Records that do not decode, name colliding ids, or are refused by the input stage become
@@ -199,7 +200,12 @@ pub fn run(
                 opts.progress.frontier.fetch_max(f, Ordering::SeqCst);
             }
             let last = changed.frontier.is_none();
+            let series = changed.changed.iter().map(|(_, s)| s.len()).sum();
             let mut delivered = handler.changed(changed, &dict);
+            // Written (or dropped by a halted output): the workers may read on.
+            opts.progress
+                .held_series
+                .fetch_sub(series, Ordering::Relaxed);
             delivered.process = process;
             delivered.last = last;
             // Gone only if the first worker stopped, which ends the run anyway.

@@ -4,6 +4,7 @@
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 
 use dataflows::dataflow::StateView;
@@ -108,11 +109,14 @@ impl Outbox {
         }
     }
 
-    /// Sends this worker's report, its changed series and the names it learned.
+    /// Sends this worker's report, its changed series and the names it learned; adds the
+    /// series to `held`, the process's count of series not written yet.
     pub(super) fn send(
         &mut self,
         (report, changes, names): (Report, Changes, Vec<(Key, String, String)>),
+        held: &AtomicUsize,
     ) {
+        held.fetch_add(changes.changed.len(), Ordering::Relaxed);
         let (worker, frontier) = (report.worker, report.frontier);
         self.push(0, Msg::Report(report));
         self.push(self.first_of(self.index), Msg::Changes(changes));

@@ -158,6 +158,8 @@ pub(super) fn work(
     let mut draining = false;
     let mut redelivered_logged = 0;
     let mut last_poll = Instant::now();
+    // Whether the last iteration found the process at its limit of held series.
+    let mut was_held_full = false;
     let mut last_shown = Instant::now();
     let mut shown = (0i64, 0i64);
     loop {
@@ -184,7 +186,17 @@ pub(super) fn work(
         // backpressure, a long dataflow step) is not a partition's silence, nor is time spent
         // waiting for the dataflow to close what was already read.
         let gap = last_poll.elapsed();
-        let full = feeder.snapshots.len() >= MAX_OPEN_ADVANCES;
+        // Nor while the sinks have not written what the process holds (`[output]
+        // max_held_series`): in a backfill with `every_epoch` they fall behind the dataflow, and
+        // what they have not written waits in Kafka rather than in memory. The input holds
+        // still too (below), so what was read makes no more changes meanwhile.
+        let held_full =
+            opts.progress.held_series.load(Ordering::Relaxed) >= cfg.output.max_held_series;
+        if held_full && !was_held_full {
+            opts.progress.metrics.input_paused.inc();
+        }
+        was_held_full = held_full;
+        let full = feeder.snapshots.len() >= MAX_OPEN_ADVANCES || held_full;
         if gap > LISTEN_GAP || full {
             feeder.not_listening(gap);
         }
@@ -299,6 +311,16 @@ pub(super) fn work(
                 }
             }
         };
+        // Every series held was changed in epochs the whole dataflow completed, so the process
+        // writes them without this worker's input moving on.
+        let gate = if held_full {
+            Gate {
+                limit: gate.limit.min(feeder.input.epoch()),
+                ..gate
+            }
+        } else {
+            gate
+        };
         let nonce = schedule.nonce;
         let name = |e: Epoch| crate::checkpoint::checkpoint_name(e, nonce);
         match goal {
@@ -360,7 +382,8 @@ pub(super) fn work(
                     .last_advance
                     .store(chrono::Utc::now().timestamp(), Ordering::Relaxed);
             }
-            outbox.send(report(index, frontier, (&sink, &size), &mut feeder));
+            let held = &opts.progress.held_series;
+            outbox.send(report(index, frontier, (&sink, &size), &mut feeder), held);
             reported = Some(frontier);
             last_report = Instant::now();
         }
@@ -375,7 +398,8 @@ pub(super) fn work(
         // The report of the finished dataflow (`None`) is the last one, sent below: worker 0
         // stops at the first it sees from every worker.
         if reported != Some(frontier) && frontier.is_some() {
-            outbox.send(report(index, frontier, (&sink, &size), &mut feeder));
+            let held = &opts.progress.held_series;
+            outbox.send(report(index, frontier, (&sink, &size), &mut feeder), held);
             reported = Some(frontier);
         }
     }
@@ -398,7 +422,8 @@ pub(super) fn work(
         done.extend(w.close());
         feeder.parts_done.extend(done);
     }
-    outbox.send(report(index, None, (&sink, &size), &mut feeder));
+    let held = &opts.progress.held_series;
+    outbox.send(report(index, None, (&sink, &size), &mut feeder), held);
     outbox.finish(worker, tx)
 }
 

@@ -4,13 +4,15 @@
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc;
+use std::sync::atomic::Ordering;
+use std::sync::{mpsc, Arc};
 
 use dataflows::dataflow::StateView;
 use dataflows::{Epoch, Key};
 use serde::{Deserialize, Serialize};
 use timely::dataflow::operators::vec::Input;
+
+use crate::kafka::progress::Progress;
 
 use super::closed::Delivered;
 use super::feeder::*;
@@ -61,6 +63,8 @@ pub(super) struct Outbox {
     acks: Option<mpsc::Receiver<Delivered>>,
     /// The process thread's last acknowledgement was passed on.
     last_ack: bool,
+    /// Where the process counts the changed series its sinks have not written yet.
+    progress: Arc<Progress>,
 }
 
 impl Outbox {
@@ -68,6 +72,7 @@ impl Outbox {
         worker: &mut timely::worker::Worker,
         workers: usize,
         acks: Option<mpsc::Receiver<Delivered>>,
+        progress: Arc<Progress>,
     ) -> Self {
         use timely::dataflow::channels::pact::Pipeline;
         use timely::dataflow::operators::generic::operator::Operator;
@@ -95,6 +100,7 @@ impl Outbox {
             peers: worker.peers(),
             last_ack: acks.is_none(),
             acks,
+            progress,
         }
     }
 
@@ -109,13 +115,13 @@ impl Outbox {
         }
     }
 
-    /// Sends this worker's report, its changed series and the names it learned; adds the
-    /// series to `held`, the process's count of series not written yet.
+    /// Sends this worker's report, its changed series and the names it learned; counts the
+    /// series as held by the process until its sinks wrote them.
     pub(super) fn send(
         &mut self,
         (report, changes, names): (Report, Changes, Vec<(Key, String, String)>),
-        held: &AtomicUsize,
     ) {
+        let held = &self.progress.held_series;
         held.fetch_add(changes.changed.len(), Ordering::Relaxed);
         let (worker, frontier) = (report.worker, report.frontier);
         self.push(0, Msg::Report(report));

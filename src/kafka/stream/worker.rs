@@ -148,7 +148,7 @@ pub(super) fn work(
         handle
     });
 
-    let mut outbox = Outbox::new(worker, opts.workers, acks);
+    let mut outbox = Outbox::new(worker, opts.workers, acks, Arc::clone(&opts.progress));
     let follower = opts.cluster.as_ref().is_some_and(|c| !c.is_leader());
 
     let lateness = cfg.allowed_lateness_secs;
@@ -382,8 +382,7 @@ pub(super) fn work(
                     .last_advance
                     .store(chrono::Utc::now().timestamp(), Ordering::Relaxed);
             }
-            let held = &opts.progress.held_series;
-            outbox.send(report(index, frontier, (&sink, &size), &mut feeder), held);
+            outbox.send(report(index, frontier, (&sink, &size), &mut feeder));
             reported = Some(frontier);
             last_report = Instant::now();
         }
@@ -398,8 +397,7 @@ pub(super) fn work(
         // The report of the finished dataflow (`None`) is the last one, sent below: worker 0
         // stops at the first it sees from every worker.
         if reported != Some(frontier) && frontier.is_some() {
-            let held = &opts.progress.held_series;
-            outbox.send(report(index, frontier, (&sink, &size), &mut feeder), held);
+            outbox.send(report(index, frontier, (&sink, &size), &mut feeder));
             reported = Some(frontier);
         }
     }
@@ -422,8 +420,7 @@ pub(super) fn work(
         done.extend(w.close());
         feeder.parts_done.extend(done);
     }
-    let held = &opts.progress.held_series;
-    outbox.send(report(index, None, (&sink, &size), &mut feeder), held);
+    outbox.send(report(index, None, (&sink, &size), &mut feeder));
     outbox.finish(worker, tx)
 }
 

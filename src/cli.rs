@@ -529,6 +529,7 @@ fn worker_command(
         epochs = s.epochs,
         forecasts = s.forecasts,
         progress_records = s.progress_records,
+        offset_commits = s.offset_commits,
         consumed = ?s.consumed,
         late = s.late,
         dead_letters = ?s.dead_letters,

@@ -648,6 +648,10 @@ fn a_cluster_of_two_processes_publishes_what_replay_computes() {
         per_epoch.is_empty(),
         "epochs without a record: {per_epoch:?}"
     );
+    // Each process committed the partitions it read (process 0 no longer commits process
+    // 1's), and together every partition up to its end.
+    let commits: Vec<usize> = log.iter().map(|t| count(t, " offset_commits=")).collect();
+    assert!(commits.iter().all(|n| *n > 0), "{commits:?}");
     assert_eq!(committed(&cfg, &cfg.kafka.topics.sales, 4), 19_130);
 }
 

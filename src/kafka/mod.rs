@@ -164,7 +164,8 @@ fn open_checkpoints(
 
 /// Runs the worker: resumes after the frontier a previous run committed, consumes, scores and
 /// publishes until `opts` says to stop. In a cluster every process scores and writes the series
-/// its workers hold; process 0 also writes the progress records and commits the offsets.
+/// its workers hold and commits its own partitions' offsets; process 0 also writes the progress
+/// records.
 pub fn run_worker(
     cfg: &crate::config::Resolved,
     opts: &stream::StreamOptions,

@@ -22,7 +22,7 @@ use crate::display::rfc3339;
 use crate::forecast::{Forecast, ScoreError};
 use crate::ids::Dictionary;
 use crate::kafka::progress::Progress;
-use crate::kafka::stream::{Changed, Closed, DeadRecord, Delivered, Partition};
+use crate::kafka::stream::{Changed, Closed, Commit, DeadRecord, Delivered};
 use crate::model::scorer::{ModelWatch, Pending, Scorer};
 use crate::records::{
     DeadContent, DeadLetterRecord, DeadSource, EpochRecord, ForecastRecord, Stamp,
@@ -60,15 +60,6 @@ fn dead_letter(d: &DeadRecord) -> DeadLetterRecord {
     }
 }
 
-/// The input offsets an advance makes committable, once every sink holds it.
-#[derive(Clone, Debug)]
-pub struct Commit {
-    /// The first epoch still open (the commit metadata).
-    pub frontier: Epoch,
-    /// Per partition, the offset to commit.
-    pub offsets: Vec<(Partition, i64)>,
-}
-
 /// Everything one advance writes, in the order a consumer should see it.
 #[derive(Debug, Default)]
 pub struct Advance {
@@ -79,7 +70,8 @@ pub struct Advance {
     /// One per closed epoch that did anything, and one for the last closed epoch; empty when
     /// the frontier did not move or a restart is still below what a previous run committed.
     pub progress: Vec<EpochRecord>,
-    /// What to commit after every sink acknowledged; `None` when nothing is committable.
+    /// What may be committed, by the processes that read it, after every sink acknowledged;
+    /// `None` when nothing is committable.
     pub commit: Option<Commit>,
     /// When the dataflow closed the epochs.
     pub closed_at: Option<Instant>,

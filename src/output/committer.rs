@@ -9,12 +9,12 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::{Offset, TopicPartitionList};
 
-use super::build::Commit;
 use super::retry::backoff;
 use super::sink::{Context, OutputError};
 use crate::config::Resolved;
 use crate::kafka::client::client_config;
 use crate::kafka::stream::commit_metadata;
+use crate::kafka::stream::Commit;
 
 /// How long a commit may go unanswered before each warning.
 const WARN_EVERY: Duration = Duration::from_secs(30);

@@ -16,14 +16,17 @@
 //!   build::Builder::progress   dead letters, a progress record per epoch ──► Advance
 //!   every sink, at once:       the mart's progress rows; the dead letters, then the
 //!                              progress records on Kafka
-//!   committer::Committer       input offsets, with the frontier in the metadata
+//!   ──► Commit, split by the process that reads each partition, through the dataflow
+//! every process:  committer::Committer   its own partitions' input offsets, with the
+//!                                        frontier in the metadata
 //! ```
 //!
 //! - **A sink** is one type implementing [`Sink`]: it writes one advance, and may be called
 //!   again with the same advance after an error until it succeeds. [`retry`] is the one place
 //!   that backs off, counts attempts and failures per sink, and reports an outage.
 //! - **Order**: a progress record is written only once every process's forecasts of its epoch
-//!   are in every sink, and the offsets are committed only after that.
+//!   are in every sink, and the offsets are committed (each process its own partitions) only
+//!   after that.
 //! - **Halting**: once an advance was not written (the run stopped, or a sink failed for good),
 //!   nothing more is written or committed in this run, so offsets and progress records never
 //!   pass undelivered output; the next run reads again from the committed offsets.
@@ -45,10 +48,10 @@ use crate::config::Resolved;
 use crate::display::rfc3339;
 use crate::ids::Dictionary;
 use crate::kafka::progress::Progress;
-use crate::kafka::stream::{Changed, Closed, Delivered, Handler};
+use crate::kafka::stream::{Changed, Closed, Commit, Delivered, Handler, Undelivered};
 use crate::model::scorer::{ModelWatch, Scorer};
 
-pub use self::build::{Advance, BuildError, Builder, Commit};
+pub use self::build::{Advance, BuildError, Builder};
 use self::committer::Committer;
 pub use self::sink::{Context, OutputError, Sink, Stats, Stopping, WriteError, STOP_GRACE};
 
@@ -75,6 +78,9 @@ pub struct Outputs {
     /// The first epoch whose forecasts are not all in every sink (`None`: all, the run
     /// finished).
     through: Option<dataflows::Epoch>,
+    /// The frontier of the last offsets committed: an older commit arriving late is skipped
+    /// rather than moving them back.
+    committed: dataflows::Epoch,
 }
 
 impl Outputs {
@@ -105,6 +111,7 @@ impl Outputs {
             stats: Stats::default(),
             halted: None,
             through: Some(0),
+            committed: 0,
         })
     }
 
@@ -313,18 +320,18 @@ impl Handler for Outputs {
         delivered
     }
 
-    fn closed(&mut self, closed: Closed) -> bool {
+    fn closed(&mut self, closed: Closed) -> Result<Option<Commit>, Undelivered> {
         if self.halted.is_some() {
             // An earlier advance was not delivered: writing this one could commit past it.
-            return false;
+            return Err(Undelivered);
         }
-        let advance = self.builder.progress(closed);
+        let mut advance = self.builder.progress(closed);
         self.count_closed(&advance);
         if advance.closed_at.is_some() {
             self.note_advance(advance.newest);
         }
         if !self.write(&advance) {
-            return false;
+            return Err(Undelivered);
         }
         let m = &self.progress.metrics;
         for d in &advance.dead_letters {
@@ -336,21 +343,32 @@ impl Handler for Outputs {
         m.dead_letters_pending
             .sub(advance.dead_letters.len() as i64);
         self.stats.progress_records += advance.progress.len() as u64;
-        if let Some(commit) = &advance.commit {
-            let mut cx = Context {
-                progress: &self.progress,
-                stop: &self.stop,
-                stats: &mut self.stats,
-            };
-            if self.committer.commit(commit, &mut cx).is_err() {
-                self.halt(Halt::Stopped);
-                return false;
-            }
-        }
         if let Some(t) = advance.closed_at.filter(|_| !advance.progress.is_empty()) {
-            let m = &self.progress.metrics;
             m.epoch_seconds.observe(t.elapsed().as_secs_f64());
         }
+        Ok(advance.commit.take())
+    }
+
+    fn commit(&mut self, commit: Commit) -> bool {
+        if self.halted.is_some() {
+            // Safe to commit (every process acknowledged these), but this run commits nothing
+            // after an advance it did not deliver: the next run starts from the same place.
+            return false;
+        }
+        if commit.frontier < self.committed {
+            return true;
+        }
+        let mut cx = Context {
+            progress: &self.progress,
+            stop: &self.stop,
+            stats: &mut self.stats,
+        };
+        if self.committer.commit(&commit, &mut cx).is_err() {
+            self.halt(Halt::Stopped);
+            return false;
+        }
+        self.committed = commit.frontier;
+        self.stats.offset_commits += 1;
         true
     }
 }

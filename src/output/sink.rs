@@ -74,6 +74,8 @@ pub struct Stats {
     pub retries: u64,
     /// Kafka producers replaced after a fatal error.
     pub producers_replaced: u64,
+    /// Offset commits this process made (for the partitions its workers read).
+    pub offset_commits: u64,
     /// End of the last closed epoch.
     pub last_epoch_end: Option<String>,
 }
@@ -94,6 +96,7 @@ impl Stats {
         }
         self.retries += other.retries;
         self.producers_replaced += other.producers_replaced;
+        self.offset_commits += other.offset_commits;
         if other.last_epoch_end.is_some() {
             self.last_epoch_end = other.last_epoch_end;
         }

@@ -105,6 +105,21 @@ pub struct Changed {
     pub closed_at: Option<Instant>,
 }
 
+/// Input offsets whose records' outputs are in every sink, with the frontier they were
+/// committable at (the commit metadata). Worker 0's process hands every process its own
+/// partitions' share, and each process commits it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Commit {
+    /// The first epoch still open.
+    pub frontier: Epoch,
+    /// Per partition, the offset to commit.
+    pub offsets: Vec<(Partition, i64)>,
+}
+
+/// An advance that was not delivered: nothing of it, nor anything after it, is committed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Undelivered;
+
 /// A process's acknowledgement of its share: every forecast of the epochs below `through` is
 /// in every sink. Worker 0's process writes a progress record, and commits offsets, only for
 /// epochs every process acknowledged.

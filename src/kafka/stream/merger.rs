@@ -58,6 +58,8 @@ pub(super) struct Acks {
     /// Per process, the first epoch it has not acknowledged (`None`: all); `None` before its
     /// first acknowledgement.
     through: Vec<Option<Option<Epoch>>>,
+    /// Per process, whether its last acknowledgement of the run arrived.
+    last: Vec<bool>,
     superseded: BTreeMap<Epoch, u64>,
     rescored: BTreeMap<Epoch, u64>,
 }
@@ -66,6 +68,7 @@ impl Acks {
     pub(super) fn new(processes: usize) -> Acks {
         Acks {
             through: vec![None; processes],
+            last: vec![false; processes],
             ..Acks::default()
         }
     }
@@ -73,6 +76,9 @@ impl Acks {
     pub(super) fn absorb(&mut self, d: Delivered) {
         if let Some(slot) = self.through.get_mut(d.process) {
             *slot = Some(d.through);
+        }
+        if let Some(last) = self.last.get_mut(d.process) {
+            *last |= d.last;
         }
         for (e, n) in d.superseded {
             *self.superseded.entry(e).or_default() += n;
@@ -121,6 +127,12 @@ impl Merger {
     pub(super) fn restored(&mut self, epoch: Epoch) {
         self.emitted = Some(Some(epoch));
         self.tallied = Some(epoch);
+    }
+
+    /// Whether every worker's last report and every process's last acknowledgement arrived:
+    /// once what they closed is handled, nothing more will close.
+    pub(super) fn finished(&self) -> bool {
+        self.frontiers.iter().all(|f| *f == Some(None)) && self.acks.last.iter().all(|l| *l)
     }
 
     /// Takes in one worker's report.
@@ -477,6 +489,39 @@ mod tests {
             closed.epochs.iter().map(|t| t.epoch).collect::<Vec<_>>(),
             vec![7, 9]
         );
+    }
+
+    #[test]
+    fn the_run_is_finished_once_every_last_report_and_last_acknowledgement_arrived() {
+        let report = |worker, frontier| Report {
+            worker,
+            frontier,
+            changed: BTreeMap::new(),
+            offsets: Vec::new(),
+            consumed: BTreeMap::new(),
+            late: BTreeMap::new(),
+            dead: Vec::new(),
+            parts: Vec::new(),
+        };
+        let ack = |process, through, last| Delivered {
+            process,
+            through,
+            last,
+            ..Delivered::default()
+        };
+        // Two processes of one worker each.
+        let mut merger = Merger::new(2, 2);
+        merger.absorb(report(0, None));
+        merger.absorb(report(1, Some(4)));
+        merger.acks.absorb(ack(0, None, true));
+        merger.acks.absorb(ack(1, Some(4), false));
+        assert!(!merger.finished());
+        merger.absorb(report(1, None));
+        // Every worker is done, but process 1 may still write.
+        assert!(!merger.finished());
+        // A process that halted says so in its last acknowledgement, short of the end.
+        merger.acks.absorb(ack(1, Some(4), true));
+        assert!(merger.finished());
     }
 
     #[test]

@@ -32,12 +32,13 @@
 //!   thread scores and writes them ([`Handler::changed`]) and acknowledges them ([`Delivered`]);
 //! - every worker sends its report (frontier, counts, committable offsets, dead letters) to
 //!   worker 0, and every process its acknowledgements; worker 0's process merges them into the
-//!   advances every process acknowledged ([`Handler::closed`]: progress records, dead letters,
-//!   the offset commit).
+//!   advances every process acknowledged ([`Handler::closed`]: progress records, dead letters);
+//! - once those are written, worker 0 sends each process the committable offsets of the
+//!   partitions its workers read, and each process commits its own ([`Handler::commit`]).
 //!
 //! A worker told to stop says so in its beacon, and every worker that sees it stops too: a
 //! signal to any process shuts the whole cluster down cleanly (outputs flushed, offsets
-//! committed by process 0).
+//! committed by every process for its own partitions).
 //! A worker stops reading while `MAX_OPEN_ADVANCES` (64) of its advances wait to be closed, or
 //! while its process holds `[output] max_held_series` changed series its sinks have not written,
 //! so a slow sink (which blocks worker 0, and with it the closed frontier) leaves the backlog in
@@ -84,11 +85,13 @@ mod partition;
 mod worker;
 
 pub use self::closed::{
-    Changed, Closed, DeadRecord, Delivered, EpochTally, MAX_DEAD_KEY_BYTES, MAX_DEAD_VALUE_BYTES,
+    Changed, Closed, Commit, DeadRecord, Delivered, EpochTally, Undelivered, MAX_DEAD_KEY_BYTES,
+    MAX_DEAD_VALUE_BYTES,
 };
+use self::offsets::by_process;
 pub use self::offsets::{commit_metadata, committed_frontier};
 pub use self::options::{system_clock, Cluster, StreamError, StreamOptions};
-use self::{lag::*, merger::*, outbox::Msg, worker::*};
+use self::{lag::*, merger::*, outbox::Msg, outbox::Upward, worker::*};
 
 /// What the thread that called [`run`] does with the advances of the closed frontier.
 pub trait Handler {
@@ -97,8 +100,13 @@ pub trait Handler {
     fn changed(&mut self, changed: Changed, dict: &Dictionary) -> Delivered;
 
     /// On worker 0's process: an advance every process acknowledged. Writes its progress
-    /// records and dead letters and commits its offsets; returns whether it was delivered.
-    fn closed(&mut self, closed: Closed) -> bool;
+    /// records and dead letters; returns the offsets it made committable, which every process
+    /// then commits for the partitions its workers read ([`Handler::commit`]).
+    fn closed(&mut self, closed: Closed) -> Result<Option<Commit>, Undelivered>;
+
+    /// Commits this process's partitions' share of an advance's offsets (after worker 0's
+    /// process wrote the advance's progress records); returns whether they were committed.
+    fn commit(&mut self, commit: Commit) -> bool;
 }
 
 /// Runs the workers until they finish (`exit_when_idle`) or `stop` is set; hands `handler`, on
@@ -128,8 +136,9 @@ pub fn run(
         ),
     };
     let (tx, rx) = mpsc::sync_channel::<Result<Msg, StreamError>>(64);
-    // This thread's acknowledgements, passed on to worker 0 by the process's first worker.
-    let (ack_tx, ack_rx) = mpsc::channel::<Delivered>();
+    // This thread's acknowledgements, passed on to worker 0 by the process's first worker (and
+    // on worker 0's process, the offsets for the other processes to commit).
+    let (ack_tx, ack_rx) = mpsc::channel::<Upward>();
     let ack_rx = std::sync::Mutex::new(Some(ack_rx));
     let cfg2 = cfg.clone();
     let opts2 = opts.clone();
@@ -164,6 +173,8 @@ pub fn run(
         merger.restored(loaded.manifest.epoch);
     }
     let mut failure = None;
+    // Worker 0's process: whether it told worker 0 that no more offsets come.
+    let mut done = false;
     while let Ok(first) = rx.recv() {
         // Whatever queued while the sinks were busy goes out as one advance: under load they
         // write fewer, larger batches instead of falling further behind.
@@ -190,6 +201,9 @@ pub fn run(
                     local.heard(worker, frontier);
                 }
                 Ok(Msg::Delivered(d)) => merger.acks.absorb(d),
+                Ok(Msg::Commit(commit)) => {
+                    handler.commit(commit);
+                }
                 Err(e) => {
                     failure.get_or_insert(e);
                 }
@@ -209,14 +223,29 @@ pub fn run(
             delivered.process = process;
             delivered.last = last;
             // Gone only if the first worker stopped, which ends the run anyway.
-            let _ = ack_tx.send(delivered);
+            let _ = ack_tx.send(Upward::Delivered(delivered));
         }
         if !leader {
             continue;
         }
         if let Some(mut closed) = merger.closed() {
             let parts = std::mem::take(&mut closed.checkpoint_parts);
-            let delivered = handler.closed(closed);
+            let delivered = match handler.closed(closed) {
+                Ok(commit) => {
+                    // Each process commits the partitions its workers read: the others' shares
+                    // go out through worker 0 first, then this process commits its own.
+                    let mut shares = commit
+                        .map(|c| by_process(c, &cfg.kafka, workers, peers))
+                        .unwrap_or_default();
+                    let own = shares.remove(&process);
+                    for (p, commit) in shares {
+                        // Gone only if worker 0 stopped, which ends the run anyway.
+                        let _ = ack_tx.send(Upward::Commit { process: p, commit });
+                    }
+                    own.is_none_or(|c| handler.commit(c))
+                }
+                Err(Undelivered) => false,
+            };
             if let Some(c) = &mut coordinator {
                 c.absorb(parts);
                 if delivered {
@@ -224,6 +253,11 @@ pub fn run(
                     c.complete(merger.emitted_through(), &cfg.clock);
                 }
             }
+        }
+        if !done && merger.finished() {
+            // Worker 0 may now close its outbox: every commit above is on its way.
+            done = true;
+            let _ = ack_tx.send(Upward::Done);
         }
     }
     let unwritten = local.pending();

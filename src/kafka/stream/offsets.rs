@@ -1,7 +1,7 @@
 //! Partition assignment, the consumer, and where a restarted worker resumes: committed offsets and
 //! frontiers.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use dataflows::Epoch;
@@ -9,11 +9,12 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
-use crate::config::Resolved;
+use crate::config::{KafkaConfig, Resolved};
 
 use crate::kafka::client::{client_config, input_topics, partition_owner};
 use crate::kafka::wire::Partition;
 
+use super::closed::Commit;
 use super::options::*;
 
 /// Reads the partition counts of the input topics and assigns this worker its share, from the
@@ -125,6 +126,26 @@ pub(super) fn consumer(cfg: &Resolved) -> Result<BaseConsumer, StreamError> {
         .set("auto.offset.reset", "earliest")
         .create()
         .map_err(|e| StreamError::Client(cfg.kafka.scrub(e)))
+}
+
+/// `commit` split by the process whose workers read each partition (`workers` per process,
+/// `peers` workers in all, partitions assigned as [`assign`] does).
+pub(super) fn by_process(
+    commit: Commit,
+    kafka: &KafkaConfig,
+    workers: usize,
+    peers: usize,
+) -> BTreeMap<usize, Commit> {
+    let mut shares: BTreeMap<usize, Commit> = BTreeMap::new();
+    for (p, offset) in commit.offsets {
+        let worker = partition_owner(p.partition, kafka.partition_offset, peers);
+        let share = shares.entry(worker / workers.max(1)).or_insert(Commit {
+            frontier: commit.frontier,
+            offsets: Vec::new(),
+        });
+        share.offsets.push((p, offset));
+    }
+    shares
 }
 
 /// The epoch stored with committed offsets: outputs of epochs before it were acknowledged.
@@ -241,6 +262,45 @@ pub(super) fn last_progress_frontier(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_commit_is_split_by_the_process_that_reads_each_partition() {
+        use crate::source::files::FileKind;
+        let part = |partition| Partition {
+            kind: FileKind::Sales,
+            topic: "sales".into(),
+            partition,
+        };
+        let kafka = KafkaConfig {
+            partition_offset: 1,
+            ..KafkaConfig::default()
+        };
+        let commit = Commit {
+            frontier: 7,
+            offsets: (0..6).map(|p| (part(p), 10 * i64::from(p))).collect(),
+        };
+        // 2 processes x 2 workers: partition p goes to worker (p + 1) mod 4, so process 0
+        // (workers 0 and 1) reads partitions 0, 3 and 4, and process 1 the others.
+        let shares = by_process(commit.clone(), &kafka, 2, 4);
+        let got: Vec<(usize, Epoch, Vec<i32>)> = shares
+            .iter()
+            .map(|(p, c)| {
+                (
+                    *p,
+                    c.frontier,
+                    c.offsets.iter().map(|o| o.0.partition).collect(),
+                )
+            })
+            .collect();
+        assert_eq!(got, vec![(0, 7, vec![0, 3, 4]), (1, 7, vec![1, 2, 5])]);
+        // Every offset is in exactly one share, unchanged.
+        let mut all: Vec<(Partition, i64)> = shares.into_values().flat_map(|c| c.offsets).collect();
+        all.sort();
+        assert_eq!(all, commit.offsets);
+        // One process commits everything.
+        let one = by_process(commit.clone(), &kafka, 3, 3);
+        assert_eq!(one.into_iter().collect::<Vec<_>>(), vec![(0, commit)]);
+    }
 
     #[test]
     fn commit_metadata_round_trips() {

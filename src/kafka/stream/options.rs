@@ -39,8 +39,9 @@ pub struct StreamOptions {
 
 /// The processes of a timely cluster: each runs `workers` threads, and worker `w` of process `p`
 /// is worker `p * workers + w` of the cluster. Every process consumes the partitions its workers
-/// own and scores and writes the series they hold; process 0 writes the progress records and
-/// commits the offsets once every process acknowledged its forecasts.
+/// own and scores and writes the series they hold; process 0 writes the progress records once
+/// every process acknowledged its forecasts, and then every process commits its own partitions'
+/// offsets.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Cluster {
     /// This process's index into `hosts`.

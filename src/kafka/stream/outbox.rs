@@ -14,7 +14,7 @@ use timely::dataflow::operators::vec::Input;
 
 use crate::kafka::progress::Progress;
 
-use super::closed::Delivered;
+use super::closed::{Commit, Delivered};
 use super::feeder::*;
 use super::options::StreamError;
 
@@ -44,6 +44,21 @@ pub(super) enum Msg {
     },
     /// To worker 0: what a process's output acknowledged.
     Delivered(Delivered),
+    /// From worker 0, to the first worker of the process that reads these partitions: offsets
+    /// whose outputs every process acknowledged and whose progress records are written.
+    Commit(Commit),
+}
+
+/// What a process's thread tells the workers, through the process's first worker.
+#[derive(Debug)]
+pub(super) enum Upward {
+    /// The process's acknowledgement, for worker 0.
+    Delivered(Delivered),
+    /// Worker 0's process only: offsets for the process that reads them to commit.
+    Commit { process: usize, commit: Commit },
+    /// Worker 0's process only: nothing more comes. Every worker's last report and every
+    /// process's last acknowledgement arrived, and what they closed was handled.
+    Done,
 }
 
 /// The channel between the workers: reports and acknowledgements to worker 0, changed series
@@ -59,10 +74,13 @@ pub(super) struct Outbox {
     /// Workers per process.
     workers: usize,
     peers: usize,
-    /// The process thread's acknowledgements, for worker 0 (first workers only).
-    acks: Option<mpsc::Receiver<Delivered>>,
+    /// What the process thread sends the workers (first workers only).
+    acks: Option<mpsc::Receiver<Upward>>,
     /// The process thread's last acknowledgement was passed on.
     last_ack: bool,
+    /// Worker 0 only: its process thread sent its last offsets to commit. Until then worker 0
+    /// keeps its outbox open, so every process hears what it may commit before the run ends.
+    done: bool,
     /// Where the process counts the changed series its sinks have not written yet.
     progress: Arc<Progress>,
 }
@@ -71,7 +89,7 @@ impl Outbox {
     pub(super) fn new(
         worker: &mut timely::worker::Worker,
         workers: usize,
-        acks: Option<mpsc::Receiver<Delivered>>,
+        acks: Option<mpsc::Receiver<Upward>>,
         progress: Arc<Progress>,
     ) -> Self {
         use timely::dataflow::channels::pact::Pipeline;
@@ -99,6 +117,7 @@ impl Outbox {
             workers,
             peers: worker.peers(),
             last_ack: acks.is_none(),
+            done: index != 0 || acks.is_none(),
             acks,
             progress,
         }
@@ -149,16 +168,25 @@ impl Outbox {
         }
     }
 
-    /// Passes the process thread's acknowledgements on to worker 0.
+    /// Passes the process thread's acknowledgements on to worker 0, and (on worker 0) the
+    /// offsets to commit on to the processes that read them.
     fn pass_acks(&mut self) {
         let Some(acks) = &self.acks else { return };
-        let got: Vec<Delivered> = acks.try_iter().collect();
+        let got: Vec<Upward> = acks.try_iter().collect();
         if got.is_empty() {
             return;
         }
-        for d in got {
-            self.last_ack |= d.last;
-            self.push(0, Msg::Delivered(d));
+        for up in got {
+            match up {
+                Upward::Delivered(d) => {
+                    self.last_ack |= d.last;
+                    self.push(0, Msg::Delivered(d));
+                }
+                Upward::Commit { process, commit } => {
+                    self.push(process * self.workers, Msg::Commit(commit));
+                }
+                Upward::Done => self.done = true,
+            }
         }
         self.close_round();
     }
@@ -180,7 +208,8 @@ impl Outbox {
 
     /// Steps until every message reached its destination: a first worker first waits for its
     /// process thread's last acknowledgement, which needs the last changes of every worker of
-    /// the process, forwarded here.
+    /// the process, forwarded here; worker 0 also for its process thread's last offsets to
+    /// commit, which go to the other processes.
     pub(super) fn finish(
         mut self,
         worker: &mut timely::worker::Worker,
@@ -188,7 +217,7 @@ impl Outbox {
     ) -> Result<(), StreamError> {
         loop {
             self.forward(tx)?;
-            if self.last_ack {
+            if self.last_ack && self.done {
                 self.input = None;
             }
             if self.input.is_none() && self.probe.done() {

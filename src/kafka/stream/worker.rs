@@ -36,7 +36,7 @@ pub(super) fn work(
     opts: &StreamOptions,
     checkpoints: Option<&Checkpoints>,
     tx: &mpsc::SyncSender<Result<Msg, StreamError>>,
-    acks: Option<mpsc::Receiver<super::closed::Delivered>>,
+    acks: Option<mpsc::Receiver<Upward>>,
 ) -> Result<(), StreamError> {
     let index = worker.index();
     let peers = worker.peers();

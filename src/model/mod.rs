@@ -327,13 +327,15 @@ impl QuantileModel {
             scales.push(s);
         }
         let x = Tensor::from_vec(x, (rows.len(), width), &Device::Cpu)?;
-        // One flat copy of the (rows, 3, horizon) quantiles rather than a vector per row and
-        // quantile.
-        let y = self.net.forward(&x)?;
-        let (n, quantiles, horizon) = y.dims3()?;
-        if (n, quantiles) != (rows.len(), 3) {
+        // The network's last layer as one flat copy; the quantiles are formed from it row by
+        // row, straight into each forecast's units (what `forward` would give, without a
+        // tensor and a pass over the batch per step).
+        let y = self.net.head(&x)?;
+        let horizon = self.net.horizon;
+        let (n, outputs) = y.dims2()?;
+        if (n, outputs) != (rows.len(), 3 * horizon) {
             return Err(candle_core::Error::Msg(format!(
-                "the network gave ({n}, {quantiles}, {horizon}) for {} rows",
+                "the network gave ({n}, {outputs}) for {} rows and {horizon} periods",
                 rows.len()
             )));
         }
@@ -341,16 +343,21 @@ impl QuantileModel {
         Ok(scales
             .into_iter()
             .enumerate()
-            .map(|(r, s)| (&out[r * 3 * horizon..(r + 1) * 3 * horizon], s))
-            .map(|(q, s)| {
-                let units = |k: usize| -> Vec<f64> {
-                    let v = &q[k * horizon..(k + 1) * horizon];
-                    v.iter().map(|x| f64::from((x * s).max(0.0))).collect()
-                };
+            .map(|(r, s)| (s, &out[r * 3 * horizon..(r + 1) * 3 * horizon]))
+            .map(|(s, row)| {
+                let mut q = [
+                    Vec::with_capacity(horizon),
+                    Vec::with_capacity(horizon),
+                    Vec::with_capacity(horizon),
+                ];
+                net::quantiles_of_head(row, horizon, |k, _, v| {
+                    q[k].push(f64::from((v * s).max(0.0)));
+                });
+                let [p10, p50, p90] = q;
                 Forecast {
-                    p10: units(0),
-                    p50: units(1),
-                    p90: units(2),
+                    p10,
+                    p50,
+                    p90,
                     fallback: None,
                 }
             })

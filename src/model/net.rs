@@ -266,8 +266,9 @@ impl Mlp {
             .collect()
     }
 
-    /// Quantiles `(batch, 3, horizon)` in scale units: p10, p50, p90.
-    pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+    /// The last layer's outputs `(batch, 3 * horizon)`, before the quantiles are formed: the
+    /// median, then the lower and the upper spreads before softplus, per period.
+    pub fn head(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let mut h = x.clone();
         let last = self.layers.len() - 1;
         for (i, (w, b)) in self.layers.iter().enumerate() {
@@ -276,6 +277,14 @@ impl Mlp {
                 h = h.relu()?;
             }
         }
+        Ok(h)
+    }
+
+    /// Quantiles `(batch, 3, horizon)` in scale units: p10, p50, p90. Training goes through
+    /// here; scoring forms the same quantiles row by row from [`Mlp::head`] with
+    /// [`quantiles_of_head`], without a tensor per step.
+    pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let h = self.head(x)?;
         let hz = self.horizon;
         let m = h.narrow(1, 0, hz)?;
         let lower = softplus(&h.narrow(1, hz, hz)?)?;
@@ -328,6 +337,27 @@ fn softplus(x: &Tensor) -> candle_core::Result<Tensor> {
     x.relu()? + tail
 }
 
+/// [`softplus`] of one value, step for step.
+fn softplus1(x: f32) -> f32 {
+    x.max(0.0) + ((-x.abs()).exp() * 1.0 + 1.0).ln()
+}
+
+/// What [`Mlp::forward`] makes of one row of [`Mlp::head`] (`3 * horizon` values): calls
+/// `out(quantile, period, value)` for p10, p50 and p90 in turn, each over the periods.
+pub fn quantiles_of_head(row: &[f32], horizon: usize, mut out: impl FnMut(usize, usize, f32)) {
+    let (m, rest) = row.split_at(horizon);
+    let (lower, upper) = rest.split_at(horizon);
+    for (t, (m, l)) in m.iter().zip(lower).enumerate() {
+        out(0, t, m - softplus1(*l));
+    }
+    for (t, m) in m.iter().enumerate() {
+        out(1, t, *m);
+    }
+    for (t, (m, u)) in m.iter().zip(upper).enumerate() {
+        out(2, t, m + softplus1(*u));
+    }
+}
+
 /// Weighted pinball loss of `pred` `(batch, 3, horizon)` against `target` `(batch, horizon)` with
 /// `weight` `(batch, horizon)`: the sum over quantiles and periods, divided by the weight sum.
 pub fn pinball(pred: &Tensor, target: &Tensor, weight: &Tensor) -> candle_core::Result<Tensor> {
@@ -349,6 +379,32 @@ pub fn pinball(pred: &Tensor, target: &Tensor, weight: &Tensor) -> candle_core::
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn quantiles_formed_from_the_head_are_forwards_to_the_bit() {
+        let horizon = 7;
+        let mlp = Mlp::new(6, &[16, 8], horizon, 11).unwrap();
+        // Inputs wide enough that the spreads reach both sides of softplus's branches.
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        let normal = Normal::new(0.0f32, 30.0).unwrap();
+        let rows = 64;
+        let x: Vec<f32> = (0..rows * 6).map(|_| normal.sample(&mut rng)).collect();
+        let x = Tensor::from_vec(x, (rows, 6), &Device::Cpu).unwrap();
+        let want: Vec<Vec<Vec<f32>>> = mlp.forward(&x).unwrap().to_vec3().unwrap();
+        let head: Vec<Vec<f32>> = mlp.head(&x).unwrap().to_vec2().unwrap();
+        let mut spreads = (0, 0);
+        for (row, want) in head.iter().zip(&want) {
+            let mut got = vec![vec![f32::NAN; horizon]; 3];
+            quantiles_of_head(row, horizon, |q, t, v| got[q][t] = v);
+            let bits = |v: &Vec<Vec<f32>>| -> Vec<u32> {
+                v.iter().flatten().map(|x| x.to_bits()).collect()
+            };
+            assert_eq!(bits(&got), bits(want), "{row:?}");
+            spreads.0 += row[horizon..].iter().filter(|v| **v < 0.0).count();
+            spreads.1 += row[horizon..].iter().filter(|v| **v > 0.0).count();
+        }
+        assert!(spreads.0 > 0 && spreads.1 > 0, "{spreads:?}");
+    }
 
     #[test]
     fn quantiles_never_cross_and_weights_round_trip() {

@@ -27,7 +27,7 @@ use super::partition::*;
 /// What a worker tells worker 0's process, which merges them into the closed advances: the
 /// frontier, the counts, the offsets, the dead letters. Reports travel through the dataflow,
 /// so they cross process boundaries in a cluster.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub(super) struct Report {
     pub(super) worker: usize,
     /// The dataflow's closed frontier as this worker sees it; `None` once it finished.

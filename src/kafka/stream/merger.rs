@@ -455,11 +455,7 @@ mod tests {
             worker: 0,
             frontier: Some(frontier),
             changed: BTreeMap::from([(2, 4), (7, 3)]),
-            offsets: Vec::new(),
-            consumed: BTreeMap::new(),
-            late: BTreeMap::new(),
-            dead: Vec::new(),
-            parts: Vec::new(),
+            ..Report::default()
         };
         let ack =
             |process, through, superseded: &[(Epoch, u64)], rescored: &[(Epoch, u64)]| Delivered {
@@ -496,12 +492,7 @@ mod tests {
         let report = |worker, frontier| Report {
             worker,
             frontier,
-            changed: BTreeMap::new(),
-            offsets: Vec::new(),
-            consumed: BTreeMap::new(),
-            late: BTreeMap::new(),
-            dead: Vec::new(),
-            parts: Vec::new(),
+            ..Report::default()
         };
         let ack = |process, through, last| Delivered {
             process,

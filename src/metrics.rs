@@ -98,6 +98,8 @@ pub struct Metrics {
     pub sink_failures: IntCounterVec,
     /// Writes retried, by sink.
     pub sink_retries: IntCounterVec,
+    /// Commits of this process's input offsets.
+    pub offset_commits: IntCounter,
     /// 1 for the forecaster scoring now, labelled with its name and version.
     pub model_info: IntGaugeVec,
     /// Series held in the worker's state.
@@ -269,6 +271,11 @@ impl Metrics {
                 "stockcast_sink_retries_total",
                 "Writes retried, by sink.",
                 &["sink"]
+            )),
+            offset_commits: reg!(IntCounter::new(
+                "stockcast_offset_commits_total",
+                "Commits of input offsets by this process (for the partitions its workers read), \
+                 each after every process's outputs below them were acknowledged."
             )),
             model_info: reg!(IntGaugeVec::new(
                 Opts::new(

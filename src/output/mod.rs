@@ -369,6 +369,7 @@ impl Handler for Outputs {
         }
         self.committed = commit.frontier;
         self.stats.offset_commits += 1;
+        self.progress.metrics.offset_commits.inc();
         true
     }
 }

@@ -653,6 +653,14 @@ fn a_cluster_of_two_processes_publishes_what_replay_computes() {
     let commits: Vec<usize> = log.iter().map(|t| count(t, " offset_commits=")).collect();
     assert!(commits.iter().all(|n| *n > 0), "{commits:?}");
     assert_eq!(committed(&cfg, &cfg.kafka.topics.sales, 4), 19_130);
+
+    // The cluster restarted (no checkpoint: it reads every partition again) resumes where
+    // output stopped: neither process writes a forecast again, and the offsets stay at the end.
+    let again = TwoProcesses::start(&cfg, tmp.path(), &["--exit-when-idle"])
+        .wait_success(Duration::from_secs(240));
+    let rewritten: Vec<usize> = again.iter().map(|t| count(t, " forecasts=")).collect();
+    assert_eq!(rewritten, vec![0, 0]);
+    assert_eq!(committed(&cfg, &cfg.kafka.topics.sales, 4), 19_130);
 }
 
 /// SIGTERM to one process of a live cluster stops them all cleanly, everything committed.

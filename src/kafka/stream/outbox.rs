@@ -1,5 +1,6 @@
 //! The channel between the workers, through the dataflow: reports and acknowledgements to
-//! worker 0, changed series to the first worker of their own process.
+//! worker 0, changed series to the first worker of their own process, and from worker 0 the
+//! offsets each process commits.
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -62,7 +63,8 @@ pub(super) enum Upward {
 }
 
 /// The channel between the workers: reports and acknowledgements to worker 0, changed series
-/// to the first worker of their own process, names to every process. The first worker of each
+/// to the first worker of their own process, names to every process, and offsets to commit
+/// from worker 0 to the first worker of the process that reads them. The first worker of each
 /// process hands what arrived to its process's thread.
 pub(super) struct Outbox {
     /// `None` once this worker sent its last message.

@@ -343,8 +343,8 @@ impl QuantileModel {
         Ok(scales
             .into_iter()
             .enumerate()
-            .map(|(r, s)| (s, &out[r * 3 * horizon..(r + 1) * 3 * horizon]))
-            .map(|(s, row)| {
+            .map(|(r, s)| {
+                let row = &out[r * 3 * horizon..(r + 1) * 3 * horizon];
                 let mut q = [
                     Vec::with_capacity(horizon),
                     Vec::with_capacity(horizon),

@@ -463,6 +463,57 @@ fn a_30_second_broker_outage_loses_and_double_counts_nothing() {
 }
 
 #[test]
+fn a_slow_broker_still_lets_silent_partitions_count_as_idle() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_broker, proxy, _, proxy_port) = broker_behind_proxy(&tmp.path().join("broker"));
+    let mut cfg = config("slow", "day");
+    cfg.kafka.brokers = format!("127.0.0.1:{proxy_port}");
+    // 4 partitions of 6 input topics: each of the 2 workers reads 12.
+    let data = tmp.path().join("data");
+    let params = stockcast::generate::Params {
+        stores: 2,
+        skus: 4,
+        days: 30,
+        ..Default::default()
+    };
+    stockcast::generate::generate_to_dir(&params, &data).unwrap();
+    let loaded = load_dir(&cfg.kafka, &data, 4);
+
+    // Every answer of the broker now takes 300 ms: a round of idleness checks over 12
+    // partitions takes longer than a check used to stay good, and each check is a pause
+    // between two polls longer than the listening gap.
+    proxy.set_reply_delay(Duration::from_millis(300));
+    let opts = options(2);
+    let stop = Arc::clone(&opts.stop);
+    let started = Instant::now();
+    let worker = {
+        let cfg = cfg.clone();
+        std::thread::spawn(move || kafka::run_worker(&cfg, &opts).unwrap())
+    };
+    // Far more than the run needs (the idle timeout is 5 s); a worker that never sees its
+    // partitions idle would wait here for ever.
+    let limit = Duration::from_secs(120);
+    while !worker.is_finished() && started.elapsed() < limit {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let drained = worker.is_finished();
+    stop.store(true, Ordering::SeqCst);
+    let run = support::join_within(worker, "the worker");
+    assert!(
+        drained,
+        "the worker did not drain within {limit:?}: its silent partitions never counted as idle"
+    );
+    eprintln!(
+        "slow broker: drained in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    let sales = &cfg.kafka.topics.sales;
+    assert_eq!(run.stats.consumed["sales"], loaded.published[sales]);
+    assert!(run.stats.forecasts > 0);
+    assert_eq!(committed(&cfg, sales, 4), loaded.published[sales] as i64);
+}
+
+#[test]
 fn sigterm_stops_the_worker_cleanly_with_everything_committed() {
     let cfg = config("sigterm", "day");
     let data = shared("m5_mini");

@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -388,17 +388,24 @@ pub fn committed(cfg: &Resolved, topic: &str, partitions: i32) -> i64 {
 }
 
 /// A TCP proxy in front of a broker that the test can cut: while cut, open connections are
-/// shut and new ones are closed at once, as when a network path goes down.
+/// shut and new ones are closed at once, as when a network path goes down. It can also hold
+/// back every reply of the broker for a while, as a slow broker or a long network path does.
 pub struct Proxy {
     cut: Arc<AtomicBool>,
+    reply_delay_ms: Arc<AtomicU64>,
     conns: Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
 }
 
 impl Proxy {
     pub fn start(listener: std::net::TcpListener, target: u16) -> Proxy {
         let cut = Arc::new(AtomicBool::new(false));
+        let reply_delay_ms = Arc::new(AtomicU64::new(0));
         let conns: Arc<std::sync::Mutex<Vec<std::net::TcpStream>>> = Arc::default();
-        let (c, k) = (Arc::clone(&cut), Arc::clone(&conns));
+        let (c, d, k) = (
+            Arc::clone(&cut),
+            Arc::clone(&reply_delay_ms),
+            Arc::clone(&conns),
+        );
         std::thread::spawn(move || {
             for client in listener.incoming() {
                 let Ok(client) = client else { continue };
@@ -408,20 +415,22 @@ impl Proxy {
                 let Ok(server) = std::net::TcpStream::connect(("127.0.0.1", target)) else {
                     continue;
                 };
-                let pipe = |mut from: std::net::TcpStream, mut to: std::net::TcpStream| {
-                    std::thread::spawn(move || {
-                        let _ = std::io::copy(&mut from, &mut to);
-                        let _ = to.shutdown(std::net::Shutdown::Both);
-                    });
-                };
                 let mut all = k.lock().unwrap();
                 all.push(client.try_clone().unwrap());
                 all.push(server.try_clone().unwrap());
-                pipe(client.try_clone().unwrap(), server.try_clone().unwrap());
-                pipe(server, client);
+                pipe(
+                    client.try_clone().unwrap(),
+                    server.try_clone().unwrap(),
+                    None,
+                );
+                pipe(server, client, Some(Arc::clone(&d)));
             }
         });
-        Proxy { cut, conns }
+        Proxy {
+            cut,
+            reply_delay_ms,
+            conns,
+        }
     }
 
     pub fn set_cut(&self, cut: bool) {
@@ -432,6 +441,44 @@ impl Proxy {
             }
         }
     }
+
+    /// Every byte the broker sends from now on reaches its client `delay` after it was sent.
+    pub fn set_reply_delay(&self, delay: Duration) {
+        let ms = u64::try_from(delay.as_millis()).unwrap();
+        self.reply_delay_ms.store(ms, Ordering::SeqCst);
+    }
+}
+
+/// Copies `from` to `to` on threads of its own until either end closes; with `delay`, each
+/// chunk is written that many milliseconds after it was read, in order.
+fn pipe(mut from: std::net::TcpStream, mut to: std::net::TcpStream, delay: Option<Arc<AtomicU64>>) {
+    use std::io::{Read, Write};
+    let Some(delay) = delay else {
+        std::thread::spawn(move || {
+            let _ = std::io::copy(&mut from, &mut to);
+            let _ = to.shutdown(std::net::Shutdown::Both);
+        });
+        return;
+    };
+    let (tx, rx) = std::sync::mpsc::channel::<(Instant, Vec<u8>)>();
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 64 * 1024];
+        while let Ok(n @ 1..) = from.read(&mut buf) {
+            let due = Instant::now() + Duration::from_millis(delay.load(Ordering::SeqCst));
+            if tx.send((due, buf[..n].to_vec())).is_err() {
+                break;
+            }
+        }
+    });
+    std::thread::spawn(move || {
+        for (due, chunk) in rx {
+            std::thread::sleep(due.saturating_duration_since(Instant::now()));
+            if to.write_all(&chunk).is_err() {
+                break;
+            }
+        }
+        let _ = to.shutdown(std::net::Shutdown::Both);
+    });
 }
 
 /// A tansu broker of this test's own, advertised at a proxy's port; stopped on drop.

@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 use dataflows::emit::Collapsed;
 use dataflows::input::FeatureInput;
 use dataflows::{Clock, Epoch, Event, FeatureVec, Key};
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{BorrowedMessage, Message};
 use serde::{Deserialize, Serialize};
 
@@ -23,6 +22,7 @@ use super::beacon::*;
 use super::closed::*;
 use super::options::*;
 use super::partition::*;
+use super::watermarks::Watermarks;
 
 /// What a worker tells worker 0's process, which merges them into the closed advances: the
 /// frontier, the counts, the offsets, the dead letters. Reports travel through the dataflow,
@@ -99,6 +99,9 @@ pub(super) struct Feeder {
     pub(super) parts_done: Vec<PartDone>,
     /// `kafka.idle_timeout_secs`.
     pub(super) idle_after: Duration,
+    /// How long the broker's word that a partition is caught up stays good (see
+    /// [`Watermarks::lasts`]).
+    pub(super) idle_lasts: Duration,
 }
 
 /// What a worker's input may do at an advance, given the checkpoint schedule.
@@ -346,6 +349,7 @@ impl Feeder {
 
     /// This worker's beacon.
     pub(super) fn mark(&self, idle_after: Duration, now: Instant) -> Mark {
+        let lasts = self.idle_lasts;
         let mut low: Option<i64> = None;
         for part in &self.parts {
             if !part.replay.is_empty() {
@@ -354,7 +358,7 @@ impl Feeder {
                 // their epochs before they come back, and they would arrive late.
                 return Mark::Holding;
             }
-            if part.is_idle(idle_after, now) {
+            if part.is_idle(idle_after, lasts, now) {
                 continue;
             }
             if !part.spoke {
@@ -373,6 +377,15 @@ impl Feeder {
         }
     }
 
+    /// Partitions silent for the idle timeout that still hold time back, with what the broker
+    /// last said of each.
+    pub(super) fn unconfirmed(&self, now: Instant) -> Vec<String> {
+        self.parts
+            .iter()
+            .filter_map(|p| p.unconfirmed(self.idle_after, self.idle_lasts, now))
+            .collect()
+    }
+
     /// Moves every partition's last sighting forward by `gap`, during which nobody listened.
     pub(super) fn not_listening(&mut self, gap: Duration) {
         for part in &mut self.parts {
@@ -380,39 +393,53 @@ impl Feeder {
         }
     }
 
-    /// Confirms with the broker that one silent partition really has nothing more to read (at
-    /// most one request per call, so a broker outage stalls this worker only briefly).
+    /// Takes the broker's answers about silent partitions, and asks about the next one that is
+    /// due: silent for `idle_after`, and not asked about for [`IDLE_RECHECK`]; the one asked
+    /// about longest ago first, so on a slow broker every partition gets its turn.
     pub(super) fn check_idle(
         &mut self,
-        consumer: &BaseConsumer,
+        probe: &mut Watermarks,
         idle_after: Duration,
         now: Instant,
     ) {
-        let due = self.parts.iter_mut().find(|p| {
-            now.duration_since(p.last_seen) >= idle_after
-                && p.idle_checked
-                    .is_none_or(|(at, _)| now.duration_since(at) >= IDLE_RECHECK)
-        });
-        let Some(part) = due else { return };
-        let caught_up = match consumer.fetch_watermarks(
-            &part.part.topic,
-            part.part.partition,
-            IDLE_CHECK_TIMEOUT,
-        ) {
-            // Some brokers report the high watermark early (tansu: the start of the last
-            // batch), never late: a high watermark past the next offset means unread records.
-            Ok((low, high)) => {
-                if part.replay.iter().any(|o| *o < low) {
-                    part.forget_replay_below(low);
+        for answer in probe.answers() {
+            let Some(part) = self.parts.get_mut(answer.part) else {
+                continue;
+            };
+            let caught_up = match answer.result {
+                // Some brokers report the high watermark early (tansu: the start of the last
+                // batch), never late: a high watermark past the next offset means unread
+                // records.
+                Ok((low, high)) => {
+                    if part.replay.iter().any(|o| *o < low) {
+                        part.forget_replay_below(low);
+                    }
+                    high <= part.next_offset.max(low)
                 }
-                high <= part.next_offset.max(low)
-            }
-            Err(e) => {
-                tracing::debug!(partition = %part.part.label(), error = %e, "broker unreachable: the partition is not idle");
-                false
-            }
-        };
-        part.idle_checked = Some((now, caught_up));
+                Err(e) => {
+                    tracing::debug!(partition = %part.part.label(), error = %e, "broker unreachable: the partition is not idle");
+                    false
+                }
+            };
+            part.idle_checked = Some((answer.asked, caught_up));
+        }
+        self.idle_lasts = probe.lasts(self.parts.len());
+        if probe.busy() {
+            return;
+        }
+        let due = self
+            .parts
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| {
+                now.duration_since(p.last_seen) >= idle_after
+                    && p.idle_checked
+                        .is_none_or(|(at, _)| now.duration_since(at) >= IDLE_RECHECK)
+            })
+            .min_by_key(|(_, p)| p.idle_checked.map(|(at, _)| at));
+        if let Some((i, p)) = due {
+            probe.ask(i, &p.part);
+        }
     }
 
     /// Advances the input towards `target`, applying buffered events at their epochs and
@@ -470,13 +497,14 @@ impl Feeder {
     pub(super) fn cut_here(&self, name: String, epoch: Epoch, reason: &'static str) -> Cut {
         let parts = &self.parts;
         let now = Instant::now();
+        let lasts = self.idle_lasts;
         Cut {
             name,
             epoch,
             reason,
             positions: parts
                 .iter()
-                .map(|p| p.position(self.idle_after, now))
+                .map(|p| p.position(self.idle_after, lasts, now))
                 .collect(),
             reference: snapshot::reference_by_partition(self.input.reference(), |kind, id| {
                 self.sources

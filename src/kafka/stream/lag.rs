@@ -13,6 +13,9 @@ use super::options::*;
 
 /// How often the consumer lag is measured.
 pub(super) const LAG_EVERY: Duration = Duration::from_secs(5);
+/// How long one partition's measurement may take: short, since stopping the worker waits for
+/// the measurement under way.
+const LAG_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// Measures the consumer lag of every assigned partition every [`LAG_EVERY`] on a thread and
 /// client of its own (a broker request may block), until the returned guard is dropped.
@@ -42,8 +45,10 @@ pub(super) fn spawn_lag_probe(cfg: &Resolved, opts: &StreamOptions) -> Option<La
                     Err(_) => return,
                 };
                 for ((topic, partition), position) in positions {
-                    if let Ok((_, high)) =
-                        consumer.fetch_watermarks(&topic, partition, IDLE_CHECK_TIMEOUT)
+                    if done2.load(Ordering::SeqCst) {
+                        return;
+                    }
+                    if let Ok((_, high)) = consumer.fetch_watermarks(&topic, partition, LAG_TIMEOUT)
                     {
                         progress
                             .metrics

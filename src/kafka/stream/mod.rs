@@ -56,7 +56,8 @@
 //! - `offsets`: the consumer, each worker's partitions and where they resume;
 //! - `worker`: one timely worker's loop: poll, feed, beacon, step, checkpoint, report;
 //! - `feeder`: a worker's input side (decoding, epochs, the input stage, advances), over its
-//!   partitions as `partition` tracks them (watermarks, held and replayed records, idleness);
+//!   partitions as `partition` tracks them (watermarks, held and replayed records, idleness),
+//!   asking the broker on a thread of `watermarks` whether silent ones are caught up;
 //! - `beacon`: the watermarks the workers share, and the target they agree on;
 //! - `outbox`: what the workers send each other, through the dataflow;
 //! - `merger`: each process merges its workers' changed series ([`Changed`]), and worker 0's
@@ -82,6 +83,7 @@ mod offsets;
 mod options;
 mod outbox;
 mod partition;
+mod watermarks;
 mod worker;
 
 pub use self::closed::{

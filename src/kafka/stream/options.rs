@@ -10,8 +10,9 @@ use crate::kafka::progress::Progress;
 pub(super) const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often a silent partition's idleness is confirmed with the broker.
 pub(super) const IDLE_RECHECK: Duration = Duration::from_secs(1);
-/// How long that confirmation may take; a broker that does not answer in time is unreachable.
-pub(super) const IDLE_CHECK_TIMEOUT: Duration = Duration::from_millis(500);
+/// How long that confirmation may take (it is asked for off the worker's thread); a broker
+/// that does not answer in time is unreachable.
+pub(super) const IDLE_CHECK_TIMEOUT: Duration = Duration::from_secs(5);
 /// A pause between two polls longer than this is not counted as silence.
 pub(super) const LISTEN_GAP: Duration = Duration::from_millis(250);
 /// Most records taken from the consumer between two dataflow steps.

@@ -1,7 +1,6 @@
 //! One input partition as a worker tracks it: its watermark, the offsets read and held, the
 //! records to re-read after a restore, and whether it is idle.
 
-use super::options::*;
 use crate::kafka::wire::Partition;
 use crate::source::files::FileKind;
 use std::collections::{BTreeSet, HashSet};
@@ -55,13 +54,40 @@ impl PartState {
         offset < self.next_offset
     }
 
-    /// Silent for `idle_after`, and the broker confirmed recently that nothing is left to read:
-    /// a partition cut off by a broker outage is silent but not idle.
-    pub(super) fn is_idle(&self, idle_after: Duration, now: Instant) -> bool {
+    /// Silent for `idle_after`, and the broker confirmed within `lasts` (see
+    /// [`super::watermarks::Watermarks::lasts`]) that nothing is left to read: a partition cut off by a
+    /// broker outage is silent but not idle.
+    pub(super) fn is_idle(&self, idle_after: Duration, lasts: Duration, now: Instant) -> bool {
         now.duration_since(self.last_seen) >= idle_after
             && self.idle_checked.is_some_and(|(at, idle)| {
-                idle && at >= self.last_seen && now.duration_since(at) < IDLE_RECHECK * 3
+                idle && at >= self.last_seen && now.duration_since(at) < lasts
             })
+    }
+
+    /// If this partition has been silent for `idle_after` without counting as idle, why: what
+    /// the broker last said of it.
+    pub(super) fn unconfirmed(
+        &self,
+        idle_after: Duration,
+        lasts: Duration,
+        now: Instant,
+    ) -> Option<String> {
+        if now.duration_since(self.last_seen) < idle_after || self.is_idle(idle_after, lasts, now) {
+            return None;
+        }
+        let said = match self.idle_checked {
+            None => "not asked yet".to_string(),
+            Some((at, caught_up)) => format!(
+                "{} {:.1} s ago",
+                if caught_up {
+                    "caught up"
+                } else {
+                    "unread records, or no answer"
+                },
+                now.duration_since(at).as_secs_f64()
+            ),
+        };
+        Some(format!("{}: {said}", self.part.label()))
     }
 
     /// The lowest offset not yet applied.
@@ -81,6 +107,7 @@ impl PartState {
     pub(super) fn position(
         &self,
         idle_after: Duration,
+        lasts: Duration,
         now: Instant,
     ) -> crate::checkpoint::Position {
         let mut held: Vec<i64> = self.held.iter().copied().collect();
@@ -91,7 +118,7 @@ impl PartState {
             next_offset: self.next_offset.max(self.skip_below),
             held,
             max_ts: self.max_ts,
-            idle: self.is_idle(idle_after, now),
+            idle: self.is_idle(idle_after, lasts, now),
         }
     }
 

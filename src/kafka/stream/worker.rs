@@ -25,9 +25,12 @@ use super::offsets::*;
 use super::options::*;
 use super::outbox::*;
 use super::partition::*;
+use super::watermarks::Watermarks;
 
 /// How often a worker publishes its read positions and series count.
 pub(super) const SHOW_EVERY: Duration = Duration::from_secs(1);
+/// How often a worker says which silent partitions the broker has not confirmed idle.
+const TELL_UNCONFIRMED_EVERY: Duration = Duration::from_secs(60);
 
 /// One timely worker's loop.
 pub(super) fn work(
@@ -41,9 +44,8 @@ pub(super) fn work(
     let index = worker.index();
     let peers = worker.peers();
     let consumer = consumer(cfg)?;
-    // Idleness checks go through a client of their own: on the reading consumer's connection
-    // they would queue behind fetch requests that wait up to fetch.wait.max.ms for data.
-    let prober = self::consumer(cfg)?;
+    let mut prober = Watermarks::spawn(self::consumer(cfg)?, index)
+        .map_err(|e| StreamError::Worker(format!("cannot start the idleness thread: {e}")))?;
     let restore = checkpoints.and_then(|c| c.restore.as_ref());
     let start_at: HashMap<(String, i32), i64> = restore
         .iter()
@@ -111,6 +113,7 @@ pub(super) fn work(
         cut: None,
         skipped: 0,
         restore_floor: 0,
+        idle_lasts: IDLE_RECHECK * 3,
         parts_done: Vec::new(),
         idle_after: Duration::from_secs(cfg.kafka.idle_timeout_secs),
     };
@@ -161,6 +164,7 @@ pub(super) fn work(
     // Whether the last iteration found the process at its limit of held series.
     let mut was_held_full = false;
     let mut last_shown = Instant::now();
+    let mut last_unconfirmed = Instant::now();
     let mut shown = (0i64, 0i64);
     loop {
         let peer_stopping = board
@@ -222,7 +226,7 @@ pub(super) fn work(
             }
         }
         if !draining && !full {
-            feeder.check_idle(&prober, idle_after, Instant::now());
+            feeder.check_idle(&mut prober, idle_after, Instant::now());
         }
         if feeder.redelivered > redelivered_logged {
             tracing::warn!(
@@ -276,6 +280,17 @@ pub(super) fn work(
         if last_shown.elapsed() >= SHOW_EVERY {
             last_shown = Instant::now();
             feeder.show(&mut shown, &size);
+        }
+        if !draining && last_unconfirmed.elapsed() >= TELL_UNCONFIRMED_EVERY {
+            last_unconfirmed = Instant::now();
+            let silent = feeder.unconfirmed(last_unconfirmed);
+            if !silent.is_empty() {
+                tracing::warn!(
+                    worker = index,
+                    partitions = ?silent,
+                    "silent partitions not confirmed idle by the broker hold event time back"
+                );
+            }
         }
         let gate = match checkpoints {
             None => Gate::OPEN,

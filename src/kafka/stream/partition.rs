@@ -126,3 +126,60 @@ impl PartState {
         matches!(self.part.kind, FileKind::Sales | FileKind::Stock)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn silent_since(last_seen: Instant) -> PartState {
+        let counter = || prometheus::IntCounter::new("c", "c").unwrap();
+        PartState {
+            part: Partition {
+                kind: FileKind::Sales,
+                topic: "sales".into(),
+                partition: 3,
+            },
+            max_ts: Some(0),
+            last_seen,
+            spoke: true,
+            next_offset: 10,
+            held: BTreeSet::new(),
+            committed: 0,
+            idle_checked: None,
+            consumed_metric: counter(),
+            lost_metric: counter(),
+            skip_below: 0,
+            replay: HashSet::new(),
+        }
+    }
+
+    #[test]
+    fn a_silent_partition_is_idle_only_while_a_confirmation_since_its_last_record_lasts() {
+        let s = Duration::from_secs;
+        // Later than now, so that instants before it exist however young the clock is.
+        let t0 = Instant::now() + s(10);
+        let (idle_after, lasts) = (s(5), s(3));
+        let mut p = silent_since(t0);
+        // Not silent long enough: neither idle nor waiting for the broker.
+        assert!(!p.is_idle(idle_after, lasts, t0 + s(4)));
+        assert_eq!(p.unconfirmed(idle_after, lasts, t0 + s(4)), None);
+        // Silent, not asked yet.
+        let said = p.unconfirmed(idle_after, lasts, t0 + s(6)).unwrap();
+        assert_eq!(said, "sales/3: not asked yet");
+        // Confirmed caught up: idle while the confirmation lasts.
+        p.idle_checked = Some((t0 + s(6), true));
+        assert!(p.is_idle(idle_after, lasts, t0 + s(8)));
+        assert_eq!(p.unconfirmed(idle_after, lasts, t0 + s(8)), None);
+        assert!(!p.is_idle(idle_after, lasts, t0 + s(9)));
+        let said = p.unconfirmed(idle_after, lasts, t0 + s(9)).unwrap();
+        assert_eq!(said, "sales/3: caught up 3.0 s ago");
+        // Records behind, or no answer.
+        p.idle_checked = Some((t0 + s(6), false));
+        assert!(!p.is_idle(idle_after, lasts, t0 + s(7)));
+        // A confirmation from before the last record says nothing about it.
+        p.idle_checked = Some((t0 - s(1), true));
+        assert!(!p.is_idle(idle_after, s(60), t0 + s(6)));
+        p.last_seen = t0 - s(2);
+        assert!(p.is_idle(idle_after, s(60), t0 + s(6)));
+    }
+}

@@ -29,8 +29,8 @@ use super::watermarks::Watermarks;
 
 /// How often a worker publishes its read positions and series count.
 pub(super) const SHOW_EVERY: Duration = Duration::from_secs(1);
-/// How often a worker says which silent partitions the broker has not confirmed idle.
-const TELL_UNCONFIRMED_EVERY: Duration = Duration::from_secs(60);
+/// How often a worker says what keeps it waiting (see [`tell_waiting`]).
+const TELL_WAITING_EVERY: Duration = Duration::from_secs(60);
 
 /// One timely worker's loop.
 pub(super) fn work(
@@ -164,7 +164,9 @@ pub(super) fn work(
     // Whether the last iteration found the process at its limit of held series.
     let mut was_held_full = false;
     let mut last_shown = Instant::now();
-    let mut last_unconfirmed = Instant::now();
+    let mut last_told = Instant::now();
+    // When this worker drained (with `exit_when_idle`).
+    let mut drained_at: Option<Instant> = None;
     let mut shown = (0i64, 0i64);
     loop {
         let peer_stopping = board
@@ -281,16 +283,9 @@ pub(super) fn work(
             last_shown = Instant::now();
             feeder.show(&mut shown, &size);
         }
-        if !draining && last_unconfirmed.elapsed() >= TELL_UNCONFIRMED_EVERY {
-            last_unconfirmed = Instant::now();
-            let silent = feeder.unconfirmed(last_unconfirmed);
-            if !silent.is_empty() {
-                tracing::warn!(
-                    worker = index,
-                    partitions = ?silent,
-                    "silent partitions not confirmed idle by the broker hold event time back"
-                );
-            }
+        if last_told.elapsed() >= TELL_WAITING_EVERY {
+            last_told = Instant::now();
+            tell_waiting(index, drained_at, &board.borrow(), &feeder, last_told);
         }
         let gate = match checkpoints {
             None => Gate::OPEN,
@@ -349,6 +344,7 @@ pub(super) fn work(
             Target::Drain(e) => {
                 if feeder.advance(e, gate, name) {
                     draining = true;
+                    drained_at.get_or_insert_with(Instant::now);
                 }
             }
         }
@@ -437,6 +433,42 @@ pub(super) fn work(
     }
     outbox.send(report(index, None, (&sink, &size), &mut feeder));
     outbox.finish(worker, tx)
+}
+
+/// Logs what keeps this worker waiting, if anything: the silent partitions the broker has not
+/// confirmed idle (they hold event time back), or, once it drained a while ago, the workers
+/// that have not drained yet, with their marks.
+fn tell_waiting(
+    index: usize,
+    drained_at: Option<Instant>,
+    board: &[Option<Beacon>],
+    feeder: &Feeder,
+    now: Instant,
+) {
+    let Some(at) = drained_at else {
+        let silent = feeder.unconfirmed(now);
+        if !silent.is_empty() {
+            tracing::warn!(
+                worker = index,
+                partitions = ?silent,
+                "silent partitions not confirmed idle by the broker hold event time back"
+            );
+        }
+        return;
+    };
+    let waiting: Vec<(usize, Mark)> = board
+        .iter()
+        .flatten()
+        .filter(|b| !b.draining)
+        .map(|b| (b.worker, b.mark))
+        .collect();
+    if now.duration_since(at) >= TELL_WAITING_EVERY && !waiting.is_empty() {
+        tracing::warn!(
+            worker = index,
+            ?waiting,
+            "drained; waiting for the workers that have not (worker, mark)"
+        );
+    }
 }
 
 /// Exports this worker's state for the checkpoint `cut`, counting the time taken.

@@ -406,7 +406,7 @@ impl Feeder {
             let Some(part) = self.parts.get_mut(answer.part) else {
                 continue;
             };
-            let caught_up = match answer.result {
+            let said = match answer.result {
                 // Some brokers report the high watermark early (tansu: the start of the last
                 // batch), never late: a high watermark past the next offset means unread
                 // records.
@@ -414,14 +414,18 @@ impl Feeder {
                     if part.replay.iter().any(|o| *o < low) {
                         part.forget_replay_below(low);
                     }
-                    high <= part.next_offset.max(low)
+                    if high <= part.next_offset.max(low) {
+                        Said::CaughtUp
+                    } else {
+                        Said::Behind { end: high }
+                    }
                 }
                 Err(e) => {
                     tracing::debug!(partition = %part.part.label(), error = %e, "broker unreachable: the partition is not idle");
-                    false
+                    Said::NoAnswer
                 }
             };
-            part.idle_checked = Some((answer.asked, caught_up));
+            part.idle_checked = Some((answer.asked, said));
         }
         self.idle_lasts = probe.lasts(self.parts.len());
         if probe.busy() {

@@ -6,6 +6,20 @@ use crate::source::files::FileKind;
 use std::collections::{BTreeSet, HashSet};
 use std::time::{Duration, Instant};
 
+/// What the broker last said of a silent partition.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Said {
+    /// Nothing is left to read.
+    CaughtUp,
+    /// Its end (high watermark) is past the next offset: records are there, unread.
+    Behind {
+        /// The high watermark.
+        end: i64,
+    },
+    /// No answer in time: an outage, or a broker too slow.
+    NoAnswer,
+}
+
 /// One partition as a worker tracks it.
 pub(super) struct PartState {
     pub(super) part: Partition,
@@ -22,7 +36,7 @@ pub(super) struct PartState {
     /// Records below this offset were handled before a restart: no dead letters for them.
     pub(super) committed: i64,
     /// When the broker was last asked whether this silent partition is caught up, and its answer.
-    pub(super) idle_checked: Option<(Instant, bool)>,
+    pub(super) idle_checked: Option<(Instant, Said)>,
     /// `stockcast_events_consumed_total` of this partition.
     pub(super) consumed_metric: prometheus::IntCounter,
     /// Records lost from the restored replay set (see [`PartState::forget_replay_below`]).
@@ -59,8 +73,8 @@ impl PartState {
     /// broker outage is silent but not idle.
     pub(super) fn is_idle(&self, idle_after: Duration, lasts: Duration, now: Instant) -> bool {
         now.duration_since(self.last_seen) >= idle_after
-            && self.idle_checked.is_some_and(|(at, idle)| {
-                idle && at >= self.last_seen && now.duration_since(at) < lasts
+            && self.idle_checked.is_some_and(|(at, said)| {
+                said == Said::CaughtUp && at >= self.last_seen && now.duration_since(at) < lasts
             })
     }
 
@@ -77,15 +91,16 @@ impl PartState {
         }
         let said = match self.idle_checked {
             None => "not asked yet".to_string(),
-            Some((at, caught_up)) => format!(
-                "{} {:.1} s ago",
-                if caught_up {
-                    "caught up"
-                } else {
-                    "unread records, or no answer"
-                },
-                now.duration_since(at).as_secs_f64()
-            ),
+            Some((at, said)) => {
+                let said = match said {
+                    Said::CaughtUp => "caught up".to_string(),
+                    Said::Behind { end } => {
+                        format!("its end is {end}, the next offset {}", self.next_offset)
+                    }
+                    Said::NoAnswer => "no answer".to_string(),
+                };
+                format!("{said}, {:.1} s ago", now.duration_since(at).as_secs_f64())
+            }
         };
         Some(format!("{}: {said}", self.part.label()))
     }
@@ -167,17 +182,26 @@ mod tests {
         let said = p.unconfirmed(idle_after, lasts, t0 + s(6)).unwrap();
         assert_eq!(said, "sales/3: not asked yet");
         // Confirmed caught up: idle while the confirmation lasts.
-        p.idle_checked = Some((t0 + s(6), true));
+        p.idle_checked = Some((t0 + s(6), Said::CaughtUp));
         assert!(p.is_idle(idle_after, lasts, t0 + s(8)));
         assert_eq!(p.unconfirmed(idle_after, lasts, t0 + s(8)), None);
         assert!(!p.is_idle(idle_after, lasts, t0 + s(9)));
         let said = p.unconfirmed(idle_after, lasts, t0 + s(9)).unwrap();
-        assert_eq!(said, "sales/3: caught up 3.0 s ago");
+        assert_eq!(said, "sales/3: caught up, 3.0 s ago");
         // Records behind, or no answer.
-        p.idle_checked = Some((t0 + s(6), false));
+        p.idle_checked = Some((t0 + s(6), Said::Behind { end: 12 }));
         assert!(!p.is_idle(idle_after, lasts, t0 + s(7)));
+        let said = p.unconfirmed(idle_after, lasts, t0 + s(7)).unwrap();
+        assert_eq!(
+            said,
+            "sales/3: its end is 12, the next offset 10, 1.0 s ago"
+        );
+        p.idle_checked = Some((t0 + s(6), Said::NoAnswer));
+        assert!(!p.is_idle(idle_after, lasts, t0 + s(7)));
+        let said = p.unconfirmed(idle_after, lasts, t0 + s(7)).unwrap();
+        assert_eq!(said, "sales/3: no answer, 1.0 s ago");
         // A confirmation from before the last record says nothing about it.
-        p.idle_checked = Some((t0 - s(1), true));
+        p.idle_checked = Some((t0 - s(1), Said::CaughtUp));
         assert!(!p.is_idle(idle_after, s(60), t0 + s(6)));
         p.last_seen = t0 - s(2);
         assert!(p.is_idle(idle_after, s(60), t0 + s(6)));

@@ -181,6 +181,11 @@ fn main() {
             run.stats.advances,
             run.stats.epochs
         );
+        let dead: u64 = run.stats.dead_letters.values().sum();
+        println!(
+            "  {} events applied late, {dead} dead letters",
+            run.stats.late
+        );
         println!(
             "  wall {wall:.2} s (of which {} s idle timeout), CPU {cpu:.2} s",
             cfg.kafka.idle_timeout_secs

@@ -158,17 +158,17 @@ pub(super) fn work(
     let mut last_beacon: Option<Beacon> = None;
     let mut reported: Option<Option<Epoch>> = None;
     let mut last_report = Instant::now();
-    let mut draining = false;
     let mut redelivered_logged = 0;
     let mut last_poll = Instant::now();
     // Whether the last iteration found the process at its limit of held series.
     let mut was_held_full = false;
     let mut last_shown = Instant::now();
     let mut last_told = Instant::now();
-    // When this worker drained (with `exit_when_idle`).
+    // When this worker drained (with `exit_when_idle`): it reads no more.
     let mut drained_at: Option<Instant> = None;
     let mut shown = (0i64, 0i64);
     loop {
+        let draining = drained_at.is_some();
         let peer_stopping = board
             .borrow()
             .iter()
@@ -343,7 +343,6 @@ pub(super) fn work(
             Target::Drain(_) if started.elapsed() < idle_after => {}
             Target::Drain(e) => {
                 if feeder.advance(e, gate, name) {
-                    draining = true;
                     drained_at.get_or_insert_with(Instant::now);
                 }
             }

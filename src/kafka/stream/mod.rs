@@ -56,8 +56,9 @@
 //! - `offsets`: the consumer, each worker's partitions and where they resume;
 //! - `worker`: one timely worker's loop: poll, feed, beacon, step, checkpoint, report;
 //! - `feeder`: a worker's input side (decoding, epochs, the input stage, advances), over its
-//!   partitions as `partition` tracks them (watermarks, held and replayed records, idleness),
-//!   asking the broker on a thread of `watermarks` whether silent ones are caught up;
+//!   partitions as `partition` tracks them (watermarks, held and replayed records, idleness);
+//!   `idleness`: the mark a worker's partitions allow and which silent ones are idle, asking
+//!   the broker on a thread of `watermarks` whether they are caught up;
 //! - `beacon`: the watermarks the workers share, and the target they agree on;
 //! - `outbox`: what the workers send each other, through the dataflow;
 //! - `merger`: each process merges its workers' changed series ([`Changed`]), and worker 0's
@@ -77,6 +78,7 @@ pub use super::wire::Partition;
 mod beacon;
 mod closed;
 mod feeder;
+mod idleness;
 mod lag;
 mod merger;
 mod offsets;

@@ -1,0 +1,112 @@
+//! Whether a worker's partitions still hold event time back: the mark its beacon carries,
+//! the silence that makes a partition idle, and the broker's word (asked on the thread of
+//! [`super::watermarks`]) that a silent partition has nothing unread.
+
+use std::time::{Duration, Instant};
+
+use super::beacon::Mark;
+use super::feeder::Feeder;
+use super::options::IDLE_RECHECK;
+use super::partition::*;
+use super::watermarks::Watermarks;
+
+impl Feeder {
+    /// This worker's beacon.
+    pub(super) fn mark(&self, idle_after: Duration, now: Instant) -> Mark {
+        let lasts = self.idle_lasts;
+        let mut low: Option<i64> = None;
+        for part in &self.parts {
+            if !part.replay.is_empty() {
+                // Records buffered at the restored checkpoint's cut are not read again yet.
+                // Their times are in the restored watermark, so time could otherwise pass
+                // their epochs before they come back, and they would arrive late.
+                return Mark::Holding;
+            }
+            if part.is_idle(idle_after, lasts, now) {
+                continue;
+            }
+            if !part.spoke {
+                return Mark::Holding;
+            }
+            if part.timed() {
+                if let Some(ts) = part.max_ts {
+                    low = Some(low.map_or(ts, |l| l.min(ts)));
+                }
+            }
+        }
+        match low {
+            Some(w) => Mark::Active(w),
+            // Only reference partitions are speaking: they carry no time, so they hold nothing.
+            None => Mark::Idle,
+        }
+    }
+
+    /// Partitions silent for the idle timeout that still hold time back, with what the broker
+    /// last said of each.
+    pub(super) fn unconfirmed(&self, now: Instant) -> Vec<String> {
+        self.parts
+            .iter()
+            .filter_map(|p| p.unconfirmed(self.idle_after, self.idle_lasts, now))
+            .collect()
+    }
+
+    /// Moves every partition's last sighting forward by `gap`, during which nobody listened.
+    pub(super) fn not_listening(&mut self, gap: Duration) {
+        for part in &mut self.parts {
+            part.last_seen += gap;
+        }
+    }
+
+    /// Takes the broker's answers about silent partitions, and asks about the next one that is
+    /// due: silent for `idle_after`, and not asked about for [`IDLE_RECHECK`]; the one asked
+    /// about longest ago first, so on a slow broker every partition gets its turn.
+    pub(super) fn check_idle(
+        &mut self,
+        probe: &mut Watermarks,
+        idle_after: Duration,
+        now: Instant,
+    ) {
+        for answer in probe.answers() {
+            let Some(part) = self.parts.get_mut(answer.part) else {
+                continue;
+            };
+            let said = match answer.result {
+                // Some brokers report the high watermark early (tansu: the start of the last
+                // batch), never late: a high watermark past the next offset means unread
+                // records.
+                Ok((low, high)) => {
+                    if part.replay.iter().any(|o| *o < low) {
+                        part.forget_replay_below(low);
+                    }
+                    if high <= part.next_offset.max(low) {
+                        Said::CaughtUp
+                    } else {
+                        Said::Behind { end: high }
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(partition = %part.part.label(), error = %e, "broker unreachable: the partition is not idle");
+                    Said::NoAnswer
+                }
+            };
+            part.idle_checked = Some((answer.asked, said));
+        }
+        self.idle_lasts = probe.lasts(self.parts.len());
+        if probe.busy() {
+            return;
+        }
+        let due = self
+            .parts
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| {
+                now.duration_since(p.last_seen) >= idle_after
+                    && p.idle_checked
+                        .is_none_or(|(at, _)| now.duration_since(at) >= IDLE_RECHECK)
+            })
+            .min_by_key(|(_, p)| p.idle_checked.map(|(at, _)| at));
+        if let Some((i, p)) = due {
+            probe.ask(i, &p.part);
+        }
+    }
+}

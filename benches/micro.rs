@@ -1,7 +1,8 @@
 //! Criterion micro-benchmarks of the pure hot paths: decoding a sale (a CSV row, and a Kafka
 //! record's JSON value), evaluating one series' features (done once per changed series per
 //! epoch), both with the full pass over the window (`compute`, the definition) and from a
-//! window's running totals (`compute_ring`, what the features operator runs), and writing one
+//! window's running totals (`compute_ring`, what the features operator runs), a feature
+//! vector in natural units (done once per scored series, before the model), and writing one
 //! forecast record's JSON (done once per record for the Kafka sink).
 
 mod common;
@@ -109,6 +110,33 @@ fn evaluate_from_running_totals(c: &mut Criterion) {
     }
 }
 
+fn natural_units(c: &mut Criterion) {
+    for spec in [FeatureSpec::daily(), FeatureSpec::weekly()] {
+        let schema = spec.schema();
+        // Milli-units with every seventh feature missing.
+        let vec = dataflows::FeatureVec::from(
+            (0..schema.features.len() as i64)
+                .map(|i| {
+                    if i % 7 == 3 {
+                        dataflows::model::MISSING
+                    } else {
+                        i * 1_234 - 5_000
+                    }
+                })
+                .collect::<Vec<_>>(),
+        );
+        let mut out = Vec::with_capacity(schema.features.len());
+        let name = format!("model/natural_{:?}", spec.period).to_lowercase();
+        c.bench_function(&name, |b| {
+            b.iter(|| {
+                out.clear();
+                stockcast::model::history::natural(&schema, black_box(&vec), &mut out);
+                black_box(out.len())
+            })
+        });
+    }
+}
+
 fn forecast_json(c: &mut Criterion) {
     let record = common::forecast_record(4242, "2024-03-01T00:00:00Z");
     let mut out = Vec::with_capacity(4096);
@@ -135,6 +163,7 @@ criterion_group!(
     decode_sale,
     evaluate_features,
     evaluate_from_running_totals,
+    natural_units,
     forecast_json
 );
 criterion_main!(benches);

@@ -94,11 +94,26 @@ impl Snapshot {
     }
 }
 
-/// A feature vector in natural units, NaN for missing.
+/// A feature vector in natural units, NaN for missing: [`Schema::value`] of every feature, as
+/// `f32`. Done once per scored series, so it walks the definitions and the values side by side,
+/// without a branch or a bounds check per feature.
 pub fn natural(schema: &Schema, vec: &FeatureVec, out: &mut Vec<f32>) {
-    out.extend(
-        (0..schema.features.len()).map(|i| schema.value(vec, i).map_or(f32::NAN, |v| v as f32)),
-    );
+    let values = &vec.0;
+    if values.len() < schema.features.len() {
+        // A vector shorter than its schema (not one the dataflow makes): the rest is missing.
+        out.extend(
+            (0..schema.features.len()).map(|i| schema.value(vec, i).map_or(f32::NAN, |v| v as f32)),
+        );
+        return;
+    }
+    out.extend(schema.features.iter().zip(values.iter()).map(|(f, &v)| {
+        let x = (v as f64 / f.scale as f64) as f32;
+        if v == dataflows::model::MISSING {
+            f32::NAN
+        } else {
+            x
+        }
+    }));
 }
 
 /// Which (series, period) feature rows a history keeps: all, or a share chosen by a hash of the
@@ -405,5 +420,44 @@ impl History {
     /// Whether every snapshot kept every series' features.
     pub fn is_whole(&self) -> bool {
         self.snapshots.iter().all(Snapshot::is_whole)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dataflows::model::MISSING;
+    use dataflows::FeatureSpec;
+
+    /// The definition: [`Schema::value`] per feature, NaN where it has none.
+    fn by_definition(schema: &Schema, vec: &FeatureVec) -> Vec<f32> {
+        (0..schema.features.len())
+            .map(|i| schema.value(vec, i).map_or(f32::NAN, |v| v as f32))
+            .collect()
+    }
+
+    #[test]
+    fn natural_units_are_the_schemas_values_to_the_bit() {
+        for spec in [FeatureSpec::daily(), FeatureSpec::weekly()] {
+            let schema = spec.schema();
+            let n = schema.features.len();
+            let extremes = [MISSING, i64::MAX, MISSING + 1, 0, -1, 1, 999, 1_000_001];
+            for len in [n, n + 3, n - 1, 0] {
+                let values: Vec<i64> = (0..len as i64)
+                    .map(|i| match i % 5 {
+                        0 => extremes[(i as usize / 5) % extremes.len()],
+                        1 => MISSING,
+                        _ => i * 7_919 - 123_456,
+                    })
+                    .collect();
+                let vec = FeatureVec::from(values);
+                let mut ours = vec![7.0];
+                natural(&schema, &vec, &mut ours);
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                let mut expected = vec![7.0];
+                expected.extend(by_definition(&schema, &vec));
+                assert_eq!(bits(&ours), bits(&expected), "{len} values, {n} features");
+            }
+        }
     }
 }

@@ -158,19 +158,9 @@ fn text(s: &str, out: &mut Vec<u8>) {
 
 /// A number as [`Decimals`] prints it; `null` where it is not finite, as serde_json writes it.
 fn number(x: f64, out: &mut Vec<u8>) {
-    if !x.is_finite() {
-        out.extend_from_slice(b"null");
-    } else if let Some(m) = milli(x) {
-        push_milli(m, out);
-    } else {
-        let _ = CompactFormatter.write_f64(out, x);
-    }
-}
-
-/// [`milli_digits`] pushed onto `out` a byte at a time: a copy call per number cost more
-/// than its digits.
-fn push_milli(m: i64, out: &mut Vec<u8>) {
-    milli_digits(m, |b| out.push(b));
+    let mut buf = [0u8; NUMBER_ROOM];
+    let n = put_number(x, &mut buf);
+    out.extend_from_slice(&buf[..n]);
 }
 
 fn optional(x: Option<f64>, out: &mut Vec<u8>) {
@@ -180,16 +170,136 @@ fn optional(x: Option<f64>, out: &mut Vec<u8>) {
     }
 }
 
+/// A JSON array of numbers. The numbers are printed into a buffer on the stack and copied
+/// onto `out` a kilobyte at a time: a copy per number, or a push per byte with its check of
+/// the vector's capacity, cost more than the digits themselves.
 fn numbers(xs: &[f64], out: &mut Vec<u8>) {
-    out.push(b'[');
+    let mut buf = [0u8; 1024];
+    buf[0] = b'[';
+    let mut n = 1;
     for (i, x) in xs.iter().enumerate() {
-        if i > 0 {
-            out.push(b',');
+        if n + 1 + NUMBER_ROOM > buf.len() {
+            out.extend_from_slice(&buf[..n]);
+            n = 0;
         }
-        number(*x, out);
+        if i > 0 {
+            buf[n] = b',';
+            n += 1;
+        }
+        n += put_number(*x, &mut buf[n..]);
     }
-    out.push(b']');
+    buf[n] = b']';
+    out.extend_from_slice(&buf[..=n]);
 }
+
+/// Room [`put_number`] needs: serde_json's longest `f64` is 24 bytes; the fast path writes
+/// fixed-size pieces that may reach a few bytes past the number's end.
+const NUMBER_ROOM: usize = 32;
+
+/// Writes `x` as [`number`] prints it at the start of `buf` (at least [`NUMBER_ROOM`] bytes);
+/// returns its length.
+#[inline]
+fn put_number(x: f64, buf: &mut [u8]) -> usize {
+    if !x.is_finite() {
+        buf[..4].copy_from_slice(b"null");
+        return 4;
+    }
+    match milli(x) {
+        Some(m) => put_milli(m, buf),
+        None => {
+            let mut w = &mut buf[..];
+            let room = w.len();
+            // A slice of NUMBER_ROOM bytes holds any f64 serde_json prints.
+            let _ = CompactFormatter.write_f64(&mut w, x);
+            room - w.len()
+        }
+    }
+}
+
+/// The decimal `m / 1000` as serde_json prints it (trailing zeros dropped, `.0` when whole) at
+/// the start of `buf`, which has at least [`NUMBER_ROOM`] bytes; returns its length. The
+/// whole part below 1000 and the fraction come from tables, each copied as a fixed-size piece
+/// whose tail the next piece overwrites.
+#[inline]
+fn put_milli(m: i64, buf: &mut [u8]) -> usize {
+    let abs = m.unsigned_abs();
+    let (whole, frac) = (abs / 1000, (abs % 1000) as usize);
+    let mut n = 0;
+    if m < 0 {
+        buf[0] = b'-';
+        n = 1;
+    }
+    if whole < 1000 {
+        let (digits, len) = WHOLES[whole as usize];
+        buf[n..n + 3].copy_from_slice(&digits);
+        n += len as usize;
+    } else {
+        // At most nine digits: |m| is below MAX_MILLI.
+        let mut digits = [0u8; 20];
+        let mut k = digits.len();
+        let mut rest = whole;
+        while rest > 0 {
+            k -= 1;
+            digits[k] = b'0' + (rest % 10) as u8;
+            rest /= 10;
+        }
+        let digits = &digits[k..];
+        buf[n..n + digits.len()].copy_from_slice(digits);
+        n += digits.len();
+    }
+    let (digits, len) = FRACTIONS[frac];
+    buf[n..n + 4].copy_from_slice(&digits);
+    n + len as usize
+}
+
+/// The numbers 0 to 999 in decimal, left-aligned in three bytes, with their lengths.
+static WHOLES: [([u8; 3], u8); 1000] = {
+    let mut t = [([0u8; 3], 0u8); 1000];
+    let mut i = 0;
+    while i < 1000 {
+        t[i] = if i >= 100 {
+            (
+                [
+                    b'0' + (i / 100) as u8,
+                    b'0' + (i / 10 % 10) as u8,
+                    b'0' + (i % 10) as u8,
+                ],
+                3,
+            )
+        } else if i >= 10 {
+            ([b'0' + (i / 10) as u8, b'0' + (i % 10) as u8, 0], 2)
+        } else {
+            ([b'0' + i as u8, 0, 0], 1)
+        };
+        i += 1;
+    }
+    t
+};
+
+/// The point and the thousandths 0 to 999 as serde_json ends a number: `.0`, `.5`, `.25`,
+/// `.125`, `.05`; in four bytes, with their lengths.
+static FRACTIONS: [([u8; 4], u8); 1000] = {
+    let mut t = [([0u8; 4], 0u8); 1000];
+    let mut f = 0;
+    while f < 1000 {
+        let digits = [
+            b'.',
+            b'0' + (f / 100) as u8,
+            b'0' + (f / 10 % 10) as u8,
+            b'0' + (f % 10) as u8,
+        ];
+        let len = if f % 100 == 0 {
+            2
+        } else if f % 10 == 0 {
+            3
+        } else {
+            4
+        };
+        t[f] = (digits, len);
+        f += 1;
+    }
+    t
+};
 
 /// serde_json's compact formatter, with the fast path for numbers of three decimals.
 struct Decimals;
@@ -197,7 +307,11 @@ struct Decimals;
 impl Formatter for Decimals {
     fn write_f64<W: ?Sized + io::Write>(&mut self, writer: &mut W, value: f64) -> io::Result<()> {
         match milli(value) {
-            Some(m) => writer.write_all(print_milli(m, &mut [0; 24])),
+            Some(m) => {
+                let mut buf = [0u8; NUMBER_ROOM];
+                let n = put_milli(m, &mut buf);
+                writer.write_all(&buf[..n])
+            }
             None => CompactFormatter.write_f64(writer, value),
         }
     }
@@ -218,53 +332,6 @@ fn milli(value: f64) -> Option<i64> {
     // other way, the check below refuses the result.
     let m = (scaled + 0.5f64.copysign(scaled)) as i64;
     (m as f64 / 1000.0 == value).then_some(m)
-}
-
-/// The decimal `m / 1000` as serde_json prints it (trailing zeros dropped, `.0` when whole),
-/// handed to `put` a byte at a time from the first.
-fn milli_digits(m: i64, mut put: impl FnMut(u8)) {
-    let abs = m.unsigned_abs();
-    let (whole, frac) = (abs / 1000, abs % 1000);
-    if m < 0 {
-        put(b'-');
-    }
-    // The whole part's digits, last first: dividing by the constant 10 is a multiplication,
-    // where dividing by a power of ten found at run time was a division per digit.
-    let mut digits = [0u8; 20];
-    let (mut n, mut rest) = (0, whole);
-    loop {
-        digits[n] = b'0' + (rest % 10) as u8;
-        n += 1;
-        rest /= 10;
-        if rest == 0 {
-            break;
-        }
-    }
-    for d in digits[..n].iter().rev() {
-        put(*d);
-    }
-    put(b'.');
-    if frac == 0 {
-        put(b'0');
-        return;
-    }
-    put(b'0' + (frac / 100) as u8);
-    if frac % 100 != 0 {
-        put(b'0' + (frac / 10 % 10) as u8);
-        if frac % 10 != 0 {
-            put(b'0' + (frac % 10) as u8);
-        }
-    }
-}
-
-/// [`milli_digits`] into `buf`.
-fn print_milli(m: i64, buf: &mut [u8; 24]) -> &[u8] {
-    let mut len = 0;
-    milli_digits(m, |b| {
-        buf[len] = b;
-        len += 1;
-    });
-    &buf[..len]
 }
 
 #[cfg(test)]
@@ -315,7 +382,7 @@ mod tests {
     }
 
     #[test]
-    fn numbers_pushed_a_byte_at_a_time_are_the_printed_ones() {
+    fn thousandths_from_the_tables_are_what_serde_json_prints() {
         // Up to the largest `m` the fast path takes (beyond it serde_json's form is not m / 1000).
         let edges = [
             0,
@@ -333,14 +400,43 @@ mod tests {
         let all = (-12_000_000..=12_000_000i64)
             .step_by(7)
             .chain(edges.iter().flat_map(|&m| [m, -m, m + 1, m - 1]));
-        let mut out = Vec::new();
         for m in all {
-            out.clear();
-            push_milli(m, &mut out);
+            let mut buf = [0u8; NUMBER_ROOM];
+            let n = put_milli(m, &mut buf);
             assert_eq!(
-                String::from_utf8_lossy(&out),
+                String::from_utf8_lossy(&buf[..n]),
                 theirs(m as f64 / 1000.0),
                 "{m}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_long_array_is_the_bytes_serde_json_makes() {
+        // Long enough to be copied out of the stack buffer several times, with numbers of
+        // every kind: three decimals, more, huge, tiny, negative zero, not finite.
+        let xs: Vec<f64> = (0..2000i64)
+            .map(|i| match i % 7 {
+                0 => (i * 7919 % 100_000) as f64 / 1000.0,
+                1 => -(i as f64) / 1000.0,
+                2 => i as f64 * 1e13 + 0.5,
+                3 => 1.0 / (i as f64 + 3.0),
+                4 => -0.0,
+                5 if i % 2 == 0 => f64::NAN,
+                5 => f64::NEG_INFINITY,
+                _ => i as f64 * 123_456.789,
+            })
+            .collect();
+        for len in [0, 1, 2, 39, 40, 41, 100, 2000] {
+            let xs = &xs[..len];
+            let mut out = b"prefix".to_vec();
+            numbers(xs, &mut out);
+            // serde_json writes the non-finite as null too.
+            let expected = serde_json::to_vec(xs).unwrap();
+            assert_eq!(
+                String::from_utf8_lossy(&out[6..]),
+                String::from_utf8_lossy(&expected),
+                "{len} numbers"
             );
         }
     }

@@ -306,14 +306,10 @@ struct Decimals;
 
 impl Formatter for Decimals {
     fn write_f64<W: ?Sized + io::Write>(&mut self, writer: &mut W, value: f64) -> io::Result<()> {
-        match milli(value) {
-            Some(m) => {
-                let mut buf = [0u8; NUMBER_ROOM];
-                let n = put_milli(m, &mut buf);
-                writer.write_all(&buf[..n])
-            }
-            None => CompactFormatter.write_f64(writer, value),
-        }
+        // serde_json writes the non-finite as null itself: `value` is finite here.
+        let mut buf = [0u8; NUMBER_ROOM];
+        let n = put_number(value, &mut buf);
+        writer.write_all(&buf[..n])
     }
 }
 

@@ -424,7 +424,6 @@ impl Feeder {
         &mut self,
         loaded: &crate::checkpoint::Loaded,
         (index, peers): (usize, usize),
-        idle_after: Duration,
         view: &dataflows::dataflow::StateView,
     ) {
         use dataflows::model::Rec;
@@ -468,7 +467,7 @@ impl Feeder {
                         // instead of holding time back for a whole idle timeout.
                         state.last_seen = state
                             .last_seen
-                            .checked_sub(idle_after)
+                            .checked_sub(self.idle_after)
                             .unwrap_or(state.last_seen);
                     }
                 }

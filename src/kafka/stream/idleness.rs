@@ -12,7 +12,7 @@ use super::watermarks::Watermarks;
 
 impl Feeder {
     /// This worker's beacon.
-    pub(super) fn mark(&self, idle_after: Duration, now: Instant) -> Mark {
+    pub(super) fn mark(&self, now: Instant) -> Mark {
         let lasts = self.idle_lasts;
         let mut low: Option<i64> = None;
         for part in &self.parts {
@@ -22,7 +22,7 @@ impl Feeder {
                 // their epochs before they come back, and they would arrive late.
                 return Mark::Holding;
             }
-            if part.is_idle(idle_after, lasts, now) {
+            if part.is_idle(self.idle_after, lasts, now) {
                 continue;
             }
             if !part.spoke {
@@ -58,14 +58,9 @@ impl Feeder {
     }
 
     /// Takes the broker's answers about silent partitions, and asks about the next one that is
-    /// due: silent for `idle_after`, and not asked about for [`IDLE_RECHECK`]; the one asked
+    /// due: silent for the idle timeout, and not asked about for [`IDLE_RECHECK`]; the one asked
     /// about longest ago first, so on a slow broker every partition gets its turn.
-    pub(super) fn check_idle(
-        &mut self,
-        probe: &mut Watermarks,
-        idle_after: Duration,
-        now: Instant,
-    ) {
+    pub(super) fn check_idle(&mut self, probe: &mut Watermarks, now: Instant) {
         for answer in probe.answers() {
             let Some(part) = self.parts.get_mut(answer.part) else {
                 continue;
@@ -100,7 +95,7 @@ impl Feeder {
             .iter()
             .enumerate()
             .filter(|(_, p)| {
-                now.duration_since(p.last_seen) >= idle_after
+                now.duration_since(p.last_seen) >= self.idle_after
                     && p.idle_checked
                         .is_none_or(|(at, _)| now.duration_since(at) >= IDLE_RECHECK)
             })

@@ -115,7 +115,7 @@ pub(super) fn work(
         restore_floor: 0,
         idle_lasts: IDLE_RECHECK * 3,
         parts_done: Vec::new(),
-        idle_after: Duration::from_secs(cfg.kafka.idle_timeout_secs),
+        idle_after,
     };
     let max_future = cfg.max_future_secs;
 
@@ -127,7 +127,7 @@ pub(super) fn work(
     let (probe, sink, size) =
         crate::pipeline::run::build(worker, &mut feeder.input, &cfg.spec, emission);
     if let Some(loaded) = restore {
-        feeder.restore(loaded, (index, peers), idle_after, &size);
+        feeder.restore(loaded, (index, peers), &size);
         feeder.input.flush();
         tracing::info!(worker = index, checkpoint = %loaded.name, "state restored");
     }
@@ -228,7 +228,7 @@ pub(super) fn work(
             }
         }
         if !draining && !full {
-            feeder.check_idle(&mut prober, idle_after, Instant::now());
+            feeder.check_idle(&mut prober, Instant::now());
         }
         if feeder.redelivered > redelivered_logged {
             tracing::warn!(
@@ -243,7 +243,7 @@ pub(super) fn work(
             mark: if draining {
                 Mark::Idle
             } else {
-                feeder.mark(idle_after, Instant::now())
+                feeder.mark(Instant::now())
             },
             max_epoch: feeder.max_epoch,
             draining,

@@ -597,15 +597,13 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             if model.is_some() {
                 cfg.model.dir = model;
             }
-            let summary = replay::replay(
-                &cfg,
-                &replay::ReplayOptions {
-                    data,
-                    out: out.clone(),
-                    workers: run.workers,
-                    progress: std::io::stderr().is_terminal(),
-                },
-            )?;
+            let opts = replay::ReplayOptions {
+                data,
+                out: out.clone(),
+                workers: run.workers,
+                progress: std::io::stderr().is_terminal(),
+            };
+            let summary = replay::replay(&cfg, &opts)?;
             tracing::info!(
                 epochs = summary.epochs,
                 keys = summary.keys,

@@ -6,14 +6,18 @@
 //! record through the worker):
 //! - [`config`]: the TOML configuration, environment overrides, validation.
 //! - [`source`]: a dataset directory read (`files`) and turned into the dataflow's events
-//!   (`prepare`), or spilled to time buckets on disk and read back a bucket at a time (`spill`).
+//!   (`prepare`), or spilled to time buckets on disk and read back a bucket at a time (`spill`),
+//!   or held in memory as the input topics for the streaming driver (`topics`, replay).
 //! - [`decode`]: pure decoding of CSV/JSON records into typed sales, movements, reference data,
 //!   and the reasons a record is refused; a JSON object read as borrowed fields (`decode::json`).
 //! - [`ids`]: store/SKU names to the stable ids the dataflow uses.
-//! - [`pipeline`]: replay's driver: scheduling events onto epochs (watermarks, lateness) and
-//!   running the `dataflows` crate's differential dataflow on N timely workers.
-//! - [`kafka`]: the long-running worker on Kafka topics (`stream`: the streaming driver and
-//!   checkpoint cuts), the publisher (`load`), topic admin and the delivery guarantee.
+//! - [`pipeline`]: the driver of `features` and the training history: scheduling events onto
+//!   epochs (watermarks, lateness) and running the `dataflows` crate's differential dataflow on
+//!   N timely workers; and the interface the streaming driver reads its records through
+//!   (`source`).
+//! - [`kafka`]: the long-running worker on Kafka topics (`stream`: the streaming driver, also
+//!   replay's, and checkpoint cuts), the publisher (`load`), topic admin and the delivery
+//!   guarantee.
 //! - [`checkpoint`]: checkpoints of the worker's state: format, store, pruning, restore.
 //! - [`forecast`]: the `Forecaster` trait (quantile forecasts) and the baselines (moving
 //!   average, naive, seasonal naive).
@@ -28,7 +32,8 @@
 //!   `retry`, the offset `committer`.
 //! - [`mart`]: the PostgreSQL inventory mart (schema, partitions, binary COPY).
 //! - [`cache`]: the Redis lookup cache.
-//! - [`replay`]: the `replay` and `features` commands: files in, forecasts and tables out.
+//! - [`replay`]: the `replay` and `features` commands: files in, forecasts and tables out;
+//!   replay on the worker's streaming driver and output path.
 //! - [`simulate`]: order policies replayed through an inventory model.
 //! - [`http`]: `/metrics`, health checks and the read API.
 //! - [`metrics`]: the Prometheus metrics, declared once.

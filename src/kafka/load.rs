@@ -18,6 +18,7 @@ use crate::config::KafkaConfig;
 use crate::decode::Record;
 use crate::records::dead::DeadLetterRecord;
 use crate::source::files;
+use crate::source::topics::to_publish;
 
 use super::client::{client_config, Acks};
 use super::{admin, wire};
@@ -68,26 +69,12 @@ pub fn topic_of<'a>(kafka: &'a KafkaConfig, record: &Record) -> &'a str {
     kafka.topics.input(files::FileKind::of(record))
 }
 
-/// Records in publishing order: reference data, then events by time (stable).
-pub fn publishing_order(records: Vec<Record>) -> Vec<Record> {
-    let ts = |r: &Record| match r {
-        Record::Sale(s) => Some(s.ts),
-        Record::Movement(m) => Some(m.ts),
-        _ => None,
-    };
-    let (mut timed, reference): (Vec<Record>, Vec<Record>) =
-        records.into_iter().partition(|r| ts(r).is_some());
-    timed.sort_by_key(ts);
-    reference.into_iter().chain(timed).collect()
-}
-
-/// What `load` publishes of a dataset, in publishing order: its records, with the reference data
-/// `replay` derives where the dataset lacks it (see
-/// [`crate::source::prepare::derived_reference`]).
+/// [`to_publish`] without the origins.
 pub fn records_to_publish(data: files::Dataset, period: dataflows::PeriodKind) -> Vec<Record> {
-    let derived = crate::source::prepare::derived_reference(&data, period);
-    let all = derived.into_iter().chain(data.records).map(|(r, _)| r);
-    publishing_order(all.collect())
+    to_publish(data, period)
+        .into_iter()
+        .map(|(r, _)| r)
+        .collect()
 }
 
 /// An idempotent producer for publishing input records.

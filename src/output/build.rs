@@ -42,6 +42,10 @@ fn dead_letter(d: &DeadRecord) -> DeadLetterRecord {
         b.as_deref()
             .map(|b| String::from_utf8_lossy(b).into_owned())
     };
+    if let Some((file, line)) = &d.row {
+        let value = text(&d.value).unwrap_or_default();
+        return DeadLetterRecord::row(file, *line, d.reason, d.detail.clone(), value);
+    }
     DeadLetterRecord {
         source: DeadSource::Topic {
             topic: d.partition.topic.clone(),

@@ -79,6 +79,10 @@ impl FilesSink {
 
     /// Flushes both files.
     pub fn finish(mut self) -> Result<(), FileError> {
+        self.flush_files()
+    }
+
+    fn flush_files(&mut self) -> Result<(), FileError> {
         for lines in [&mut self.forecasts, &mut self.dead_letters] {
             lines.out.flush().map_err(|e| lines.fail(e))?;
         }
@@ -103,5 +107,10 @@ impl Sink for FilesSink {
             .map_err(fatal)?;
         forecasts.write(&advance.forecasts, buf).map_err(fatal)?;
         Ok((advance.dead_letters.len() + advance.forecasts.len()) as u64)
+    }
+
+    fn flush(&mut self) -> Result<(), WriteError> {
+        self.flush_files()
+            .map_err(|e| WriteError::Fatal(Box::new(e)))
     }
 }

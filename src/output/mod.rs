@@ -69,7 +69,8 @@ enum Halt {
 pub struct Outputs {
     builder: Builder,
     sinks: Vec<Box<dyn Sink>>,
-    committer: Committer,
+    /// `None` when the input has no offsets to commit (a dataset read in memory).
+    committer: Option<Committer>,
     progress: Arc<Progress>,
     stop: Stopping,
     stats: Stats,
@@ -105,7 +106,7 @@ impl Outputs {
         Ok(Outputs {
             builder: Builder::new(cfg, scorer, watch, resume_from, Arc::clone(&progress)),
             sinks,
-            committer: Committer::new(cfg)?,
+            committer: Some(Committer::new(cfg)?),
             progress,
             stop: Stopping::new(stop),
             stats: Stats::default(),
@@ -116,6 +117,36 @@ impl Outputs {
     }
 
     /// Why the run failed, if an advance could not be delivered for good.
+    /// Outputs to `sinks` alone, committing nothing: for input read from files.
+    pub fn to_sinks(
+        cfg: &Resolved,
+        scorer: Scorer,
+        sinks: Vec<Box<dyn Sink>>,
+        progress: Arc<Progress>,
+    ) -> Outputs {
+        Outputs {
+            builder: Builder::new(cfg, scorer, None, None, Arc::clone(&progress)),
+            sinks,
+            committer: None,
+            progress,
+            stop: Stopping::new(Arc::new(AtomicBool::new(false))),
+            stats: Stats::default(),
+            halted: None,
+            through: Some(0),
+            committed: 0,
+        }
+    }
+
+    /// Flushes every sink at the end of a run; the first error, with the sink's name.
+    pub fn flush(&mut self) -> Result<(), OutputError> {
+        for sink in &mut self.sinks {
+            if let Err(e) = sink.flush() {
+                return Err(OutputError::Halted(format!("{}: {e}", sink.name())));
+            }
+        }
+        Ok(())
+    }
+
     pub fn failure(&self) -> Option<&str> {
         match &self.halted {
             Some(Halt::Fatal(why)) => Some(why),
@@ -363,7 +394,10 @@ impl Handler for Outputs {
             stop: &self.stop,
             stats: &mut self.stats,
         };
-        if self.committer.commit(&commit, &mut cx).is_err() {
+        let Some(committer) = &mut self.committer else {
+            return true;
+        };
+        if committer.commit(&commit, &mut cx).is_err() {
             self.halt(Halt::Stopped);
             return false;
         }

@@ -50,6 +50,12 @@ pub trait Sink: Send {
     /// same advance is written again (after a backoff) until this succeeds or the run stops,
     /// so a write must be idempotent, or remember what was acknowledged.
     fn write(&mut self, advance: &Advance, cx: &mut Context<'_>) -> Result<u64, WriteError>;
+
+    /// Makes what was acknowledged durable, at the end of a run; stores that acknowledge only
+    /// what is durable have nothing to do.
+    fn flush(&mut self) -> Result<(), WriteError> {
+        Ok(())
+    }
 }
 
 /// What the output path has done so far.

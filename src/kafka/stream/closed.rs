@@ -41,6 +41,10 @@ pub struct DeadRecord {
     pub reason: crate::metrics::Reason,
     /// Detail for humans.
     pub detail: String,
+    /// The file and line the record was read from, when it came from a dataset
+    /// ([`crate::source::topics`]): its dead letter then names them.
+    #[serde(default)]
+    pub row: Option<(String, u64)>,
 }
 
 /// What the caller receives each time the closed-epoch frontier advances.

@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 use dataflows::emit::Collapsed;
 use dataflows::input::FeatureInput;
 use dataflows::{Clock, Epoch, Event, FeatureVec, Key};
-use rdkafka::message::{BorrowedMessage, Message};
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{self, Dictionary};
@@ -17,6 +16,7 @@ use crate::source::files::FileKind;
 use crate::kafka::progress::Progress;
 use crate::kafka::snapshot::{self, Cut, PartDone};
 use crate::kafka::wire::Partition;
+use crate::pipeline::source::Record;
 
 use super::closed::*;
 use super::partition::*;
@@ -94,8 +94,11 @@ pub(super) struct Feeder {
     pub(super) restore_floor: Epoch,
     /// Checkpoint parts written, for the next report.
     pub(super) parts_done: Vec<PartDone>,
-    /// `kafka.idle_timeout_secs`.
+    /// `kafka.idle_timeout_secs` on the broker; none for input held in memory.
     pub(super) idle_after: Duration,
+    /// How long after asking whether a silent partition is caught up to ask again:
+    /// [`super::options::IDLE_RECHECK`] on the broker; at once for input held in memory.
+    pub(super) recheck: Duration,
     /// How long the broker's word that a partition is caught up stays good (see
     /// [`super::watermarks::Watermarks::lasts`]).
     pub(super) idle_lasts: Duration,
@@ -140,13 +143,13 @@ impl Feeder {
     pub(super) fn dead_letter(
         &mut self,
         p: usize,
-        msg: &BorrowedMessage<'_>,
+        msg: &Record<'_>,
         reason: &'static str,
         detail: String,
     ) {
         self.count(p, self.input.epoch());
         let part = &self.parts[p];
-        if msg.offset() < part.committed {
+        if msg.offset < part.committed {
             return;
         }
         let m = &self.progress.metrics;
@@ -156,12 +159,13 @@ impl Feeder {
         m.dead_letters.with_label_values(&[reason]).inc();
         self.dead.push(DeadRecord {
             partition: part.part.clone(),
-            offset: msg.offset(),
-            key: msg.key().map(|k| bounded_copy(k, MAX_DEAD_KEY_BYTES)),
-            value: msg.payload().map(|v| bounded_copy(v, MAX_DEAD_VALUE_BYTES)),
-            original_len: msg.payload().map_or(0, <[u8]>::len),
+            offset: msg.offset,
+            key: msg.key.map(|k| bounded_copy(k, MAX_DEAD_KEY_BYTES)),
+            value: msg.payload.map(|v| bounded_copy(v, MAX_DEAD_VALUE_BYTES)),
+            original_len: msg.payload.map_or(0, <[u8]>::len),
             reason,
             detail: crate::decode::cut(&detail, 1024),
+            row: None,
         });
     }
 
@@ -172,12 +176,12 @@ impl Feeder {
     }
 
     /// Takes one record.
-    pub(super) fn receive(&mut self, msg: &BorrowedMessage<'_>) {
+    pub(super) fn receive(&mut self, msg: &Record<'_>) {
         // A handful of partitions per worker: a scan beats hashing an owned topic name.
         let Some(p) = self
             .parts
             .iter()
-            .position(|s| s.part.partition == msg.partition() && s.part.topic == msg.topic())
+            .position(|s| s.part.partition == msg.partition && s.part.topic == msg.topic)
         else {
             return;
         };
@@ -185,34 +189,34 @@ impl Feeder {
             let part = &mut self.parts[p];
             part.last_seen = Instant::now();
             part.spoke = true;
-            if part.already_read(msg.offset()) {
+            if part.already_read(msg.offset) {
                 // Offsets only move forward here (the worker never seeks). A record below the
                 // next offset is a re-delivery, e.g. after the client reset its position on a
                 // broker error: applying it again would count its event twice.
                 self.redelivered += 1;
                 return;
             }
-            part.next_offset = msg.offset() + 1;
+            part.next_offset = msg.offset + 1;
             part.consumed_metric.inc();
             // Only right after a restore is anything left to replay: every other record skips
             // the set.
-            let replayed = !part.replay.is_empty() && part.replay.remove(&msg.offset());
-            if part.replay.iter().any(|o| *o < msg.offset()) {
+            let replayed = !part.replay.is_empty() && part.replay.remove(&msg.offset);
+            if part.replay.iter().any(|o| *o < msg.offset) {
                 // A partition arrives in order: held records below this one are gone.
-                part.forget_replay_below(msg.offset());
+                part.forget_replay_below(msg.offset);
             }
-            if msg.offset() < part.skip_below && !replayed {
+            if msg.offset < part.skip_below && !replayed {
                 // In the restored checkpoint's state already.
                 self.skipped += 1;
                 return;
             }
             part.part.kind
         };
-        let record = match msg.payload() {
+        let record = match msg.payload {
             // A null value is a tombstone on the compacted reference topics; the key names
             // what is deleted.
             None if kind.is_reference() => {
-                let Some(key) = msg.key().and_then(|k| std::str::from_utf8(k).ok()) else {
+                let Some(key) = msg.key.and_then(|k| std::str::from_utf8(k).ok()) else {
                     self.dead_letter(
                         p,
                         msg,
@@ -298,12 +302,12 @@ impl Feeder {
         part.max_ts = Some(part.max_ts.map_or(ts, |m| m.max(ts)));
         self.max_epoch = self.max_epoch.max(Some(epoch));
         if epoch > self.input.epoch() {
-            part.held.insert(msg.offset());
+            part.held.insert(msg.offset);
             self.count(p, epoch);
             self.pending
                 .entry(epoch)
                 .or_default()
-                .push((p, msg.offset(), event));
+                .push((p, msg.offset, event));
         } else {
             if epoch < self.input.epoch() {
                 *self.late.entry(self.input.epoch()).or_default() += 1;
@@ -312,7 +316,7 @@ impl Feeder {
         }
     }
 
-    pub(super) fn apply_now(&mut self, p: usize, msg: &BorrowedMessage<'_>, event: &Event) {
+    pub(super) fn apply_now(&mut self, p: usize, msg: &Record<'_>, event: &Event) {
         match self.input.apply(event) {
             Ok(()) => {
                 let source = match event {

@@ -6,7 +6,6 @@ use std::time::{Duration, Instant};
 
 use super::beacon::Mark;
 use super::feeder::Feeder;
-use super::options::IDLE_RECHECK;
 use super::partition::*;
 use super::watermarks::Watermarks;
 
@@ -58,7 +57,7 @@ impl Feeder {
     }
 
     /// Takes the broker's answers about silent partitions, and asks about the next one that is
-    /// due: silent for the idle timeout, and not asked about for [`IDLE_RECHECK`]; the one asked
+    /// due: silent for the idle timeout, and not asked about for `recheck` (the feeder's); the one asked
     /// about longest ago first, so on a slow broker every partition gets its turn.
     pub(super) fn check_idle(&mut self, probe: &mut Watermarks, now: Instant) {
         for answer in probe.answers() {
@@ -97,7 +96,7 @@ impl Feeder {
             .filter(|(_, p)| {
                 now.duration_since(p.last_seen) >= self.idle_after
                     && p.idle_checked
-                        .is_none_or(|(at, _)| now.duration_since(at) >= IDLE_RECHECK)
+                        .is_none_or(|(at, _)| now.duration_since(at) >= self.recheck)
             })
             .min_by_key(|(_, p)| p.idle_checked.map(|(at, _)| at));
         if let Some((i, p)) = due {

@@ -1,5 +1,7 @@
 //! The streaming driver: N timely workers, each reading its own input partitions, feeding the
-//! feature dataflow, and reporting closed epochs to the caller's thread.
+//! feature dataflow, and reporting closed epochs to the caller's thread. The partitions are the
+//! broker's ([`run`]), or a dataset's held in memory ([`run_in_memory`], replay); the workers
+//! read either through `pipeline::source`.
 //!
 //! # Time
 //! - Each partition's watermark is the largest event time seen on it. A partition silent for
@@ -53,7 +55,8 @@
 //! [`run`] (here) starts the workers and the merging on the caller's thread. Then, in the order
 //! a record meets them:
 //! - `options`: the run's settings, its errors and the loop's timings;
-//! - `offsets`: the consumer, each worker's partitions and where they resume;
+//! - `offsets`: the consumer (the worker's `pipeline::source`), each worker's partitions and where
+//!   they resume;
 //! - `worker`: one timely worker's loop: poll, feed, beacon, step, checkpoint, report;
 //! - `feeder`: a worker's input side (decoding, epochs, the input stage, advances), over its
 //!   partitions as `partition` tracks them (watermarks, held and replayed records, idleness);
@@ -94,7 +97,7 @@ pub use self::closed::{
 };
 use self::offsets::by_process;
 pub use self::offsets::{commit_metadata, committed_frontier};
-pub use self::options::{system_clock, Cluster, StreamError, StreamOptions};
+pub use self::options::{system_clock, Cluster, Input, StreamError, StreamOptions};
 use self::{lag::*, merger::*, outbox::Msg, outbox::Upward, worker::*};
 
 /// What the thread that called [`run`] does with the advances of the closed frontier.
@@ -113,12 +116,38 @@ pub trait Handler {
     fn commit(&mut self, commit: Commit) -> bool;
 }
 
-/// Runs the workers until they finish (`exit_when_idle`) or `stop` is set; hands `handler`, on
-/// this thread and in order, this process's changed series and (on worker 0's process) every
-/// advance all processes acknowledged.
+/// Runs the workers on the broker until they finish (`exit_when_idle`) or `stop` is set; hands
+/// `handler`, on this thread and in order, this process's changed series and (on worker 0's
+/// process) every advance all processes acknowledged.
 pub fn run(
     cfg: &Resolved,
     opts: &StreamOptions,
+    checkpoints: Option<Arc<Checkpoints>>,
+    handler: &mut dyn Handler,
+) -> Result<(), StreamError> {
+    drive(cfg, opts, &Input::Broker, checkpoints, handler)
+}
+
+/// [`run`] over `topics` in memory, in one process, without checkpoints: the partitions are
+/// read to their end and the run stops (`exit_when_idle`, without an idle timeout).
+pub fn run_in_memory(
+    cfg: &Resolved,
+    opts: &StreamOptions,
+    topics: Arc<crate::source::topics::Topics>,
+    handler: &mut dyn Handler,
+) -> Result<(), StreamError> {
+    let opts = StreamOptions {
+        exit_when_idle: true,
+        cluster: None,
+        ..opts.clone()
+    };
+    drive(cfg, &opts, &Input::Memory(topics), None, handler)
+}
+
+fn drive(
+    cfg: &Resolved,
+    opts: &StreamOptions,
+    input: &Input,
     checkpoints: Option<Arc<Checkpoints>>,
     handler: &mut dyn Handler,
 ) -> Result<(), StreamError> {
@@ -147,6 +176,7 @@ pub fn run(
     let cfg2 = cfg.clone();
     let opts2 = opts.clone();
     let checkpoints2 = checkpoints.clone();
+    let input2 = input.clone();
     let guards = timely::execute(config, move |worker| {
         let tx = tx.clone();
         let acks = if worker.index().is_multiple_of(workers) {
@@ -154,7 +184,8 @@ pub fn run(
         } else {
             None
         };
-        if let Err(e) = work(worker, &cfg2, &opts2, checkpoints2.as_deref(), &tx, acks) {
+        let checkpoints = checkpoints2.as_deref();
+        if let Err(e) = work(worker, &cfg2, &opts2, &input2, checkpoints, &tx, acks) {
             // Tell the merger, and stop the other workers.
             opts2.stop.store(true, Ordering::SeqCst);
             let _ = tx.send(Err(e));
@@ -162,7 +193,7 @@ pub fn run(
     })
     .map_err(StreamError::Worker)?;
 
-    let _lag = spawn_lag_probe(cfg, opts);
+    let _lag = matches!(input, Input::Broker).then(|| spawn_lag_probe(cfg, opts));
     let processes = opts.cluster.as_ref().map_or(1, |c| c.hosts.len());
     let process = opts.cluster.as_ref().map_or(0, |c| c.process);
     let leader = process == 0;

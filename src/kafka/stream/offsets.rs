@@ -2,6 +2,7 @@
 //! frontiers.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dataflows::Epoch;
@@ -13,9 +14,45 @@ use crate::config::{KafkaConfig, Resolved};
 
 use crate::kafka::client::{client_config, input_topics, partition_owner};
 use crate::kafka::wire::Partition;
+use crate::pipeline::source::{Ends, PollError, Record, Source};
+use crate::source::topics::TopicEnds;
 
 use super::closed::Commit;
 use super::options::*;
+
+/// A worker's input once opened: its partitions with the offsets committed for them, where
+/// their records come from, and who says where they end.
+pub(super) struct Opened {
+    pub(super) source: Box<dyn Source>,
+    pub(super) ends: Box<dyn Ends>,
+    pub(super) assigned: Vec<(Partition, i64)>,
+}
+
+/// Opens worker `index`'s share of the input: on the broker, its share of the input topics
+/// (see [`assign`]) with a second consumer of its own to ask for watermarks; in memory, all of
+/// it or nothing (see [`crate::source::topics`]).
+pub(super) fn open(
+    cfg: &Resolved,
+    input: &Input,
+    (index, peers): (usize, usize),
+    start_at: &HashMap<(String, i32), i64>,
+    lost: Option<&prometheus::IntGauge>,
+) -> Result<Opened, StreamError> {
+    if let Input::Memory(topics) = input {
+        return Ok(Opened {
+            source: Box::new(topics.reader(index, peers)),
+            ends: Box::new(TopicEnds(Arc::clone(topics))),
+            assigned: topics.assigned(index, peers),
+        });
+    }
+    let reader = consumer(cfg)?;
+    let assigned = assign(&reader, cfg, index, peers, start_at, lost)?;
+    Ok(Opened {
+        source: Box::new(reader),
+        ends: Box::new(consumer(cfg)?),
+        assigned,
+    })
+}
 
 /// Reads the partition counts of the input topics and assigns this worker its share, from the
 /// beginning (see the module docs); returns the partitions with their committed offsets.
@@ -126,6 +163,43 @@ pub(super) fn consumer(cfg: &Resolved) -> Result<BaseConsumer, StreamError> {
         .set("auto.offset.reset", "earliest")
         .create()
         .map_err(|e| StreamError::Client(cfg.kafka.scrub(e)))
+}
+
+/// The broker's consumer as the driver's source: its assigned partitions' records, as fetched.
+impl Source for BaseConsumer {
+    fn poll(
+        &mut self,
+        wait: Duration,
+        take: &mut dyn FnMut(&Record<'_>),
+    ) -> Option<Result<(), PollError>> {
+        Some(match BaseConsumer::poll(self, wait)? {
+            Ok(msg) => {
+                take(&Record {
+                    topic: msg.topic(),
+                    partition: msg.partition(),
+                    offset: msg.offset(),
+                    key: msg.key(),
+                    payload: msg.payload(),
+                });
+                Ok(())
+            }
+            Err(e) => Err(PollError(e.to_string())),
+        })
+    }
+}
+
+/// The broker's watermarks, asked through a consumer of their own (on the reading consumer's
+/// connection, the requests would queue behind fetches that wait for data).
+impl Ends for BaseConsumer {
+    fn ends(
+        &self,
+        topic: &str,
+        partition: i32,
+        timeout: Duration,
+    ) -> Result<(i64, i64), PollError> {
+        self.fetch_watermarks(topic, partition, timeout)
+            .map_err(|e| PollError(e.to_string()))
+    }
 }
 
 /// `commit` split by the process whose workers read each partition (`workers` per process,

@@ -38,6 +38,15 @@ pub struct StreamOptions {
     pub from_scratch: bool,
 }
 
+/// Where the workers read from.
+#[derive(Clone)]
+pub enum Input {
+    /// The input topics on the broker of `[kafka]`.
+    Broker,
+    /// A dataset held in memory as the topics `load` would fill (replay).
+    Memory(Arc<crate::source::topics::Topics>),
+}
+
 /// The processes of a timely cluster: each runs `workers` threads, and worker `w` of process `p`
 /// is worker `p * workers + w` of the cluster. Every process consumes the partitions its workers
 /// own and scores and writes the series they hold; process 0 writes the progress records once

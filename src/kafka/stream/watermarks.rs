@@ -10,10 +10,8 @@
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::KafkaResult;
-
 use crate::kafka::wire::Partition;
+use crate::pipeline::source::{Ends, PollError};
 
 use super::options::*;
 
@@ -41,14 +39,13 @@ pub(super) struct Answer {
     /// How long the answer took.
     pub(super) took: Duration,
     /// Low and high watermarks.
-    pub(super) result: KafkaResult<(i64, i64)>,
+    pub(super) result: Result<(i64, i64), PollError>,
 }
 
 impl Watermarks {
-    /// Starts the requesting thread on `consumer`, a client of its own (on the reading
-    /// consumer's connection, requests would queue behind fetches that wait for data). The
-    /// thread ends after its current request once this is dropped.
-    pub(super) fn spawn(consumer: BaseConsumer, worker: usize) -> std::io::Result<Watermarks> {
+    /// Starts the requesting thread on `source`. The thread ends after its current request
+    /// once this is dropped.
+    pub(super) fn spawn(source: Box<dyn Ends>, worker: usize) -> std::io::Result<Watermarks> {
         let (asks, asked) = mpsc::channel::<Ask>();
         let (answer, answers) = mpsc::channel();
         std::thread::Builder::new()
@@ -57,8 +54,7 @@ impl Watermarks {
                 for ask in asked {
                     let asked = Instant::now();
                     let p = &ask.partition;
-                    let result =
-                        consumer.fetch_watermarks(&p.topic, p.partition, IDLE_CHECK_TIMEOUT);
+                    let result = source.ends(&p.topic, p.partition, IDLE_CHECK_TIMEOUT);
                     let done = Answer {
                         part: ask.part,
                         asked,
@@ -161,7 +157,7 @@ mod tests {
                 part: 3,
                 asked: t0,
                 took: IDLE_CHECK_TIMEOUT,
-                result: Err(rdkafka::error::KafkaError::NoMessageReceived),
+                result: Err(PollError("no answer".into())),
             })
             .unwrap();
         w.answers();

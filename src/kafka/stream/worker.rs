@@ -11,7 +11,7 @@ use dataflows::emit::Emission;
 use dataflows::input::FeatureInput;
 use dataflows::Epoch;
 use timely::dataflow::operators::core::Inspect;
-use timely::dataflow::operators::vec::{Broadcast, Input};
+use timely::dataflow::operators::vec::{Broadcast, Input as _};
 
 use crate::config::{CatchUp, Resolved};
 use crate::ids::Dictionary;
@@ -37,15 +37,13 @@ pub(super) fn work(
     worker: &mut timely::worker::Worker,
     cfg: &Resolved,
     opts: &StreamOptions,
+    input: &Input,
     checkpoints: Option<&Checkpoints>,
     tx: &mpsc::SyncSender<Result<Msg, StreamError>>,
     acks: Option<mpsc::Receiver<Upward>>,
 ) -> Result<(), StreamError> {
     let index = worker.index();
     let peers = worker.peers();
-    let consumer = consumer(cfg)?;
-    let mut prober = Watermarks::spawn(self::consumer(cfg)?, index)
-        .map_err(|e| StreamError::Worker(format!("cannot start the idleness thread: {e}")))?;
     let restore = checkpoints.and_then(|c| c.restore.as_ref());
     let start_at: HashMap<(String, i32), i64> = restore
         .iter()
@@ -58,7 +56,13 @@ pub(super) fn work(
     let lost = restore
         .is_none()
         .then_some(&opts.progress.metrics.history_lost_partitions);
-    let assigned = assign(&consumer, cfg, index, peers, &start_at, lost)?;
+    let Opened {
+        mut source,
+        ends,
+        assigned,
+    } = open(cfg, input, (index, peers), &start_at, lost)?;
+    let mut prober = Watermarks::spawn(ends, index)
+        .map_err(|e| StreamError::Worker(format!("cannot start the idleness thread: {e}")))?;
     opts.progress.worker_assigned(opts.workers.max(1));
     tracing::info!(
         worker = index,
@@ -66,7 +70,15 @@ pub(super) fn work(
         "assigned"
     );
     let started = Instant::now();
-    let idle_after = Duration::from_secs(cfg.kafka.idle_timeout_secs);
+    // Input held in memory is all there from the start: a partition is idle as soon as its
+    // end says it was read, and asking where it ends costs nothing.
+    let (idle_after, recheck) = match input {
+        Input::Broker => (
+            Duration::from_secs(cfg.kafka.idle_timeout_secs),
+            IDLE_RECHECK,
+        ),
+        Input::Memory(_) => (Duration::ZERO, Duration::ZERO),
+    };
     let mut feeder = Feeder {
         clock: cfg.clock,
         input: FeatureInput::new(cfg.clock, &cfg.spec),
@@ -116,6 +128,7 @@ pub(super) fn work(
         idle_lasts: IDLE_RECHECK * 3,
         parts_done: Vec::new(),
         idle_after,
+        recheck,
     };
     let max_future = cfg.max_future_secs;
 
@@ -215,16 +228,13 @@ pub(super) fn work(
             } else {
                 Duration::ZERO
             };
-            match consumer.poll(wait) {
+            match source.poll(wait, &mut |r| feeder.receive(r)) {
                 None => break,
                 Some(Err(e)) => {
-                    tracing::warn!(worker = index, error = %e, "kafka consumer");
+                    tracing::warn!(worker = index, error = %e, "reading the input");
                     break;
                 }
-                Some(Ok(msg)) => {
-                    feeder.receive(&msg);
-                    got += 1;
-                }
+                Some(Ok(())) => got += 1,
             }
         }
         if !draining && !full {

@@ -1,42 +1,47 @@
 //! `replay` and `features`: the feature dataflow over a dataset directory.
 //!
+//! `replay` runs on the worker's own driver and output path (`stream`):
 //! ```text
-//! DIR -> source::files::load -> prepare (ids, milli-units, time order) -> pipeline::plan
-//!     -> pipeline::run -> per closed epoch: refused events as dead letters; the changed
-//!                         series, in name order, through output::build::Builder (the
-//!                         worker's: scored, planned, forecast records, every epoch's)
-//!                         -> output::files::FilesSink -> dead_letters.jsonl, forecasts.jsonl
+//! DIR -> source::files::load -> source::topics (what `load` would publish, in memory)
+//!     -> kafka::stream::run_in_memory (the worker's loop: feeder, watermarks, beacons, merger)
+//!     -> per advance: each epoch's changed series in name order -> output::Outputs
+//!        (catch_up = "every_epoch": scored, planned, forecast records)
+//!        -> output::files::FilesSink -> dead_letters.jsonl, forecasts.jsonl
 //!     -> summary.json
 //! ```
 //! Replay presents a dataset's timed events in event-time order (ties in file order): it
-//! replays history as it happened. Reference data (stores, catalog, promotions) is applied
-//! first. Late arrivals are exercised through the library API by the tests.
+//! replays history as it happened. Reference data (stores, catalog, promotions, and what is
+//! derived where the dataset lacks it) comes first. Late arrivals are exercised through the
+//! library API by the tests.
+//!
+//! `features` (and the training history, `model::history`) still run on `pipeline::run`, which
+//! schedules every event's epoch up front: `DIR -> prepare -> pipeline::plan -> pipeline::run`.
 //!
 //! # Error handling
-//! Bad rows, unknown ids and events too old to matter are dead-lettered with file, line and
-//! reason; the run goes on. Unreadable input or unwritable output stops the run with the path.
+//! Rows that do not decode, and events the input stage refuses (dated before 1970, or further
+//! ahead than `time.max_future_secs`), are dead-lettered with file, line and reason; the run
+//! goes on. Unreadable input or unwritable output stops the run with the path.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
-use std::time::Instant;
 
 use dataflows::{Epoch, Event, FeatureVec, Key, Schema};
 use serde::Serialize;
 
 use crate::config::Resolved;
-use crate::display::{progress_bar, rfc3339};
-use crate::kafka::progress::Progress;
-use crate::kafka::stream::Changed;
-use crate::output::files::{FileError, FilesSink};
-use crate::output::{Advance, Builder, Context, Sink, Stats, Stopping, WriteError};
-use crate::pipeline::{self, EpochOutput};
-use crate::records::DeadLetterRecord;
-use crate::source::files::{self, LoadError, Origin};
+use crate::display::rfc3339;
+use crate::output::files::FileError;
+use crate::output::WriteError;
+use crate::pipeline;
+use crate::source::files::{self, LoadError};
 use crate::source::prepare::prepare;
+
+mod stream;
+
+pub use stream::replay;
 
 /// Why a replay failed as a whole.
 #[derive(Debug, thiserror::Error)]
@@ -64,6 +69,15 @@ pub enum ReplayError {
     /// The output files could not be written.
     #[error("output: {0}")]
     Output(#[from] WriteError),
+    /// The output path stopped (`--driver stream`).
+    #[error("output: {0}")]
+    Outputs(#[from] crate::output::OutputError),
+    /// The streaming driver failed (`--driver stream`).
+    #[error(transparent)]
+    Stream(#[from] crate::kafka::stream::StreamError),
+    /// A record could not be encoded as the topics hold it (`--driver stream`).
+    #[error("cannot encode a record: {0}")]
+    Encode(#[from] serde_json::Error),
 }
 
 impl From<FileError> for ReplayError {
@@ -111,7 +125,7 @@ pub struct Summary {
     pub late_events: u64,
     /// Dead letters by reason.
     pub dead_letters: BTreeMap<String, u64>,
-    /// Epochs closed.
+    /// Epochs in which a series changed.
     pub epochs: u64,
     /// Series seen.
     pub keys: u64,
@@ -147,24 +161,6 @@ fn create(path: &Path) -> Result<BufWriter<File>, ReplayError> {
     ))
 }
 
-/// The dead letter of an event the input stage refused.
-fn refused(
-    data_files: &[files::FileReport],
-    origins: &[Origin],
-    events: &[Event],
-    index: u32,
-    why: &dataflows::input::Rejection,
-) -> DeadLetterRecord {
-    let origin = origins[index as usize];
-    DeadLetterRecord::row(
-        &data_files[origin.file as usize].name,
-        origin.line,
-        why.reason(),
-        format!("{why:?}"),
-        format!("{:?}", events[index as usize]),
-    )
-}
-
 /// Options of `replay`.
 pub struct ReplayOptions {
     /// Dataset directory.
@@ -177,163 +173,15 @@ pub struct ReplayOptions {
     pub progress: bool,
 }
 
-/// Runs `replay`; returns the summary it also writes.
-pub fn replay(cfg: &Resolved, opts: &ReplayOptions) -> Result<Summary, ReplayError> {
-    let started = Instant::now();
-    std::fs::create_dir_all(&opts.out).map_err(write_err(&opts.out))?;
-    let data = files::load(&opts.data)?;
-    let file_reports = data.files.clone();
-    let ignored = data.ignored.clone();
-    let empty = data.empty.clone();
-    let mut prepared = prepare(cfg, data, None);
-    let events = Arc::new(std::mem::take(&mut prepared.events));
-    let schema = cfg.spec.schema();
-    let fallbacks = prometheus::IntCounter::new("scoring_fallbacks", "replay's own count")
-        .expect("a valid counter");
-    let (scorer, _) = crate::model::scorer(cfg, fallbacks.clone())?;
-    let model = scorer.model().name().to_string();
-    // The same builder as the worker's, so a replay's records are the worker's records.
-    let mut builder =
-        Builder::new(cfg, scorer, None, None, Arc::new(Progress::default())).every_epoch();
-    let plan = pipeline::plan(&cfg.clock, cfg.allowed_lateness_secs, &events, None);
-
-    // The files are a sink like the worker's stores; nothing here stops or retries.
-    let mut files = FilesSink::create(&opts.out)?;
-    let (sink_progress, stop, mut stats) = (
-        Progress::default(),
-        Stopping::new(Arc::new(AtomicBool::new(false))),
-        Stats::default(),
-    );
-    let mut dead_counts: BTreeMap<String, u64> = BTreeMap::new();
-    let mut write = |advance: &Advance| -> Result<(), WriteError> {
-        for d in &advance.dead_letters {
-            *dead_counts.entry(d.reason.clone()).or_default() += 1;
-        }
-        let mut cx = Context {
-            progress: &sink_progress,
-            stop: &stop,
-            stats: &mut stats,
-        };
-        files.write(advance, &mut cx).map(|_| ())
-    };
-    write(&Advance {
-        dead_letters: std::mem::take(&mut prepared.dead_letters),
-        ..Advance::default()
-    })?;
-
-    let progress = progress_bar(
-        plan.steps.len() as u64,
-        "{elapsed_precise} [{bar:40}] {pos}/{len} epochs {msg}",
-        opts.progress,
-    );
-
-    let mut scored = ScoredStats::default();
-    let mut epochs = 0u64;
-    let mut io_error: Option<ReplayError> = None;
-    let mut first_end = None;
-    let mut last_end = None;
-    let late = plan.late.len() as u64;
-    let keys = distinct_keys(&events);
-    let output = |mut out: EpochOutput| {
-        if io_error.is_some() {
-            return;
-        }
-        epochs += 1;
-        progress.inc(1);
-        let end = rfc3339(cfg.clock.epoch_end(out.epoch));
-        first_end.get_or_insert_with(|| end.clone());
-        let n = out.changed.len() as u64;
-        let result = (|| -> Result<(), ReplayError> {
-            let dead_letters = (out.rejected.iter())
-                .map(|(i, why)| refused(&file_reports, &prepared.origins, &events, *i, why))
-                .collect();
-            write(&Advance {
-                dead_letters,
-                ..Advance::default()
-            })?;
-            // Each epoch's records in name order, whatever the worker count.
-            let dict = &prepared.dict;
-            out.changed.sort_by_cached_key(|(k, _)| dict.names(k));
-            let changed = Changed {
-                frontier: Some(out.epoch + 1),
-                changed: vec![(out.epoch, out.changed)],
-                ..Changed::default()
-            };
-            let mut refused = None;
-            builder.forecasts(changed, dict, |chunk| match write(chunk) {
-                Ok(()) => true,
-                Err(e) => {
-                    refused = Some(e);
-                    false
-                }
-            })?;
-            refused.map_or(Ok(()), |e| Err(e.into()))
-        })();
-        if let Err(e) = result {
-            io_error = Some(e);
-        }
-        scored.total += n;
-        scored.max = scored.max.max(n);
-        last_end = Some(end);
-    };
-    pipeline::run(
-        cfg.clock,
-        &cfg.spec,
-        opts.workers,
-        Arc::clone(&events),
-        Arc::new(plan),
-        output,
-    )?;
-    progress.finish_and_clear();
-    if let Some(e) = io_error {
-        return Err(e);
-    }
-    files.finish()?;
-    scored.mean = if epochs > 0 {
-        scored.total as f64 / epochs as f64
-    } else {
-        0.0
-    };
-    let wall = started.elapsed().as_secs_f64();
-    let read: u64 = prepared.counts.values().sum();
-    let summary = Summary {
-        data_dir: opts.data.display().to_string(),
-        period: cfg.clock.period_kind(),
-        epoch_secs: cfg.clock.epoch_secs(),
-        workers: opts.workers,
-        schema_hash: schema.hash.clone(),
-        features: schema.features.len(),
-        scoring_fallbacks: fallbacks.get(),
-        model,
-        events_read: prepared.counts.clone(),
-        late_events: late,
-        dead_letters: dead_counts,
-        epochs,
-        keys,
-        keys_scored_per_epoch: scored,
-        first_epoch_end: first_end,
-        last_epoch_end: last_end,
-        wall_secs: wall,
-        events_per_sec: read as f64 / wall.max(1e-9),
-        files: file_reports,
-        ignored_files: ignored,
-        empty_files: empty,
-    };
-    let summary_path = opts.out.join("summary.json");
+/// Writes `summary` to `summary.json` in `out`.
+fn write_summary(out: &Path, summary: &Summary) -> Result<(), ReplayError> {
+    let summary_path = out.join("summary.json");
     let mut w = create(&summary_path)?;
-    serde_json::to_writer_pretty(&mut w, &summary)
+    serde_json::to_writer_pretty(&mut w, summary)
         .map_err(std::io::Error::from)
         .and_then(|_| w.write_all(b"\n"))
         .and_then(|_| w.flush())
-        .map_err(write_err(&summary_path))?;
-    Ok(summary)
-}
-
-fn distinct_keys(events: &[Event]) -> u64 {
-    let mut keys: Vec<Key> = events.iter().filter_map(Event::key).collect();
-    keys.sort_unstable();
-    keys.dedup();
-    keys.len() as u64
+        .map_err(write_err(&summary_path))
 }
 
 /// What `features` wrote.

@@ -41,7 +41,8 @@ use std::time::Instant;
 use common::{arg, children_cpu_secs, cpu_secs, load, postgres_admin, text_arg};
 use stockcast::config::{CatchUp, Config};
 use stockcast::generate::{self, Params};
-use stockcast::kafka::{self, load as publish, stream};
+use stockcast::kafka::{self, load as publish};
+use stockcast::pipeline::stream;
 
 fn main() {
     // As the worker's main does (see the functions' notes).
@@ -133,6 +134,7 @@ fn main() {
         progress: Default::default(),
         workers,
         exit_when_idle: true,
+        drain_through: None,
         stop: Arc::new(AtomicBool::new(false)),
         wall_clock: stream::system_clock(),
         from_scratch: false,

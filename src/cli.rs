@@ -481,7 +481,8 @@ fn worker_command(
     crate::signals::stop_on_signals(stop.clone()).context("installing signal handlers")?;
     let cluster = match (hosts, process) {
         (Some(file), Some(process)) => Some(
-            crate::kafka::stream::Cluster::from_file(&file, process).map_err(anyhow::Error::msg)?,
+            crate::pipeline::stream::Cluster::from_file(&file, process)
+                .map_err(anyhow::Error::msg)?,
         ),
         _ => None,
     };
@@ -494,13 +495,14 @@ fn worker_command(
             "joining the timely cluster"
         );
     }
-    let opts = crate::kafka::stream::StreamOptions {
+    let opts = crate::pipeline::stream::StreamOptions {
         cluster,
         progress: Default::default(),
         workers,
         exit_when_idle,
+        drain_through: None,
         stop,
-        wall_clock: crate::kafka::stream::system_clock(),
+        wall_clock: crate::pipeline::stream::system_clock(),
         from_scratch,
     };
     let listen = listen.unwrap_or_else(|| cfg.http.listen.clone());

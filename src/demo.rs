@@ -18,7 +18,8 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use crate::config::{Config, Resolved};
 use crate::decode::{CatalogItem, Movement, PromotionRec, Record, Sale, Store};
 use crate::generate::{self, Generator, Item, Params, Promo};
-use crate::kafka::{self, admin, load, stream, Acks};
+use crate::kafka::{self, admin, load, Acks};
+use crate::pipeline::stream;
 
 /// Options of the demo.
 pub struct DemoOptions {
@@ -355,6 +356,7 @@ pub fn run(opts: &DemoOptions) -> anyhow::Result<()> {
             progress,
             workers: opts.workers,
             exit_when_idle: !opts.serve,
+            drain_through: None,
             stop: Arc::clone(&stop),
             wall_clock: Arc::new(move || clock.load(Ordering::SeqCst)),
             from_scratch: false,

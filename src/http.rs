@@ -9,7 +9,7 @@
 //! - `GET /v1/recommendations?store=..&limit=..`: the latest records with the largest
 //!   recommended orders first (400 with a message for a bad parameter).
 //!
-//! Everything is served from the process's own state ([`crate::kafka::stream::Progress`]): the
+//! Everything is served from the process's own state ([`crate::pipeline::stream::Progress`]): the
 //! series its workers hold. In a cluster each process scores its own share of the series, so a
 //! series this process does not hold is read from the shared Redis cache when `[redis]` is
 //! configured (every process writes it); without it, ask the process that holds the series, or
@@ -27,7 +27,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde::Deserialize;
 
-use crate::kafka::stream::Progress;
+use crate::pipeline::stream::Progress;
 
 /// What the handlers read.
 #[derive(Clone)]

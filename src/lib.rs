@@ -11,13 +11,14 @@
 //! - [`decode`]: pure decoding of CSV/JSON records into typed sales, movements, reference data,
 //!   and the reasons a record is refused; a JSON object read as borrowed fields (`decode::json`).
 //! - [`ids`]: store/SKU names to the stable ids the dataflow uses.
-//! - [`pipeline`]: the driver of `features` and the training history: scheduling events onto
-//!   epochs (watermarks, lateness) and running the `dataflows` crate's differential dataflow on
-//!   N timely workers; and the interface the streaming driver reads its records through
-//!   (`source`).
-//! - [`kafka`]: the long-running worker on Kafka topics (`stream`: the streaming driver, also
-//!   replay's, and checkpoint cuts), the publisher (`load`), topic admin and the delivery
-//!   guarantee.
+//! - [`pipeline`]: the drivers of the `dataflows` crate's differential dataflow on N timely
+//!   workers. `stream`, the streaming driver of the worker and of replay, reads an `Input`
+//!   through `source`, keeps watermarks and offsets, cuts checkpoints (`snapshot`) and shows
+//!   its progress (`progress`); `schedule` and `run` schedule every event's epoch up front, for
+//!   the training history.
+//! - [`kafka`]: the long-running worker on Kafka topics: the broker as the driver's input
+//!   (`offsets`: assignment, resume points, committed frontiers), the consumer lag (`lag`),
+//!   the publisher (`load`), topic admin and the delivery guarantee.
 //! - [`checkpoint`]: checkpoints of the worker's state: format, store, pruning, restore.
 //! - [`forecast`]: the `Forecaster` trait (quantile forecasts) and the baselines (moving
 //!   average, naive, seasonal naive).
@@ -33,7 +34,7 @@
 //! - [`mart`]: the PostgreSQL inventory mart (schema, partitions, binary COPY).
 //! - [`cache`]: the Redis lookup cache.
 //! - [`replay`]: the `replay` and `features` commands: files in, forecasts and tables out;
-//!   replay on the worker's streaming driver and output path.
+//!   both on the worker's streaming driver, replay through its output path too.
 //! - [`simulate`]: order policies replayed through an inventory model.
 //! - [`http`]: `/metrics`, health checks and the read API.
 //! - [`metrics`]: the Prometheus metrics, declared once.

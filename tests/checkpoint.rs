@@ -40,7 +40,7 @@ fn published_forecasts(cfg: &Resolved, wait: Duration) -> (usize, Vec<String>) {
 }
 
 /// Records of `topic` fetched from the broker by the run (skipped ones included).
-fn fetched(progress: &stockcast::kafka::stream::Progress, topic: &str) -> u64 {
+fn fetched(progress: &stockcast::pipeline::stream::Progress, topic: &str) -> u64 {
     let text = progress.metrics.render();
     text.lines()
         .filter(|l| {

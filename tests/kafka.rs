@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::ClientConfig;
 use stockcast::config::{CatchUp, Resolved};
-use stockcast::kafka::{self, admin, load, stream, wire};
+use stockcast::kafka::{self, admin, load, wire};
+use stockcast::pipeline::stream;
 use stockcast::records::ForecastRecord;
 
 #[path = "support/http.rs"]
@@ -393,6 +394,7 @@ fn a_30_second_broker_outage_loses_and_double_counts_nothing() {
             progress: Arc::clone(&progress),
             workers: 2,
             exit_when_idle: false,
+            drain_through: None,
             stop: Arc::clone(&stop),
             wall_clock: Arc::new(|| 0),
             from_scratch: false,

@@ -141,6 +141,28 @@ fn feature_table_sums_match_the_raw_csv() {
     assert_eq!(rows.len(), 10);
 }
 
+/// Past the last sale (2016-04-24) the windows still move on to the instant asked for: the
+/// 28-day sums then cover 2016-04-13 to 2016-05-10, twelve days of data. The table is the same
+/// whatever the number of workers.
+#[test]
+fn a_feature_table_past_the_last_event_slides_its_windows_to_the_instant() {
+    let data = shared("m5_mini");
+    let cfg = resolved("day");
+    let tmp = tempfile::tempdir().unwrap();
+    let as_of = stockcast::decode::parse_time("as_of", "2016-05-10T23:59:59Z").unwrap();
+    let mut tables = Vec::new();
+    for workers in [1, 3] {
+        let out = tmp.path().join(format!("features-{workers}.csv"));
+        let t = replay::feature_table(&cfg, &data, as_of, &out, workers).unwrap();
+        assert_eq!(t.rows, 10);
+        let expected = raw_sums(&data, "2016-05-10", 28);
+        assert!(expected.values().any(|s| *s > 0.0));
+        check_sums(&out, "sales_sum_28d", &expected);
+        tables.push(std::fs::read(&out).unwrap());
+    }
+    assert_eq!(tables[0], tables[1]);
+}
+
 #[test]
 fn dunnhumby_weekly_sums_match_the_raw_csv() {
     let data = shared("dunnhumby_btf_dev");

@@ -147,7 +147,7 @@ fn the_read_api_answers_a_series_another_process_holds_from_the_cache() {
     let newer = rec("2024-01-01T00:30:00Z", 2.0);
     cache.write(std::slice::from_ref(&newer)).unwrap();
     // This process holds no series at all.
-    let progress = std::sync::Arc::new(stockcast::kafka::stream::Progress::default());
+    let progress = std::sync::Arc::new(stockcast::pipeline::stream::Progress::default());
     let reader = stockcast::cache::CacheReader::new(url, &prefix).unwrap();
     let server =
         stockcast::http::serve("127.0.0.1:0", progress.clone(), 600, Some(reader)).unwrap();

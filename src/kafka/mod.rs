@@ -34,15 +34,16 @@
 
 pub mod admin;
 pub mod client;
+mod lag;
 pub mod load;
-pub mod progress;
-pub mod snapshot;
-pub mod stream;
+pub mod offsets;
 pub mod wire;
 
 pub use self::client::{client_config, input_topics, partition_owner, Acks};
 
 use std::sync::Arc;
+
+use crate::pipeline::{snapshot, stream};
 
 /// What a worker run did.
 pub struct WorkerRun {
@@ -171,7 +172,7 @@ pub fn run_worker(
     opts: &stream::StreamOptions,
 ) -> Result<WorkerRun, WorkerError> {
     let started = std::time::Instant::now();
-    let resumed_from = stream::committed_frontier(cfg)?;
+    let resumed_from = offsets::committed_frontier(cfg)?;
     let checkpoints = open_checkpoints(cfg, opts)?;
     if let Some(f) = resumed_from {
         tracing::info!(
@@ -189,7 +190,10 @@ pub fn run_worker(
         opts.stop.clone(),
         Arc::clone(&opts.progress),
     )?;
-    stream::run(cfg, opts, checkpoints, &mut outputs)?;
+    // The consumer lag, measured beside the workers while they run.
+    let _lag = lag::spawn_lag_probe(cfg, opts);
+    let input = Arc::new(offsets::Broker::new(cfg));
+    stream::run(cfg, opts, input, checkpoints, &mut outputs)?;
     if let Some(why) = outputs.failure() {
         return Err(crate::output::OutputError::Halted(why.to_string()).into());
     }

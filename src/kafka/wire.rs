@@ -115,7 +115,7 @@ pub fn record_value(record: &Record) -> Value {
 }
 
 /// Header of a dead-letter record that carries the original value's bytes verbatim (its first
-/// [`crate::kafka::stream::MAX_DEAD_VALUE_BYTES`] bytes when it was longer).
+/// [`crate::pipeline::stream::MAX_DEAD_VALUE_BYTES`] bytes when it was longer).
 pub const ORIGINAL_VALUE_HEADER: &str = "stockcast.original-value";
 
 /// Header present when the original value was cut: its full length in bytes, as decimal text.

@@ -21,9 +21,9 @@ use crate::config::{CatchUp, Resolved};
 use crate::display::rfc3339;
 use crate::forecast::{Forecast, ScoreError};
 use crate::ids::Dictionary;
-use crate::kafka::progress::Progress;
-use crate::kafka::stream::{Changed, Closed, Commit, DeadRecord, Delivered};
 use crate::model::scorer::{ModelWatch, Pending, Scorer};
+use crate::pipeline::progress::Progress;
+use crate::pipeline::stream::{Changed, Closed, Commit, DeadRecord, Delivered};
 use crate::records::{
     DeadContent, DeadLetterRecord, DeadSource, EpochRecord, ForecastRecord, Stamp,
 };

@@ -13,8 +13,8 @@ use super::retry::backoff;
 use super::sink::{Context, OutputError};
 use crate::config::Resolved;
 use crate::kafka::client::client_config;
-use crate::kafka::stream::commit_metadata;
-use crate::kafka::stream::Commit;
+use crate::kafka::offsets::commit_metadata;
+use crate::pipeline::stream::Commit;
 
 /// How long a commit may go unanswered before each warning.
 const WARN_EVERY: Duration = Duration::from_secs(30);

@@ -1,6 +1,6 @@
 //! The worker's output path: for each advance of the closed frontier, the records it makes and
 //! every store they go to, then the input offsets. Every process runs one, on the thread that
-//! called [`crate::kafka::stream::run`] (which calls it as its [`Handler`]).
+//! called [`crate::pipeline::stream::run`] (which calls it as its [`Handler`]).
 //!
 //! ```text
 //! every process:  Changed (the series its own workers changed in the epochs closed)
@@ -47,9 +47,9 @@ use std::sync::Arc;
 use crate::config::Resolved;
 use crate::display::rfc3339;
 use crate::ids::Dictionary;
-use crate::kafka::progress::Progress;
-use crate::kafka::stream::{Changed, Closed, Commit, Delivered, Handler, Undelivered};
 use crate::model::scorer::{ModelWatch, Scorer};
+use crate::pipeline::progress::Progress;
+use crate::pipeline::stream::{Changed, Closed, Commit, Delivered, Handler, Undelivered};
 
 pub use self::build::{Advance, BuildError, Builder};
 use self::committer::Committer;

@@ -7,7 +7,7 @@ use super::build::Advance;
 #[cfg(test)]
 use super::sink::Stopping;
 use super::sink::{Context, Sink, WriteError};
-use crate::kafka::progress::Progress;
+use crate::pipeline::progress::Progress;
 
 /// Failed attempts in a row (about 6 s) after which a sink's outage is logged as an error.
 pub(super) const OUTAGE_ATTEMPTS: u32 = 5;

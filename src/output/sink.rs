@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::build::Advance;
-use crate::kafka::progress::Progress;
+use crate::pipeline::progress::Progress;
 
 /// Why a sink's write of an advance failed.
 #[derive(Debug, thiserror::Error)]

@@ -1,9 +1,9 @@
 //! What the streaming driver reads: records of partitions, each at an offset, from wherever
 //! they are kept.
 //!
-//! The driver (`kafka::stream`'s workers and their `feeder`) decodes, dates and applies each
+//! The driver (`pipeline::stream`'s workers and their `feeder`) decodes, dates and applies each
 //! record; a [`Source`] only hands it over, and [`Ends`] says how far a partition goes. The
-//! broker's consumer is both (`kafka::stream::offsets`). A record names its partition by topic
+//! broker's consumer is both (`kafka::offsets`). A record names its partition by topic
 //! and number, and its offset orders it within that partition, as Kafka does.
 
 use std::time::Duration;

@@ -27,7 +27,7 @@ pub struct DeadLetterRecord {
     #[serde(flatten)]
     pub content: DeadContent,
     /// The exact bytes of a refused Kafka value (at most
-    /// [`crate::kafka::stream::MAX_DEAD_VALUE_BYTES`]) and their full length: they travel
+    /// [`crate::pipeline::stream::MAX_DEAD_VALUE_BYTES`]) and their full length: they travel
     /// beside the JSON, in the Kafka header [`crate::kafka::wire::ORIGINAL_VALUE_HEADER`].
     #[serde(skip)]
     pub original: Option<(Vec<u8>, usize)>,
@@ -70,7 +70,7 @@ pub enum DeadContent {
         /// The key, as text where it is UTF-8 (else lossily).
         key: Option<String>,
         /// The value, as text where it is UTF-8 (else lossily); at most
-        /// [`crate::kafka::stream::MAX_DEAD_VALUE_BYTES`] of the original: see `value_bytes`.
+        /// [`crate::pipeline::stream::MAX_DEAD_VALUE_BYTES`] of the original: see `value_bytes`.
         value: Option<String>,
         /// The original value's length in bytes.
         #[serde(default)]

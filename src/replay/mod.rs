@@ -3,7 +3,7 @@
 //! `replay` runs on the worker's own driver and output path (`stream`):
 //! ```text
 //! DIR -> source::files::load -> source::topics (what `load` would publish, in memory)
-//!     -> kafka::stream::run_in_memory (the worker's loop: feeder, watermarks, beacons, merger)
+//!     -> pipeline::stream::run (the worker's loop: feeder, watermarks, beacons, merger)
 //!     -> per advance: each epoch's changed series in name order -> output::Outputs
 //!        (catch_up = "every_epoch": scored, planned, forecast records)
 //!        -> output::files::FilesSink -> dead_letters.jsonl, forecasts.jsonl
@@ -14,33 +14,29 @@
 //! derived where the dataset lacks it) comes first. Late arrivals are exercised through the
 //! library API by the tests.
 //!
-//! `features` (and the training history, `model::history`) still run on `pipeline::run`, which
-//! schedules every event's epoch up front: `DIR -> prepare -> pipeline::plan -> pipeline::run`.
+//! `features` runs on the same driver (`features`): the events up to an instant, the windows
+//! moved on to it, each series' last feature vector kept.
 //!
 //! # Error handling
 //! Rows that do not decode, and events the input stage refuses (dated before 1970, or further
 //! ahead than `time.max_future_secs`), are dead-lettered with file, line and reason; the run
 //! goes on. Unreadable input or unwritable output stops the run with the path.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
-use dataflows::{Epoch, Event, FeatureVec, Key, Schema};
 use serde::Serialize;
 
-use crate::config::Resolved;
-use crate::display::rfc3339;
 use crate::output::files::FileError;
 use crate::output::WriteError;
-use crate::pipeline;
 use crate::source::files::{self, LoadError};
-use crate::source::prepare::prepare;
 
+mod features;
 mod stream;
 
+pub use features::{feature_table, format_value, latest_features, FeatureTable, LatestFeatures};
 pub use stream::replay;
 
 /// Why a replay failed as a whole.
@@ -60,22 +56,19 @@ pub enum ReplayError {
     /// The forecaster does not fit the feature schema.
     #[error(transparent)]
     Forecaster(#[from] crate::model::ForecasterError),
-    /// The dataflow failed.
-    #[error(transparent)]
-    Run(#[from] pipeline::RunError),
     /// Neither the model nor the baseline could score.
     #[error(transparent)]
     Scoring(#[from] crate::output::BuildError),
     /// The output files could not be written.
     #[error("output: {0}")]
     Output(#[from] WriteError),
-    /// The output path stopped (`--driver stream`).
+    /// The output path stopped.
     #[error("output: {0}")]
     Outputs(#[from] crate::output::OutputError),
-    /// The streaming driver failed (`--driver stream`).
+    /// The streaming driver failed.
     #[error(transparent)]
-    Stream(#[from] crate::kafka::stream::StreamError),
-    /// A record could not be encoded as the topics hold it (`--driver stream`).
+    Stream(#[from] crate::pipeline::stream::StreamError),
+    /// A record could not be encoded as the topics hold it.
     #[error("cannot encode a record: {0}")]
     Encode(#[from] serde_json::Error),
 }
@@ -182,100 +175,4 @@ fn write_summary(out: &Path, summary: &Summary) -> Result<(), ReplayError> {
         .and_then(|_| w.write_all(b"\n"))
         .and_then(|_| w.flush())
         .map_err(write_err(&summary_path))
-}
-
-/// What `features` wrote.
-#[derive(Debug, Serialize)]
-pub struct FeatureTable {
-    /// Series in the table.
-    pub rows: usize,
-    /// The instant the table is as of.
-    pub as_of: String,
-    /// Feature schema hash.
-    pub schema_hash: String,
-}
-
-/// Computes the point-in-time feature table of every series from the events with `ts <= as_of`,
-/// through the same dataflow, and writes it as CSV.
-pub fn feature_table(
-    cfg: &Resolved,
-    data_dir: &Path,
-    as_of: i64,
-    out: &Path,
-    workers: usize,
-) -> Result<FeatureTable, ReplayError> {
-    let data = files::load(data_dir)?;
-    let mut prepared = prepare(cfg, data, Some(as_of));
-    let events = std::mem::take(&mut prepared.events);
-    let table = latest_features(cfg, events, as_of, workers)?;
-    let schema = cfg.spec.schema();
-    let mut rows: Vec<(crate::ids::SeriesNames, &FeatureVec)> = table
-        .iter()
-        .map(|(k, v)| (prepared.dict.names(k), v))
-        .collect();
-    rows.sort_by(|a, b| a.0.cmp(&b.0));
-    let mut w = csv::Writer::from_writer(create(out)?);
-    let csv_err = |e: csv::Error| ReplayError::Write {
-        path: out.to_path_buf(),
-        source: std::io::Error::other(e.to_string()),
-    };
-    let mut header = vec!["store_id".to_string(), "sku_id".to_string()];
-    header.extend(schema.names().map(str::to_string));
-    w.write_record(&header).map_err(csv_err)?;
-    for ((store, sku), vec) in &rows {
-        let mut record = vec![store.to_string(), sku.to_string()];
-        record.extend((0..schema.features.len()).map(|i| format_value(&schema, vec, i)));
-        w.write_record(&record).map_err(csv_err)?;
-    }
-    w.flush().map_err(write_err(out))?;
-    Ok(FeatureTable {
-        rows: rows.len(),
-        as_of: rfc3339(as_of),
-        schema_hash: schema.hash,
-    })
-}
-
-/// Runs the dataflow over `events` (arrival order) through the epoch containing `as_of` and
-/// returns every series' features.
-pub fn latest_features(
-    cfg: &Resolved,
-    events: Vec<Event>,
-    as_of: i64,
-    workers: usize,
-) -> Result<HashMap<Key, FeatureVec>, ReplayError> {
-    let until: Option<Epoch> = cfg.clock.epoch_of(as_of);
-    let plan = pipeline::plan(&cfg.clock, cfg.allowed_lateness_secs, &events, until);
-    let mut table: HashMap<Key, FeatureVec> = HashMap::new();
-    pipeline::run(
-        cfg.clock,
-        &cfg.spec,
-        workers,
-        Arc::new(events),
-        Arc::new(plan),
-        |out| table.extend(out.changed),
-    )?;
-    Ok(table)
-}
-
-/// A feature value as CSV text: empty when missing, integers for counts, else up to 3 decimals.
-pub fn format_value(schema: &Schema, vec: &FeatureVec, i: usize) -> String {
-    match vec.raw(i) {
-        None => String::new(),
-        Some(v) if schema.features[i].scale == 1 => v.to_string(),
-        Some(v) => {
-            let scale = schema.features[i].scale;
-            let sign = if v < 0 { "-" } else { "" };
-            let (int, frac) = (
-                v.unsigned_abs() / scale as u64,
-                v.unsigned_abs() % scale as u64,
-            );
-            if frac == 0 {
-                format!("{sign}{int}")
-            } else {
-                let digits = scale.ilog10() as usize;
-                let f = format!("{frac:0digits$}");
-                format!("{sign}{int}.{}", f.trim_end_matches('0'))
-            }
-        }
-    }
 }

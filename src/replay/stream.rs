@@ -16,12 +16,12 @@ use dataflows::{Epoch, Key};
 use crate::config::{CatchUp, Resolved};
 use crate::display::rfc3339;
 use crate::ids::Dictionary;
-use crate::kafka::progress::Progress;
-use crate::kafka::stream::{
-    self, Changed, Closed, Commit, Delivered, Handler, StreamOptions, Undelivered,
-};
 use crate::output::files::FilesSink;
 use crate::output::{Advance, Context, OutputError, Outputs, Sink, Stats, Stopping};
+use crate::pipeline::progress::Progress;
+use crate::pipeline::stream::{
+    self, Changed, Closed, Commit, Delivered, Handler, StreamOptions, Undelivered,
+};
 use crate::source::files::{self, FileKind};
 use crate::source::topics::Topics;
 
@@ -91,6 +91,7 @@ pub fn replay(cfg: &Resolved, opts: &ReplayOptions) -> Result<Summary, ReplayErr
         data,
         cfg.clock.period_kind(),
         &cfg.kafka.topics,
+        None,
     )?);
 
     let mut cfg = cfg.clone();
@@ -135,13 +136,21 @@ pub fn replay(cfg: &Resolved, opts: &ReplayOptions) -> Result<Summary, ReplayErr
     let run = StreamOptions {
         workers: opts.workers,
         exit_when_idle: true,
+        drain_through: None,
         stop: Arc::new(AtomicBool::new(false)),
         wall_clock: stream::system_clock(),
         progress: Arc::clone(&progress),
         cluster: None,
         from_scratch: true,
     };
-    stream::run_in_memory(&cfg, &run, Arc::clone(&topics), &mut handler)?;
+    // The dataset is read to its end, in this process alone, without checkpoints.
+    stream::run(
+        &cfg,
+        &run,
+        Arc::new(Arc::clone(&topics)),
+        None,
+        &mut handler,
+    )?;
     bar.finish_and_clear();
     let InNameOrder {
         mut scored,

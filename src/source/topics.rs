@@ -1,5 +1,5 @@
 //! A dataset as the input topics, held in memory: what `load` would publish, read by the
-//! streaming driver (`kafka::stream`) without a broker.
+//! streaming driver (`pipeline::stream`) without a broker.
 //!
 //! Each input kind is one partition (partition 0 of its topic), and one worker reads them all:
 //! first the reference data, then the events in time order, as `load` publishes them and
@@ -8,6 +8,7 @@
 //! still spreads the series over every worker. A record's key and value are the bytes `load`
 //! would produce, and each keeps the file and line it came from, for its dead letter.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,6 +16,7 @@ use crate::decode::Record as Decoded;
 use crate::kafka::client::partition_owner;
 use crate::kafka::wire::{self, Partition};
 use crate::pipeline::source::{Ends, PollError, Record, Source};
+use crate::pipeline::stream::{Input, Opened, StreamError};
 use crate::source::files::{Dataset, FileKind, Origin};
 
 /// Records in publishing order: reference data, then events by time (stable).
@@ -62,17 +64,23 @@ pub struct Topics {
 }
 
 impl Topics {
-    /// The records `load` would publish of `data` to `topics`, for demand periods of `period`.
+    /// The records `load` would publish of `data` to `topics`, for demand periods of `period`;
+    /// with `through`, without the sales and stock movements dated after it (the reference
+    /// data is kept whole, and derived from the whole dataset).
     pub fn new(
         data: Dataset,
         period: dataflows::PeriodKind,
         topics: &crate::config::TopicsConfig,
+        through: Option<i64>,
     ) -> Result<Topics, serde_json::Error> {
         let files = data.files.iter().map(|f| f.name.clone()).collect();
         let mut partitions: Vec<(Partition, i64)> = Vec::new();
         let mut records = Vec::new();
         let mut at: Vec<Vec<usize>> = Vec::new();
         for (record, origin) in to_publish(data, period) {
+            if through.is_some_and(|t| record.ts().is_some_and(|ts| ts > t)) {
+                continue;
+            }
             let kind = FileKind::of(&record);
             let part = match partitions.iter().position(|(p, _)| p.kind == kind) {
                 Some(i) => i,
@@ -198,6 +206,31 @@ impl Ends for TopicEnds {
     }
 }
 
+/// The topics as the driver's input. All their records are there from the start: a partition
+/// is idle as soon as its end says it was read, and asking where it ends costs nothing.
+impl Input for Arc<Topics> {
+    fn open(
+        &self,
+        (index, peers): (usize, usize),
+        _start_at: &HashMap<(String, i32), i64>,
+        _lost: Option<&prometheus::IntGauge>,
+    ) -> Result<Opened, StreamError> {
+        Ok(Opened {
+            source: Box::new(self.reader(index, peers)),
+            ends: Box::new(TopicEnds(Arc::clone(self))),
+            assigned: self.assigned(index, peers),
+        })
+    }
+
+    fn idleness(&self) -> (Duration, Duration) {
+        (Duration::ZERO, Duration::ZERO)
+    }
+
+    fn reader_of(&self, _: &Partition, peers: usize) -> usize {
+        partition_owner(0, 0, peers)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -233,7 +266,7 @@ mod tests {
     fn one_worker_reads_reference_first_then_events_in_time_order() {
         let (_dir, data) = dataset();
         let topics = TopicsConfig::default();
-        let held = Arc::new(Topics::new(data, dataflows::PeriodKind::Day, &topics).unwrap());
+        let held = Arc::new(Topics::new(data, dataflows::PeriodKind::Day, &topics, None).unwrap());
         let owner = partition_owner(0, 0, 3);
         for worker in 0..3 {
             let assigned = held.assigned(worker, 3);
@@ -274,7 +307,7 @@ mod tests {
     fn a_record_names_the_file_and_line_it_was_read_from() {
         let (_dir, data) = dataset();
         let topics = TopicsConfig::default();
-        let held = Topics::new(data, dataflows::PeriodKind::Day, &topics).unwrap();
+        let held = Topics::new(data, dataflows::PeriodKind::Day, &topics, None).unwrap();
         // In time order the sales are lines 3, 5 and 2 of the file (line 1 is the header).
         let lines: Vec<_> = (0..3).map(|o| held.origin(&topics.sales, o)).collect();
         assert_eq!(

@@ -11,7 +11,8 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use stockcast::config::{Config, KafkaConfig, Resolved};
-use stockcast::kafka::{load, stream, wire};
+use stockcast::kafka::{load, wire};
+use stockcast::pipeline::stream;
 use stockcast::records::ForecastRecord;
 use stockcast::replay::{self, ReplayOptions};
 
@@ -75,6 +76,7 @@ pub fn options(workers: usize) -> stream::StreamOptions {
         progress: Default::default(),
         workers,
         exit_when_idle: true,
+        drain_through: None,
         stop: Arc::new(AtomicBool::new(false)),
         wall_clock: stream::system_clock(),
         from_scratch: false,

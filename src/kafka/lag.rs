@@ -8,8 +8,9 @@ use rdkafka::consumer::Consumer;
 
 use crate::config::Resolved;
 
-use super::offsets::*;
-use super::options::*;
+use crate::pipeline::stream::StreamOptions;
+
+use super::offsets::consumer;
 
 /// How often the consumer lag is measured.
 pub(super) const LAG_EVERY: Duration = Duration::from_secs(5);

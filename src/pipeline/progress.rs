@@ -33,7 +33,7 @@ pub struct Progress {
     /// Workers that have their partitions assigned.
     pub(super) assigned_workers: std::sync::atomic::AtomicUsize,
     /// Next offset to read of every assigned partition, for the consumer lag.
-    pub(super) positions: std::sync::Mutex<HashMap<(String, i32), i64>>,
+    pub(crate) positions: std::sync::Mutex<HashMap<(String, i32), i64>>,
     /// Changed series this process's workers handed over and its sinks have not written yet
     /// (the workers stop reading while there are `[output] max_held_series`).
     pub(super) held_series: std::sync::atomic::AtomicUsize,

@@ -13,7 +13,7 @@ use dataflows::{Epoch, Key};
 use serde::{Deserialize, Serialize};
 use timely::dataflow::operators::vec::Input;
 
-use crate::kafka::progress::Progress;
+use crate::pipeline::progress::Progress;
 
 use super::closed::{Commit, Delivered};
 use super::feeder::*;

@@ -13,9 +13,9 @@ use serde::{Deserialize, Serialize};
 use crate::ids::{self, Dictionary};
 use crate::source::files::FileKind;
 
-use crate::kafka::progress::Progress;
-use crate::kafka::snapshot::{self, Cut, PartDone};
 use crate::kafka::wire::Partition;
+use crate::pipeline::progress::Progress;
+use crate::pipeline::snapshot::{self, Cut, PartDone};
 use crate::pipeline::source::Record;
 
 use super::closed::*;

@@ -16,12 +16,11 @@ use timely::dataflow::operators::vec::{Broadcast, Input as _};
 use crate::config::{CatchUp, Resolved};
 use crate::ids::Dictionary;
 
-use crate::kafka::progress::Progress;
-use crate::kafka::snapshot::{self, Checkpoints, Cut, Schedule, Writer};
+use crate::pipeline::progress::Progress;
+use crate::pipeline::snapshot::{self, Checkpoints, Cut, Schedule, Writer};
 
 use super::beacon::*;
 use super::feeder::*;
-use super::offsets::*;
 use super::options::*;
 use super::outbox::*;
 use super::partition::*;
@@ -37,7 +36,7 @@ pub(super) fn work(
     worker: &mut timely::worker::Worker,
     cfg: &Resolved,
     opts: &StreamOptions,
-    input: &Input,
+    input: &dyn Input,
     checkpoints: Option<&Checkpoints>,
     tx: &mpsc::SyncSender<Result<Msg, StreamError>>,
     acks: Option<mpsc::Receiver<Upward>>,
@@ -60,7 +59,7 @@ pub(super) fn work(
         mut source,
         ends,
         assigned,
-    } = open(cfg, input, (index, peers), &start_at, lost)?;
+    } = input.open((index, peers), &start_at, lost)?;
     let mut prober = Watermarks::spawn(ends, index)
         .map_err(|e| StreamError::Worker(format!("cannot start the idleness thread: {e}")))?;
     opts.progress.worker_assigned(opts.workers.max(1));
@@ -70,15 +69,7 @@ pub(super) fn work(
         "assigned"
     );
     let started = Instant::now();
-    // Input held in memory is all there from the start: a partition is idle as soon as its
-    // end says it was read, and asking where it ends costs nothing.
-    let (idle_after, recheck) = match input {
-        Input::Broker => (
-            Duration::from_secs(cfg.kafka.idle_timeout_secs),
-            IDLE_RECHECK,
-        ),
-        Input::Memory(_) => (Duration::ZERO, Duration::ZERO),
-    };
+    let (idle_after, recheck) = input.idleness();
     let mut feeder = Feeder {
         clock: cfg.clock,
         input: FeatureInput::new(cfg.clock, &cfg.spec),
@@ -281,6 +272,7 @@ pub(super) fn work(
             &cfg.clock,
             lateness,
             opts.exit_when_idle,
+            opts.drain_through,
             (opts.wall_clock)(),
         );
         if index == 0 {

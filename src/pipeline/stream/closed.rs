@@ -9,8 +9,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::source::files::FileKind;
 
-use crate::kafka::snapshot::PartDone;
 use crate::kafka::wire::Partition;
+use crate::pipeline::snapshot::PartDone;
 
 /// Most bytes of a refused record's value a dead letter carries (the rest is cut, and the
 /// dead letter says how long the original was).

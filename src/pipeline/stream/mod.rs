@@ -1,7 +1,8 @@
 //! The streaming driver: N timely workers, each reading its own input partitions, feeding the
 //! feature dataflow, and reporting closed epochs to the caller's thread. The partitions are the
-//! broker's ([`run`]), or a dataset's held in memory ([`run_in_memory`], replay); the workers
-//! read either through `pipeline::source`.
+//! broker's (`kafka::offsets::Broker`, the worker), or a dataset's held in memory
+//! (`source::topics`, replay): each is an [`Input`], and the workers read either through
+//! `pipeline::source`.
 //!
 //! # Time
 //! - Each partition's watermark is the largest event time seen on it. A partition silent for
@@ -54,9 +55,7 @@
 //! # Layout
 //! [`run`] (here) starts the workers and the merging on the caller's thread. Then, in the order
 //! a record meets them:
-//! - `options`: the run's settings, its errors and the loop's timings;
-//! - `offsets`: the consumer (the worker's `pipeline::source`), each worker's partitions and where
-//!   they resume;
+//! - `options`: the run's settings, its [`Input`], its errors and the loop's timings;
 //! - `worker`: one timely worker's loop: poll, feed, beacon, step, checkpoint, report;
 //! - `feeder`: a worker's input side (decoding, epochs, the input stage, advances), over its
 //!   partitions as `partition` tracks them (watermarks, held and replayed records, idleness);
@@ -66,8 +65,12 @@
 //! - `outbox`: what the workers send each other, through the dataflow;
 //! - `merger`: each process merges its workers' changed series ([`Changed`]), and worker 0's
 //!   process the reports and acknowledgements into closed advances ([`Closed`]);
-//! - `closed`: what the caller receives; `lag`: the consumer lag, measured beside the workers.
+//! - `closed`: what the caller receives.
+//!
+//! Beside it, in `pipeline`: `progress` (what a running driver shows) and `snapshot` (when the
+//! workers cut a checkpoint and what it holds).
 
+use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::{mpsc, Arc};
 
@@ -76,15 +79,13 @@ use crate::ids::Dictionary;
 
 pub use super::progress::Progress;
 use super::snapshot::{self, Checkpoints};
-pub use super::wire::Partition;
+pub use crate::kafka::wire::Partition;
 
 mod beacon;
 mod closed;
 mod feeder;
 mod idleness;
-mod lag;
 mod merger;
-mod offsets;
 mod options;
 mod outbox;
 mod partition;
@@ -95,10 +96,9 @@ pub use self::closed::{
     Changed, Closed, Commit, DeadRecord, Delivered, EpochTally, Undelivered, MAX_DEAD_KEY_BYTES,
     MAX_DEAD_VALUE_BYTES,
 };
-use self::offsets::by_process;
-pub use self::offsets::{commit_metadata, committed_frontier};
-pub use self::options::{system_clock, Cluster, Input, StreamError, StreamOptions};
-use self::{lag::*, merger::*, outbox::Msg, outbox::Upward, worker::*};
+pub use self::options::{system_clock, Cluster, Input, Opened, StreamError, StreamOptions};
+pub(crate) use self::options::{IDLE_RECHECK, START_TIMEOUT};
+use self::{merger::*, outbox::Msg, outbox::Upward, worker::*};
 
 /// What the thread that called [`run`] does with the advances of the closed frontier.
 pub trait Handler {
@@ -116,38 +116,13 @@ pub trait Handler {
     fn commit(&mut self, commit: Commit) -> bool;
 }
 
-/// Runs the workers on the broker until they finish (`exit_when_idle`) or `stop` is set; hands
+/// Runs the workers on `input` until they finish (`exit_when_idle`) or `stop` is set; hands
 /// `handler`, on this thread and in order, this process's changed series and (on worker 0's
 /// process) every advance all processes acknowledged.
 pub fn run(
     cfg: &Resolved,
     opts: &StreamOptions,
-    checkpoints: Option<Arc<Checkpoints>>,
-    handler: &mut dyn Handler,
-) -> Result<(), StreamError> {
-    drive(cfg, opts, &Input::Broker, checkpoints, handler)
-}
-
-/// [`run`] over `topics` in memory, in one process, without checkpoints: the partitions are
-/// read to their end and the run stops (`exit_when_idle`, without an idle timeout).
-pub fn run_in_memory(
-    cfg: &Resolved,
-    opts: &StreamOptions,
-    topics: Arc<crate::source::topics::Topics>,
-    handler: &mut dyn Handler,
-) -> Result<(), StreamError> {
-    let opts = StreamOptions {
-        exit_when_idle: true,
-        cluster: None,
-        ..opts.clone()
-    };
-    drive(cfg, &opts, &Input::Memory(topics), None, handler)
-}
-
-fn drive(
-    cfg: &Resolved,
-    opts: &StreamOptions,
-    input: &Input,
+    input: Arc<dyn Input>,
     checkpoints: Option<Arc<Checkpoints>>,
     handler: &mut dyn Handler,
 ) -> Result<(), StreamError> {
@@ -176,7 +151,7 @@ fn drive(
     let cfg2 = cfg.clone();
     let opts2 = opts.clone();
     let checkpoints2 = checkpoints.clone();
-    let input2 = input.clone();
+    let input2 = Arc::clone(&input);
     let guards = timely::execute(config, move |worker| {
         let tx = tx.clone();
         let acks = if worker.index().is_multiple_of(workers) {
@@ -185,7 +160,7 @@ fn drive(
             None
         };
         let checkpoints = checkpoints2.as_deref();
-        if let Err(e) = work(worker, &cfg2, &opts2, &input2, checkpoints, &tx, acks) {
+        if let Err(e) = work(worker, &cfg2, &opts2, &*input2, checkpoints, &tx, acks) {
             // Tell the merger, and stop the other workers.
             opts2.stop.store(true, Ordering::SeqCst);
             let _ = tx.send(Err(e));
@@ -193,7 +168,6 @@ fn drive(
     })
     .map_err(StreamError::Worker)?;
 
-    let _lag = matches!(input, Input::Broker).then(|| spawn_lag_probe(cfg, opts));
     let processes = opts.cluster.as_ref().map_or(1, |c| c.hosts.len());
     let process = opts.cluster.as_ref().map_or(0, |c| c.process);
     let leader = process == 0;
@@ -270,7 +244,7 @@ fn drive(
                     // Each process commits the partitions its workers read: the others' shares
                     // go out through worker 0 first, then this process commits its own.
                     let mut shares = commit
-                        .map(|c| by_process(c, &cfg.kafka, workers, peers))
+                        .map(|c| by_process(c, |p| input.reader_of(p, peers), workers))
                         .unwrap_or_default();
                     let own = shares.remove(&process);
                     for (p, commit) in shares {
@@ -310,5 +284,67 @@ fn drive(
     match failure {
         Some(e) => Err(e),
         None => Ok(()),
+    }
+}
+
+/// `commit` split by the process whose workers read each partition (`workers` per process;
+/// `reader_of` names the worker that reads a partition).
+fn by_process(
+    commit: Commit,
+    reader_of: impl Fn(&Partition) -> usize,
+    workers: usize,
+) -> BTreeMap<usize, Commit> {
+    let mut shares: BTreeMap<usize, Commit> = BTreeMap::new();
+    for (p, offset) in commit.offsets {
+        let share = shares
+            .entry(reader_of(&p) / workers.max(1))
+            .or_insert(Commit {
+                frontier: commit.frontier,
+                offsets: Vec::new(),
+            });
+        share.offsets.push((p, offset));
+    }
+    shares
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kafka::client::partition_owner;
+    use crate::source::files::FileKind;
+
+    #[test]
+    fn a_commit_is_split_by_the_process_that_reads_each_partition() {
+        let part = |partition| Partition {
+            kind: FileKind::Sales,
+            topic: "sales".into(),
+            partition,
+        };
+        let commit = Commit {
+            frontier: 7,
+            offsets: (0..6).map(|p| (part(p), 10 * i64::from(p))).collect(),
+        };
+        // 2 processes x 2 workers, partitions offset by 1: partition p goes to worker
+        // (p + 1) mod 4, so process 0 (workers 0 and 1) reads partitions 0, 3 and 4, and
+        // process 1 the others.
+        let shares = by_process(commit.clone(), |p| partition_owner(p.partition, 1, 4), 2);
+        let got: Vec<(usize, dataflows::Epoch, Vec<i32>)> = shares
+            .iter()
+            .map(|(p, c)| {
+                (
+                    *p,
+                    c.frontier,
+                    c.offsets.iter().map(|o| o.0.partition).collect(),
+                )
+            })
+            .collect();
+        assert_eq!(got, vec![(0, 7, vec![0, 3, 4]), (1, 7, vec![1, 2, 5])]);
+        // Every offset is in exactly one share, unchanged.
+        let mut all: Vec<(Partition, i64)> = shares.into_values().flat_map(|c| c.offsets).collect();
+        all.sort();
+        assert_eq!(all, commit.offsets);
+        // One process commits everything.
+        let one = by_process(commit.clone(), |p| partition_owner(p.partition, 1, 3), 3);
+        assert_eq!(one.into_iter().collect::<Vec<_>>(), vec![(0, commit)]);
     }
 }

@@ -1,15 +1,18 @@
 //! How a run of the workers is set up and why it can fail, and the timings the loop keeps.
 
+use std::collections::HashMap;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::kafka::progress::Progress;
+use crate::kafka::wire::Partition;
+use crate::pipeline::progress::Progress;
+use crate::pipeline::source::{Ends, Source};
 
 /// How long metadata and committed-offset requests may take at start.
-pub(super) const START_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often a silent partition's idleness is confirmed with the broker.
-pub(super) const IDLE_RECHECK: Duration = Duration::from_secs(1);
+pub(crate) const IDLE_RECHECK: Duration = Duration::from_secs(1);
 /// How long that confirmation may take (it is asked for off the worker's thread); a broker
 /// that does not answer in time is unreachable.
 pub(super) const IDLE_CHECK_TIMEOUT: Duration = Duration::from_secs(5);
@@ -26,6 +29,10 @@ pub struct StreamOptions {
     /// With every partition idle, apply what is held and stop, instead of closing epochs on the
     /// wall clock.
     pub exit_when_idle: bool,
+    /// With `exit_when_idle`, the epoch the inputs are moved to before they close, even past the
+    /// last event (the windows then slide to it: `features` as of an instant); `None` stops
+    /// just past the last event.
+    pub drain_through: Option<dataflows::Epoch>,
     /// Set to stop: workers stop consuming, close what they hold, report and return.
     pub stop: Arc<AtomicBool>,
     /// Event-time seconds now, for closing epochs when every partition is idle.
@@ -38,13 +45,36 @@ pub struct StreamOptions {
     pub from_scratch: bool,
 }
 
-/// Where the workers read from.
-#[derive(Clone)]
-pub enum Input {
-    /// The input topics on the broker of `[kafka]`.
-    Broker,
-    /// A dataset held in memory as the topics `load` would fill (replay).
-    Memory(Arc<crate::source::topics::Topics>),
+/// Where the workers read from: the broker's input topics (`kafka::offsets::Broker`) or a
+/// dataset's held in memory (`source::topics`). Each worker opens its own share.
+pub trait Input: Send + Sync {
+    /// Opens worker `index` of `peers`'s share of the partitions, each read from `start_at`
+    /// (topic, partition) where a checkpoint says so, else from its beginning; `lost` counts
+    /// partitions whose beginning was deleted before any checkpoint held it.
+    fn open(
+        &self,
+        worker: (usize, usize),
+        start_at: &HashMap<(String, i32), i64>,
+        lost: Option<&prometheus::IntGauge>,
+    ) -> Result<Opened, StreamError>;
+
+    /// How long a partition stays silent before it may count as idle, and how long a worker
+    /// waits before asking again where a silent partition ends.
+    fn idleness(&self) -> (Duration, Duration);
+
+    /// The worker, of `peers`, that reads `partition`.
+    fn reader_of(&self, partition: &Partition, peers: usize) -> usize;
+}
+
+/// A worker's input once opened: its partitions with the offsets committed for them, where
+/// their records come from, and who says where they end.
+pub struct Opened {
+    /// The worker's records.
+    pub source: Box<dyn Source>,
+    /// Where its partitions end, asked on a thread of its own.
+    pub ends: Box<dyn Ends>,
+    /// Its partitions, each with the offset committed for it (0 when none was).
+    pub assigned: Vec<(Partition, i64)>,
 }
 
 /// The processes of a timely cluster: each runs `workers` threads, and worker `w` of process `p`
@@ -136,7 +166,7 @@ pub enum StreamError {
 
 impl StreamError {
     /// A request `what` that Kafka answered with `source`.
-    pub(super) fn request(
+    pub(crate) fn request(
         what: impl Into<String>,
     ) -> impl FnOnce(rdkafka::error::KafkaError) -> StreamError {
         let what = what.into();

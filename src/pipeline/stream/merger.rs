@@ -9,8 +9,8 @@ use dataflows::{Epoch, FeatureVec, Key};
 
 use crate::source::files::FileKind;
 
-use crate::kafka::snapshot::PartDone;
 use crate::kafka::wire::Partition;
+use crate::pipeline::snapshot::PartDone;
 
 use super::closed::*;
 use super::feeder::*;

@@ -1,8 +1,7 @@
-//! Partition assignment, the consumer, and where a restarted worker resumes: committed offsets and
-//! frontiers.
+//! The broker as the streaming driver's input (`Broker`): partition assignment, the consumer,
+//! and where a restarted worker resumes (committed offsets and frontiers).
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use dataflows::Epoch;
@@ -10,53 +9,58 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
-use crate::config::{KafkaConfig, Resolved};
-
+use crate::config::Resolved;
 use crate::kafka::client::{client_config, input_topics, partition_owner};
 use crate::kafka::wire::Partition;
 use crate::pipeline::source::{Ends, PollError, Record, Source};
-use crate::source::topics::TopicEnds;
 
-use super::closed::Commit;
-use super::options::*;
+use crate::pipeline::stream::{Input, Opened, StreamError, IDLE_RECHECK, START_TIMEOUT};
 
-/// A worker's input once opened: its partitions with the offsets committed for them, where
-/// their records come from, and who says where they end.
-pub(super) struct Opened {
-    pub(super) source: Box<dyn Source>,
-    pub(super) ends: Box<dyn Ends>,
-    pub(super) assigned: Vec<(Partition, i64)>,
+/// The input topics on the broker of `[kafka]`: each worker reads its share of their
+/// partitions with a consumer of its own (see [`assign`]), and asks for their watermarks with
+/// a second one.
+pub struct Broker {
+    cfg: Resolved,
 }
 
-/// Opens worker `index`'s share of the input: on the broker, its share of the input topics
-/// (see [`assign`]) with a second consumer of its own to ask for watermarks; in memory, all of
-/// it or nothing (see [`crate::source::topics`]).
-pub(super) fn open(
-    cfg: &Resolved,
-    input: &Input,
-    (index, peers): (usize, usize),
-    start_at: &HashMap<(String, i32), i64>,
-    lost: Option<&prometheus::IntGauge>,
-) -> Result<Opened, StreamError> {
-    if let Input::Memory(topics) = input {
-        return Ok(Opened {
-            source: Box::new(topics.reader(index, peers)),
-            ends: Box::new(TopicEnds(Arc::clone(topics))),
-            assigned: topics.assigned(index, peers),
-        });
+impl Broker {
+    /// The input topics of `cfg`'s `[kafka]`.
+    pub fn new(cfg: &Resolved) -> Broker {
+        Broker { cfg: cfg.clone() }
     }
-    let reader = consumer(cfg)?;
-    let assigned = assign(&reader, cfg, index, peers, start_at, lost)?;
-    Ok(Opened {
-        source: Box::new(reader),
-        ends: Box::new(consumer(cfg)?),
-        assigned,
-    })
+}
+
+impl Input for Broker {
+    fn open(
+        &self,
+        (index, peers): (usize, usize),
+        start_at: &HashMap<(String, i32), i64>,
+        lost: Option<&prometheus::IntGauge>,
+    ) -> Result<Opened, StreamError> {
+        let reader = consumer(&self.cfg)?;
+        let assigned = assign(&reader, &self.cfg, index, peers, start_at, lost)?;
+        Ok(Opened {
+            source: Box::new(reader),
+            ends: Box::new(consumer(&self.cfg)?),
+            assigned,
+        })
+    }
+
+    fn idleness(&self) -> (Duration, Duration) {
+        (
+            Duration::from_secs(self.cfg.kafka.idle_timeout_secs),
+            IDLE_RECHECK,
+        )
+    }
+
+    fn reader_of(&self, partition: &Partition, peers: usize) -> usize {
+        partition_owner(partition.partition, self.cfg.kafka.partition_offset, peers)
+    }
 }
 
 /// Reads the partition counts of the input topics and assigns this worker its share, from the
 /// beginning (see the module docs); returns the partitions with their committed offsets.
-pub(super) fn assign(
+pub(crate) fn assign(
     consumer: &BaseConsumer,
     cfg: &Resolved,
     index: usize,
@@ -133,7 +137,7 @@ pub(super) fn assign(
 
 /// Says loudly when a partition read from its beginning no longer starts at offset 0: its
 /// oldest records were deleted (retention), so the state rebuilt from it lacks their history.
-pub(super) fn history_lost(consumer: &BaseConsumer, p: &Partition) -> bool {
+pub(crate) fn history_lost(consumer: &BaseConsumer, p: &Partition) -> bool {
     match consumer.fetch_watermarks(&p.topic, p.partition, START_TIMEOUT) {
         Ok((low, _)) if low > 0 && !p.kind.is_reference() => {
             tracing::error!(
@@ -155,7 +159,7 @@ pub(super) fn history_lost(consumer: &BaseConsumer, p: &Partition) -> bool {
 }
 
 /// The consumer every worker reads with: no group membership, no automatic commits.
-pub(super) fn consumer(cfg: &Resolved) -> Result<BaseConsumer, StreamError> {
+pub(crate) fn consumer(cfg: &Resolved) -> Result<BaseConsumer, StreamError> {
     client_config(&cfg.kafka)
         .set("group.id", &cfg.kafka.group_id)
         .set("enable.auto.commit", "false")
@@ -202,32 +206,12 @@ impl Ends for BaseConsumer {
     }
 }
 
-/// `commit` split by the process whose workers read each partition (`workers` per process,
-/// `peers` workers in all, partitions assigned as [`assign`] does).
-pub(super) fn by_process(
-    commit: Commit,
-    kafka: &KafkaConfig,
-    workers: usize,
-    peers: usize,
-) -> BTreeMap<usize, Commit> {
-    let mut shares: BTreeMap<usize, Commit> = BTreeMap::new();
-    for (p, offset) in commit.offsets {
-        let worker = partition_owner(p.partition, kafka.partition_offset, peers);
-        let share = shares.entry(worker / workers.max(1)).or_insert(Commit {
-            frontier: commit.frontier,
-            offsets: Vec::new(),
-        });
-        share.offsets.push((p, offset));
-    }
-    shares
-}
-
 /// The epoch stored with committed offsets: outputs of epochs before it were acknowledged.
 pub fn commit_metadata(frontier: Epoch) -> String {
     format!("stockcast-frontier={frontier}")
 }
 
-pub(super) fn parse_commit_metadata(text: &str) -> Option<Epoch> {
+pub(crate) fn parse_commit_metadata(text: &str) -> Option<Epoch> {
     text.strip_prefix("stockcast-frontier=")?.parse().ok()
 }
 
@@ -273,7 +257,7 @@ pub fn committed_frontier(cfg: &Resolved) -> Result<Option<Epoch>, StreamError> 
 
 /// The largest frontier on the progress topic: read to its end (until it stays quiet past the
 /// high watermark, which some brokers report early).
-pub(super) fn last_progress_frontier(
+pub(crate) fn last_progress_frontier(
     consumer: &BaseConsumer,
     topic: &str,
 ) -> Result<Option<Epoch>, StreamError> {
@@ -336,45 +320,6 @@ pub(super) fn last_progress_frontier(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_commit_is_split_by_the_process_that_reads_each_partition() {
-        use crate::source::files::FileKind;
-        let part = |partition| Partition {
-            kind: FileKind::Sales,
-            topic: "sales".into(),
-            partition,
-        };
-        let kafka = KafkaConfig {
-            partition_offset: 1,
-            ..KafkaConfig::default()
-        };
-        let commit = Commit {
-            frontier: 7,
-            offsets: (0..6).map(|p| (part(p), 10 * i64::from(p))).collect(),
-        };
-        // 2 processes x 2 workers: partition p goes to worker (p + 1) mod 4, so process 0
-        // (workers 0 and 1) reads partitions 0, 3 and 4, and process 1 the others.
-        let shares = by_process(commit.clone(), &kafka, 2, 4);
-        let got: Vec<(usize, Epoch, Vec<i32>)> = shares
-            .iter()
-            .map(|(p, c)| {
-                (
-                    *p,
-                    c.frontier,
-                    c.offsets.iter().map(|o| o.0.partition).collect(),
-                )
-            })
-            .collect();
-        assert_eq!(got, vec![(0, 7, vec![0, 3, 4]), (1, 7, vec![1, 2, 5])]);
-        // Every offset is in exactly one share, unchanged.
-        let mut all: Vec<(Partition, i64)> = shares.into_values().flat_map(|c| c.offsets).collect();
-        all.sort();
-        assert_eq!(all, commit.offsets);
-        // One process commits everything.
-        let one = by_process(commit.clone(), &kafka, 3, 3);
-        assert_eq!(one.into_iter().collect::<Vec<_>>(), vec![(0, commit)]);
-    }
 
     #[test]
     fn commit_metadata_round_trips() {

@@ -4,7 +4,7 @@
 use dataflows::{Clock, Epoch};
 use serde::{Deserialize, Serialize};
 
-use crate::kafka::snapshot::Schedule;
+use crate::pipeline::snapshot::Schedule;
 
 /// One worker's state as broadcast to its peers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -50,6 +50,7 @@ pub(super) fn target(
     clock: &Clock,
     lateness: i64,
     exit_when_idle: bool,
+    drain_through: Option<Epoch>,
     wall: i64,
 ) -> Target {
     let mut low: Option<i64> = None;
@@ -66,7 +67,11 @@ pub(super) fn target(
     let epoch_at = |t: i64| clock.epoch_of(t.saturating_sub(lateness)).unwrap_or(0);
     match low {
         Some(w) => Target::Until(epoch_at(w)),
-        None if exit_when_idle => Target::Drain(max_epoch.map_or(0, |e| e + 1)),
+        None if exit_when_idle => Target::Drain(match (max_epoch, drain_through) {
+            (Some(e), Some(t)) => t.max(e),
+            (Some(e), None) => e + 1,
+            (None, t) => t.unwrap_or(0),
+        }),
         None => Target::Until(epoch_at(wall)),
     }
 }
@@ -95,21 +100,27 @@ mod tests {
             beacon(1, Mark::Active(1_800), Some(2)),
             beacon(2, Mark::Idle, Some(40)),
         ];
-        assert_eq!(target(&b, &clock, 0, false, 1 << 40), Target::Until(2));
+        assert_eq!(
+            target(&b, &clock, 0, false, None, 1 << 40),
+            Target::Until(2)
+        );
         // Lateness keeps one more epoch open.
-        assert_eq!(target(&b, &clock, 900, false, 1 << 40), Target::Until(1));
+        assert_eq!(
+            target(&b, &clock, 900, false, None, 1 << 40),
+            Target::Until(1)
+        );
     }
 
     #[test]
     fn unknown_or_holding_workers_hold_everyone() {
         let clock = Clock::new(900, PeriodKind::Day).unwrap();
         let b = [beacon(0, Mark::Active(9_000), None), None];
-        assert_eq!(target(&b, &clock, 0, false, 0), Target::Hold);
+        assert_eq!(target(&b, &clock, 0, false, None, 0), Target::Hold);
         let b = [
             beacon(0, Mark::Active(9_000), None),
             beacon(1, Mark::Holding, None),
         ];
-        assert_eq!(target(&b, &clock, 0, false, 0), Target::Hold);
+        assert_eq!(target(&b, &clock, 0, false, None, 0), Target::Hold);
     }
 
     #[test]
@@ -119,7 +130,19 @@ mod tests {
             beacon(0, Mark::Idle, Some(7)),
             beacon(1, Mark::Idle, Some(12)),
         ];
-        assert_eq!(target(&b, &clock, 0, false, 90_000), Target::Until(100));
-        assert_eq!(target(&b, &clock, 0, true, 90_000), Target::Drain(13));
+        assert_eq!(
+            target(&b, &clock, 0, false, None, 90_000),
+            Target::Until(100)
+        );
+        assert_eq!(target(&b, &clock, 0, true, None, 90_000), Target::Drain(13));
+        // Drained through a later epoch on demand, never to one before an event held.
+        assert_eq!(
+            target(&b, &clock, 0, true, Some(40), 90_000),
+            Target::Drain(40)
+        );
+        assert_eq!(
+            target(&b, &clock, 0, true, Some(5), 90_000),
+            Target::Drain(12)
+        );
     }
 }

@@ -35,7 +35,7 @@ use crate::checkpoint::{self, FileEntry, Manifest, OffsetEntry, Part, Position, 
 use crate::source::files::FileKind;
 
 use super::progress::Progress;
-use super::wire::Partition;
+use crate::kafka::wire::Partition;
 
 /// How a run checkpoints: the store, the settings and the schedule's parameters, and the
 /// checkpoint it restored from.

@@ -5,17 +5,17 @@
 //! In the order a record meets them (docs/architecture.md has the same map with the path of a
 //! record through the worker):
 //! - [`config`]: the TOML configuration, environment overrides, validation.
-//! - [`source`]: a dataset directory read (`files`) and turned into the dataflow's events
-//!   (`prepare`), or spilled to time buckets on disk and read back a bucket at a time (`spill`),
-//!   or held in memory as the input topics for the streaming driver (`topics`, replay).
+//! - [`source`]: a dataset directory read (`files`), held in memory as the input topics for
+//!   the streaming driver (`topics`: replay, `features`), or turned into the dataflow's events
+//!   (`prepare`), held or spilled to time buckets on disk (`spill`), for the same driver
+//!   (`events`: the training history).
 //! - [`decode`]: pure decoding of CSV/JSON records into typed sales, movements, reference data,
 //!   and the reasons a record is refused; a JSON object read as borrowed fields (`decode::json`).
 //! - [`ids`]: store/SKU names to the stable ids the dataflow uses.
-//! - [`pipeline`]: the drivers of the `dataflows` crate's differential dataflow on N timely
-//!   workers. `stream`, the streaming driver of the worker and of replay, reads an `Input`
-//!   through `source`, keeps watermarks and offsets, cuts checkpoints (`snapshot`) and shows
-//!   its progress (`progress`); `schedule` and `run` schedule every event's epoch up front, for
-//!   the training history.
+//! - [`pipeline`]: the one driver of the `dataflows` crate's differential dataflow on N timely
+//!   workers (`stream`), for every command: it reads an `Input` through `source`, feeds the
+//!   dataflow it builds (`dataflow`), keeps watermarks and offsets, cuts checkpoints
+//!   (`snapshot`) and shows its progress (`progress`).
 //! - [`kafka`]: the long-running worker on Kafka topics: the broker as the driver's input
 //!   (`offsets`: assignment, resume points, committed frontiers), the consumer lag (`lag`),
 //!   the publisher (`load`), topic admin and the delivery guarantee.

@@ -32,13 +32,19 @@ fn help_describes_every_command() {
     }
 }
 
+/// A dataset directory `data` under `tmp` holding `sales` as its sales.csv.
+fn sales_dir(tmp: &std::path::Path, sales: &str) -> std::path::PathBuf {
+    let data = tmp.join("data");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::write(data.join("sales.csv"), sales).unwrap();
+    data
+}
+
 #[test]
 fn bad_rows_are_dead_lettered_and_the_run_goes_on() {
     let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
-    std::fs::create_dir(&data).unwrap();
-    std::fs::write(
-        data.join("sales.csv"),
+    let data = sales_dir(
+        tmp.path(),
         "ts,store_id,sku_id,qty,price\n\
          2024-01-01,S1,A,2,1.50\n\
          2024-01-02,S1,A,NaN,1.50\n\
@@ -47,8 +53,7 @@ fn bad_rows_are_dead_lettered_and_the_run_goes_on() {
          2024-01-04,S1,A,3,\n\
          2999-01-01,S1,A,1,\n\
          1960-01-01,S1,A,1,\n",
-    )
-    .unwrap();
+    );
     std::fs::write(
         data.join("stock.jsonl"),
         "{\"ts\":\"2024-01-01T06:00:00Z\",\"store_id\":\"S1\",\"sku_id\":\"A\",\"kind\":\"receipt\",\"qty\":10}\n\
@@ -113,6 +118,43 @@ fn bad_rows_are_dead_lettered_and_the_run_goes_on() {
     let last: serde_json::Value = serde_json::from_str(last.lines().last().unwrap()).unwrap();
     // 10 received, 2 + 3 sold.
     assert_eq!(last["on_hand"], 5.0);
+}
+
+/// A replay ends at the epoch of its last event: when that is a day's last epoch, moving on to
+/// the next would slide every window into a day the data never reached and forecast every
+/// series for it.
+#[test]
+fn replay_ends_at_the_last_events_epoch() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = sales_dir(
+        tmp.path(),
+        "ts,store_id,sku_id,qty,price\n\
+         2024-01-01T10:00:00Z,S1,A,2,1.50\n\
+         2024-01-01T11:00:00Z,S2,B,1,3.00\n\
+         2024-01-02T23:59:00Z,S1,A,1,1.50\n",
+    );
+    let out = tmp.path().join("out");
+    run_ok(
+        stockcast()
+            .args(["replay", "--workers", "2", "--data"])
+            .arg(&data)
+            .arg("--out")
+            .arg(&out),
+    );
+    let text = std::fs::read_to_string(out.join("forecasts.jsonl")).unwrap();
+    let ends: std::collections::BTreeSet<String> = text
+        .lines()
+        .map(|l| {
+            let r: serde_json::Value = serde_json::from_str(l).unwrap();
+            r["epoch_end"].as_str().unwrap().to_string()
+        })
+        .collect();
+    // The 15-minute epoch of 23:59 ends at midnight; the days before were rolled over.
+    assert_eq!(
+        ends.last().map(String::as_str),
+        Some("2024-01-03T00:00:00Z")
+    );
+    assert!(ends.contains("2024-01-02T00:15:00Z"), "{ends:?}");
 }
 
 #[test]

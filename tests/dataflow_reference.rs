@@ -8,12 +8,15 @@ use std::sync::Arc;
 
 use dataflows::emit::{Collapsed, Emission};
 use dataflows::{Epoch, FeatureSpec, FeatureVec, Key, PeriodKind};
-use stockcast::pipeline;
+use stockcast::pipeline::dataflow;
+
+#[path = "support/stepping.rs"]
+mod stepping;
 
 fn check(seed: u64, period: PeriodKind, spec: &FeatureSpec, lateness: i64, workers: usize) {
     let clock = common::clock_for(period);
     let events = common::random_events(seed, period, 300);
-    let plan = pipeline::plan(&clock, lateness, &events, None);
+    let plan = stepping::plan(&clock, lateness, &events, None);
     let mut assigned = vec![0 as Epoch; events.len()];
     for step in &plan.steps {
         for &i in &step.events {
@@ -21,7 +24,7 @@ fn check(seed: u64, period: PeriodKind, spec: &FeatureSpec, lateness: i64, worke
         }
     }
     let mut outputs = Vec::new();
-    pipeline::run(
+    stepping::run(
         clock,
         spec,
         workers,
@@ -106,7 +109,7 @@ fn the_stream_has_late_and_too_late_events() {
     let (mut late, mut too_late) = (0, 0);
     for seed in 0..12 {
         let events = common::random_events(seed, PeriodKind::Day, 300);
-        let plan = pipeline::plan(&clock, 0, &events, None);
+        let plan = stepping::plan(&clock, 0, &events, None);
         late += plan.late.len();
         let mut assigned = vec![0; events.len()];
         for s in &plan.steps {
@@ -133,10 +136,10 @@ fn stepped(
     clock: dataflows::Clock,
     spec: &FeatureSpec,
     events: &[dataflows::Event],
-    plan: &pipeline::Plan,
+    plan: &stepping::Plan,
 ) -> ByEpoch {
     let mut stepped = BTreeMap::new();
-    pipeline::run(
+    stepping::run(
         clock,
         spec,
         1,
@@ -159,14 +162,14 @@ fn batched(
     clock: dataflows::Clock,
     spec: &FeatureSpec,
     events: Vec<dataflows::Event>,
-    plan: pipeline::Plan,
+    plan: stepping::Plan,
     chunk: usize,
     emission: Emission,
 ) -> (ByEpoch, Collapsed, Vec<Epoch>) {
     let spec = spec.clone();
     timely::execute_directly(move |worker| {
         let mut input = dataflows::input::FeatureInput::new(clock, &spec);
-        let (probe, sink, view) = pipeline::run::build(worker, &mut input, &spec, emission);
+        let (probe, sink, view) = dataflow::build(worker, &mut input, &spec, emission);
         let mut starts = Vec::new();
         for chunk in plan.steps.chunks(chunk) {
             starts.push(chunk[0].epoch);
@@ -195,13 +198,13 @@ fn daily_run() -> (
     FeatureSpec,
     dataflows::Clock,
     Vec<dataflows::Event>,
-    pipeline::Plan,
+    stepping::Plan,
     ByEpoch,
 ) {
     let spec = common::small_spec(PeriodKind::Day);
     let clock = common::clock_for(PeriodKind::Day);
     let events = common::random_events(7, PeriodKind::Day, 300);
-    let plan = pipeline::plan(&clock, 0, &events, None);
+    let plan = stepping::plan(&clock, 0, &events, None);
     let stepped = stepped(clock, &spec, &events, &plan);
     (spec, clock, events, plan, stepped)
 }
@@ -274,12 +277,12 @@ fn continue_from(
     clock: dataflows::Clock,
     spec: &FeatureSpec,
     events: &[dataflows::Event],
-    plan: &pipeline::Plan,
+    plan: &stepping::Plan,
     from: usize,
     restore: Option<(&dataflows::input::Reference, &[SeriesRecord])>,
 ) -> BTreeMap<Epoch, Vec<(Key, FeatureVec)>> {
     let mut input = dataflows::input::FeatureInput::new(clock, spec);
-    let (probe, sink, view) = pipeline::run::build(worker, &mut input, spec, Emission::EveryEpoch);
+    let (probe, sink, view) = dataflow::build(worker, &mut input, spec, Emission::EveryEpoch);
     let first = plan.steps[from].epoch;
     if let Some((reference, series)) = restore {
         input.restore(first - 1, reference, series.to_vec(), &view);
@@ -305,7 +308,7 @@ fn continue_from(
 }
 
 /// The changes collected in `sink`, per epoch, in key order.
-fn by_epoch(sink: &pipeline::run::Changes) -> BTreeMap<Epoch, Vec<(Key, FeatureVec)>> {
+fn by_epoch(sink: &dataflow::Changes) -> BTreeMap<Epoch, Vec<(Key, FeatureVec)>> {
     let mut out: BTreeMap<Epoch, Vec<(Key, FeatureVec)>> = BTreeMap::new();
     for (epoch, key, vec) in sink.borrow().iter() {
         out.entry(*epoch).or_default().push((*key, vec.clone()));
@@ -322,7 +325,7 @@ fn feed_steps(
     input: &mut dataflows::input::FeatureInput,
     probe: &timely::dataflow::operators::probe::Handle<Epoch>,
     events: &[dataflows::Event],
-    plan: &pipeline::Plan,
+    plan: &stepping::Plan,
     steps: std::ops::Range<usize>,
 ) {
     for s in steps {
@@ -351,7 +354,7 @@ fn a_restored_checkpoint_continues_like_the_uninterrupted_run() {
         let spec = common::small_spec(period);
         let clock = common::clock_for(period);
         let events = common::random_events(seed, period, 300);
-        let plan = pipeline::plan(&clock, 0, &events, None);
+        let plan = stepping::plan(&clock, 0, &events, None);
         let steps = plan.steps.len();
         let mut checked = 0;
         for cut in [steps / 5, steps / 2, steps - steps / 5] {
@@ -362,7 +365,7 @@ fn a_restored_checkpoint_continues_like_the_uninterrupted_run() {
                 // The run up to the cut, then its checkpoint.
                 let mut input = dataflows::input::FeatureInput::new(clock, &spec);
                 let (probe, _, view) =
-                    pipeline::run::build(worker, &mut input, &spec, Emission::EveryEpoch);
+                    dataflow::build(worker, &mut input, &spec, Emission::EveryEpoch);
                 feed_steps(worker, &mut input, &probe, &events, &plan, 0..cut);
                 let mut series = Vec::new();
                 view.export(|k, r, a| series.push((k, r, a)));

@@ -3,6 +3,8 @@
 //! series in the epoch they arrive, and the lead time changes the recommendation.
 
 mod common;
+#[path = "support/stepping.rs"]
+mod stepping;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -10,7 +12,6 @@ use std::sync::Arc;
 use dataflows::model::ItemAttrs;
 use dataflows::{Event, FeatureVec, Key, PeriodKind, PlannedPrice, Promotion};
 use stockcast::forecast::{baseline, Baseline};
-use stockcast::pipeline;
 use stockcast::replenish::Planner;
 
 const DAY: i64 = 86_400;
@@ -92,9 +93,9 @@ fn a_lead_time_a_promotion_and_a_price_cut_change_exactly_their_series_in_the_ne
     });
     events.push(sale(Key { store: 1, sku: c }, six + 3 * 3600, 1));
 
-    let plan = pipeline::plan(&clock, 0, &events, None);
+    let plan = stepping::plan(&clock, 0, &events, None);
     let mut outputs = Vec::new();
-    pipeline::run(
+    stepping::run(
         clock,
         &cfg.spec,
         2,

@@ -184,6 +184,7 @@ impl Source for BaseConsumer {
                     offset: msg.offset(),
                     key: msg.key(),
                     payload: msg.payload(),
+                    event: None,
                 });
                 Ok(())
             }

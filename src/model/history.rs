@@ -1,8 +1,8 @@
 //! Point-in-time feature snapshots from the dataflow: the training set, the backtest's inputs and
 //! its actuals all come from here.
 //!
-//! The history of a dataset is replayed through the same dataflow the worker runs
-//! ([`pipeline::run`]). At the end of every period the latest feature vector of every series seen
+//! The history of a dataset is replayed through the same dataflow, on the same driver, as the
+//! worker runs ([`crate::pipeline::stream`]). At the end of every period the latest feature vector of every series seen
 //! so far is copied into a snapshot. A snapshot of period `t` holds exactly what the worker knew
 //! when period `t` closed: features are point-in-time by construction of the dataflow, so no
 //! future event reaches a row. The only forward-looking inputs are the promotion calendar
@@ -16,10 +16,16 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use dataflows::{Event, FeatureVec, Key, Period, PeriodKind, Schema};
+use std::sync::atomic::AtomicBool;
 
-use crate::config::Resolved;
-use crate::pipeline::{self, EpochOutput};
+use dataflows::{Epoch, FeatureVec, Key, Period, PeriodKind, Schema};
+
+use crate::config::{CatchUp, Resolved};
+use crate::ids::Dictionary;
+use crate::pipeline::stream::{
+    self, Changed, Closed, Commit, Delivered, Handler, Input, StreamOptions, Undelivered,
+};
+use crate::source::events::Events;
 use crate::source::files;
 use crate::source::prepare::prepare;
 
@@ -32,9 +38,9 @@ pub enum HistoryError {
     /// The dataset could not be spilled to its time buckets.
     #[error(transparent)]
     Spill(#[from] crate::source::spill::SpillError),
-    /// The dataflow failed.
+    /// The streaming driver failed.
     #[error(transparent)]
-    Run(#[from] crate::pipeline::RunError),
+    Stream(#[from] crate::pipeline::stream::StreamError),
 }
 
 /// The feature table of every series at the end of every period.
@@ -162,6 +168,89 @@ impl Sampling {
     }
 }
 
+/// Replays `input` on the streaming driver, every epoch's changed series into a [`Builder`];
+/// shows a bar of `periods` on a terminal (of the epochs when 0). The series are named by
+/// their ids: the caller names them.
+fn replay(
+    cfg: &Resolved,
+    schema: &Schema,
+    sampling: Sampling,
+    input: Arc<dyn Input>,
+    periods: u64,
+    workers: usize,
+) -> Result<History, HistoryError> {
+    let mut cfg = cfg.clone();
+    cfg.output.catch_up = CatchUp::EveryEpoch;
+    // Replaying a long history takes a while: a bar on a terminal.
+    let (len, unit) = if periods > 0 {
+        (periods, "periods")
+    } else {
+        (0, "epochs")
+    };
+    let bar = crate::display::progress_bar(
+        len,
+        &format!("{{elapsed_precise}} [{{bar:40}}] {{pos}}/{{len}} {unit} replayed for the training history"),
+        std::io::IsTerminal::is_terminal(&std::io::stderr()),
+    );
+    let mut handler = Snapshots {
+        builder: Builder::new(&cfg, schema, sampling),
+        bar: bar.clone(),
+        by_period: periods > 0,
+    };
+    let opts = StreamOptions {
+        workers,
+        exit_when_idle: true,
+        drain_through: None,
+        stop: Arc::new(AtomicBool::new(false)),
+        wall_clock: stream::system_clock(),
+        progress: Arc::default(),
+        cluster: None,
+        from_scratch: true,
+    };
+    stream::run(&cfg, &opts, input, None, &mut handler)?;
+    bar.finish_and_clear();
+    Ok(handler.builder.finish(&cfg))
+}
+
+/// The driver's handler of a history replay: each closed epoch's changed series to the
+/// builder, in epoch order.
+struct Snapshots<'a> {
+    builder: Builder<'a>,
+    bar: indicatif::ProgressBar,
+    /// Whether the bar counts periods (snapshots) rather than epochs.
+    by_period: bool,
+}
+
+impl Handler for Snapshots<'_> {
+    fn changed(&mut self, changed: Changed, _: &Dictionary) -> Delivered {
+        for (epoch, series) in changed.changed {
+            let before = self.builder.snapshots.len();
+            self.builder.epoch(epoch, series);
+            self.bar.inc(if self.by_period {
+                (self.builder.snapshots.len() - before) as u64
+            } else {
+                1
+            });
+        }
+        Delivered {
+            through: changed.frontier,
+            superseded: changed.superseded,
+            ..Delivered::default()
+        }
+    }
+
+    fn closed(&mut self, closed: Closed) -> Result<Option<Commit>, Undelivered> {
+        if !closed.dead.is_empty() {
+            tracing::debug!(refused = closed.dead.len(), "history: events refused");
+        }
+        Ok(None)
+    }
+
+    fn commit(&mut self, _: Commit) -> bool {
+        true
+    }
+}
+
 /// Turns the dataflow's closed epochs into snapshots (see [`History`]).
 struct Builder<'a> {
     schema: &'a Schema,
@@ -195,13 +284,14 @@ impl<'a> Builder<'a> {
         }
     }
 
-    fn epoch(&mut self, out: EpochOutput) {
-        let p = self.clock.period_of_epoch(out.epoch);
+    /// Takes the series changed in `epoch`, after those of every earlier epoch.
+    fn epoch(&mut self, epoch: Epoch, changed: Vec<(Key, FeatureVec)>) {
+        let p = self.clock.period_of_epoch(epoch);
         if let Some(c) = self.current.filter(|c| *c < p) {
             self.take(c);
         }
         self.current = Some(p);
-        self.table.extend(out.changed);
+        self.table.extend(changed);
     }
 
     /// Snapshots period `period` from the latest vectors.
@@ -295,8 +385,8 @@ impl History {
 
     /// [`History::load_until`] keeping the feature rows of at most about `max_rows` (series,
     /// period) pairs (all with `None`). The dataset is spilled to time buckets on disk and
-    /// replayed a bucket at a time ([`crate::source::spill`]), so memory follows the kept rows,
-    /// not the dataset's size.
+    /// replayed a bucket at a time ([`crate::source::events`]), so memory follows the kept
+    /// rows, not the dataset's size.
     pub fn load_sampled(
         cfg: &Resolved,
         data_dir: &Path,
@@ -304,7 +394,7 @@ impl History {
         workers: usize,
         max_rows: Option<usize>,
     ) -> Result<Self, HistoryError> {
-        let spilled = crate::source::spill::spill(cfg, data_dir, as_of)?;
+        let spilled = Arc::new(crate::source::spill::spill(cfg, data_dir, as_of)?);
         let sampling = max_rows.map_or(Sampling::ALL, |m| {
             Sampling::at_most(m, spilled.series(), spilled.periods(), 42)
         });
@@ -316,25 +406,9 @@ impl History {
             "history spilled; replaying"
         );
         let schema = cfg.spec.schema();
-        let mut builder = Builder::new(cfg, &schema, sampling);
-        let bar = crate::display::progress_bar(
-            spilled.periods() as u64,
-            "{elapsed_precise} [{bar:40}] {pos}/{len} periods replayed for the training history",
-            std::io::IsTerminal::is_terminal(&std::io::stderr()),
-        );
-        pipeline::run_chunks(
-            cfg.clock,
-            &cfg.spec,
-            workers,
-            spilled.chunks(cfg.clock, cfg.allowed_lateness_secs),
-            |out| {
-                let before = builder.snapshots.len();
-                builder.epoch(out);
-                bar.inc((builder.snapshots.len() - before) as u64);
-            },
-        )?;
-        bar.finish_and_clear();
-        let mut history = builder.finish(cfg);
+        let input = Events::spilled(Arc::clone(&spilled), &cfg.kafka.topics);
+        let periods = spilled.periods() as u64;
+        let mut history = replay(cfg, &schema, sampling, Arc::new(input), periods, workers)?;
         history.names = history.keys.iter().map(|k| spilled.dict.names(k)).collect();
         Ok(history)
     }
@@ -348,43 +422,15 @@ impl History {
     ) -> Result<Self, HistoryError> {
         let mut prepared = prepare(cfg, data, as_of);
         let events = std::mem::take(&mut prepared.events);
-        let mut history = Self::from_events(cfg, events, workers)?;
+        let schema = cfg.spec.schema();
+        let input = Arc::new(Events::held(events, &cfg.kafka.topics));
+        let mut history = replay(cfg, &schema, Sampling::ALL, input, 0, workers)?;
         history.names = history
             .keys
             .iter()
             .map(|k| prepared.dict.names(k))
             .collect();
         Ok(history)
-    }
-
-    /// Replays prepared `events` (arrival order), all rows kept; names are left as ids.
-    pub fn from_events(
-        cfg: &Resolved,
-        events: Vec<Event>,
-        workers: usize,
-    ) -> Result<Self, HistoryError> {
-        let schema = cfg.spec.schema();
-        let plan = pipeline::plan(&cfg.clock, cfg.allowed_lateness_secs, &events, None);
-        // Replaying a long history takes a while: a bar on a terminal.
-        let bar = crate::display::progress_bar(
-            plan.steps.len() as u64,
-            "{elapsed_precise} [{bar:40}] {pos}/{len} epochs replayed for the training history",
-            std::io::IsTerminal::is_terminal(&std::io::stderr()),
-        );
-        let mut builder = Builder::new(cfg, &schema, Sampling::ALL);
-        pipeline::run(
-            cfg.clock,
-            &cfg.spec,
-            workers,
-            Arc::new(events),
-            Arc::new(plan),
-            |out| {
-                bar.inc(1);
-                builder.epoch(out);
-            },
-        )?;
-        bar.finish_and_clear();
-        Ok(builder.finish(cfg))
     }
 
     /// Features per row.

@@ -8,6 +8,8 @@
 
 use std::time::Duration;
 
+use crate::kafka::wire::Partition;
+
 /// One record as a source hands it over. It borrows the source's buffers: copy what must
 /// outlive the call it is handed to.
 #[derive(Clone, Copy, Debug)]
@@ -22,6 +24,10 @@ pub struct Record<'a> {
     pub key: Option<&'a [u8]>,
     /// The record's value; `None` is a tombstone (a deletion on a reference topic).
     pub payload: Option<&'a [u8]>,
+    /// The record already decoded into the dataflow's event (ids and milli-units), as a
+    /// spilled dataset holds it: the driver applies it as it is, without reading `key` or
+    /// `payload`. `None` for a record of bytes.
+    pub event: Option<&'a dataflows::Event>,
 }
 
 /// Why a poll returned no record (the driver logs it and polls again later).
@@ -38,6 +44,38 @@ pub trait Source {
         wait: Duration,
         take: &mut dyn FnMut(&Record<'_>),
     ) -> Option<Result<(), PollError>>;
+
+    /// Why this source can hand over no more records, if it cannot (a file it reads failed):
+    /// the run then stops with that error. A source whose failures pass (a broker) says `None`.
+    fn failed(&self) -> Option<String> {
+        None
+    }
+}
+
+/// The partitions of an input held whole before the run (a dataset in memory, or spilled to
+/// disk), each with the number of records it holds: worker 0 reads them all, from offset 0,
+/// and each ends where it ends.
+#[derive(Clone, Debug, Default)]
+pub struct Whole(pub Vec<(Partition, i64)>);
+
+impl Whole {
+    /// The partitions worker `index` reads (all or none), each with nothing committed.
+    pub fn assigned(&self, index: usize) -> Vec<(Partition, i64)> {
+        if index != 0 {
+            return Vec::new();
+        }
+        self.0.iter().map(|(p, _)| (p.clone(), 0)).collect()
+    }
+}
+
+impl Ends for Whole {
+    fn ends(&self, topic: &str, partition: i32, _: Duration) -> Result<(i64, i64), PollError> {
+        self.0
+            .iter()
+            .find(|(p, _)| p.topic == topic && p.partition == partition)
+            .map(|(_, n)| (0, *n))
+            .ok_or_else(|| PollError(format!("no partition {topic}/{partition}")))
+    }
 }
 
 /// Says where a partition's records end, so that a silent partition can be told apart from

@@ -3,10 +3,10 @@
 //!
 //! [`spill`] reads the files once (as [`super::prepare::prepare`] would) and writes each timed
 //! event, in a compact binary form, to the file of its time bucket (a few periods) in a
-//! temporary directory. Reference data stays in memory. [`Spilled::chunks`] then reads the
-//! buckets in time order, sorts each by event time (stably, so equal times keep file order) and
-//! schedules it: the events and steps are those of `prepare` and [`crate::pipeline::plan`], a
-//! bucket at a time. Memory is bounded by the largest bucket, whatever the file order.
+//! temporary directory. Reference data stays in memory. The streaming driver then reads the
+//! buckets in time order ([`super::events`]), each sorted by event time (stably, so equal times
+//! keep file order): the events of `prepare`, a bucket at a time. Memory is bounded by the
+//! largest bucket, whatever the file order.
 //!
 //! A dataset without a price plan or a promotion calendar gets them derived from its sales as
 //! [`super::prepare::derived_reference`] does; here with one pass over the buckets in time order
@@ -16,16 +16,14 @@ use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
-use dataflows::{Clock, Event, Key, Period, PeriodKind, StockKind};
+use dataflows::{Event, Key, Period, PeriodKind, StockKind};
 
 use super::files::{self, FileKind, LoadError};
 use super::prepare::{promo_of_flag, PriceRuns};
 use crate::config::Resolved;
 use crate::decode::Record;
 use crate::ids::Dictionary;
-use crate::pipeline::{Chunk, ChunkError, Scheduler};
 use crate::records::dead::DeadLetterRecord;
 
 /// Why a dataset could not be spilled.
@@ -59,6 +57,8 @@ pub struct Spilled {
     pub counts: BTreeMap<&'static str, u64>,
     /// Timed events spilled.
     pub timed: u64,
+    /// Of those, sales and stock movements.
+    pub timed_kinds: (u64, u64),
     /// First and last period with a timed event.
     pub span: Option<(Period, Period)>,
     /// Series with timed events (up to `as_of`).
@@ -256,6 +256,7 @@ pub fn spill(cfg: &Resolved, data_dir: &Path, as_of: Option<i64>) -> Result<Spil
     let mut index: HashMap<Key, u32> = HashMap::new();
     let mut keys: Vec<Key> = Vec::new();
     let mut timed = 0u64;
+    let mut timed_kinds = (0u64, 0u64);
     let mut timed_series: Vec<bool> = Vec::new();
     let mut first_last: Option<(Period, Period)> = None;
     let mut buf = Vec::with_capacity(64);
@@ -324,6 +325,10 @@ pub fn spill(cfg: &Resolved, data_dir: &Path, as_of: Option<i64>) -> Result<Spil
         } else {
             first_last = Some(first_last.map_or((p, p), |(a, b)| (a.min(p), b.max(p))));
             timed += 1;
+            match event {
+                Event::Sale { .. } => timed_kinds.0 += 1,
+                _ => timed_kinds.1 += 1,
+            }
             if timed_series.len() <= i as usize {
                 timed_series.resize(i as usize + 1, false);
             }
@@ -347,6 +352,7 @@ pub fn spill(cfg: &Resolved, data_dir: &Path, as_of: Option<i64>) -> Result<Spil
         dead_letters: [data.dead_letters.clone(), dead_letters].concat(),
         counts,
         timed,
+        timed_kinds,
         span: first_last,
         series: timed_series.iter().filter(|t| **t).count(),
         keys,
@@ -396,8 +402,13 @@ impl Spilled {
         self.dir.path()
     }
 
+    /// The bucket files of the events up to `as_of`, in time order.
+    pub(super) fn bucket_paths(&self) -> impl Iterator<Item = &Path> {
+        self.buckets.values().map(PathBuf::as_path)
+    }
+
     /// The events of the bucket at `path`, in event-time order.
-    fn bucket(&self, path: &Path) -> std::io::Result<Vec<Event>> {
+    pub(super) fn bucket(&self, path: &Path) -> std::io::Result<Vec<Event>> {
         let mut events = decode(&std::fs::read(path)?, &self.keys)?;
         events.sort_by_key(Event::ts);
         Ok(events)
@@ -470,39 +481,6 @@ impl Spilled {
         plans.sort_by(|a, b| a.0.cmp(&b.0));
         calendar.extend(plans.into_iter().flat_map(|(_, r)| r));
         Ok(calendar)
-    }
-
-    /// The events as chunks for [`crate::pipeline::run_chunks`]: the reference data with the
-    /// first bucket, then a bucket at a time, scheduled with `clock` and `allowed_lateness_secs`.
-    pub fn chunks(
-        &self,
-        clock: Clock,
-        allowed_lateness_secs: i64,
-    ) -> impl Iterator<Item = Result<Chunk, ChunkError>> + Send + '_ {
-        let mut scheduler = Scheduler::new(clock, allowed_lateness_secs);
-        let mut base = 0u32;
-        let mut reference = Some(self.reference.clone());
-        let mut buckets = self.buckets.values();
-        std::iter::from_fn(move || {
-            let path = buckets.next();
-            let mut events = reference.take().unwrap_or_default();
-            if let Some(path) = path {
-                match self.bucket(path) {
-                    Ok(timed) => events.extend(timed),
-                    Err(e) => return Some(Err(ChunkError::from(e))),
-                }
-            } else if events.is_empty() {
-                return None;
-            }
-            let steps = scheduler.chunk(&events);
-            let chunk = Chunk {
-                events: Arc::new(events),
-                steps,
-                base,
-            };
-            base = base.saturating_add(chunk.events.len() as u32);
-            Some(Ok(chunk))
-        })
     }
 }
 

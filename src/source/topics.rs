@@ -13,9 +13,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::decode::Record as Decoded;
-use crate::kafka::client::partition_owner;
 use crate::kafka::wire::{self, Partition};
-use crate::pipeline::source::{Ends, PollError, Record, Source};
+use crate::pipeline::source::{PollError, Record, Source, Whole};
 use crate::pipeline::stream::{Input, Opened, StreamError};
 use crate::source::files::{Dataset, FileKind, Origin};
 
@@ -124,32 +123,16 @@ impl Topics {
         self.records.is_empty()
     }
 
-    /// Whether worker `index` of `peers` is the one that reads every partition (see the module
-    /// docs).
-    fn reads(index: usize, peers: usize) -> bool {
-        partition_owner(0, 0, peers) == index
-    }
-
-    /// The partitions worker `index` of `peers` reads (all or none), each with nothing committed.
-    pub fn assigned(&self, index: usize, peers: usize) -> Vec<(Partition, i64)> {
-        if !Self::reads(index, peers) {
-            return Vec::new();
-        }
-        self.partitions
-            .iter()
-            .map(|(p, _)| (p.clone(), 0))
-            .collect()
+    /// Its partitions, each with the records it holds.
+    pub fn partitions(&self) -> Whole {
+        Whole(self.partitions.clone())
     }
 
     /// Worker `index`'s reader, from the first record (or at the end, for the others).
-    pub fn reader(self: &Arc<Self>, index: usize, peers: usize) -> Reader {
+    pub fn reader(self: &Arc<Self>, index: usize) -> Reader {
         Reader {
             topics: Arc::clone(self),
-            next: if Self::reads(index, peers) {
-                0
-            } else {
-                self.records.len()
-            },
+            next: if index == 0 { 0 } else { self.records.len() },
         }
     }
 
@@ -187,47 +170,26 @@ impl Source for Reader {
             offset: held.offset,
             key: Some(&held.key),
             payload: Some(&held.value),
+            event: None,
         });
         Some(Ok(()))
     }
 }
 
-/// Where [`Topics`]' partitions end: all their records are there from the start.
-pub struct TopicEnds(pub Arc<Topics>);
-
-impl Ends for TopicEnds {
-    fn ends(&self, topic: &str, partition: i32, _: Duration) -> Result<(i64, i64), PollError> {
-        self.0
-            .partitions
-            .iter()
-            .find(|(p, _)| p.topic == topic && p.partition == partition)
-            .map(|(_, n)| (0, *n))
-            .ok_or_else(|| PollError(format!("no partition {topic}/{partition}")))
-    }
-}
-
-/// The topics as the driver's input. All their records are there from the start: a partition
-/// is idle as soon as its end says it was read, and asking where it ends costs nothing.
+/// The topics as the driver's input, held whole.
 impl Input for Arc<Topics> {
     fn open(
         &self,
-        (index, peers): (usize, usize),
+        (index, _): (usize, usize),
         _start_at: &HashMap<(String, i32), i64>,
         _lost: Option<&prometheus::IntGauge>,
     ) -> Result<Opened, StreamError> {
+        let whole = self.partitions();
         Ok(Opened {
-            source: Box::new(self.reader(index, peers)),
-            ends: Box::new(TopicEnds(Arc::clone(self))),
-            assigned: self.assigned(index, peers),
+            source: Box::new(self.reader(index)),
+            assigned: whole.assigned(index),
+            ends: Box::new(whole),
         })
-    }
-
-    fn idleness(&self) -> (Duration, Duration) {
-        (Duration::ZERO, Duration::ZERO)
-    }
-
-    fn reader_of(&self, _: &Partition, peers: usize) -> usize {
-        partition_owner(0, 0, peers)
     }
 }
 
@@ -235,6 +197,7 @@ impl Input for Arc<Topics> {
 mod tests {
     use super::*;
     use crate::config::TopicsConfig;
+    use crate::pipeline::source::Ends;
 
     /// A dataset of stores and sales, written out of time order, with one row that does not
     /// decode.
@@ -267,11 +230,10 @@ mod tests {
         let (_dir, data) = dataset();
         let topics = TopicsConfig::default();
         let held = Arc::new(Topics::new(data, dataflows::PeriodKind::Day, &topics, None).unwrap());
-        let owner = partition_owner(0, 0, 3);
         for worker in 0..3 {
-            let assigned = held.assigned(worker, 3);
-            let read = read_all(&mut held.reader(worker, 3));
-            if worker != owner {
+            let assigned = held.partitions().assigned(worker);
+            let read = read_all(&mut held.reader(worker));
+            if worker != 0 {
                 assert!(assigned.is_empty() && read.is_empty(), "worker {worker}");
                 continue;
             }
@@ -291,7 +253,7 @@ mod tests {
                     .map(|(_, o, _)| *o)
                     .collect();
                 assert_eq!(offsets, (0..*n).collect::<Vec<_>>());
-                let ends = TopicEnds(Arc::clone(&held));
+                let ends = held.partitions();
                 assert_eq!(ends.ends(&p.topic, 0, Duration::ZERO).unwrap(), (0, *n));
             }
             let days: Vec<&str> = read
@@ -321,7 +283,7 @@ mod tests {
         assert_eq!(held.origin(&topics.sales, 3), None);
         assert_eq!(held.origin(&topics.sales, -1), None);
         assert_eq!(held.origin("no-such-topic", 0), None);
-        let ends = TopicEnds(Arc::new(held));
+        let ends = held.partitions();
         assert!(ends.ends("no-such-topic", 0, Duration::ZERO).is_err());
     }
 }

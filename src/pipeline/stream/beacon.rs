@@ -67,9 +67,10 @@ pub(super) fn target(
     let epoch_at = |t: i64| clock.epoch_of(t.saturating_sub(lateness)).unwrap_or(0);
     match low {
         Some(w) => Target::Until(epoch_at(w)),
+        // The last event's epoch is the last one anything happens in: moving on to the next
+        // would slide the windows into a period the input never reached.
         None if exit_when_idle => Target::Drain(match (max_epoch, drain_through) {
-            (Some(e), Some(t)) => t.max(e),
-            (Some(e), None) => e + 1,
+            (Some(e), t) => t.map_or(e, |t| t.max(e)),
             (None, t) => t.unwrap_or(0),
         }),
         None => Target::Until(epoch_at(wall)),
@@ -134,7 +135,7 @@ mod tests {
             target(&b, &clock, 0, false, None, 90_000),
             Target::Until(100)
         );
-        assert_eq!(target(&b, &clock, 0, true, None, 90_000), Target::Drain(13));
+        assert_eq!(target(&b, &clock, 0, true, None, 90_000), Target::Drain(12));
         // Drained through a later epoch on demand, never to one before an event held.
         assert_eq!(
             target(&b, &clock, 0, true, Some(40), 90_000),

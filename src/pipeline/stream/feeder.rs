@@ -212,6 +212,11 @@ impl Feeder {
             }
             part.part.kind
         };
+        if let Some(event) = msg.event {
+            // Decoded, dated and named where it was spilled.
+            self.place(p, msg, event.clone());
+            return;
+        }
         let record = match msg.payload {
             // A null value is a tombstone on the compacted reference topics; the key names
             // what is deleted.
@@ -285,6 +290,11 @@ impl Feeder {
                 self.names.push((key, store.to_string(), sku.to_string()));
             }
         }
+        self.place(p, msg, event);
+    }
+
+    /// Applies `event` of partition `p` now, or holds it for its epoch.
+    fn place(&mut self, p: usize, msg: &Record<'_>, event: Event) {
         let Some(ts) = event.ts() else {
             self.apply_now(p, msg, &event);
             return;

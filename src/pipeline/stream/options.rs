@@ -29,9 +29,9 @@ pub struct StreamOptions {
     /// With every partition idle, apply what is held and stop, instead of closing epochs on the
     /// wall clock.
     pub exit_when_idle: bool,
-    /// With `exit_when_idle`, the epoch the inputs are moved to before they close, even past the
-    /// last event (the windows then slide to it: `features` as of an instant); `None` stops
-    /// just past the last event.
+    /// With `exit_when_idle`, the epoch the inputs are moved on to before they close, when it
+    /// is after the last event's (the windows then slide to it: `features` as of an instant);
+    /// without it, or when it is not, they close at the last event's epoch.
     pub drain_through: Option<dataflows::Epoch>,
     /// Set to stop: workers stop consuming, close what they hold, report and return.
     pub stop: Arc<AtomicBool>,
@@ -59,11 +59,18 @@ pub trait Input: Send + Sync {
     ) -> Result<Opened, StreamError>;
 
     /// How long a partition stays silent before it may count as idle, and how long a worker
-    /// waits before asking again where a silent partition ends.
-    fn idleness(&self) -> (Duration, Duration);
+    /// waits before asking again where a silent partition ends. By default not at all: an
+    /// input held whole is all there from the start, so a partition is idle as soon as its end
+    /// says it was read, and asking where it ends costs nothing.
+    fn idleness(&self) -> (Duration, Duration) {
+        (Duration::ZERO, Duration::ZERO)
+    }
 
-    /// The worker, of `peers`, that reads `partition`.
-    fn reader_of(&self, partition: &Partition, peers: usize) -> usize;
+    /// The worker, of `peers`, that reads `partition`. By default worker 0, which reads every
+    /// partition of an input held whole (`pipeline::source::Whole`).
+    fn reader_of(&self, _partition: &Partition, _peers: usize) -> usize {
+        0
+    }
 }
 
 /// A worker's input once opened: its partitions with the offsets committed for them, where
@@ -156,6 +163,9 @@ pub enum StreamError {
         "topic `{0}` does not exist or has no partitions (create it, e.g. with `stockcast load`)"
     )]
     MissingTopic(String),
+    /// The input failed for good (see `pipeline::source::Source::failed`).
+    #[error("input: {0}")]
+    Input(String),
     /// Timely could not start the workers, or a worker thread panicked.
     #[error("timely worker failed: {0}")]
     Worker(String),

@@ -237,7 +237,7 @@ impl Outbox {
 pub(super) fn report(
     worker: usize,
     frontier: Option<Epoch>,
-    (sink, view): (&crate::pipeline::run::Changes, &StateView),
+    (sink, view): (&crate::pipeline::dataflow::Changes, &StateView),
     feeder: &mut Feeder,
 ) -> (Report, Changes, Vec<(Key, String, String)>) {
     let mut changed = Vec::new();

@@ -129,7 +129,7 @@ pub(super) fn work(
         CatchUp::EveryEpoch => Emission::EveryEpoch,
     };
     let (probe, sink, size) =
-        crate::pipeline::run::build(worker, &mut feeder.input, &cfg.spec, emission);
+        crate::pipeline::dataflow::build(worker, &mut feeder.input, &cfg.spec, emission);
     if let Some(loaded) = restore {
         feeder.restore(loaded, (index, peers), &size);
         feeder.input.flush();
@@ -227,6 +227,9 @@ pub(super) fn work(
                 }
                 Some(Ok(())) => got += 1,
             }
+        }
+        if let Some(why) = source.failed() {
+            return Err(StreamError::Input(why));
         }
         if !draining && !full {
             feeder.check_idle(&mut prober, Instant::now());
@@ -432,6 +435,13 @@ pub(super) fn work(
         done.extend(w.close());
         feeder.parts_done.extend(done);
     }
+    // Everything applied is in completed epochs now, the last event's included: the offsets
+    // below what each partition still holds back (records buffered past a stop) are
+    // committable once those epochs' outputs are acknowledged.
+    let offsets = feeder.parts.iter().map(PartState::safe_offset).collect();
+    feeder
+        .snapshots
+        .push_back((feeder.input.epoch() + 1, offsets));
     outbox.send(report(index, None, (&sink, &size), &mut feeder));
     outbox.finish(worker, tx)
 }

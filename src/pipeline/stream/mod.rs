@@ -14,7 +14,9 @@
 //!   the epochs its buffered events belong to and at the first epoch of every period (so windows
 //!   slide, as in replay).
 //! - With every partition idle, epochs close on the wall clock (live mode), or, with
-//!   `exit_when_idle`, the workers apply everything they hold and stop (backfills, tests, demo).
+//!   `exit_when_idle`, the workers apply everything they hold and stop (backfills, replay,
+//!   tests, demo): their inputs close at the last event's epoch, or at the later one
+//!   `drain_through` asks for (`features`), never one the input did not reach.
 //! - An event whose epoch is already closed on this worker is applied in the open epoch and
 //!   counted late; one older than the retention is dead-lettered `too_late`.
 //! - An event dated more than `time.max_future_secs` after the wall clock is dead-lettered
@@ -25,7 +27,10 @@
 //! Before each advance a worker notes, per partition, the lowest offset not yet applied (the
 //! oldest buffered event, else the next offset to fetch). Once the closed frontier passes that
 //! advance, everything below the noted offset is in closed epochs, and the offset is reported as
-//! committable. The sink commits it after the epochs' outputs were acknowledged.
+//! committable. The sink commits it after the epochs' outputs were acknowledged. When the
+//! dataflow has completed everything at the end of a run, a worker notes its offsets once
+//! more, so that a drained backfill commits every record it applied (one still buffered after a
+//! stop stays uncommitted, and is read again).
 //!
 //! # Processes
 //! Workers may span several processes (a timely cluster, [`Cluster`]); partitions are assigned

@@ -16,8 +16,6 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use std::sync::atomic::AtomicBool;
-
 use dataflows::{Epoch, FeatureVec, Key, Period, PeriodKind, Schema};
 
 use crate::config::{CatchUp, Resolved};
@@ -196,18 +194,16 @@ fn replay(
         builder: Builder::new(&cfg, schema, sampling),
         bar: bar.clone(),
         by_period: periods > 0,
+        refused: 0,
     };
-    let opts = StreamOptions {
-        workers,
-        exit_when_idle: true,
-        drain_through: None,
-        stop: Arc::new(AtomicBool::new(false)),
-        wall_clock: stream::system_clock(),
-        progress: Arc::default(),
-        cluster: None,
-        from_scratch: true,
-    };
+    let opts = StreamOptions::to_the_end(workers);
     stream::run(&cfg, &opts, input, None, &mut handler)?;
+    if handler.refused > 0 {
+        tracing::warn!(
+            events = handler.refused,
+            "events the dataflow refused are left out of the training history; `stockcast replay` lists them with file, line and reason"
+        );
+    }
     bar.finish_and_clear();
     Ok(handler.builder.finish(&cfg))
 }
@@ -219,6 +215,8 @@ struct Snapshots<'a> {
     bar: indicatif::ProgressBar,
     /// Whether the bar counts periods (snapshots) rather than epochs.
     by_period: bool,
+    /// Events the driver refused (dead letters).
+    refused: u64,
 }
 
 impl Handler for Snapshots<'_> {
@@ -240,9 +238,7 @@ impl Handler for Snapshots<'_> {
     }
 
     fn closed(&mut self, closed: Closed) -> Result<Option<Commit>, Undelivered> {
-        if !closed.dead.is_empty() {
-            tracing::debug!(refused = closed.dead.len(), "history: events refused");
-        }
+        self.refused += closed.dead.len() as u64;
         Ok(None)
     }
 

@@ -9,7 +9,6 @@
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use dataflows::{FeatureVec, Key, Schema};
@@ -131,14 +130,8 @@ pub fn latest_features(
     let period = cfg.clock.period_kind();
     let topics = Topics::new(data, period, &cfg.kafka.topics, Some(as_of))?;
     let opts = StreamOptions {
-        workers,
-        exit_when_idle: true,
         drain_through: cfg.clock.epoch_of(as_of),
-        stop: Arc::new(AtomicBool::new(false)),
-        wall_clock: stream::system_clock(),
-        progress: Arc::default(),
-        cluster: None,
-        from_scratch: true,
+        ..StreamOptions::to_the_end(workers)
     };
     let mut latest = LatestFeatures {
         table: HashMap::new(),

@@ -134,14 +134,8 @@ pub fn replay(cfg: &Resolved, opts: &ReplayOptions) -> Result<Summary, ReplayErr
         last: None,
     };
     let run = StreamOptions {
-        workers: opts.workers,
-        exit_when_idle: true,
-        drain_through: None,
-        stop: Arc::new(AtomicBool::new(false)),
-        wall_clock: stream::system_clock(),
         progress: Arc::clone(&progress),
-        cluster: None,
-        from_scratch: true,
+        ..StreamOptions::to_the_end(opts.workers)
     };
     // The dataset is read to its end, in this process alone, without checkpoints.
     stream::run(

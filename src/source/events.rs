@@ -105,8 +105,7 @@ impl Events {
 struct Reader {
     front: Arc<Vec<Event>>,
     spilled: Option<Arc<Spilled>>,
-    /// Partition index by input kind, and the next offset of each.
-    parts: HashMap<FileKind, usize>,
+    /// The partitions (a handful, one per input kind), and the next offset of each.
     topics: Vec<Partition>,
     offsets: Vec<i64>,
     /// The next event of `front` to hand over.
@@ -150,12 +149,10 @@ impl Source for Reader {
         take: &mut dyn FnMut(&Record<'_>),
     ) -> Option<Result<(), PollError>> {
         let event = self.next_event()?;
-        let Some(&p) = self.parts.get(&kind_of(&event)) else {
+        let kind = kind_of(&event);
+        let Some(p) = self.topics.iter().position(|t| t.kind == kind) else {
             // Every kind spilled has its partition (see `Events::new`).
-            self.failed = Some(format!(
-                "a spilled {:?} event has no partition",
-                kind_of(&event)
-            ));
+            self.failed = Some(format!("a spilled {kind:?} event has no partition"));
             return None;
         };
         let offset = self.offsets[p];
@@ -196,11 +193,6 @@ impl Input for Events {
             source: Box::new(Reader {
                 front: Arc::clone(&self.front),
                 spilled: self.spilled.clone(),
-                parts: topics
-                    .iter()
-                    .enumerate()
-                    .map(|(i, p)| (p.kind, i))
-                    .collect(),
                 offsets: vec![0; topics.len()],
                 topics,
                 next_front: if reads { 0 } else { self.front.len() },

@@ -45,6 +45,23 @@ pub struct StreamOptions {
     pub from_scratch: bool,
 }
 
+impl StreamOptions {
+    /// A run in this process alone over an input held whole (replay, `features`, the training
+    /// history): read to its end, then stop, with nothing to resume from.
+    pub fn to_the_end(workers: usize) -> StreamOptions {
+        StreamOptions {
+            workers,
+            exit_when_idle: true,
+            drain_through: None,
+            stop: Arc::new(AtomicBool::new(false)),
+            wall_clock: system_clock(),
+            progress: Arc::default(),
+            cluster: None,
+            from_scratch: true,
+        }
+    }
+}
+
 /// Where the workers read from: the broker's input topics (`kafka::offsets::Broker`) or a
 /// dataset's held in memory (`source::topics`). Each worker opens its own share.
 pub trait Input: Send + Sync {

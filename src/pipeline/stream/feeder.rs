@@ -102,6 +102,8 @@ pub(super) struct Feeder {
     /// How long the broker's word that a partition is caught up stays good (see
     /// [`super::watermarks::Watermarks::lasts`]).
     pub(super) idle_lasts: Duration,
+    /// When the worker started reading.
+    pub(super) started: Instant,
 }
 
 /// What a worker's input may do at an advance, given the checkpoint schedule.

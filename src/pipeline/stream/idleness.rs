@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use super::beacon::Mark;
 use super::feeder::Feeder;
+use super::options::SETTLE_QUIET;
 use super::partition::*;
 use super::watermarks::Watermarks;
 
@@ -24,7 +25,7 @@ impl Feeder {
             if part.is_idle(self.idle_after, lasts, now) {
                 continue;
             }
-            if !part.spoke {
+            if !part.spoke || !part.settled {
                 return Mark::Holding;
             }
             if part.timed() {
@@ -57,9 +58,13 @@ impl Feeder {
     }
 
     /// Takes the broker's answers about silent partitions, and asks about the next one that is
-    /// due: silent for the idle timeout, and not asked about for `recheck` (the feeder's); the one asked
+    /// due: silent for the idle timeout (or a reference partition not settled yet, see
+    /// [`PartState::settles`]), and not asked about for `recheck` (the feeder's); the one asked
     /// about longest ago first, so on a slow broker every partition gets its turn.
     pub(super) fn check_idle(&mut self, probe: &mut Watermarks, now: Instant) {
+        let quiet = self.idle_after.min(SETTLE_QUIET);
+        let (started, idle_after) = (self.started, self.idle_after);
+        let waited = |at: Instant| at.saturating_duration_since(started) >= idle_after;
         for answer in probe.answers() {
             let Some(part) = self.parts.get_mut(answer.part) else {
                 continue;
@@ -73,6 +78,11 @@ impl Feeder {
                         part.forget_replay_below(low);
                     }
                     if high <= part.next_offset.max(low) {
+                        if !part.settled && part.settles(answer.asked, quiet, waited(answer.asked))
+                        {
+                            part.settled = true;
+                            tracing::debug!(partition = %part.part.label(), offset = part.next_offset, "reference partition read to its end");
+                        }
                         Said::CaughtUp
                     } else {
                         Said::Behind { end: high }
@@ -94,7 +104,9 @@ impl Feeder {
             .iter()
             .enumerate()
             .filter(|(_, p)| {
-                now.duration_since(p.last_seen) >= self.idle_after
+                let silent = now.duration_since(p.last_seen);
+                let settling = !p.settled && (silent >= quiet || waited(now));
+                (silent >= self.idle_after || settling)
                     && p.idle_checked
                         .is_none_or(|(at, _)| now.duration_since(at) >= self.recheck)
             })

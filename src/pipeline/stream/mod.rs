@@ -86,6 +86,8 @@ pub use super::progress::Progress;
 use super::snapshot::{self, Checkpoints};
 pub use crate::kafka::wire::Partition;
 
+#[cfg(test)]
+mod arrival;
 mod beacon;
 mod closed;
 mod feeder;

@@ -13,6 +13,9 @@ use crate::pipeline::source::{Ends, Source};
 pub(crate) const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often a silent partition's idleness is confirmed with the broker.
 pub(crate) const IDLE_RECHECK: Duration = Duration::from_secs(1);
+/// How long a reference partition must have been silent when the broker says it is caught up
+/// for that to settle it at start (at most the idle timeout; see `partition::PartState::settles`).
+pub(super) const SETTLE_QUIET: Duration = Duration::from_secs(1);
 /// How long that confirmation may take (it is asked for off the worker's thread); a broker
 /// that does not answer in time is unreachable.
 pub(super) const IDLE_CHECK_TIMEOUT: Duration = Duration::from_secs(5);

@@ -29,6 +29,9 @@ pub(super) struct PartState {
     pub(super) last_seen: Instant,
     /// Has any record arrived.
     pub(super) spoke: bool,
+    /// Read to the end it had when the worker started (a reference partition; a timed one
+    /// starts settled). Until then it holds event time back: see [`PartState::settles`].
+    pub(super) settled: bool,
     /// The next offset to read.
     pub(super) next_offset: i64,
     /// Offsets of events read but still buffered for a later epoch.
@@ -78,17 +81,37 @@ impl PartState {
             })
     }
 
-    /// If this partition has been silent for `idle_after` without counting as idle, why: what
-    /// the broker last said of it.
+    /// Whether the broker's word that nothing was left to read, asked at `asked`, settles this
+    /// reference partition. Reference records carry no event time: each applies in the epoch
+    /// open when it arrives. Read at start while sales move event time on, they would apply in
+    /// whichever epoch their fetch happened to come back in, and a backfill's forecasts would
+    /// depend on it. So the catalog, stores, promotions and prices the partition held when the
+    /// worker started (or resumed) are read before event time moves: until the broker says it
+    /// is caught up, at a moment when the partition had been silent for `quiet` (a broker may
+    /// report a partition's end early, as the start of its last batch, and a short silence
+    /// says that batch was not on its way), or whenever it is asked once the worker has run
+    /// for the idle timeout (a partition updated without pause is never silent).
+    pub(super) fn settles(&self, asked: Instant, quiet: Duration, waited: bool) -> bool {
+        waited || asked.saturating_duration_since(self.last_seen) >= quiet
+    }
+
+    /// If this partition holds time back as silent for `idle_after` without counting as idle,
+    /// or as a reference partition not settled yet, why: what the broker last said of it.
     pub(super) fn unconfirmed(
         &self,
         idle_after: Duration,
         lasts: Duration,
         now: Instant,
     ) -> Option<String> {
-        if now.duration_since(self.last_seen) < idle_after || self.is_idle(idle_after, lasts, now) {
+        let silent = now.duration_since(self.last_seen) >= idle_after;
+        if (self.settled && !silent) || self.is_idle(idle_after, lasts, now) {
             return None;
         }
+        let what = if self.settled {
+            ""
+        } else {
+            "reference data not read to its end yet; "
+        };
         let said = match self.idle_checked {
             None => "not asked yet".to_string(),
             Some((at, said)) => {
@@ -102,7 +125,7 @@ impl PartState {
                 format!("{said}, {:.1} s ago", now.duration_since(at).as_secs_f64())
             }
         };
-        Some(format!("{}: {said}", self.part.label()))
+        Some(format!("{}: {what}{said}", self.part.label()))
     }
 
     /// The lowest offset not yet applied.
@@ -157,6 +180,7 @@ mod tests {
             max_ts: Some(0),
             last_seen,
             spoke: true,
+            settled: true,
             next_offset: 10,
             held: BTreeSet::new(),
             committed: 0,
@@ -205,5 +229,29 @@ mod tests {
         assert!(!p.is_idle(idle_after, s(60), t0 + s(6)));
         p.last_seen = t0 - s(2);
         assert!(p.is_idle(idle_after, s(60), t0 + s(6)));
+    }
+
+    #[test]
+    fn a_reference_partition_settles_on_an_answer_asked_after_a_silence_or_a_long_wait() {
+        let s = Duration::from_secs;
+        let t0 = Instant::now() + s(10);
+        let mut p = silent_since(t0);
+        p.part.kind = FileKind::Catalog;
+        p.part.topic = "catalog".into();
+        p.settled = false;
+        // Asked while records were still coming: not settled, unless the worker waited long.
+        assert!(!p.settles(t0, s(1), false));
+        assert!(!p.settles(t0 - s(1), s(1), false));
+        assert!(p.settles(t0, s(1), true));
+        // Asked after a quiet second.
+        assert!(p.settles(t0 + s(1), s(1), false));
+        // Until it settles it holds time back even while it speaks, and says why.
+        let said = p.unconfirmed(s(30), s(3), t0).unwrap();
+        assert_eq!(
+            said,
+            "catalog/3: reference data not read to its end yet; not asked yet"
+        );
+        p.settled = true;
+        assert_eq!(p.unconfirmed(s(30), s(3), t0), None);
     }
 }

@@ -81,6 +81,7 @@ pub(super) fn work(
                 // receive records from a producer that is slow to reach it.
                 last_seen: started,
                 spoke: false,
+                settled: !part.kind.is_reference(),
                 next_offset: 0,
                 held: BTreeSet::new(),
                 committed,
@@ -120,6 +121,7 @@ pub(super) fn work(
         parts_done: Vec::new(),
         idle_after,
         recheck,
+        started,
     };
     let max_future = cfg.max_future_secs;
 
@@ -462,7 +464,8 @@ fn tell_waiting(
             tracing::warn!(
                 worker = index,
                 partitions = ?silent,
-                "silent partitions not confirmed idle by the broker hold event time back"
+                "partitions hold event time back: silent and not confirmed idle by the broker, or \
+                 reference data not read to its end"
             );
         }
         return;

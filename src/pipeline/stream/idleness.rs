@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use super::beacon::Mark;
 use super::feeder::Feeder;
-use super::options::SETTLE_QUIET;
+use super::options::{SETTLE_QUIET, SETTLE_RECHECK};
 use super::partition::*;
 use super::watermarks::Watermarks;
 
@@ -106,9 +106,15 @@ impl Feeder {
             .filter(|(_, p)| {
                 let silent = now.duration_since(p.last_seen);
                 let settling = !p.settled && (silent >= quiet || waited(now));
+                // Event time waits on a settling partition: ask again sooner.
+                let again = if settling {
+                    self.recheck.min(SETTLE_RECHECK)
+                } else {
+                    self.recheck
+                };
                 (silent >= self.idle_after || settling)
                     && p.idle_checked
-                        .is_none_or(|(at, _)| now.duration_since(at) >= self.recheck)
+                        .is_none_or(|(at, _)| now.duration_since(at) >= again)
             })
             .min_by_key(|(_, p)| p.idle_checked.map(|(at, _)| at));
         if let Some((i, p)) = due {

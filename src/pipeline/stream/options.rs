@@ -16,6 +16,9 @@ pub(crate) const IDLE_RECHECK: Duration = Duration::from_secs(1);
 /// How long a reference partition must have been silent when the broker says it is caught up
 /// for that to settle it at start (at most the idle timeout; see `partition::PartState::settles`).
 pub(super) const SETTLE_QUIET: Duration = Duration::from_secs(1);
+/// How often a reference partition that is not settled yet is asked about once it is quiet
+/// (event time waits on it).
+pub(super) const SETTLE_RECHECK: Duration = Duration::from_millis(100);
 /// How long that confirmation may take (it is asked for off the worker's thread); a broker
 /// that does not answer in time is unreachable.
 pub(super) const IDLE_CHECK_TIMEOUT: Duration = Duration::from_secs(5);

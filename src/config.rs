@@ -477,6 +477,11 @@ pub struct KafkaConfig {
     /// A partition with no message for this long stops holding the watermark back.
     #[serde(default = "default_idle_timeout")]
     pub idle_timeout_secs: u64,
+    /// Most events a worker holds read for epochs that cannot close yet (event time waits
+    /// on a slower partition, a silent one, or reference data still being read). At this
+    /// many it pauses the partitions that are ahead, and resumes them once it holds half.
+    #[serde(default = "default_max_held_events")]
+    pub max_held_events: usize,
     /// Topic names.
     #[serde(default)]
     pub topics: TopicsConfig,
@@ -534,6 +539,7 @@ impl std::fmt::Debug for KafkaConfig {
             .field("group_id", &self.group_id)
             .field("partition_offset", &self.partition_offset)
             .field("idle_timeout_secs", &self.idle_timeout_secs)
+            .field("max_held_events", &self.max_held_events)
             .field("topics", &self.topics)
             .field("client", &self.masked_client())
             .finish()
@@ -552,6 +558,10 @@ fn default_idle_timeout() -> u64 {
     30
 }
 
+fn default_max_held_events() -> usize {
+    1 << 20
+}
+
 impl Default for KafkaConfig {
     fn default() -> Self {
         KafkaConfig {
@@ -559,6 +569,7 @@ impl Default for KafkaConfig {
             group_id: default_group(),
             partition_offset: 0,
             idle_timeout_secs: default_idle_timeout(),
+            max_held_events: default_max_held_events(),
             topics: TopicsConfig::default(),
             client: Default::default(),
         }
@@ -1086,6 +1097,9 @@ impl Config {
         if k.idle_timeout_secs == 0 {
             return Err(invalid("kafka.idle_timeout_secs", "must be at least 1"));
         }
+        if k.max_held_events == 0 {
+            return Err(invalid("kafka.max_held_events", "must be at least 1"));
+        }
         let t = &k.topics;
         let named = [
             ("kafka.topics.sales", &t.sales),
@@ -1139,6 +1153,12 @@ mod tests {
         .unwrap();
         let msg = c.resolve(Path::new("c.toml")).unwrap_err().to_string();
         assert!(msg.contains("forecast.horizon_periods"), "{msg}");
+        let c = Config::parse("[kafka]\nmax_held_events = 0\n", Path::new("c.toml")).unwrap();
+        let msg = c.resolve(Path::new("c.toml")).unwrap_err().to_string();
+        assert!(
+            msg.contains("c.toml") && msg.contains("kafka.max_held_events"),
+            "{msg}"
+        );
         let c = Config::parse("[output]\nmax_held_series = 0\n", Path::new("c.toml")).unwrap();
         let msg = c.resolve(Path::new("c.toml")).unwrap_err().to_string();
         assert!(

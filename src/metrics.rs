@@ -90,6 +90,12 @@ pub struct Metrics {
     pub forecasts_superseded: IntCounter,
     /// Times a worker stopped reading because its process held `[output] max_held_series`.
     pub input_paused: IntCounter,
+    /// Events this process's workers read and hold for epochs that cannot close yet.
+    pub held_events: IntGauge,
+    /// Partitions paused because their worker held `kafka.max_held_events`.
+    pub partitions_paused: IntGauge,
+    /// Pauses of a partition because its worker held `kafka.max_held_events`.
+    pub partition_pauses: IntCounter,
     /// Seconds from an advance's report to its last acknowledgement.
     pub epoch_seconds: Histogram,
     /// Records or batches written, by sink.
@@ -251,6 +257,21 @@ impl Metrics {
                 "stockcast_input_paused_total",
                 "Times a worker stopped reading and feeding the dataflow because its process held \
                  [output] max_held_series changed series its sinks had not written."
+            )),
+            held_events: reg!(IntGauge::new(
+                "stockcast_held_events",
+                "Events this process's workers read and hold for epochs that cannot close yet \
+                 (event time waits on a slower, silent or unsettled partition)."
+            )),
+            partitions_paused: reg!(IntGauge::new(
+                "stockcast_partitions_paused",
+                "Input partitions this process's workers paused because they held \
+                 [kafka] max_held_events events for epochs that cannot close yet."
+            )),
+            partition_pauses: reg!(IntCounter::new(
+                "stockcast_partition_pauses_total",
+                "Times a worker paused an input partition because it held [kafka] \
+                 max_held_events events for epochs that cannot close yet."
             )),
             epoch_seconds: reg!(histogram(
                 "stockcast_epoch_seconds",

@@ -121,16 +121,10 @@ fn m5_mini_through_kafka_equals_replay_with_4_partitions_and_2_workers() {
     assert_eq!(committed(&cfg, &cfg.kafka.topics.sales, 4), 19_130);
 }
 
-/// A process that holds `[output] max_held_series` changed series its sinks have not written
-/// stops reading and holds its input until they are written. With a limit of one series it
-/// pauses after nearly every step of the backfill, and must neither hang nor lose a record:
-/// the output is replay's, and every offset is committed.
-#[test]
-fn a_process_at_its_limit_of_held_series_pauses_and_loses_nothing() {
-    let mut cfg = config("held", "day");
-    cfg.output.max_held_series = 1;
-    // Several polls' worth of records per worker, so that there is something left to read
-    // when the limit is reached.
+/// Backfills the generated chain (10 stores x 50 SKUs x 40 days, several polls' worth of
+/// records per worker) from 4 partitions with 2 workers under `cfg`: the output must be
+/// replay's, and every offset committed. Returns the process's live state, for its metrics.
+fn backfill_equals_replay(cfg: &Resolved) -> Arc<stream::Progress> {
     let dir = support::load_generated_chain(&cfg.kafka, (10, 50, 40), 4);
     let data = dir.path().to_path_buf();
     let opts = options(2);
@@ -140,15 +134,41 @@ fn a_process_at_its_limit_of_held_series_pauses_and_loses_nothing() {
         std::thread::spawn(move || kafka::run_worker(&cfg, &opts).unwrap())
     };
     let run = support::join_within(worker, "the worker");
-    let paused = progress.metrics.input_paused.get();
-    assert!(paused > 0, "the workers never reached the limit");
-    let expected = replay_forecasts(&cfg, &data);
+    let expected = replay_forecasts(cfg, &data);
     assert_eq!(run.stats.forecasts as usize, expected.len());
     let got: Vec<ForecastRecord> =
         consume_json(&cfg.kafka, &cfg.kafka.topics.forecasts, expected.len());
     assert_same_forecasts(sorted_forecasts(got), sorted_forecasts(expected));
     let sales = run.stats.consumed["sales"];
-    assert_eq!(committed(&cfg, &cfg.kafka.topics.sales, 4), sales as i64);
+    assert_eq!(committed(cfg, &cfg.kafka.topics.sales, 4), sales as i64);
+    progress
+}
+
+/// A process that holds `[output] max_held_series` changed series its sinks have not written
+/// stops reading and holds its input until they are written. With a limit of one series it
+/// pauses after nearly every step of the backfill, and must neither hang nor lose a record.
+#[test]
+fn a_process_at_its_limit_of_held_series_pauses_and_loses_nothing() {
+    let mut cfg = config("held", "day");
+    cfg.output.max_held_series = 1;
+    let progress = backfill_equals_replay(&cfg);
+    let paused = progress.metrics.input_paused.get();
+    assert!(paused > 0, "the workers never reached the limit");
+}
+
+/// A worker that holds `kafka.max_held_events` events for epochs that cannot close yet pauses
+/// the partitions ahead (librdkafka stops fetching them) and resumes them as event time moves.
+/// A resumed partition must go on after the last record it handed over: nothing skipped,
+/// nothing read twice. With a cap of 4,000 the workers pause at start (event time waits for
+/// every partition to speak and for the reference data while the sales are read) and for a
+/// few seconds after.
+#[test]
+fn partitions_paused_at_the_held_event_cap_resume_where_they_stopped() {
+    let mut cfg = config("capped", "day");
+    cfg.kafka.max_held_events = 4_000;
+    let progress = backfill_equals_replay(&cfg);
+    let pauses = progress.metrics.partition_pauses.get();
+    assert!(pauses > 0, "no partition was paused");
 }
 
 /// `catch_up = "latest"` on a backfill: each series once per advance, at the last epoch it

@@ -158,9 +158,19 @@ pub(crate) fn history_lost(consumer: &BaseConsumer, p: &Partition) -> bool {
     }
 }
 
+/// The consumer's `fetch.wait.max.ms` unless `[kafka.client]` sets it.
+const FETCH_WAIT_MS: &str = "100";
+
 /// The consumer every worker reads with: no group membership, no automatic commits.
 pub(crate) fn consumer(cfg: &Resolved) -> Result<BaseConsumer, StreamError> {
-    client_config(&cfg.kafka)
+    let mut config = client_config(&cfg.kafka);
+    if !cfg.kafka.client.contains_key("fetch.wait.max.ms") {
+        // A partition resumed after a pause (see `pipeline::stream::throttle`) is fetched once
+        // the fetch in flight returns, and a fetch of partitions with nothing new waits this
+        // long on the broker (librdkafka's default is 500 ms).
+        config.set("fetch.wait.max.ms", FETCH_WAIT_MS);
+    }
+    config
         .set("group.id", &cfg.kafka.group_id)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
@@ -190,6 +200,19 @@ impl Source for BaseConsumer {
             }
             Err(e) => Err(PollError(e.to_string())),
         })
+    }
+
+    /// librdkafka drops what it fetched of a paused partition and, on resuming, fetches from
+    /// the offset after the last record it handed over.
+    fn pause(&mut self, topic: &str, partition: i32, paused: bool) -> Result<(), PollError> {
+        let mut list = TopicPartitionList::new();
+        list.add_partition(topic, partition);
+        let done = if paused {
+            Consumer::pause(self, &list)
+        } else {
+            Consumer::resume(self, &list)
+        };
+        done.map_err(|e| PollError(e.to_string()))
     }
 }
 

@@ -45,6 +45,14 @@ pub trait Source {
         take: &mut dyn FnMut(&Record<'_>),
     ) -> Option<Result<(), PollError>>;
 
+    /// Stops handing over a partition's records (`paused`), or starts again where it stopped:
+    /// the next record handed over is the one after the last handed over. A record already on
+    /// its way may still come after a pause. A source that cannot pause (one held in memory,
+    /// whose records are held anyway) ignores it.
+    fn pause(&mut self, _topic: &str, _partition: i32, _paused: bool) -> Result<(), PollError> {
+        Ok(())
+    }
+
     /// Why this source can hand over no more records, if it cannot (a file it reads failed):
     /// the run then stops with that error. A source whose failures pass (a broker) says `None`.
     fn failed(&self) -> Option<String> {

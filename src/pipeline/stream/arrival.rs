@@ -5,7 +5,8 @@
 //! then events in time order); here the same records are handed over in others, and the
 //! changed series must be the same.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -26,13 +27,20 @@ struct Owned {
     value: Option<Vec<u8>>,
 }
 
-/// Hands over records in a given order; those in `late` only once `delay` has passed since the
-/// first of `early` was handed over, as when one partition's fetches come back slowly.
+/// Hands over records in a given order, skipping paused partitions; those in `late` only once
+/// every other record that may be read was, and `delay` has passed since the first of `early`
+/// was handed over, as when one partition's fetches come back slowly. Counts in `timed_first` the sales and stock movements handed over
+/// before the first of `late`.
 struct Slow {
-    early: std::vec::IntoIter<Owned>,
+    early: VecDeque<Owned>,
     late: std::vec::IntoIter<Owned>,
     delay: Duration,
     started: Option<Instant>,
+    paused: HashSet<(String, i32)>,
+    timed_first: Arc<AtomicUsize>,
+    late_came: bool,
+    /// The reference topics.
+    reference: Vec<String>,
 }
 
 impl Source for Slow {
@@ -42,9 +50,22 @@ impl Source for Slow {
         take: &mut dyn FnMut(&Record<'_>),
     ) -> Option<Result<(), PollError>> {
         let started = *self.started.get_or_insert_with(Instant::now);
-        let next = match self.early.next() {
-            Some(r) => r,
-            None if started.elapsed() >= self.delay => self.late.next()?,
+        let paused = &self.paused;
+        let early = (self.early.iter())
+            .position(|r| !paused.contains(&(r.topic.clone(), r.partition)))
+            .and_then(|at| self.early.remove(at));
+        let next = match early {
+            Some(r) => {
+                if !self.late_came && !self.reference.contains(&r.topic) {
+                    self.timed_first.fetch_add(1, Ordering::Relaxed);
+                }
+                r
+            }
+            None if started.elapsed() >= self.delay => {
+                let r = self.late.next()?;
+                self.late_came = true;
+                r
+            }
             None => return None,
         };
         take(&Record {
@@ -57,6 +78,15 @@ impl Source for Slow {
         });
         Some(Ok(()))
     }
+
+    fn pause(&mut self, topic: &str, partition: i32, paused: bool) -> Result<(), PollError> {
+        let at = (topic.to_string(), partition);
+        match paused {
+            true => self.paused.insert(at),
+            false => self.paused.remove(&at),
+        };
+        Ok(())
+    }
 }
 
 /// `topics` read by its first worker, with every reference partition's records after its
@@ -64,6 +94,8 @@ impl Source for Slow {
 struct LateReference {
     topics: Arc<Topics>,
     delay: Duration,
+    /// Sales and stock movements handed over before the rest of the reference data.
+    timed_first: Arc<AtomicUsize>,
 }
 
 impl Input for LateReference {
@@ -106,12 +138,17 @@ impl Input for LateReference {
                 "the dataset has reference data to hold back"
             );
         }
+        let timed_first = Arc::clone(&self.timed_first);
         first.extend(timed);
         opened.source = Box::new(Slow {
-            early: first.into_iter(),
+            early: first.into(),
             late: rest.into_iter(),
             delay: self.delay,
             started: None,
+            paused: HashSet::new(),
+            timed_first,
+            late_came: false,
+            reference,
         });
         Ok(opened)
     }
@@ -156,8 +193,8 @@ fn run_on(cfg: &Resolved, input: Arc<dyn Input>) -> BTreeSet<(Epoch, Key, Featur
     collect.0
 }
 
-#[test]
-fn reference_data_that_arrives_after_the_sales_changes_nothing() {
+/// A generated dataset (2 stores x 4 SKUs x 60 days) as topics held in memory, and the config.
+fn dataset() -> (tempfile::TempDir, Resolved) {
     let dir = tempfile::tempdir().unwrap();
     let params = Params {
         stores: 2,
@@ -170,23 +207,78 @@ fn reference_data_that_arrives_after_the_sales_changes_nothing() {
         .resolve(std::path::Path::new("<test>"))
         .unwrap();
     cfg.output.catch_up = CatchUp::EveryEpoch;
-    let held = || {
-        let data = crate::source::files::load(dir.path()).unwrap();
-        Arc::new(Topics::new(data, cfg.clock.period_kind(), &cfg.kafka.topics, None).unwrap())
-    };
-    let in_order = run_on(&cfg, Arc::new(held()));
-    assert!(!in_order.is_empty());
+    (dir, cfg)
+}
+
+fn held(dir: &tempfile::TempDir, cfg: &Resolved) -> Arc<Topics> {
+    let data = crate::source::files::load(dir.path()).unwrap();
+    Arc::new(Topics::new(data, cfg.clock.period_kind(), &cfg.kafka.topics, None).unwrap())
+}
+
+/// The changed series of a run with every reference partition's records after its first held
+/// back for 300 ms, and how many sales and stock movements were handed over meanwhile.
+fn with_late_reference(
+    dir: &tempfile::TempDir,
+    cfg: &Resolved,
+) -> (BTreeSet<(Epoch, Key, FeatureVec)>, usize) {
     let late = LateReference {
-        topics: held(),
+        topics: held(dir, cfg),
         delay: Duration::from_millis(300),
+        timed_first: Arc::default(),
     };
-    let reordered = run_on(&cfg, Arc::new(late));
-    let only_in_order = in_order.difference(&reordered).count();
-    let only_reordered = reordered.difference(&in_order).count();
+    let timed_first = Arc::clone(&late.timed_first);
+    let changed = run_on(cfg, Arc::new(late));
+    (changed, timed_first.load(Ordering::Relaxed))
+}
+
+fn assert_same(
+    in_order: &BTreeSet<(Epoch, Key, FeatureVec)>,
+    reordered: &BTreeSet<(Epoch, Key, FeatureVec)>,
+) {
+    assert!(!in_order.is_empty());
+    let only_in_order = in_order.difference(reordered).count();
+    let only_reordered = reordered.difference(in_order).count();
     assert_eq!(
         (only_in_order, only_reordered),
         (0, 0),
         "of {} changed series in order",
         in_order.len()
     );
+}
+
+#[test]
+fn reference_data_that_arrives_after_the_sales_changes_nothing() {
+    let (dir, cfg) = dataset();
+    let in_order = run_on(&cfg, Arc::new(held(&dir, &cfg)));
+    let (reordered, timed_first) = with_late_reference(&dir, &cfg);
+    assert_same(&in_order, &reordered);
+    // Nothing paused: every sale and stock movement was read while the reference data was late.
+    let timed = held(&dir, &cfg).len() - in_order_reference(&dir, &cfg);
+    assert_eq!(timed_first, timed);
+}
+
+/// The reference records of the dataset.
+fn in_order_reference(dir: &tempfile::TempDir, cfg: &Resolved) -> usize {
+    let topics = held(dir, cfg);
+    let whole = topics.partitions();
+    whole
+        .0
+        .iter()
+        .filter(|(p, _)| p.kind.is_reference())
+        .map(|(_, n)| *n as usize)
+        .sum()
+}
+
+#[test]
+fn events_held_while_reference_data_is_late_stay_under_the_cap() {
+    let (dir, mut cfg) = dataset();
+    let in_order = run_on(&cfg, Arc::new(held(&dir, &cfg)));
+    cfg.kafka.max_held_events = 16;
+    let (reordered, timed_first) = with_late_reference(&dir, &cfg);
+    // The sales and stock partitions paused at the cap: while event time waited for the
+    // reference data, they handed over at most the cap and the quota of each (half the cap
+    // between them), and one record more each.
+    assert!(timed_first <= 16 + 8 + 2, "{timed_first} events read ahead");
+    // And the run, pausing and resuming them as event time moved, wrote the same.
+    assert_same(&in_order, &reordered);
 }

@@ -44,6 +44,31 @@ pub(super) enum Target {
     Drain(Epoch),
 }
 
+/// The cluster's mark: holding while any worker holds (or has not been heard from), else the
+/// least watermark of the active workers, else idle.
+pub(super) fn lowest(beacons: &[Option<Beacon>]) -> Mark {
+    lowest_of(beacons.iter().map(|b| b.map(|b| b.mark)))
+}
+
+/// [`lowest`], with worker `own`'s mark as it is now rather than as its last beacon said.
+pub(super) fn lowest_with(beacons: &[Option<Beacon>], (own, mark): (usize, Mark)) -> Mark {
+    let others = beacons.iter().enumerate().filter(|(i, _)| *i != own);
+    let marks = others.map(|(_, b)| b.map(|b| b.mark));
+    lowest_of(marks.chain(std::iter::once(Some(mark))))
+}
+
+fn lowest_of(marks: impl Iterator<Item = Option<Mark>>) -> Mark {
+    let mut low: Option<i64> = None;
+    for mark in marks {
+        match mark {
+            None | Some(Mark::Holding) => return Mark::Holding,
+            Some(Mark::Active(w)) => low = Some(low.map_or(w, |l| l.min(w))),
+            Some(Mark::Idle) => {}
+        }
+    }
+    low.map_or(Mark::Idle, Mark::Active)
+}
+
 /// Combines every worker's beacon into where the inputs may go.
 pub(super) fn target(
     beacons: &[Option<Beacon>],
@@ -53,27 +78,18 @@ pub(super) fn target(
     drain_through: Option<Epoch>,
     wall: i64,
 ) -> Target {
-    let mut low: Option<i64> = None;
-    let mut max_epoch: Option<Epoch> = None;
-    for b in beacons {
-        let Some(b) = b else { return Target::Hold };
-        max_epoch = max_epoch.max(b.max_epoch);
-        match b.mark {
-            Mark::Holding => return Target::Hold,
-            Mark::Active(w) => low = Some(low.map_or(w, |l| l.min(w))),
-            Mark::Idle => {}
-        }
-    }
+    let max_epoch = beacons.iter().flatten().filter_map(|b| b.max_epoch).max();
     let epoch_at = |t: i64| clock.epoch_of(t.saturating_sub(lateness)).unwrap_or(0);
-    match low {
-        Some(w) => Target::Until(epoch_at(w)),
+    match lowest(beacons) {
+        Mark::Holding => Target::Hold,
+        Mark::Active(w) => Target::Until(epoch_at(w)),
         // The last event's epoch is the last one anything happens in: moving on to the next
         // would slide the windows into a period the input never reached.
-        None if exit_when_idle => Target::Drain(match (max_epoch, drain_through) {
+        Mark::Idle if exit_when_idle => Target::Drain(match (max_epoch, drain_through) {
             (Some(e), t) => t.map_or(e, |t| t.max(e)),
             (None, t) => t.unwrap_or(0),
         }),
-        None => Target::Until(epoch_at(wall)),
+        Mark::Idle => Target::Until(epoch_at(wall)),
     }
 }
 

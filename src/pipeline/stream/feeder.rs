@@ -104,6 +104,10 @@ pub(super) struct Feeder {
     pub(super) idle_lasts: Duration,
     /// When the worker started reading.
     pub(super) started: Instant,
+    /// `kafka.max_held_events`.
+    pub(super) max_held: usize,
+    /// Whether it held that many and paused the partitions ahead (see `throttle`).
+    pub(super) throttling: bool,
 }
 
 /// What a worker's input may do at an advance, given the checkpoint schedule.
@@ -124,8 +128,8 @@ impl Gate {
 
 impl Feeder {
     /// Publishes this worker's read positions (for the lag probe) and the change of its series
-    /// and state record counts since `shown`.
-    pub(super) fn show(&self, shown: &mut (i64, i64), size: &dataflows::dataflow::StateView) {
+    /// and state record counts and its held events since `shown`.
+    pub(super) fn show(&self, shown: &mut (i64, i64, i64), size: &dataflows::dataflow::StateView) {
         if let Ok(mut positions) = self.progress.positions.lock() {
             for p in &self.parts {
                 positions.insert((p.part.topic.clone(), p.part.partition), p.next_offset);
@@ -135,10 +139,15 @@ impl Feeder {
                 lag.with_label_values(&[p.part.topic.as_str(), &label]);
             }
         }
-        let now = (self.input.key_count() as i64, size.records() as i64);
+        let now = (
+            self.input.key_count() as i64,
+            size.records() as i64,
+            self.held_events() as i64,
+        );
         let m = &self.progress.metrics;
         m.state_keys.add(now.0 - shown.0);
         m.state_records.add(now.1 - shown.1);
+        m.held_events.add(now.2 - shown.2);
         *shown = now;
     }
 
@@ -199,6 +208,7 @@ impl Feeder {
                 return;
             }
             part.next_offset = msg.offset + 1;
+            part.since_resumed += 1;
             part.consumed_metric.inc();
             // Only right after a restore is anything left to replay: every other record skips
             // the set.

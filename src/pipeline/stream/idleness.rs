@@ -22,7 +22,8 @@ impl Feeder {
                 // their epochs before they come back, and they would arrive late.
                 return Mark::Holding;
             }
-            if part.is_idle(self.idle_after, lasts, now) {
+            // A paused partition is silent because the worker stopped reading it.
+            if !part.paused && part.is_idle(self.idle_after, lasts, now) {
                 continue;
             }
             if !part.spoke || !part.settled {
@@ -46,6 +47,7 @@ impl Feeder {
     pub(super) fn unconfirmed(&self, now: Instant) -> Vec<String> {
         self.parts
             .iter()
+            .filter(|p| !p.paused)
             .filter_map(|p| p.unconfirmed(self.idle_after, self.idle_lasts, now))
             .collect()
     }
@@ -103,6 +105,7 @@ impl Feeder {
             .parts
             .iter()
             .enumerate()
+            .filter(|(_, p)| !p.paused)
             .filter(|(_, p)| {
                 let silent = now.duration_since(p.last_seen);
                 let settling = !p.settled && (silent >= quiet || waited(now));

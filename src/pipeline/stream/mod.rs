@@ -65,7 +65,8 @@
 //! - `feeder`: a worker's input side (decoding, epochs, the input stage, advances), over its
 //!   partitions as `partition` tracks them (watermarks, held and replayed records, idleness);
 //!   `idleness`: the mark a worker's partitions allow and which silent ones are idle, asking
-//!   the broker on a thread of `watermarks` whether they are caught up;
+//!   the broker on a thread of `watermarks` whether they are caught up; `throttle`: the
+//!   partitions paused while the worker holds `kafka.max_held_events` events for later epochs;
 //! - `beacon`: the watermarks the workers share, and the target they agree on;
 //! - `outbox`: what the workers send each other, through the dataflow;
 //! - `merger`: each process merges its workers' changed series ([`Changed`]), and worker 0's
@@ -96,6 +97,7 @@ mod merger;
 mod options;
 mod outbox;
 mod partition;
+mod throttle;
 mod watermarks;
 mod worker;
 

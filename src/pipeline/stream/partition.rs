@@ -32,6 +32,11 @@ pub(super) struct PartState {
     /// Read to the end it had when the worker started (a reference partition; a timed one
     /// starts settled). Until then it holds event time back: see [`PartState::settles`].
     pub(super) settled: bool,
+    /// Paused, so that the worker holds at most `kafka.max_held_events` (see `throttle`): its
+    /// silence is not idleness.
+    pub(super) paused: bool,
+    /// Records read since it was last resumed (or since the start).
+    pub(super) since_resumed: usize,
     /// The next offset to read.
     pub(super) next_offset: i64,
     /// Offsets of events read but still buffered for a later epoch.
@@ -165,31 +170,40 @@ impl PartState {
     }
 }
 
+/// For tests: partition 3 of `kind`'s topic, which spoke (event time 0, next offset 10) and
+/// was last seen at `last_seen`.
+#[cfg(test)]
+pub(super) fn spoken(kind: FileKind, last_seen: Instant) -> PartState {
+    let counter = || prometheus::IntCounter::new("c", "c").unwrap();
+    PartState {
+        part: Partition {
+            kind,
+            topic: kind.name().into(),
+            partition: 3,
+        },
+        max_ts: Some(0),
+        last_seen,
+        spoke: true,
+        settled: true,
+        paused: false,
+        since_resumed: 0,
+        next_offset: 10,
+        held: BTreeSet::new(),
+        committed: 0,
+        idle_checked: None,
+        consumed_metric: counter(),
+        lost_metric: counter(),
+        skip_below: 0,
+        replay: HashSet::new(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn silent_since(last_seen: Instant) -> PartState {
-        let counter = || prometheus::IntCounter::new("c", "c").unwrap();
-        PartState {
-            part: Partition {
-                kind: FileKind::Sales,
-                topic: "sales".into(),
-                partition: 3,
-            },
-            max_ts: Some(0),
-            last_seen,
-            spoke: true,
-            settled: true,
-            next_offset: 10,
-            held: BTreeSet::new(),
-            committed: 0,
-            idle_checked: None,
-            consumed_metric: counter(),
-            lost_metric: counter(),
-            skip_below: 0,
-            replay: HashSet::new(),
-        }
+        spoken(FileKind::Sales, last_seen)
     }
 
     #[test]
@@ -235,9 +249,7 @@ mod tests {
     fn a_reference_partition_settles_on_an_answer_asked_after_a_silence_or_a_long_wait() {
         let s = Duration::from_secs;
         let t0 = Instant::now() + s(10);
-        let mut p = silent_since(t0);
-        p.part.kind = FileKind::Catalog;
-        p.part.topic = "catalog".into();
+        let mut p = spoken(FileKind::Catalog, t0);
         p.settled = false;
         // Asked while records were still coming: not settled, unless the worker waited long.
         assert!(!p.settles(t0, s(1), false));

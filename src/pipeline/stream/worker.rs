@@ -82,6 +82,8 @@ pub(super) fn work(
                 last_seen: started,
                 spoke: false,
                 settled: !part.kind.is_reference(),
+                paused: false,
+                since_resumed: 0,
                 next_offset: 0,
                 held: BTreeSet::new(),
                 committed,
@@ -122,6 +124,8 @@ pub(super) fn work(
         idle_after,
         recheck,
         started,
+        max_held: cfg.kafka.max_held_events,
+        throttling: false,
     };
     let max_future = cfg.max_future_secs;
 
@@ -172,7 +176,7 @@ pub(super) fn work(
     let mut last_told = Instant::now();
     // When this worker drained (with `exit_when_idle`): it reads no more.
     let mut drained_at: Option<Instant> = None;
-    let mut shown = (0i64, 0i64);
+    let mut shown = (0i64, 0i64, 0i64);
     loop {
         let draining = drained_at.is_some();
         let peer_stopping = board
@@ -215,6 +219,13 @@ pub(super) fn work(
         last_poll = Instant::now();
         feeder.future_limit = chrono::Utc::now().timestamp().saturating_add(max_future);
         let mut got = 0;
+        // The cluster's mark, with this worker's as it is now.
+        let cluster =
+            |feeder: &Feeder, now| lowest_with(&board.borrow(), (index, feeder.mark(now)));
+        if !draining && !full {
+            // What waits for later epochs is bounded: the partitions ahead pause at the cap.
+            feeder.throttle(&mut *source, cluster(&feeder, last_poll), last_poll);
+        }
         while !draining && !full && got < POLL_BATCH {
             let wait = if got == 0 {
                 Duration::from_millis(2)
@@ -227,7 +238,13 @@ pub(super) fn work(
                     tracing::warn!(worker = index, error = %e, "reading the input");
                     break;
                 }
-                Some(Ok(())) => got += 1,
+                Some(Ok(())) => {
+                    got += 1;
+                    if feeder.at_cap() {
+                        let now = Instant::now();
+                        feeder.throttle(&mut *source, cluster(&feeder, now), now);
+                    }
+                }
             }
         }
         if let Some(why) = source.failed() {
@@ -459,6 +476,16 @@ fn tell_waiting(
     now: Instant,
 ) {
     let Some(at) = drained_at else {
+        if feeder.throttling {
+            tracing::warn!(
+                worker = index,
+                held = feeder.held_events(),
+                cap = feeder.max_held,
+                paused = ?feeder.paused(),
+                "events wait for epochs that cannot close yet: at kafka.max_held_events, the \
+                 partitions ahead are paused until event time catches up"
+            );
+        }
         let silent = feeder.unconfirmed(now);
         if !silent.is_empty() {
             tracing::warn!(

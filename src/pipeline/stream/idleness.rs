@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use super::beacon::Mark;
 use super::feeder::Feeder;
-use super::options::{SETTLE_QUIET, SETTLE_RECHECK};
+use super::options::{SETTLE_QUIET, SETTLE_RECHECK, SETTLE_WAIT_MIN};
 use super::partition::*;
 use super::watermarks::Watermarks;
 
@@ -65,8 +65,13 @@ impl Feeder {
     /// about longest ago first, so on a slow broker every partition gets its turn.
     pub(super) fn check_idle(&mut self, probe: &mut Watermarks, now: Instant) {
         let quiet = self.idle_after.min(SETTLE_QUIET);
-        let (started, idle_after) = (self.started, self.idle_after);
-        let waited = |at: Instant| at.saturating_duration_since(started) >= idle_after;
+        // Held in memory (no idle timeout), a partition's end is exact: no wait.
+        let wait = match self.idle_after.is_zero() {
+            true => Duration::ZERO,
+            false => self.idle_after.max(SETTLE_WAIT_MIN),
+        };
+        let started = self.started;
+        let waited = |at: Instant| at.saturating_duration_since(started) >= wait;
         for answer in probe.answers() {
             let Some(part) = self.parts.get_mut(answer.part) else {
                 continue;

@@ -95,7 +95,8 @@ impl PartState {
     /// is caught up, at a moment when the partition had been silent for `quiet` (a broker may
     /// report a partition's end early, as the start of its last batch, and a short silence
     /// says that batch was not on its way), or whenever it is asked once the worker has run
-    /// for the idle timeout (a partition updated without pause is never silent).
+    /// for the idle timeout, and at least 10 s (a partition updated without pause is never
+    /// silent; see `options::SETTLE_WAIT_MIN`).
     pub(super) fn settles(&self, asked: Instant, quiet: Duration, waited: bool) -> bool {
         waited || asked.saturating_duration_since(self.last_seen) >= quiet
     }

@@ -65,11 +65,7 @@ impl Feeder {
     /// about longest ago first, so on a slow broker every partition gets its turn.
     pub(super) fn check_idle(&mut self, probe: &mut Watermarks, now: Instant) {
         let quiet = self.idle_after.min(SETTLE_QUIET);
-        // Held in memory (no idle timeout), a partition's end is exact: no wait.
-        let wait = match self.idle_after.is_zero() {
-            true => Duration::ZERO,
-            false => self.idle_after.max(SETTLE_WAIT_MIN),
-        };
+        let wait = settle_wait(self.idle_after);
         let started = self.started;
         let waited = |at: Instant| at.saturating_duration_since(started) >= wait;
         for answer in probe.answers() {
@@ -128,5 +124,29 @@ impl Feeder {
         if let Some((i, p)) = due {
             probe.ask(i, &p.part);
         }
+    }
+}
+
+/// How long a worker runs before a reference partition that is never quiet settles on the
+/// broker's word alone: the idle timeout `idle_after`, and at least [`SETTLE_WAIT_MIN`] (see
+/// there). Input held in memory has no idle timeout and exact ends: no wait.
+fn settle_wait(idle_after: Duration) -> Duration {
+    match idle_after.is_zero() {
+        true => Duration::ZERO,
+        false => idle_after.max(SETTLE_WAIT_MIN),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reference_partition_never_quiet_settles_after_the_idle_timeout_and_at_least_10_s() {
+        let s = Duration::from_secs;
+        // The bench's 1 s idle timeout: tansu's early ends could settle a partition mid-batch.
+        assert_eq!(settle_wait(s(1)), s(10));
+        assert_eq!(settle_wait(s(30)), s(30));
+        assert_eq!(settle_wait(Duration::ZERO), Duration::ZERO);
     }
 }

@@ -108,6 +108,9 @@ pub(super) struct Feeder {
     pub(super) max_held: usize,
     /// Whether it held that many and paused the partitions ahead (see `throttle`).
     pub(super) throttling: bool,
+    /// Events held for a later epoch: the sum of the partitions' `held`, kept as they change
+    /// (it is read after every record).
+    pub(super) held_total: usize,
 }
 
 /// What a worker's input may do at an advance, given the checkpoint schedule.
@@ -324,7 +327,9 @@ impl Feeder {
         part.max_ts = Some(part.max_ts.map_or(ts, |m| m.max(ts)));
         self.max_epoch = self.max_epoch.max(Some(epoch));
         if epoch > self.input.epoch() {
-            part.held.insert(msg.offset);
+            if part.held.insert(msg.offset) {
+                self.held_total += 1;
+            }
             self.count(p, epoch);
             self.pending
                 .entry(epoch)
@@ -410,7 +415,9 @@ impl Feeder {
             }
             if let Some(events) = self.pending.remove(&stop) {
                 for (p, offset, event) in events {
-                    self.parts[p].held.remove(&offset);
+                    if self.parts[p].held.remove(&offset) {
+                        self.held_total -= 1;
+                    }
                     if let Err(why) = self.input.apply(&event) {
                         // Cannot happen for an event buffered for a later epoch; kept loud.
                         tracing::error!(?why, "buffered event refused");

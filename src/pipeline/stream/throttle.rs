@@ -25,7 +25,11 @@ use crate::pipeline::source::Source;
 impl Feeder {
     /// Events read and held for a later epoch.
     pub(super) fn held_events(&self) -> usize {
-        self.parts.iter().map(|p| p.held.len()).sum()
+        debug_assert_eq!(
+            self.held_total,
+            self.parts.iter().map(|p| p.held.len()).sum::<usize>()
+        );
+        self.held_total
     }
 
     /// Whether the worker should look at its pauses again after a record: it reached the cap,

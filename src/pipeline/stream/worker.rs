@@ -126,6 +126,7 @@ pub(super) fn work(
         started,
         max_held: cfg.kafka.max_held_events,
         throttling: false,
+        held_total: 0,
     };
     let max_future = cfg.max_future_secs;
 

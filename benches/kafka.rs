@@ -20,7 +20,8 @@
 //! The worker runs once per `[output] catch_up` setting (`--catch-up latest|every_epoch|both`,
 //! default both), each under a group of its own over the same topics; `--model DIR` scores
 //! with a trained model instead of the baseline, `--scoring-batch N` sets
-//! `forecast.scoring_batch`.
+//! `forecast.scoring_batch`, and `--client KEY=VALUE` (repeatable) adds a `[kafka.client]`
+//! property (librdkafka's) for every client of the run, to compare client settings.
 //! With `--checkpoint-every N`, the worker checkpoints into a temporary directory at every N-th
 //! epoch (and at least `--checkpoint-interval` seconds apart, default 0), and a second run on
 //! the same topics restores the last checkpoint and drains: its time is a restart's, against
@@ -105,6 +106,13 @@ fn main() {
     }
     if let Some(n) = text_arg(&args, "--scoring-batch") {
         config.forecast.scoring_batch = Some(n.parse().expect("--scoring-batch: a number"));
+    }
+    for (i, _) in args.iter().enumerate().filter(|(_, a)| *a == "--client") {
+        let Some((k, v)) = args.get(i + 1).and_then(|kv| kv.split_once('=')) else {
+            eprintln!("--client: expected KEY=VALUE");
+            std::process::exit(2);
+        };
+        config.kafka.client.insert(k.into(), v.into());
     }
     let mart = args.iter().any(|a| a == "--mart");
     let cfg = config.resolve(Path::new("<bench>")).expect("config");
@@ -248,6 +256,10 @@ fn cluster_run(cfg: &stockcast::config::Resolved, processes: usize) {
         cfg.kafka.brokers, cfg.kafka.group_id, cfg.kafka.idle_timeout_secs, t.sales, t.stock,
         t.catalog, t.stores, t.promotions, t.prices, t.forecasts, t.epochs, t.dead_letters
     );
+    let client: String = (cfg.kafka.client.iter())
+        .map(|(k, v)| format!("{k:?} = {v:?}\n"))
+        .collect();
+    let text = format!("{text}[kafka.client]\n{client}");
     std::fs::write(&file, text).expect("config file");
     let hosts = dir.path().join("hosts");
     let ports: Vec<u16> = (0..processes)

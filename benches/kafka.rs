@@ -22,6 +22,8 @@
 //! with a trained model instead of the baseline, `--scoring-batch N` sets
 //! `forecast.scoring_batch`, and `--client KEY=VALUE` (repeatable) adds a `[kafka.client]`
 //! property (librdkafka's) for every client of the run, to compare client settings.
+//! Beside the worker's CPU seconds it prints the broker's, when the broker is the one
+//! `scripts/kafka-broker.sh` started on this machine (it shares the cores).
 //! With `--checkpoint-every N`, the worker checkpoints into a temporary directory at every N-th
 //! epoch (and at least `--checkpoint-interval` seconds apart, default 0), and a second run on
 //! the same topics restores the last checkpoint and drains: its time is a restart's, against
@@ -39,7 +41,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Instant;
 
-use common::{arg, children_cpu_secs, cpu_secs, load, postgres_admin, text_arg};
+use common::{arg, broker_cpu_secs, children_cpu_secs, cpu_secs, load, postgres_admin, text_arg};
 use stockcast::config::{CatchUp, Config};
 use stockcast::generate::{self, Params};
 use stockcast::kafka::{self, load as publish};
@@ -174,6 +176,7 @@ fn main() {
         }
         println!("catch_up = \"{}\", load before: {}", mode.name(), load());
         let cpu0 = cpu_secs();
+        let broker0 = broker_cpu_secs();
         let started = Instant::now();
         let opts = options();
         let progress = Arc::clone(&opts.progress);
@@ -197,8 +200,9 @@ fn main() {
             run.stats.late
         );
         println!(
-            "  wall {wall:.2} s (of which {} s idle timeout), CPU {cpu:.2} s",
-            cfg.kafka.idle_timeout_secs
+            "  wall {wall:.2} s (of which {} s idle timeout), CPU {cpu:.2} s{}",
+            cfg.kafka.idle_timeout_secs,
+            broker_share(broker0)
         );
         println!(
             "  catch_up = \"{}\": consumed {:.0} events/s, wrote {:.0} forecast records/s, {:.0} events per CPU-s",
@@ -276,6 +280,7 @@ fn cluster_run(cfg: &stockcast::config::Resolved, processes: usize) {
         load()
     );
     let cpu0 = children_cpu_secs();
+    let broker0 = broker_cpu_secs();
     let started = Instant::now();
     let logs: Vec<std::path::PathBuf> = (0..processes)
         .map(|p| dir.path().join(format!("process-{p}.log")))
@@ -327,12 +332,22 @@ fn cluster_run(cfg: &stockcast::config::Resolved, processes: usize) {
     }
     let busy = (wall - cfg.kafka.idle_timeout_secs as f64).max(1e-9);
     println!(
-        "  forecast records written per process: {written:?}; wall {wall:.2} s ({} s idle timeout), CPU {cpu:.2} s (all processes)",
-        cfg.kafka.idle_timeout_secs
+        "  forecast records written per process: {written:?}; wall {wall:.2} s ({} s idle timeout), CPU {cpu:.2} s (all processes){}",
+        cfg.kafka.idle_timeout_secs,
+        broker_share(broker0)
     );
     println!(
         "  {processes} process(es): {:.0} forecast records/s in all, {:.0} per process",
         total as f64 / busy,
         total as f64 / busy / processes as f64
     );
+}
+
+/// The CPU the test broker took since `before` (its [`broker_cpu_secs`] then), for the line
+/// that gives the worker's: it runs on the same cores.
+fn broker_share(before: Option<f64>) -> String {
+    match (before, broker_cpu_secs()) {
+        (Some(before), Some(now)) => format!(", the broker's CPU {:.2} s", now - before),
+        _ => String::new(),
+    }
 }

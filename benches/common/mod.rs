@@ -14,6 +14,16 @@ pub fn cpu_secs() -> f64 {
     stat_secs(11)
 }
 
+/// CPU seconds (user + system) of the test broker `scripts/kafka-broker.sh` started (its pid
+/// file in `STOCKCAST_BROKER_DIR`, default `target/kafka-broker`), if it runs on this machine:
+/// it shares the cores with the worker.
+pub fn broker_cpu_secs() -> Option<f64> {
+    let dir = std::env::var("STOCKCAST_BROKER_DIR")
+        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/target/kafka-broker").into());
+    let pid = std::fs::read_to_string(format!("{dir}/broker.pid")).ok()?;
+    proc_stat_secs(&format!("/proc/{}/stat", pid.trim()), 11)
+}
+
 /// CPU seconds (user + system) of this process's children that were waited for.
 pub fn children_cpu_secs() -> f64 {
     stat_secs(13)
@@ -22,14 +32,15 @@ pub fn children_cpu_secs() -> f64 {
 /// The sum of two adjacent clock-tick fields of /proc/self/stat (100 Hz), counted from the
 /// field after the command name: utime and stime at 11, cutime and cstime at 13.
 fn stat_secs(first: usize) -> f64 {
-    std::fs::read_to_string("/proc/self/stat")
-        .ok()
-        .and_then(|s| {
-            let rest = s.rsplit_once(')')?.1;
-            let f: Vec<&str> = rest.split_whitespace().collect();
-            Some((f[first].parse::<f64>().ok()? + f[first + 1].parse::<f64>().ok()?) / 100.0)
-        })
-        .unwrap_or(f64::NAN)
+    proc_stat_secs("/proc/self/stat", first).unwrap_or(f64::NAN)
+}
+
+/// [`stat_secs`] of the process whose stat file is `path`.
+fn proc_stat_secs(path: &str, first: usize) -> Option<f64> {
+    let s = std::fs::read_to_string(path).ok()?;
+    let rest = s.rsplit_once(')')?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    Some((f.get(first)?.parse::<f64>().ok()? + f.get(first + 1)?.parse::<f64>().ok()?) / 100.0)
 }
 
 /// Peak resident set size of this process, KiB.

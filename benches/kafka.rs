@@ -260,9 +260,7 @@ fn cluster_run(cfg: &stockcast::config::Resolved, processes: usize) {
         cfg.kafka.brokers, cfg.kafka.group_id, cfg.kafka.idle_timeout_secs, t.sales, t.stock,
         t.catalog, t.stores, t.promotions, t.prices, t.forecasts, t.epochs, t.dead_letters
     );
-    let client: String = (cfg.kafka.client.iter())
-        .map(|(k, v)| format!("{k:?} = {v:?}\n"))
-        .collect();
+    let client = toml::to_string(&cfg.kafka.client).expect("[kafka.client] as TOML");
     let text = format!("{text}[kafka.client]\n{client}");
     std::fs::write(&file, text).expect("config file");
     let hosts = dir.path().join("hosts");

@@ -8,10 +8,12 @@
 //! cargo bench --bench kafka -- --checkpoint-every 96 --checkpoint-interval 0
 //! cargo bench --bench kafka -- --catch-up latest --model models/daily
 //! cargo bench --bench kafka -- --stores 400 --skus 500 --days 2 --processes 1,2
-//! cargo bench --bench kafka -- --mart
+//! cargo bench --bench kafka -- --mart --mart-connections 1
 //! ```
 //! With `--mart` the worker writes to a PostgreSQL mart as well as to Kafka (a database of the
-//! run's own on `STOCKCAST_TEST_POSTGRES`'s server, dropped at the end; in-process runs only).
+//! run's own on `STOCKCAST_TEST_POSTGRES`'s server, dropped at the end; in-process runs only),
+//! over `--mart-connections N` connections (default `[postgres] connections`'s), and prints the
+//! server's CPU seconds when it runs on this machine.
 //! With `--processes 1,2` the worker runs as that many `stockcast run` processes of one worker
 //! each (a timely cluster on loopback) instead of in this process, once per count, each under a
 //! group of its own; it prints the forecast records every process wrote per second of the
@@ -22,6 +24,9 @@
 //! with a trained model instead of the baseline, `--scoring-batch N` sets
 //! `forecast.scoring_batch`, and `--client KEY=VALUE` (repeatable) adds a `[kafka.client]`
 //! property (librdkafka's) for every client of the run, to compare client settings.
+//! In process it also prints where the output path's time went: each sink's writes
+//! (`stockcast_sink_write_seconds`), the wait for the scoring threads, and how long the workers
+//! stopped reading because the output path was behind (`stockcast_input_paused_seconds_total`).
 //! Beside the worker's CPU seconds it prints the broker's, when the broker is the one
 //! `scripts/kafka-broker.sh` started on this machine (it shares the cores).
 //! With `--checkpoint-every N`, the worker checkpoints into a temporary directory at every N-th
@@ -41,7 +46,10 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Instant;
 
-use common::{arg, broker_cpu_secs, children_cpu_secs, cpu_secs, load, postgres_admin, text_arg};
+use common::{
+    arg, broker_cpu_secs, children_cpu_secs, cpu_secs, load, postgres_admin, postgres_cpu_secs,
+    text_arg,
+};
 use stockcast::config::{CatchUp, Config};
 use stockcast::generate::{self, Params};
 use stockcast::kafka::{self, load as publish};
@@ -173,10 +181,12 @@ fn main() {
         if let Some(db) = &db {
             postgres_admin(&format!("CREATE DATABASE {db}"));
             cfg.postgres.url = format!("host=127.0.0.1 user=postgres dbname={db}");
+            cfg.postgres.connections = arg(&args, "--mart-connections", cfg.postgres.connections);
         }
         println!("catch_up = \"{}\", load before: {}", mode.name(), load());
         let cpu0 = cpu_secs();
         let broker0 = broker_cpu_secs();
+        let postgres0 = db.as_ref().and_then(|_| postgres_cpu_secs());
         let started = Instant::now();
         let opts = options();
         let progress = Arc::clone(&opts.progress);
@@ -200,9 +210,13 @@ fn main() {
             run.stats.late
         );
         println!(
-            "  wall {wall:.2} s (of which {} s idle timeout), CPU {cpu:.2} s{}",
+            "  wall {wall:.2} s (of which {} s idle timeout), CPU {cpu:.2} s{}{}",
             cfg.kafka.idle_timeout_secs,
-            broker_share(broker0)
+            broker_share(broker0),
+            match (postgres0, postgres_cpu_secs()) {
+                (Some(before), Some(now)) => format!(", PostgreSQL's CPU {:.2} s", now - before),
+                _ => String::new(),
+            }
         );
         println!(
             "  catch_up = \"{}\": consumed {:.0} events/s, wrote {:.0} forecast records/s, {:.0} events per CPU-s",
@@ -211,6 +225,7 @@ fn main() {
             run.stats.forecasts as f64 / busy,
             consumed as f64 / cpu.max(1e-9)
         );
+        println!("  {}", stage_seconds(&progress.metrics));
         if let Some(db) = &db {
             postgres_admin(&format!("DROP DATABASE {db} WITH (FORCE)"));
             // The checkpoint restart below writes to Kafka only.
@@ -244,6 +259,33 @@ fn main() {
         );
     }
     println!("load after: {}", load());
+}
+
+/// Where the output path's time went: each sink's writes, the wait for the scoring threads,
+/// and how long the workers stopped reading for the output path.
+fn stage_seconds(m: &stockcast::metrics::Metrics) -> String {
+    let sinks: Vec<String> = ["postgres", "redis", "kafka"]
+        .iter()
+        .filter_map(|sink| {
+            let h = m
+                .sink_write_seconds
+                .get_metric_with_label_values(&[sink])
+                .ok()?;
+            (h.get_sample_count() > 0).then(|| {
+                format!(
+                    "{sink} {:.2} s in {} writes",
+                    h.get_sample_sum(),
+                    h.get_sample_count()
+                )
+            })
+        })
+        .collect();
+    format!(
+        "output path: sinks' writes {}; waited for scoring {:.2} s; input held back {:.2} worker-s",
+        sinks.join(", "),
+        m.scoring_seconds.get_sample_sum(),
+        m.input_paused_seconds.get()
+    )
 }
 
 /// Runs the worker as `processes` processes of one worker each, until every partition is idle;

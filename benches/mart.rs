@@ -11,7 +11,9 @@ mod common;
 
 use std::time::Instant;
 
-use common::{arg, cpu_secs, forecast_record as record, load, postgres_admin as admin};
+use common::{
+    arg, cpu_secs, forecast_record as record, load, postgres_admin as admin, postgres_cpu_secs,
+};
 use stockcast::mart::Mart;
 use stockcast::records::{EpochRecord, ForecastRecord};
 
@@ -48,6 +50,7 @@ fn main() {
         let mut mart = Mart::connect(&url).expect("connect");
         let load_before = load();
         let cpu0 = cpu_secs();
+        let server0 = postgres_cpu_secs();
         let started = Instant::now();
         for (records, progress) in &batches {
             mart.write(records, std::slice::from_ref(progress))
@@ -55,10 +58,14 @@ fn main() {
         }
         let secs = started.elapsed().as_secs_f64();
         let cpu = cpu_secs() - cpu0;
+        let server = match (server0, postgres_cpu_secs()) {
+            (Some(before), Some(now)) => format!("; the server {:.2} CPU-s", now - before),
+            _ => String::new(),
+        };
         drop(mart);
         admin(&format!("DROP DATABASE {db} WITH (FORCE)"));
         println!(
-            "  {:.0} records/s ({secs:.2} s; the writer {cpu:.2} CPU-s; load {load_before})",
+            "  {:.0} records/s ({secs:.2} s; the writer {cpu:.2} CPU-s{server}; load {load_before})",
             (n * advances) as f64 / secs
         );
     }

@@ -219,6 +219,14 @@ pub struct PostgresConfig {
     /// partitions of `stockcast_forecast_history` are dropped. 0 keeps everything.
     #[serde(default = "default_history_retention")]
     pub history_retention_days: u32,
+    /// Connections writing each part of an advance at once, every series always over the
+    /// same one (1 to 16).
+    #[serde(default = "default_postgres_connections")]
+    pub connections: usize,
+}
+
+fn default_postgres_connections() -> usize {
+    2
 }
 
 fn default_history_retention() -> u32 {
@@ -230,6 +238,7 @@ impl Default for PostgresConfig {
         PostgresConfig {
             url: String::new(),
             history_retention_days: default_history_retention(),
+            connections: default_postgres_connections(),
         }
     }
 }
@@ -972,6 +981,14 @@ impl Config {
                 message: format!("{days} is more than 100 years; 0 keeps everything"),
             });
         }
+        let n = self.postgres.connections;
+        if !(1..=16).contains(&n) {
+            return Err(ConfigError::Invalid {
+                file: origin.to_path_buf(),
+                field: "postgres.connections",
+                message: format!("{n}: expected 1 to 16"),
+            });
+        }
         Ok(self.postgres.clone())
     }
 
@@ -1165,6 +1182,15 @@ mod tests {
             msg.contains("c.toml") && msg.contains("output.max_held_series"),
             "{msg}"
         );
+        for n in [0, 17] {
+            let text = format!("[postgres]\nconnections = {n}\n");
+            let c = Config::parse(&text, Path::new("c.toml")).unwrap();
+            let msg = c.resolve(Path::new("c.toml")).unwrap_err().to_string();
+            assert!(
+                msg.contains("c.toml") && msg.contains("postgres.connections"),
+                "{msg}"
+            );
+        }
     }
 
     #[test]

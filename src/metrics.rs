@@ -5,8 +5,8 @@
 //! series at a time). Never a store or SKU.
 
 use prometheus::{
-    Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
-    Opts, Registry, TextEncoder,
+    Counter, Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Every reason a record can be dead-lettered for: decoding (see
@@ -90,6 +90,9 @@ pub struct Metrics {
     pub forecasts_superseded: IntCounter,
     /// Times a worker stopped reading because its process held `[output] max_held_series`.
     pub input_paused: IntCounter,
+    /// Seconds the workers did not read because their process held `[output]
+    /// max_held_series`, or too many advances waited to be closed.
+    pub input_paused_seconds: Counter,
     /// Events this process's workers read and hold for epochs that cannot close yet.
     pub held_events: IntGauge,
     /// Partitions paused because their worker held `kafka.max_held_events`.
@@ -104,6 +107,8 @@ pub struct Metrics {
     pub sink_failures: IntCounterVec,
     /// Writes retried, by sink.
     pub sink_retries: IntCounterVec,
+    /// Seconds a sink took to write a part of an advance, retries included, by sink.
+    pub sink_write_seconds: HistogramVec,
     /// Commits of this process's input offsets.
     pub offset_commits: IntCounter,
     /// 1 for the forecaster scoring now, labelled with its name and version.
@@ -258,6 +263,12 @@ impl Metrics {
                 "Times a worker stopped reading and feeding the dataflow because its process held \
                  [output] max_held_series changed series its sinks had not written."
             )),
+            input_paused_seconds: reg!(Counter::new(
+                "stockcast_input_paused_seconds_total",
+                "Seconds the workers spent not reading (summed over workers) because their \
+                 process held [output] max_held_series changed series its sinks had not written, \
+                 or 64 advances waited to be closed: how long the output path held the input back."
+            )),
             held_events: reg!(IntGauge::new(
                 "stockcast_held_events",
                 "Events this process's workers read and hold for epochs that cannot close yet \
@@ -291,6 +302,16 @@ impl Metrics {
             sink_retries: reg!(counter_vec(
                 "stockcast_sink_retries_total",
                 "Writes retried, by sink.",
+                &["sink"]
+            )),
+            sink_write_seconds: reg!(HistogramVec::new(
+                HistogramOpts::new(
+                    "stockcast_sink_write_seconds",
+                    "Seconds a sink took to write one part of an advance (up to 16,384 forecasts, \
+                     or its progress records), from the first attempt to the acknowledgement, \
+                     retries included; by sink."
+                )
+                .buckets(seconds_buckets()),
                 &["sink"]
             )),
             offset_commits: reg!(IntCounter::new(
@@ -437,6 +458,9 @@ mod tests {
         m.sink_writes.with_label_values(&["kafka"]).inc();
         m.sink_failures.with_label_values(&["kafka"]);
         m.sink_retries.with_label_values(&["kafka"]);
+        m.sink_write_seconds
+            .with_label_values(&["kafka"])
+            .observe(0.1);
         m.set_model("baseline-ma", "1");
         m.set_model("stockcast-mlp", "abc");
         let text = m.render();

@@ -244,7 +244,65 @@ fn an_advance_lands_atomically_and_a_retry_writes_nothing_twice() {
     );
 }
 
-/// The history names of the partitions that exist, in order.
+/// A part of an advance split by series over several connections: every record lands once,
+/// each series' newest wins in the current table, the progress row comes after, and a retry
+/// writes nothing twice.
+#[test]
+fn a_part_written_over_several_connections_lands_once_and_the_newest_wins() {
+    use stockcast::output::{postgres::MartSink, Advance, Context, Sink, Stats, Stopping};
+    let _guard = SERVER.lock().unwrap_or_else(|e| e.into_inner());
+    let rt = runtime();
+    let (url, _db) = fresh_database(&rt, "split");
+    let cfg = stockcast::config::PostgresConfig {
+        url: url.clone(),
+        connections: 3,
+        ..Default::default()
+    };
+    let mut sink = MartSink::new(&cfg).unwrap();
+    // 3,000 series each at two epochs on two days (an every_epoch backfill), in epoch order.
+    let n = 3000usize;
+    let at = |end: &'static str, qty: f64| (0..n).map(move |i| record(i % 50, i / 50, end, qty));
+    let forecasts: Vec<ForecastRecord> = at("2024-01-01T00:15:00Z", 1.0)
+        .chain(at("2024-01-02T00:15:00Z", 2.0))
+        .collect();
+    let part = Advance {
+        forecasts,
+        ..Advance::default()
+    };
+    let closing = Advance {
+        progress: vec![progress("2024-01-02T00:15:00Z", 2, n as u64)],
+        ..Advance::default()
+    };
+    let progress_state = stockcast::pipeline::progress::Progress::default();
+    let stop = Stopping::new(Arc::new(AtomicBool::new(false)));
+    let mut stats = Stats::default();
+    let mut cx = Context {
+        progress: &progress_state,
+        stop: &stop,
+        stats: &mut stats,
+    };
+    for _ in 0..2 {
+        // The second time round is a retry: nothing changes.
+        assert_eq!(sink.write(&part, &mut cx).unwrap(), 2 * n as u64);
+        assert_eq!(sink.write(&closing, &mut cx).unwrap(), 1);
+        assert_eq!(
+            count(&rt, &url, "SELECT count(*) FROM stockcast_forecast_history"),
+            2 * n as i64
+        );
+        let current = "SELECT count(*) FROM stockcast_forecasts
+            WHERE epoch_end = '2024-01-02T00:15:00Z' AND order_qty = 2";
+        assert_eq!(count(&rt, &url, current), n as i64);
+        assert_eq!(
+            count(&rt, &url, "SELECT count(*) FROM stockcast_forecasts"),
+            n as i64
+        );
+        assert_eq!(count(&rt, &url, "SELECT count(*) FROM stockcast_epochs"), 1);
+    }
+    // Every connection wrote its share, in a transaction of its own.
+    let transactions = "SELECT count(DISTINCT xmin::text) FROM stockcast_forecast_history";
+    assert_eq!(count(&rt, &url, transactions), 3);
+}
+
 /// A server that accepts the connection and never answers fails each attempt once the answer
 /// timeout passed, so the retry (and a stop) can take over, instead of stalling the worker.
 #[test]

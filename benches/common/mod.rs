@@ -24,6 +24,34 @@ pub fn broker_cpu_secs() -> Option<f64> {
     proc_stat_secs(&format!("/proc/{}/stat", pid.trim()), 11)
 }
 
+/// CPU seconds (user + system) of the PostgreSQL server on this machine, if one runs here: its
+/// processes' own, and those its postmaster reaped (a backend that exited took its CPU time
+/// there). It shares the cores with the worker.
+pub fn postgres_cpu_secs() -> Option<f64> {
+    let mut total = None;
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let path = entry.path().join("stat");
+        let Ok(stat) = std::fs::read_to_string(&path) else {
+            continue;
+        };
+        if !stat.contains("(postgres)") {
+            continue;
+        }
+        let path = path.to_string_lossy();
+        let mut secs = proc_stat_secs(&path, 11).unwrap_or(0.0);
+        // The postmaster: its parent is not a postgres process.
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, r)| r.split_whitespace().nth(1));
+        let parent = ppid.and_then(|p| std::fs::read_to_string(format!("/proc/{p}/stat")).ok());
+        if !parent.is_some_and(|p| p.contains("(postgres)")) {
+            secs += proc_stat_secs(&path, 13).unwrap_or(0.0);
+        }
+        *total.get_or_insert(0.0) += secs;
+    }
+    total
+}
+
 /// CPU seconds (user + system) of this process's children that were waited for.
 pub fn children_cpu_secs() -> f64 {
     stat_secs(13)

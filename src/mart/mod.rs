@@ -14,10 +14,12 @@
 //!   rows with the record as JSON (`record`), equal to the `forecasts.jsonl` line.
 //!
 //! # Guarantees
-//! Each advance is written in one transaction: its records by one binary `COPY` into a
+//! Each call of [`Mart::write`] is one transaction: its records by one binary `COPY` into a
 //! staging table, then one `INSERT .. SELECT` into the history and one into the current table
 //! (the newest record per series), and the progress rows by one batched `INSERT .. SELECT FROM
-//! UNNEST(..)`, whatever the number of rows: a reader sees all of an advance or none of it.
+//! UNNEST(..)`, whatever the number of rows: a reader sees all of a write or none of it. The
+//! sink (`output::postgres`) writes an advance in parts, over several connections at once, and
+//! its progress rows last: an epoch is complete once its `stockcast_epochs` row is there.
 //! Writes are idempotent: the history and the epochs ignore rows they already hold and the
 //! current table keeps the newest epoch, so an advance retried after a failure (or
 //! republished after a restart) writes nothing twice. The worker commits its input
@@ -30,6 +32,7 @@ pub mod schema;
 
 pub use schema::MIGRATIONS;
 
+use std::borrow::Borrow;
 use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, SystemTime};
 
@@ -192,9 +195,9 @@ impl Mart {
 
     /// Writes one advance, its forecast `records` (in epoch order) and its progress records
     /// (one per epoch), in one transaction. Idempotent.
-    pub fn write(
+    pub fn write<R: Borrow<ForecastRecord>>(
         &mut self,
-        records: &[ForecastRecord],
+        records: &[R],
         progress: &[EpochRecord],
     ) -> Result<(), MartError> {
         let result = self.try_write(records, progress);
@@ -204,7 +207,7 @@ impl Mart {
             self.partitions.clear();
             return result;
         }
-        if let Some(newest) = records.iter().map(|r| &*r.epoch_end).max() {
+        if let Some(newest) = records.iter().map(|r| &*r.borrow().epoch_end).max() {
             if let Err(e) = self.retain(day_of(newest)?) {
                 // The write itself succeeded; the next advance tries again.
                 tracing::warn!(error = %e, "postgres: dropping old history partitions failed");
@@ -214,6 +217,25 @@ impl Mart {
         Ok(())
     }
 
+    /// `work` on the live client (connecting first, as [`Mart::client`]), failed with
+    /// [`MartError::Timeout`] after the answer timeout.
+    fn on_client<'a, T, F>(
+        &'a mut self,
+        what: &'static str,
+        work: impl FnOnce(&'a mut Client) -> F,
+    ) -> Result<T, MartError>
+    where
+        F: std::future::Future<Output = Result<T, tokio_postgres::Error>> + 'a,
+    {
+        self.client()?;
+        let limit = self.answer_timeout;
+        let Mart {
+            runtime, client, ..
+        } = self;
+        let client = client.as_mut().expect("connected above");
+        within(runtime, limit, what, work(client))
+    }
+
     /// Drops the history partitions of days more than the retention before `newest`, once
     /// per new newest day.
     fn retain(&mut self, newest: NaiveDate) -> Result<(), MartError> {
@@ -221,13 +243,7 @@ impl Mart {
             return Ok(());
         }
         let cutoff = newest - chrono::Days::new(u64::from(self.retention_days));
-        self.client()?;
-        let limit = self.answer_timeout;
-        let Mart {
-            runtime, client, ..
-        } = self;
-        let client = client.as_mut().expect("connected above");
-        let dropped = within(runtime, limit, "dropping old history partitions", async {
+        let dropped = self.on_client("dropping old history partitions", |client| async move {
             let rows = client.query(schema::LIST_PARTITIONS, &[]).await?;
             let mut dropped = Vec::new();
             for row in rows {
@@ -258,14 +274,46 @@ impl Mart {
         Ok(())
     }
 
-    fn try_write(
+    /// Creates the history partitions `records` need that this connection does not know of,
+    /// in a transaction of their own. Connections writing parts of one advance at the same
+    /// time call this on one of them first: two creating the same partition at once can fail.
+    pub fn create_partitions<R: Borrow<ForecastRecord>>(
         &mut self,
-        records: &[ForecastRecord],
-        progress: &[EpochRecord],
+        records: &[R],
     ) -> Result<(), MartError> {
         let mut days = BTreeSet::new();
-        let mut times = Vec::with_capacity(records.len());
         for r in records {
+            days.insert(day_of(&r.borrow().epoch_end)?);
+        }
+        let missing: Vec<NaiveDate> = days.difference(&self.partitions).copied().collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let days = &missing;
+        let created = self.on_client("creating history partitions", |client| async move {
+            let tx = client.transaction().await?;
+            for day in days {
+                tx.batch_execute(&schema::create_partition(*day)).await?;
+            }
+            tx.commit().await
+        });
+        if let Err(e) = created {
+            self.disconnect();
+            return Err(e);
+        }
+        self.partitions.extend(missing);
+        Ok(())
+    }
+
+    fn try_write<R: Borrow<ForecastRecord>>(
+        &mut self,
+        records: &[R],
+        progress: &[EpochRecord],
+    ) -> Result<(), MartError> {
+        let records: Vec<&ForecastRecord> = records.iter().map(Borrow::borrow).collect();
+        let mut days = BTreeSet::new();
+        let mut times = Vec::with_capacity(records.len());
+        for r in &records {
             let t = chrono::DateTime::parse_from_rfc3339(&r.epoch_end)
                 .map_err(|e| MartError::Record(format!("epoch_end {:?}: {e}", r.epoch_end)))?;
             days.insert(t.with_timezone(&chrono::Utc).date_naive());
@@ -282,15 +330,10 @@ impl Mart {
             .iter()
             .map(|p| serde_json::to_string(p).unwrap_or_default())
             .collect();
-        self.client()?;
-        let limit = self.answer_timeout;
-        let Mart {
-            runtime, client, ..
-        } = self;
-        let client = client.as_mut().expect("connected above");
-        within(runtime, limit, "writing an advance", async {
+        let days = &missing;
+        self.on_client("writing an advance", |client| async move {
             let mut tx = client.transaction().await?;
-            for day in &missing {
+            for day in days {
                 tx.batch_execute(&schema::create_partition(*day)).await?;
             }
             if !records.is_empty() {

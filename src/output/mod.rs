@@ -6,8 +6,10 @@
 //! every process:  Changed (the series its own workers changed in the epochs closed)
 //!   build::Builder::forecasts  catch_up; score (the model, or the baseline where it fails);
 //!                              plan; forecast records, 16,384 at a time ──► Advance
+//!                              (while the sinks write the previous part, on the writer thread)
 //!   every sink, at once:       retry::write_until_done(sink, &advance), a thread each
-//!       postgres::MartSink     history and current tables, one transaction
+//!       postgres::MartSink     history and current tables, a share of the series per
+//!                              connection, a transaction each
 //!       redis::CacheSink       the newest record of each series, one MULTI/EXEC
 //!       kafka::KafkaSink       stockcast.forecasts
 //!   ──► Delivered, through the dataflow to process 0
@@ -42,7 +44,7 @@ pub mod retry;
 mod sink;
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{mpsc, Arc};
 
 use crate::config::Resolved;
 use crate::display::rfc3339;
@@ -321,22 +323,64 @@ impl Handler for Outputs {
             halted,
             ..
         } = self;
-        let mut write = |chunk: &mut Advance| {
-            if let Err(halt) = write_all(sinks, chunk, progress, stop, stats) {
-                halted.get_or_insert(halt);
-                return false;
-            }
-            stats.forecasts += chunk.forecasts.len() as u64;
-            if let Ok(mut latest) = progress.latest.write() {
-                // Written everywhere: the records move into what the read API serves.
-                for r in chunk.forecasts.drain(..) {
-                    latest.insert((r.store_id.clone(), r.sku_id.clone()), r);
+        // The sinks write one chunk on a thread of their own while this thread builds the
+        // next (scoring, planning, records): the stages overlap instead of taking turns. One
+        // chunk waits between them, so at most three are held.
+        let (to_writer, chunks) = mpsc::sync_channel::<Advance>(1);
+        let progress = &**progress;
+        let writer = |halted: &mut Option<Halt>, stats: &mut Stats| {
+            for mut chunk in chunks {
+                if let Err(halt) = write_all(sinks, &chunk, progress, stop, stats) {
+                    // Dropping the receiver refuses the chunks after this one.
+                    halted.get_or_insert(halt);
+                    return;
                 }
-                progress.metrics.api_series.set(latest.len() as i64);
+                stats.forecasts += chunk.forecasts.len() as u64;
+                if let Ok(mut latest) = progress.latest.write() {
+                    // Written everywhere: the records move into what the read API serves.
+                    for r in chunk.forecasts.drain(..) {
+                        latest.insert((r.store_id.clone(), r.sku_id.clone()), r);
+                    }
+                    progress.metrics.api_series.set(latest.len() as i64);
+                }
             }
-            true
         };
-        let delivered = match builder.forecasts(changed, dict, &mut write) {
+        let built = std::thread::scope(|scope| {
+            let writing = std::thread::Builder::new()
+                .name("sink-writer".into())
+                .spawn_scoped(scope, || writer(halted, stats))
+                .map_err(|e| Halt::Fatal(format!("cannot start the sinks' writer thread: {e}")))?;
+            let mut write = |chunk: &mut Advance| {
+                let next = Advance {
+                    forecasts: std::mem::take(&mut chunk.forecasts),
+                    closed_at: chunk.closed_at,
+                    newest: chunk.newest,
+                    ..Advance::default()
+                };
+                to_writer.send(next).is_ok()
+            };
+            let built = builder.forecasts(changed, dict, &mut write);
+            drop(to_writer);
+            if writing.join().is_err() {
+                // A sink that panicked is a bug; it fails the advance like a fatal error.
+                stop.set();
+                return Err(Halt::Fatal("the sinks' writer panicked".into()));
+            }
+            Ok(built)
+        });
+        let built = match built {
+            Ok(built) => built,
+            Err(halt) => {
+                self.halt(halt);
+                return unchanged;
+            }
+        };
+        if self.halted.is_some() {
+            // A chunk was not written: the advance is not delivered.
+            self.halted_now();
+            return unchanged;
+        }
+        let delivered = match built {
             Ok(Some(d)) => d,
             Ok(None) => {
                 self.halted_now();

@@ -173,6 +173,7 @@ pub(super) fn work(
     let mut last_poll = Instant::now();
     // Whether the last iteration found the process at its limit of held series.
     let mut was_held_full = false;
+    let mut was_full = false;
     let mut last_shown = Instant::now();
     let mut last_told = Instant::now();
     // When this worker drained (with `exit_when_idle`): it reads no more.
@@ -214,6 +215,14 @@ pub(super) fn work(
         }
         was_held_full = held_full;
         let full = feeder.snapshots.len() >= MAX_OPEN_ADVANCES || held_full;
+        if was_full {
+            // Not read since the last turn: held back by the output path.
+            opts.progress
+                .metrics
+                .input_paused_seconds
+                .inc_by(gap.as_secs_f64());
+        }
+        was_full = full;
         if gap > LISTEN_GAP || full {
             feeder.not_listening(gap);
         }

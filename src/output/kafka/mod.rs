@@ -44,6 +44,9 @@ const REPLACE_AFTER_ATTEMPTS: u32 = 3;
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(30);
 /// Largest byte buffer kept for the next delivery (a chunk of forecasts takes about 25 MB).
 const SPARE_BYTES: usize = 64 << 20;
+/// Records encoded at a time ahead of the one being produced: about 750 kB, so the first
+/// batches go to the broker while the rest of a part is encoded.
+const ENCODE_AHEAD: usize = 512;
 /// Bytes of a refused record an `undeliverable` dead letter repeats.
 const UNDELIVERABLE_PREFIX_BYTES: usize = 1024;
 
@@ -115,11 +118,21 @@ pub enum ProduceError {
 }
 
 /// The records of the advance being written, and which are not acknowledged yet.
+///
+/// The advance's records are encoded as they are first produced, a block at a time, so that
+/// the broker works on the first batches while the rest are encoded: index `i` of the batch is
+/// the advance's dead letters, then its forecasts, then its progress records, in order, and the
+/// `undeliverable` notices that stand for refused records come after all of them.
 struct Delivery {
     /// Every record's key and value, one after the other: one buffer per advance instead of
     /// two allocations per record.
     bytes: Vec<u8>,
+    /// The records encoded so far.
     batch: Vec<Out>,
+    /// The advance's dead letters and forecasts: the indices below are not progress records.
+    before_progress: usize,
+    /// The advance's records (`batch` holds them all once encoded, then the notices).
+    total: usize,
     /// Indices into `batch` still to produce, increasing.
     todo: Vec<usize>,
     /// Records acknowledged so far.
@@ -151,6 +164,43 @@ impl Delivery {
             kind,
         });
         Ok(self.batch.len() - 1)
+    }
+
+    /// Whether record `i` is one of the advance's progress records.
+    fn is_progress(&self, i: usize) -> bool {
+        match i < self.total {
+            true => i >= self.before_progress,
+            false => self.batch[i].kind == OutKind::Progress,
+        }
+    }
+
+    /// Encodes the advance's records below index `end` that are not encoded yet.
+    fn encode_through(&mut self, advance: &Advance, end: usize) -> Result<(), WriteError> {
+        let encode = |e: serde_json::Error| WriteError::Fatal(Box::new(e));
+        let dead = advance.dead_letters.len();
+        while self.batch.len() < end.min(self.total) {
+            let j = self.batch.len();
+            if let Some(r) = advance.dead_letters.get(j) {
+                let key = |b: &mut Vec<u8>| {
+                    let _ = write!(b, "{}", r.source);
+                };
+                let original = r.original.clone();
+                self.push(Topic::DeadLetters, OutKind::DeadLetter, key, r, original)
+            } else if let Some(r) = advance.forecasts.get(j - dead) {
+                let key = |b: &mut Vec<u8>| {
+                    b.extend_from_slice(r.store_id.as_bytes());
+                    b.push(b':');
+                    b.extend_from_slice(r.sku_id.as_bytes());
+                };
+                self.push(Topic::Forecasts, OutKind::Forecast, key, r, None)
+            } else {
+                let r = &advance.progress[j - self.before_progress];
+                let key = |b: &mut Vec<u8>| b.extend_from_slice(r.epoch_end.as_bytes());
+                self.push(Topic::Epochs, OutKind::Progress, key, r, None)
+            }
+            .map_err(encode)?;
+        }
+        Ok(())
     }
 
     fn key(&self, i: usize) -> &[u8] {
@@ -206,48 +256,23 @@ impl KafkaSink {
         })
     }
 
-    /// The records of `advance`, dead letters and forecasts first, progress records last.
-    fn delivery(&mut self, advance: &Advance) -> Result<Delivery, WriteError> {
-        let n = advance.dead_letters.len() + advance.forecasts.len() + advance.progress.len();
+    /// A delivery of `advance`'s records, dead letters and forecasts first, progress records
+    /// last, none encoded yet.
+    fn delivery(&mut self, advance: &Advance) -> Delivery {
+        let before_progress = advance.dead_letters.len() + advance.forecasts.len();
+        let n = before_progress + advance.progress.len();
         let mut bytes = std::mem::take(&mut self.spare);
         bytes.clear();
         // A forecast record over a horizon of 28 periods is about 1.5 kB.
         bytes.reserve(n * 1536);
-        let mut d = Delivery {
+        Delivery {
             bytes,
             batch: Vec::with_capacity(n),
+            before_progress,
+            total: n,
             todo: (0..n).collect(),
             acked: 0,
-        };
-        let encode = |e: serde_json::Error| WriteError::Fatal(Box::new(e));
-        for r in &advance.dead_letters {
-            let key = |b: &mut Vec<u8>| {
-                let _ = write!(b, "{}", r.source);
-            };
-            d.push(
-                Topic::DeadLetters,
-                OutKind::DeadLetter,
-                key,
-                r,
-                r.original.clone(),
-            )
-            .map_err(encode)?;
         }
-        for r in &advance.forecasts {
-            let key = |b: &mut Vec<u8>| {
-                b.extend_from_slice(r.store_id.as_bytes());
-                b.push(b':');
-                b.extend_from_slice(r.sku_id.as_bytes());
-            };
-            d.push(Topic::Forecasts, OutKind::Forecast, key, r, None)
-                .map_err(encode)?;
-        }
-        for r in &advance.progress {
-            let key = |b: &mut Vec<u8>| b.extend_from_slice(r.epoch_end.as_bytes());
-            d.push(Topic::Epochs, OutKind::Progress, key, r, None)
-                .map_err(encode)?;
-        }
-        Ok(d)
     }
 
     fn topic(&self, topic: Topic) -> &str {
@@ -261,10 +286,15 @@ impl KafkaSink {
 
     /// Produces what `d` still holds until it is all acknowledged: first every record that is
     /// not a progress record, then the progress records.
-    fn deliver(&mut self, d: &mut Delivery, cx: &mut Context<'_>) -> Result<(), WriteError> {
+    fn deliver(
+        &mut self,
+        d: &mut Delivery,
+        advance: &Advance,
+        cx: &mut Context<'_>,
+    ) -> Result<(), WriteError> {
         loop {
             let first: Vec<usize> = (d.todo.iter().copied())
-                .filter(|&i| d.batch[i].kind != OutKind::Progress)
+                .filter(|&i| !d.is_progress(i))
                 .collect();
             let now = if first.is_empty() {
                 d.todo.clone()
@@ -274,7 +304,7 @@ impl KafkaSink {
             if now.is_empty() {
                 return Ok(());
             }
-            let failures = self.attempt(d, &now, cx)?;
+            let failures = self.attempt(d, advance, &now, cx)?;
             d.acked += (now.len() - failures.len()) as u64;
             let mut retry: Vec<usize> = Vec::new();
             let mut transient: Option<ProduceError> = None;
@@ -385,16 +415,21 @@ impl KafkaSink {
             .map_err(|e| WriteError::Fatal(Box::new(e)))
     }
 
-    /// Produces the records `todo` of `batch` once and waits for their answers; returns the
-    /// ones that failed, with the error and whether it is permanent.
+    /// Produces the records `todo` of `d` once (encoding them first where they are not yet)
+    /// and waits for their answers; returns the ones that failed, with the error and whether
+    /// it is permanent.
     fn attempt(
         &self,
-        d: &Delivery,
+        d: &mut Delivery,
+        advance: &Advance,
         todo: &[usize],
         cx: &Context<'_>,
     ) -> Result<Vec<(usize, ProduceError, bool)>, WriteError> {
-        let generation = self.producer.context().start(d.batch.len(), todo);
+        let generation = (self.producer.context()).start(d.batch.len().max(d.total), todo);
         for &i in todo {
+            if i >= d.batch.len() {
+                d.encode_through(advance, i + ENCODE_AHEAD)?;
+            }
             let out = &d.batch[i];
             let opaque = ((generation as usize) << 32) | i;
             let mut record = BaseRecord::with_opaque_to(self.topic(out.topic), opaque)
@@ -433,6 +468,8 @@ impl KafkaSink {
                 }
             }
         }
+        // All of them, before any `undeliverable` notice is added after them.
+        d.encode_through(advance, d.total)?;
         let started = Instant::now();
         while self.producer.context().outstanding() > 0 && started.elapsed() < FLUSH_TIMEOUT {
             // Short slices, so a stop is seen while the broker does not answer.
@@ -472,9 +509,9 @@ impl Sink for KafkaSink {
     fn write(&mut self, advance: &Advance, cx: &mut Context<'_>) -> Result<u64, WriteError> {
         let mut d = match self.pending.take() {
             Some(d) => d,
-            None => self.delivery(advance)?,
+            None => self.delivery(advance),
         };
-        match self.deliver(&mut d, cx) {
+        match self.deliver(&mut d, advance, cx) {
             Ok(()) => {
                 self.failures = 0;
                 // The undeliverable dead letters that stood in for refused records are out.

@@ -65,9 +65,9 @@ fn write_split(marts: &mut [Mart], records: &[ForecastRecord]) -> Result<(), Mar
             .collect();
         let mut outcome = Ok(());
         for w in writes {
-            let result = w
-                .join()
-                .unwrap_or_else(|_| Err(MartError::Record("a mart writer panicked".into())));
+            // A writer that panicked is a bug: the panic goes on to the sink's caller, which
+            // fails the advance for good.
+            let result = w.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
             if outcome.is_ok() {
                 outcome = result;
             }

@@ -38,18 +38,13 @@ pub fn write_until_done(
 ) -> Result<(), WriteError> {
     let name = sink.name();
     let started = std::time::Instant::now();
-    let progress = cx.progress;
-    let seconds = || {
-        let m = &progress.metrics.sink_write_seconds;
-        m.with_label_values(&[name])
-            .observe(started.elapsed().as_secs_f64())
-    };
     let mut attempt = 0u32;
     loop {
         let e = match sink.write(advance, cx) {
             Ok(written) => {
                 count_attempt(cx.progress, name, Some(written));
-                seconds();
+                let m = &cx.progress.metrics.sink_write_seconds;
+                (m.with_label_values(&[name])).observe(started.elapsed().as_secs_f64());
                 return Ok(());
             }
             Err(e) => e,

@@ -58,7 +58,10 @@ pub trait Sink: Send {
     }
 }
 
-/// What the output path has done so far.
+/// What the output path has done so far. In a cluster, process 0 writes every advance's
+/// progress records and dead letters, so it alone counts the epochs, progress records,
+/// records consumed, late events and dead letters, for the whole cluster; every process counts
+/// the forecasts it wrote and the offset commits it made.
 #[derive(Debug, Default, Clone)]
 pub struct Stats {
     /// Advances of the closed frontier.

@@ -44,7 +44,8 @@ pub fn write_until_done(
             Ok(written) => {
                 count_attempt(cx.progress, name, Some(written));
                 let m = &cx.progress.metrics.sink_write_seconds;
-                (m.with_label_values(&[name])).observe(started.elapsed().as_secs_f64());
+                m.with_label_values(&[name])
+                    .observe(started.elapsed().as_secs_f64());
                 return Ok(());
             }
             Err(e) => e,

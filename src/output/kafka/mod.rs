@@ -168,9 +168,10 @@ impl Delivery {
 
     /// Whether record `i` is one of the advance's progress records.
     fn is_progress(&self, i: usize) -> bool {
-        match i < self.total {
-            true => i >= self.before_progress,
-            false => self.batch[i].kind == OutKind::Progress,
+        if i < self.total {
+            i >= self.before_progress
+        } else {
+            self.batch[i].kind == OutKind::Progress
         }
     }
 
@@ -425,7 +426,10 @@ impl KafkaSink {
         todo: &[usize],
         cx: &Context<'_>,
     ) -> Result<Vec<(usize, ProduceError, bool)>, WriteError> {
-        let generation = (self.producer.context()).start(d.batch.len().max(d.total), todo);
+        let generation = self
+            .producer
+            .context()
+            .start(d.batch.len().max(d.total), todo);
         for &i in todo {
             if i >= d.batch.len() {
                 d.encode_through(advance, i + ENCODE_AHEAD)?;

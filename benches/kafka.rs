@@ -22,11 +22,12 @@
 //! The worker runs once per `[output] catch_up` setting (`--catch-up latest|every_epoch|both`,
 //! default both), each under a group of its own over the same topics; `--model DIR` scores
 //! with a trained model instead of the baseline, `--scoring-batch N` sets
-//! `forecast.scoring_batch`, and `--client KEY=VALUE` (repeatable) adds a `[kafka.client]`
+//! `forecast.scoring_batch`, `--max-held-series N` sets `[output] max_held_series`, and `--client KEY=VALUE` (repeatable) adds a `[kafka.client]`
 //! property (librdkafka's) for every client of the run, to compare client settings.
 //! In process it also prints where the output path's time went: each sink's writes
 //! (`stockcast_sink_write_seconds`), the wait for the scoring threads, and how long the workers
-//! stopped reading because the output path was behind (`stockcast_input_paused_seconds_total`).
+//! stopped reading because the output path was behind (`stockcast_input_paused_seconds_total`),
+//! and the most changed series the process held at once.
 //! Beside the worker's CPU seconds it prints the broker's, when the broker is the one
 //! `scripts/kafka-broker.sh` started on this machine (it shares the cores).
 //! With `--checkpoint-every N`, the worker checkpoints into a temporary directory at every N-th
@@ -113,6 +114,9 @@ fn main() {
     }
     if let Some(model) = text_arg(&args, "--model") {
         config.forecast.model_dir = Some(model.into());
+    }
+    if let Some(n) = text_arg(&args, "--max-held-series") {
+        config.output.max_held_series = n.parse().expect("--max-held-series: a number");
     }
     if let Some(n) = text_arg(&args, "--scoring-batch") {
         config.forecast.scoring_batch = Some(n.parse().expect("--scoring-batch: a number"));
@@ -225,7 +229,11 @@ fn main() {
             run.stats.forecasts as f64 / busy,
             consumed as f64 / cpu.max(1e-9)
         );
-        println!("  {}", stage_seconds(&progress.metrics));
+        println!(
+            "  {}; held at most {} changed series",
+            stage_seconds(&progress.metrics),
+            progress.held_series_peak()
+        );
         if let Some(db) = &db {
             postgres_admin(&format!("DROP DATABASE {db} WITH (FORCE)"));
             // The checkpoint restart below writes to Kafka only.

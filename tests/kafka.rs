@@ -156,6 +156,26 @@ fn a_process_at_its_limit_of_held_series_pauses_and_loses_nothing() {
     assert!(paused > 0, "the workers never reached the limit");
 }
 
+/// With `catch_up = "every_epoch"` a backfill read ahead of event time goes into the dataflow a
+/// step at a time, so the changed series its process holds stay near `[output]
+/// max_held_series`, however many events the workers read ahead (here every one: 40 days of
+/// the chain, about 23,000 changed series, against a limit of 2,000). Each worker may go over
+/// by a step or two: an eighth of the limit shared among the workers, or a day rollover of its
+/// 250 series.
+#[test]
+fn a_backfill_with_every_epoch_holds_about_max_held_series() {
+    let mut cfg = config("stepped", "day");
+    cfg.output.max_held_series = 2_000;
+    let progress = backfill_equals_replay(&cfg);
+    let peak = progress.held_series_peak();
+    println!("held at most {peak} changed series");
+    assert!(peak > 0);
+    assert!(
+        peak <= 3_500,
+        "held {peak} changed series at once, against [output] max_held_series = 2,000"
+    );
+}
+
 /// A worker that holds `kafka.max_held_events` events for epochs that cannot close yet pauses
 /// the partitions ahead (librdkafka stops fetching them) and resumes them as event time moves.
 /// A resumed partition must go on after the last record it handed over: nothing skipped,

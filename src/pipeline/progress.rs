@@ -37,6 +37,8 @@ pub struct Progress {
     /// Changed series this process's workers handed over and its sinks have not written yet
     /// (the workers stop reading while there are `[output] max_held_series`).
     pub(super) held_series: std::sync::atomic::AtomicUsize,
+    /// The most changed series it held at once.
+    pub(super) held_series_peak: std::sync::atomic::AtomicUsize,
 }
 
 impl Default for Progress {
@@ -56,6 +58,7 @@ impl Default for Progress {
             assigned_workers: Default::default(),
             positions: Default::default(),
             held_series: Default::default(),
+            held_series_peak: Default::default(),
         }
     }
 }
@@ -70,6 +73,12 @@ impl std::fmt::Debug for Progress {
 }
 
 impl Progress {
+    /// The most changed series this process held at once between its workers and its sinks
+    /// (see `[output] max_held_series`).
+    pub fn held_series_peak(&self) -> usize {
+        self.held_series_peak.load(Ordering::Relaxed)
+    }
+
     /// Notes whether `sink`'s last write succeeded.
     pub fn set_sink_ok(&self, sink: &'static str, ok: bool) {
         let mut failing = self.sinks_failing.lock().unwrap_or_else(|p| p.into_inner());

@@ -10,6 +10,7 @@ use dataflows::input::FeatureInput;
 use dataflows::{Clock, Epoch, Event, FeatureVec, Key};
 use serde::{Deserialize, Serialize};
 
+use crate::config::{CatchUp, Resolved};
 use crate::ids::{self, Dictionary};
 use crate::source::files::FileKind;
 
@@ -111,6 +112,24 @@ pub(super) struct Feeder {
     /// Events held for a later epoch: the sum of the partitions' `held`, kept as they change
     /// (it is read after every record).
     pub(super) held_total: usize,
+    /// With `catch_up = "every_epoch"`, about how many changed series one call of
+    /// [`Feeder::advance`] may make (see [`step_changes`]); `None`: no limit.
+    pub(super) step_changes: Option<usize>,
+}
+
+/// With `catch_up = "every_epoch"`, about how many changed series one worker's step of the
+/// input may make: an eighth of `[output] max_held_series`, shared among the cluster's `peers`
+/// workers. A backfill read ahead of event time then goes into the dataflow a step at a time,
+/// each fed once the last was complete, and stops while the process holds `max_held_series`
+/// (one step per worker can go over it). In one step instead, every event read ahead would come
+/// out at once, each with a feature vector of its own: `kafka.max_held_events` per worker, not
+/// `max_held_series`, would bound them. With `"latest"` a step makes at most one vector per
+/// series, and one large step lets the dataflow leave out the most.
+pub(super) fn step_changes(cfg: &Resolved, peers: usize) -> Option<usize> {
+    match cfg.output.catch_up {
+        CatchUp::Latest => None,
+        CatchUp::EveryEpoch => Some((cfg.output.max_held_series / 8 / peers.max(1)).max(1)),
+    }
 }
 
 /// What a worker's input may do at an advance, given the checkpoint schedule.
@@ -375,6 +394,13 @@ impl Feeder {
         }
     }
 
+    /// Whether the dataflow, at `frontier`, has yet to complete the last step: in steps
+    /// (`step_changes`), the next is fed only once it has, so the held count includes its
+    /// changes before the next step. (Letting two steps be in flight held more for no gain.)
+    pub(super) fn step_in_flight(&self, frontier: Option<Epoch>) -> bool {
+        self.step_changes.is_some() && frontier.is_some_and(|f| f < self.input.epoch())
+    }
+
     /// Advances the input towards `target`, applying buffered events at their epochs and
     /// visiting the first epoch of every period on the way, as far as `gate` lets it; cuts
     /// a checkpoint where the gate says. Returns whether it reached `target`.
@@ -384,8 +410,14 @@ impl Feeder {
         gate: Gate,
         name: impl Fn(Epoch) -> String,
     ) -> bool {
+        // Changed series this call may have made: an event changes one series at its epoch,
+        // a period's first epoch every series of the worker.
+        let mut changes = 0;
         loop {
             let cur = self.input.epoch();
+            if self.step_changes.is_some_and(|most| changes >= most) {
+                return cur >= target;
+            }
             let mut stop = target.min(gate.limit);
             if let Some(cut) = &self.cut {
                 stop = stop.min(cut.epoch);
@@ -396,9 +428,14 @@ impl Feeder {
             if let Some(&first) = self.pending.keys().next() {
                 stop = stop.min(first);
             }
-            if self.input.key_count() > 0 {
+            let keys = self.input.key_count();
+            if keys > 0 {
                 let next_period = self.clock.period_of_epoch(cur) + 1;
-                stop = stop.min(self.clock.first_epoch_of_period(next_period));
+                let next = self.clock.first_epoch_of_period(next_period);
+                if stop >= next {
+                    stop = next;
+                    changes += keys;
+                }
             }
             if stop <= cur {
                 return cur >= target;
@@ -414,6 +451,7 @@ impl Feeder {
                 self.cut = Some(self.cut_here(name(stop), stop, "periodic"));
             }
             if let Some(events) = self.pending.remove(&stop) {
+                changes += events.len();
                 for (p, offset, event) in events {
                     if self.parts[p].held.remove(&offset) {
                         self.held_total -= 1;

@@ -50,7 +50,9 @@
 //! A worker stops reading while `MAX_OPEN_ADVANCES` (64) of its advances wait to be closed, or
 //! while its process holds `[output] max_held_series` changed series its sinks have not written,
 //! so a slow sink (which blocks worker 0, and with it the closed frontier) leaves the backlog in
-//! Kafka, not in memory. What was read still closes: its epochs need no more input.
+//! Kafka, not in memory. What was read still closes: its epochs need no more input. With
+//! `catch_up = "every_epoch"` it goes into the dataflow in steps (`feeder::step_changes`),
+//! so the limit holds for a backfill read ahead of event time too.
 //!
 //! # Error handling
 //! Records that do not decode, name colliding ids, or are refused by the input stage become

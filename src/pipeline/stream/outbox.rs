@@ -142,8 +142,9 @@ impl Outbox {
         &mut self,
         (report, changes, names): (Report, Changes, Vec<(Key, String, String)>),
     ) {
-        let held = &self.progress.held_series;
-        held.fetch_add(changes.changed.len(), Ordering::Relaxed);
+        let n = changes.changed.len();
+        let held = self.progress.held_series.fetch_add(n, Ordering::Relaxed) + n;
+        (self.progress.held_series_peak).fetch_max(held, Ordering::Relaxed);
         let (worker, frontier) = (report.worker, report.frontier);
         self.push(0, Msg::Report(report));
         self.push(self.first_of(self.index), Msg::Changes(changes));

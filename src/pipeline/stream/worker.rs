@@ -127,6 +127,7 @@ pub(super) fn work(
         max_held: cfg.kafka.max_held_events,
         throttling: false,
         held_total: 0,
+        step_changes: step_changes(cfg, peers),
     };
     let max_future = cfg.max_future_secs;
 
@@ -356,8 +357,10 @@ pub(super) fn work(
             }
         };
         // Every series held was changed in epochs the whole dataflow completed, so the process
-        // writes them without this worker's input moving on.
-        let gate = if held_full {
+        // writes them without this worker's input moving on. In steps, the next waits for the
+        // dataflow, so the held count soon includes what was fed.
+        let in_flight = feeder.step_in_flight(probe.with_frontier(|f| f.first().copied()));
+        let gate = if held_full || in_flight {
             Gate {
                 limit: gate.limit.min(feeder.input.epoch()),
                 ..gate

@@ -33,6 +33,7 @@ use self::acks::{refused_for_good, SinkAcks};
 use super::build::Advance;
 use super::sink::{Context, OutputError, Sink, WriteError};
 use crate::config::{KafkaConfig, Resolved};
+use crate::kafka::client::Reporting;
 use crate::records::json::Json;
 use crate::records::{DeadContent, DeadLetterRecord, DeadSource};
 
@@ -216,7 +217,7 @@ impl Delivery {
 /// The sink; see the module docs.
 pub struct KafkaSink {
     kafka: KafkaConfig,
-    producer: BaseProducer<SinkAcks>,
+    producer: Reporting<SinkAcks>,
     /// The advance being written, between a failed attempt and the next.
     pending: Option<Delivery>,
     /// The byte buffer of the last delivery, emptied, for the next: a chunk's records take
@@ -226,7 +227,7 @@ pub struct KafkaSink {
     failures: u32,
 }
 
-fn producer(kafka: &KafkaConfig) -> Result<BaseProducer<SinkAcks>, OutputError> {
+fn producer(kafka: &KafkaConfig) -> Result<Reporting<SinkAcks>, OutputError> {
     let mut c = crate::kafka::client::client_config(kafka);
     if !kafka.client.contains_key("linger.ms") {
         // Each write ends with a flush, which sends at once whatever lingers: a long linger
@@ -239,10 +240,12 @@ fn producer(kafka: &KafkaConfig) -> Result<BaseProducer<SinkAcks>, OutputError> 
     c.set("enable.idempotence", "true")
         .set("acks", "all")
         .set("message.timeout.ms", "20000");
-    BaseProducer::from_config_and_context(&c, SinkAcks::default()).map_err(|e| OutputError::Kafka {
-        client: "producer",
-        error: kafka.scrub(e),
-    })
+    BaseProducer::from_config_and_context(&c, SinkAcks::default())
+        .map(Reporting::new)
+        .map_err(|e| OutputError::Kafka {
+            client: "producer",
+            error: kafka.scrub(e),
+        })
 }
 
 impl KafkaSink {
@@ -467,7 +470,7 @@ impl KafkaSink {
                             return Err(WriteError::Stopped);
                         }
                         record = back;
-                        self.producer.poll(Duration::from_millis(10));
+                        self.producer.serve(Duration::from_millis(10));
                     }
                 }
             }
@@ -477,7 +480,7 @@ impl KafkaSink {
         let started = Instant::now();
         while self.producer.context().outstanding() > 0 && started.elapsed() < FLUSH_TIMEOUT {
             // Short slices, so a stop is seen while the broker does not answer.
-            crate::kafka::client::flush(&self.producer, Duration::from_millis(200));
+            self.producer.flush(Duration::from_millis(200));
             if cx.stop.past_grace() {
                 return Err(WriteError::Stopped);
             }

@@ -67,7 +67,15 @@ case "${1:-}" in
     ;;
   stop)
     if [[ -f "$dir/broker.pid" ]]; then
-      kill "$(cat "$dir/broker.pid")" 2>/dev/null || true
+      pid=$(cat "$dir/broker.pid")
+      kill "$pid" 2>/dev/null || true
+      # Until it has exited: a `start` right after would otherwise find the dying broker
+      # still listening, start nothing, and be left without one.
+      for _ in $(seq 1 100); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+      done
+      kill -9 "$pid" 2>/dev/null || true
       rm -f "$dir/broker.pid"
     fi
     ;;

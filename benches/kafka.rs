@@ -17,8 +17,10 @@
 //! With `--processes 1,2` the worker runs as that many `stockcast run` processes of one worker
 //! each (a timely cluster on loopback) instead of in this process, once per count, each under a
 //! group of its own; it prints the forecast records every process wrote per second of the
-//! cluster's wall time, and the processes' CPU seconds. With many series and few days this is
-//! the output-heavy case: every day rollover re-scores every daily series.
+//! cluster's wall time, and the processes' CPU seconds; then, from the records' timestamps, the
+//! rate while they were being written and the cores the processes and the broker kept busy
+//! meanwhile. With many series and few days this is the output-heavy case: every day rollover
+//! re-scores every daily series.
 //! The worker runs once per `[output] catch_up` setting (`--catch-up latest|every_epoch|both`,
 //! default both), each under a group of its own over the same topics; `--model DIR` scores
 //! with a trained model instead of the baseline, `--scoring-batch N` sets
@@ -48,8 +50,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use common::{
-    arg, broker_cpu_secs, children_cpu_secs, cpu_secs, load, postgres_admin, postgres_cpu_secs,
-    text_arg,
+    arg, broker_cpu_secs, children_cpu_secs, cpu_secs, load, pid_cpu_secs, postgres_admin,
+    postgres_cpu_secs, text_arg,
 };
 use stockcast::config::{CatchUp, Config};
 use stockcast::generate::{self, Params};
@@ -329,6 +331,7 @@ fn cluster_run(cfg: &stockcast::config::Resolved, processes: usize) {
     );
     let cpu0 = children_cpu_secs();
     let broker0 = broker_cpu_secs();
+    let since = std::time::SystemTime::now();
     let started = Instant::now();
     let logs: Vec<std::path::PathBuf> = (0..processes)
         .map(|p| dir.path().join(format!("process-{p}.log")))
@@ -348,9 +351,30 @@ fn cluster_run(cfg: &stockcast::config::Resolved, processes: usize) {
                 .expect("stockcast run")
         })
         .collect();
-    for c in &mut children {
-        let status = c.wait().expect("wait");
-        assert!(status.success(), "a process failed: {status:?}");
+    // The processes' and the broker's CPU seconds, sampled while they run (for the cores they
+    // kept busy while writing, below).
+    let mut samples: Vec<CpuSample> = Vec::new();
+    let mut last_cpu: Vec<f64> = vec![0.0; processes];
+    let mut running = processes;
+    while running > 0 {
+        running = 0;
+        for (p, c) in children.iter_mut().enumerate() {
+            match c.try_wait().expect("wait") {
+                Some(status) => assert!(status.success(), "a process failed: {status:?}"),
+                None => {
+                    running += 1;
+                    if let Some(secs) = pid_cpu_secs(c.id()) {
+                        last_cpu[p] = secs;
+                    }
+                }
+            }
+        }
+        samples.push(CpuSample {
+            at_ms: unix_ms(std::time::SystemTime::now()),
+            workers: last_cpu.iter().sum(),
+            broker: broker_cpu_secs().unwrap_or(f64::NAN),
+        });
+        std::thread::sleep(std::time::Duration::from_millis(50));
     }
     let wall = started.elapsed().as_secs_f64();
     let cpu = children_cpu_secs() - cpu0;
@@ -389,6 +413,92 @@ fn cluster_run(cfg: &stockcast::config::Resolved, processes: usize) {
         total as f64 / busy,
         total as f64 / busy / processes as f64
     );
+    let (stamped, first, last) = stamped_span(cfg, since);
+    let span = (last - first) as f64 / 1000.0;
+    let cores = |of: fn(&CpuSample) -> f64| {
+        let at = |ms: i64| {
+            samples
+                .iter()
+                .rev()
+                .find(|s| s.at_ms <= ms)
+                .or(samples.first())
+                .map_or(f64::NAN, of)
+        };
+        (at(last) - at(first)) / span.max(1e-9)
+    };
+    println!(
+        "  {processes} process(es) while writing: {stamped} forecast records stamped over {span:.2} s, \
+         {:.0} records/s; meanwhile the processes kept {:.2} cores busy and the broker {:.2}",
+        stamped as f64 / span.max(1e-9),
+        cores(|s| s.workers),
+        cores(|s| s.broker),
+    );
+}
+
+/// The CPU seconds a cluster run's processes and the broker had taken at a moment.
+struct CpuSample {
+    at_ms: i64,
+    workers: f64,
+    broker: f64,
+}
+
+fn unix_ms(t: std::time::SystemTime) -> i64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as i64
+}
+
+/// How many records of the forecasts topic were stamped at or after `since`, and the first and
+/// last stamps (Unix milliseconds). The producer stamps a record when the worker hands it
+/// over, so this is the rate of the output path alone: without the start, where event time
+/// waits for the reference data to be read, and without the idle timeout at the end. Earlier
+/// runs of the bench wrote to the same topic, before `since`.
+fn stamped_span(
+    cfg: &stockcast::config::Resolved,
+    since: std::time::SystemTime,
+) -> (u64, i64, i64) {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::{Message, Offset, TopicPartitionList};
+    use std::time::Duration;
+
+    let since_ms = unix_ms(since);
+    let topic = &cfg.kafka.topics.forecasts;
+    let consumer: BaseConsumer = kafka::client::client_config(&cfg.kafka)
+        .set("group.id", format!("{}-stamps", cfg.kafka.group_id))
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    let md = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .expect("metadata");
+    // From offset 0, not the broker's earliest: see tests/support/kafka.rs on tansu's.
+    let mut tpl = TopicPartitionList::new();
+    for p in md.topics()[0].partitions() {
+        tpl.add_partition_offset(topic, p.id(), Offset::Offset(0))
+            .expect("partition");
+    }
+    consumer.assign(&tpl).expect("assign");
+    let (mut count, mut first, mut last) = (0u64, i64::MAX, i64::MIN);
+    // Until nothing came for a second: the topic was complete before this started.
+    let mut quiet = Instant::now();
+    while quiet.elapsed() < Duration::from_secs(1) {
+        let Some(m) = consumer.poll(Duration::from_millis(100)) else {
+            continue;
+        };
+        quiet = Instant::now();
+        let Some(ts) = m.expect("record").timestamp().to_millis() else {
+            continue;
+        };
+        if ts >= since_ms {
+            count += 1;
+            first = first.min(ts);
+            last = last.max(ts);
+        }
+    }
+    if count == 0 {
+        return (0, 0, 0);
+    }
+    (count, first, last)
 }
 
 /// The CPU the test broker took since `before` (its [`broker_cpu_secs`] then), for the line

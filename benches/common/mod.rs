@@ -52,6 +52,11 @@ pub fn postgres_cpu_secs() -> Option<f64> {
     total
 }
 
+/// CPU seconds (user + system) of the running process `pid`, all its threads.
+pub fn pid_cpu_secs(pid: u32) -> Option<f64> {
+    proc_stat_secs(&format!("/proc/{pid}/stat"), 11)
+}
+
 /// CPU seconds (user + system) of this process's children that were waited for.
 pub fn children_cpu_secs() -> f64 {
     stat_secs(13)

@@ -21,7 +21,7 @@ pub fn broker_cpu_secs() -> Option<f64> {
     let dir = std::env::var("STOCKCAST_BROKER_DIR")
         .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/target/kafka-broker").into());
     let pid = std::fs::read_to_string(format!("{dir}/broker.pid")).ok()?;
-    proc_stat_secs(&format!("/proc/{}/stat", pid.trim()), 11)
+    pid_cpu_secs(pid.trim().parse().ok()?)
 }
 
 /// CPU seconds (user + system) of the PostgreSQL server on this machine, if one runs here: its

@@ -163,16 +163,11 @@ impl ReportSignal {
         // SAFETY: reads at most 8 bytes into `count`; the fd is non-blocking, and an empty
         // eventfd only fails with EAGAIN.
         unsafe { libc::read(self.fd.as_raw_fd(), count.as_mut_ptr().cast(), count.len()) };
-        // One event per call of a zero-timeout poll; each marks the queue served, so an event
-        // that arrives after the last writes to the eventfd again.
-        loop {
-            let queued = self.queued();
-            if queued == 0 {
-                break;
-            }
-            for _ in 0..queued {
-                producer.poll(Duration::ZERO);
-            }
+        // One event per call of a zero-timeout poll, as many as are queued now; each marks the
+        // queue served, so an event that arrives meanwhile writes to the eventfd again, and
+        // the next wait ends at once.
+        for _ in 0..self.queued() {
+            producer.poll(Duration::ZERO);
         }
     }
 

@@ -36,7 +36,8 @@
 //! epoch (and at least `--checkpoint-interval` seconds apart, default 0), and a second run on
 //! the same topics restores the last checkpoint and drains: its time is a restart's, against
 //! the first run's rebuild from the topics.
-//! The generator's dataset is loaded into fresh topics first (the produce rate is printed too);
+//! The generator's dataset is loaded into fresh topics first (the produce rate is printed too;
+//! the topics are deleted when the bench ends, so the test broker does not keep them);
 //! then the worker (`run --exit-when-idle`) reads it all, publishes every forecast and progress
 //! record, commits, and stops once every partition has been idle for one second. Events per
 //! second count from the worker's start to the last partition going quiet (the idle second and
@@ -57,6 +58,17 @@ use stockcast::config::{CatchUp, Config};
 use stockcast::generate::{self, Params};
 use stockcast::kafka::{self, load as publish};
 use stockcast::pipeline::stream;
+
+/// Deletes the run's topics when dropped (see [`kafka::admin::delete_topics`]).
+struct DeleteTopics(stockcast::config::KafkaConfig);
+
+impl Drop for DeleteTopics {
+    fn drop(&mut self) {
+        if let Err(e) = kafka::admin::delete_topics(&self.0) {
+            eprintln!("could not delete the run's topics: {e}");
+        }
+    }
+}
 
 fn main() {
     // As the worker's main does (see the functions' notes).
@@ -132,6 +144,8 @@ fn main() {
     }
     let mart = args.iter().any(|a| a == "--mart");
     let cfg = config.resolve(Path::new("<bench>")).expect("config");
+    // The run's topics go when it ends, however it ends.
+    let _topics = DeleteTopics(cfg.kafka.clone());
 
     println!(
         "kafka end to end: {} series ({stores} stores x {skus} SKUs), {days} days, {events} events, {partitions} partitions, {workers} workers; transparent huge pages {huge_pages}",

@@ -1,4 +1,4 @@
-//! Topic creation for `load`, the tests and the demo.
+//! Topic creation for `load`, the tests and the demo, and deletion for the benchmarks.
 //!
 //! The worker never creates topics: a missing input topic stops it at start with the name.
 
@@ -12,14 +12,31 @@ use crate::config::KafkaConfig;
 
 use super::client::{client_config, input_topics};
 
-/// Why topics could not be created.
+/// Why topics could not be created or deleted.
 #[derive(Debug, thiserror::Error)]
-#[error("creating topic `{topic}`: {message}")]
+#[error("{action} topic `{topic}`: {message}")]
 pub struct AdminError {
+    /// What was being done: `creating` or `deleting`.
+    pub action: &'static str,
     /// The topic.
     pub topic: String,
     /// What the broker or client said.
     pub message: String,
+}
+
+const CREATING: &str = "creating";
+const DELETING: &str = "deleting";
+
+/// The admin client of `kafka`'s brokers.
+fn admin(
+    kafka: &KafkaConfig,
+    action: &'static str,
+) -> Result<AdminClient<DefaultClientContext>, AdminError> {
+    client_config(kafka).create().map_err(|e| AdminError {
+        action,
+        topic: "*".into(),
+        message: kafka.scrub(e),
+    })
 }
 
 /// Every topic the worker reads or writes, with whether it is compacted.
@@ -44,11 +61,7 @@ pub fn all_topics(kafka: &KafkaConfig) -> Vec<(String, bool)> {
 /// Creates every topic of the configuration that does not exist yet, with `partitions`
 /// partitions (reference topics compacted); existing topics are left as they are.
 pub fn ensure_topics(kafka: &KafkaConfig, partitions: i32) -> Result<(), AdminError> {
-    let admin: AdminClient<DefaultClientContext> =
-        client_config(kafka).create().map_err(|e| AdminError {
-            topic: "*".into(),
-            message: kafka.scrub(e),
-        })?;
+    let admin = admin(kafka, CREATING)?;
     let topics = all_topics(kafka);
     let new: Vec<NewTopic<'_>> = topics
         .iter()
@@ -61,21 +74,47 @@ pub fn ensure_topics(kafka: &KafkaConfig, partitions: i32) -> Result<(), AdminEr
             }
         })
         .collect();
-    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
-    let results =
-        futures_executor::block_on(admin.create_topics(&new, &opts)).map_err(|e| AdminError {
-            topic: "*".into(),
-            message: e.to_string(),
-        })?;
-    for r in results {
-        if let Err((topic, code)) = r {
-            if code != RDKafkaErrorCode::TopicAlreadyExists {
-                return Err(AdminError {
-                    topic,
-                    message: code.to_string(),
-                });
-            }
-        }
+    let results = futures_executor::block_on(admin.create_topics(&new, &options()));
+    settled(results, RDKafkaErrorCode::TopicAlreadyExists, CREATING)
+}
+
+/// Deletes every topic of the configuration; those that do not exist are skipped. A benchmark
+/// that made its own topics deletes them when it ends: the test broker keeps every topic in
+/// memory until it stops, and a broker swollen by earlier runs makes later runs slower.
+pub fn delete_topics(kafka: &KafkaConfig) -> Result<(), AdminError> {
+    let admin = admin(kafka, DELETING)?;
+    let topics = all_topics(kafka);
+    let names: Vec<&str> = topics.iter().map(|(name, _)| name.as_str()).collect();
+    let results = futures_executor::block_on(admin.delete_topics(&names, &options()));
+    settled(results, RDKafkaErrorCode::UnknownTopicOrPartition, DELETING)
+}
+
+/// How long the broker may take over a request.
+fn options() -> AdminOptions {
+    AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)))
+}
+
+/// The first topic the request failed for, with why; a topic that failed with `done` (already
+/// as asked) counts as settled.
+fn settled(
+    results: rdkafka::error::KafkaResult<Vec<rdkafka::admin::TopicResult>>,
+    done: RDKafkaErrorCode,
+    action: &'static str,
+) -> Result<(), AdminError> {
+    let results = results.map_err(|e| AdminError {
+        action,
+        topic: "*".into(),
+        message: e.to_string(),
+    })?;
+    match results
+        .into_iter()
+        .find_map(|r| r.err().filter(|(_, code)| *code != done))
+    {
+        Some((topic, code)) => Err(AdminError {
+            action,
+            topic,
+            message: code.to_string(),
+        }),
+        None => Ok(()),
     }
-    Ok(())
 }

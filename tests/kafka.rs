@@ -1007,31 +1007,36 @@ fn the_http_api_and_every_metric_answer_from_a_running_worker() {
 fn deleted_topics_are_gone_and_deleting_them_again_is_no_error() {
     let cfg = config("delete-topics", "day");
     admin::ensure_topics(&cfg.kafka, 2).unwrap();
+    let mut all: Vec<String> = (admin::all_topics(&cfg.kafka).into_iter())
+        .map(|(t, _)| t)
+        .collect();
+    all.sort();
+    let consumer: rdkafka::consumer::BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", support::brokers())
+        .create()
+        .unwrap();
+    // This test's topics among every topic the broker lists (none named, so none is created
+    // by asking).
     let ours = || -> Vec<String> {
-        let consumer: rdkafka::consumer::BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", support::brokers())
-            .create()
-            .unwrap();
-        // Every topic (none named, so none is created by asking).
         let metadata =
             rdkafka::consumer::Consumer::fetch_metadata(&consumer, None, Duration::from_secs(10))
                 .unwrap();
         let mut names: Vec<String> = (metadata.topics().iter())
             .map(|t| t.name().to_string())
-            .filter(|n| admin::all_topics(&cfg.kafka).iter().any(|(t, _)| t == n))
+            .filter(|n| all.contains(n))
             .collect();
         names.sort();
         names
     };
-    let mut all: Vec<String> = (admin::all_topics(&cfg.kafka).into_iter())
-        .map(|(t, _)| t)
-        .collect();
-    all.sort();
     assert_eq!(ours(), all);
     admin::delete_topics(&cfg.kafka).unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !ours().is_empty() {
-        assert!(Instant::now() < deadline, "still listed: {:?}", ours());
+    loop {
+        let left = ours();
+        if left.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still listed: {left:?}");
         std::thread::sleep(Duration::from_millis(100));
     }
     admin::delete_topics(&cfg.kafka).unwrap();

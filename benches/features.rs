@@ -26,7 +26,7 @@
 
 mod common;
 
-use common::{cpu_secs, load, peak_rss_kib};
+use common::{cpu_secs, load, machine_speed_text, peak_rss_kib};
 use std::sync::{Arc, Barrier, Mutex};
 use std::time::{Duration, Instant};
 
@@ -234,6 +234,7 @@ fn measured<R>(f: impl FnOnce() -> R) -> R {
 }
 
 fn throughput(keys: u32, warmup_days: u32, days: u32, workers: usize) {
+    let speed = machine_speed_text();
     let spec = FeatureSpec::daily();
     let clock = Clock::new(900, PeriodKind::Day).unwrap();
     let barrier = Arc::new(Barrier::new(workers + 1));
@@ -290,7 +291,7 @@ fn throughput(keys: u32, warmup_days: u32, days: u32, workers: usize) {
          {workers} workers: \
          {wall:.2} s wall, {cpu:.2} CPU-s -> {:.0} events/s, {:.0} events per CPU-s; \
          {changed} series updates emitted; day rollovers {:.2} s of the wall time \
-         (generation {gen_secs:.1} s, excluded) [load {}]",
+         (generation {gen_secs:.1} s, excluded) [load {}; before the run, {speed}]",
         events as f64 / wall,
         events as f64 / cpu,
         rollovers.as_secs_f64(),

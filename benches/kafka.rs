@@ -51,8 +51,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use common::{
-    arg, broker_cpu_secs, children_cpu_secs, cpu_secs, load, pid_cpu_secs, postgres_admin,
-    postgres_cpu_secs, text_arg,
+    arg, broker_cpu_secs, children_cpu_secs, cpu_secs, load, machine_speed_text, pid_cpu_secs,
+    postgres_admin, postgres_cpu_secs, text_arg,
 };
 use stockcast::config::{CatchUp, Config};
 use stockcast::generate::{self, Params};
@@ -187,7 +187,7 @@ fn main() {
                 cluster_run(&cfg, n);
             }
         }
-        println!("load after: {}", load());
+        println!("load after: {}; {}", load(), machine_speed_text());
         return;
     }
     let mut first = None;
@@ -203,7 +203,12 @@ fn main() {
             cfg.postgres.url = format!("host=127.0.0.1 user=postgres dbname={db}");
             cfg.postgres.connections = arg(&args, "--mart-connections", cfg.postgres.connections);
         }
-        println!("catch_up = \"{}\", load before: {}", mode.name(), load());
+        println!(
+            "catch_up = \"{}\", load before: {}; {}",
+            mode.name(),
+            load(),
+            machine_speed_text()
+        );
         let cpu0 = cpu_secs();
         let broker0 = broker_cpu_secs();
         let postgres0 = db.as_ref().and_then(|_| postgres_cpu_secs());
@@ -282,7 +287,7 @@ fn main() {
             busy / restart
         );
     }
-    println!("load after: {}", load());
+    println!("load after: {}; {}", load(), machine_speed_text());
 }
 
 /// Where the output path's time went: each sink's writes, the wait for the scoring threads,
@@ -339,9 +344,10 @@ fn cluster_run(cfg: &stockcast::config::Resolved, processes: usize) {
     let list: String = ports.iter().map(|p| format!("127.0.0.1:{p}\n")).collect();
     std::fs::write(&hosts, list).expect("hosts file");
     println!(
-        "{processes} process(es) x 1 worker, catch_up = \"{}\", load before: {}",
+        "{processes} process(es) x 1 worker, catch_up = \"{}\", load before: {}; {}",
         cfg.output.catch_up.name(),
-        load()
+        load(),
+        machine_speed_text()
     );
     let cpu0 = children_cpu_secs();
     let broker0 = broker_cpu_secs();

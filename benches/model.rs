@@ -12,7 +12,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
-use common::{cpu_secs, load, peak_rss_kib};
+use common::{cpu_secs, load, machine_speed_text, peak_rss_kib};
 use dataflows::FeatureVec;
 use stockcast::config::Config;
 use stockcast::model::history::History;
@@ -26,7 +26,7 @@ fn main() {
     let cfg = Config::parse("[time]\nperiod = \"week\"\n", origin)
         .and_then(|c| c.resolve(origin))
         .expect("weekly config");
-    println!("load before: {}", load());
+    println!("load before: {}; {}", load(), machine_speed_text());
     let started = Instant::now();
     let history = History::load(&cfg, &data, 2).expect("dunnhumby_btf_dev history");
     println!(

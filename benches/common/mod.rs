@@ -9,6 +9,127 @@ pub fn load() -> String {
         .unwrap_or_else(|_| "?".into())
 }
 
+/// What a CPU-second of this machine does right now, in three readings of this thread's CPU
+/// time (each the median of seven rounds): millions of pseudo-random 64-bit keys sorted per
+/// CPU-second (2^20 keys, 8 MiB: the core and its caches); nanoseconds per read of memory that
+/// waits on the read before, at pseudo-random places in 128 MiB (main memory, and the walks of
+/// the page tables of 4 KiB pages: what the worker's maps and vectors wait on); and
+/// microseconds per page written for the first time (what fresh allocations cost).
+///
+/// These machines are shared virtual machines: on the same binary and input, a figure per
+/// CPU-second has moved by a factor of two to three between sessions and between hours, and
+/// the load average does not show it (it counts this machine's threads, not its neighbours').
+/// Figures of two runs compare when these readings agree; docs/benchmarks.md gives the readings
+/// beside its figures.
+pub fn machine_speed() -> (f64, f64, f64) {
+    // Allocated and touched before the rounds (page faults are not what is read), and freed
+    // after them.
+    let mut keys = vec![0u64; SORT_KEYS];
+    let sort = median_of_7(|seed| sort_round(&mut keys, seed));
+    drop(keys);
+    // Each slot holds the next slot to read: x -> a x + c modulo a power of two, with c odd
+    // and a = 1 mod 4, visits every slot, in an order no prefetcher follows.
+    let next: Vec<u32> = (0..MEMORY_SLOTS as u64)
+        .map(|i| {
+            (i.wrapping_mul(0x5851_f42d_4c95_7f2d)
+                .wrapping_add(0x1405_7b7e_f767_814f)
+                & (MEMORY_SLOTS as u64 - 1)) as u32
+        })
+        .collect();
+    let read = median_of_7(|seed| memory_round(&next, seed));
+    drop(next);
+    (sort, read, median_of_7(|_| page_round()))
+}
+
+/// Keys of a sort round: 8 MiB.
+const SORT_KEYS: usize = 1 << 20;
+/// Slots of the memory reading: 128 MiB of `u32`, four times a large last-level cache.
+const MEMORY_SLOTS: usize = 1 << 25;
+
+/// [`machine_speed`] as the benches print it.
+pub fn machine_speed_text() -> String {
+    let (sort, read, page) = machine_speed();
+    format!(
+        "machine: {sort:.1} M keys sorted per CPU-s, {read:.0} ns per random read, {page:.2} µs per page first touched"
+    )
+}
+
+fn median_of_7(mut round: impl FnMut(u64) -> f64) -> f64 {
+    let mut rounds: Vec<f64> = (0..7).map(&mut round).collect();
+    rounds.sort_by(f64::total_cmp);
+    rounds[3]
+}
+
+/// One round of the sort reading: M keys per CPU-second.
+fn sort_round(keys: &mut [u64], seed: u64) -> f64 {
+    let mut x = 0x9e37_79b9_7f4a_7c15 ^ seed;
+    let started = thread_cpu_secs();
+    for k in keys.iter_mut() {
+        // xorshift64: the same keys on every machine.
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        *k = x;
+    }
+    keys.sort_unstable();
+    std::hint::black_box(&keys);
+    keys.len() as f64 / (thread_cpu_secs() - started).max(1e-9) / 1e6
+}
+
+/// One round of the memory reading: nanoseconds per read that waits on the one before.
+fn memory_round(next: &[u32], seed: u64) -> f64 {
+    const READS: usize = 200_000;
+    let mut at = (seed as usize).wrapping_mul(0x9e37_79b9) & (next.len() - 1);
+    let started = thread_cpu_secs();
+    for _ in 0..READS {
+        at = next[at] as usize;
+    }
+    std::hint::black_box(at);
+    (thread_cpu_secs() - started).max(1e-9) / READS as f64 * 1e9
+}
+
+/// One round of the page reading: microseconds of CPU per 4 KiB page written for the first
+/// time (the kernel's fault, zeroing and mapping), over 32 MiB mapped for the round and
+/// unmapped after it.
+fn page_round() -> f64 {
+    const BYTES: usize = 32 << 20;
+    const PAGE: usize = 4096;
+    // SAFETY: a private anonymous mapping of BYTES, written only within its bounds, and
+    // unmapped once; a failed mapping is not written to.
+    unsafe {
+        let at = libc::mmap(
+            std::ptr::null_mut(),
+            BYTES,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        );
+        if at == libc::MAP_FAILED {
+            return f64::NAN;
+        }
+        let bytes = at.cast::<u8>();
+        let started = thread_cpu_secs();
+        for offset in (0..BYTES).step_by(PAGE) {
+            bytes.add(offset).write_volatile(1);
+        }
+        let secs = thread_cpu_secs() - started;
+        libc::munmap(at, BYTES);
+        secs.max(1e-9) / (BYTES / PAGE) as f64 * 1e6
+    }
+}
+
+/// CPU seconds of the calling thread so far, at the clock's resolution (nanoseconds).
+fn thread_cpu_secs() -> f64 {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `t` is a valid timespec for the call to fill; the clock id is a constant.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
+    t.tv_sec as f64 + t.tv_nsec as f64 * 1e-9
+}
+
 /// CPU seconds (user + system) of this process so far.
 pub fn cpu_secs() -> f64 {
     stat_secs(11)

@@ -36,6 +36,14 @@ export STOCKCAST_KAFKA_BROKERS="127.0.0.1:${STOCKCAST_KAFKA_PORT:-9092}"
 # The modules of src/ import each other without a cycle (docs/architecture.md).
 python3 scripts/import-cycles.py
 
+# candle's kernels on the thread that calls them, as `run` and `replay` have them
+# (model::scorer::serial_kernels): the harness runs tests two at a time on two cores, and
+# candle's and rayon's pools on top of that spin at their barriers. On 2026-12-07 the walmart
+# backtest ran for over 37 min with them; `stockcast train` on m5_mini took 13.0 s with one
+# thread against 53.8 s, and wrote the same model bytes.
+export RAYON_NUM_THREADS="${RAYON_NUM_THREADS:-1}"
+export CANDLE_NUM_THREADS="${CANDLE_NUM_THREADS:-1}"
+
 # Timely, differential-dataflow and the dataflows crate build at opt-level 3 in the test
 # profile (see Cargo.toml), so the suite runs at useful speed without a release build.
 cargo test --workspace --locked "$@"

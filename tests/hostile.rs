@@ -16,10 +16,10 @@ use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng};
 use rdkafka::config::FromClientConfigAndContext;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::BaseConsumer;
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
-use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
+use rdkafka::ClientContext;
 use stockcast::kafka::{self, admin, load, wire};
 use stockcast::records::ForecastRecord;
 
@@ -74,12 +74,7 @@ fn offsets_read_back(
     wanted.extend(checked.iter().map(|(i, _)| *i));
     // In the order they were produced, which within a partition is the order of the offsets.
     wanted.sort_unstable();
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &cfg.kafka.brokers)
-        .set("group.id", "stockcast-test-reader")
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
+    let consumer = support::reader(&cfg.kafka.brokers);
     let mut taken: HashSet<(String, i32, i64)> = (known.iter())
         .filter(|i| !checked.iter().any(|(c, _)| c == *i))
         .map(|i| (bad[*i].topic.clone(), landed[i].0, landed[i].1))
@@ -121,10 +116,7 @@ type Held = (i64, Option<Vec<u8>>, Option<Vec<u8>>);
 
 /// Every record of one partition, read from offset 0 until it has been quiet for 2 s.
 fn read_partition(consumer: &BaseConsumer, topic: &str, partition: i32) -> Vec<Held> {
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(topic, partition, Offset::Offset(0))
-        .unwrap();
-    consumer.assign(&tpl).unwrap();
+    support::read_from_start(consumer, topic, &[partition]);
     let mut out = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(120);
     let mut last = Instant::now();

@@ -259,6 +259,31 @@ pub fn consume_json<T: serde::de::DeserializeOwned>(
         .collect()
 }
 
+/// A consumer that reads topics the way the tests check them: no group offsets committed.
+pub fn reader(brokers: &str) -> BaseConsumer {
+    ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "stockcast-test-reader")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap()
+}
+
+/// Assigns `consumer` the `partitions` of `topic`, each from offset 0.
+///
+/// Every test's topics are new, so they begin at offset 0. Not `Offset::Beginning`: tansu
+/// (0.6.0, memory storage) answers the earliest offset with the base offset of the batch it
+/// stored first, and when two producers write one partition (a cluster's processes), a batch at
+/// a higher offset can be stored before the one at 0, and the reader would start past it.
+pub fn read_from_start(consumer: &BaseConsumer, topic: &str, partitions: &[i32]) {
+    let mut tpl = TopicPartitionList::new();
+    for p in partitions {
+        tpl.add_partition_offset(topic, *p, Offset::Offset(0))
+            .unwrap();
+    }
+    consumer.assign(&tpl).unwrap();
+}
+
 /// Every record of `topic` once `expect` have arrived, or what arrived within `wait`.
 pub fn consume_within(
     kafka: &KafkaConfig,
@@ -266,26 +291,12 @@ pub fn consume_within(
     expect: usize,
     wait: Duration,
 ) -> Vec<(String, Vec<u8>, Option<Vec<u8>>)> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &kafka.brokers)
-        .set("group.id", "stockcast-test-reader")
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
+    let consumer = reader(&kafka.brokers);
     let md = consumer
         .fetch_metadata(Some(topic), Duration::from_secs(10))
         .unwrap();
-    // Every test's topics are new, so they begin at offset 0. Not `Offset::Beginning`: tansu
-    // (0.6.0, memory storage) answers the earliest offset with the base offset of the batch
-    // it stored first, and when two producers write one partition (a cluster's processes), a
-    // batch at a higher offset can be stored before the one at 0, and the reader would start
-    // past it.
-    let mut tpl = TopicPartitionList::new();
-    for p in md.topics()[0].partitions() {
-        tpl.add_partition_offset(topic, p.id(), Offset::Offset(0))
-            .unwrap();
-    }
-    consumer.assign(&tpl).unwrap();
+    let partitions: Vec<i32> = md.topics()[0].partitions().iter().map(|p| p.id()).collect();
+    read_from_start(&consumer, topic, &partitions);
     let mut out = Vec::new();
     let deadline = Instant::now() + wait;
     while out.len() < expect && Instant::now() < deadline {

@@ -134,6 +134,20 @@ fn natural_units(c: &mut Criterion) {
                 black_box(out.len())
             })
         });
+        // Then the network's inputs of that row: its scale, transformed and standardised.
+        let norm = stockcast::model::net::Normalisation::for_schema(&schema, spec.period);
+        let mut row = Vec::with_capacity(schema.features.len());
+        stockcast::model::history::natural(&schema, &vec, &mut row);
+        let mut inputs = vec![0f32; norm.width()];
+        let name = format!("model/inputs_{:?}", spec.period).to_lowercase();
+        c.bench_function(&name, |b| {
+            b.iter(|| {
+                let row = black_box(&row[..]);
+                let s = norm.scale(row);
+                norm.inputs(row, s, &mut inputs);
+                black_box(inputs[0])
+            })
+        });
     }
 }
 
